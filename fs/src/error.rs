@@ -1,0 +1,79 @@
+//! One error type for every engine outcome, and the one place it becomes an errno.
+
+use std::fmt;
+
+/// What an engine operation can answer. Storage failures become `EIO` in [`FsError::errno`]
+/// and nowhere else.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("file too large")]
+    FileTooBig,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("result too large")]
+    Range,
+    #[error("operation not supported")]
+    NotSupported,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("no data at or after the offset")]
+    NoSuchOffset,
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl FsError {
+    /// The errno a POSIX caller sees.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::FileTooBig => libc::EFBIG,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::NoSuchOffset => libc::ENXIO,
+            FsError::Busy(_) => libc::EBUSY,
+            FsError::Corrupt(_) | FsError::Storage(_) => libc::EIO,
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl fmt::Display) -> Self {
+        FsError::Corrupt(what.to_string())
+    }
+}
+
+impl From<rocksdb::Error> for FsError {
+    fn from(e: rocksdb::Error) -> Self {
+        FsError::Storage(e.into_string())
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

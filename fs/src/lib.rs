@@ -1,0 +1,23 @@
+//! chaserfs engine: a content-addressed copy-on-write filesystem stored in RocksDB.
+//!
+//! Layers, bottom up: [`store`] (RocksDB, objects, root pointers, pins), [`tree`] (the
+//! persistent CoW B+tree of one state), [`posix`] (POSIX operations over a tree plus a dirty
+//! overlay, and commit), [`roots`] (clone, snapshot, restore, delete), [`gc`] and [`fsck`].
+//! Nothing here knows about FUSE or HTTP.
+
+pub mod error;
+pub mod fsck;
+pub mod gc;
+pub mod hash;
+pub mod keys;
+pub mod posix;
+pub mod records;
+pub mod roots;
+pub mod store;
+pub mod tree;
+
+pub use error::{FsError, FsResult};
+pub use hash::Hash;
+pub use posix::{Attr, DirEntry, NewNode, SetAttr, StatFs, TimeSet, Workspace};
+pub use records::{FileKind, Timespec};
+pub use store::{RootId, RootRecord, Store, StoreOptions};

@@ -1,0 +1,1389 @@
+//! The POSIX layer: a mounted workspace's operations over its committed tree plus an
+//! in-memory overlay of changes, which [`Workspace::commit`] turns into a new root.
+//!
+//! The overlay holds dirty tree entries, dirty inodes (write-back), and dirty chunk buffers.
+//! A chunk buffer is sealed (hashed, pinned, queued for the store) when a write fills it to its
+//! end, when dirty memory passes a limit, and at commit; sealed chunks are written to RocksDB
+//! without the WAL in large batches and flushed before the commit that references them.
+//! Nothing here knows about FUSE: every operation returns an [`FsResult`].
+
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::error::{FsError, FsResult};
+use crate::hash::Hash;
+use crate::keys::{self, Kind, ROOT_INO};
+use crate::records::{self, DirSeq, Dirent, Extent, FileKind, Inode, Super, Timespec};
+use crate::store::{RootId, RootRecord, Store};
+use crate::tree::{self, Changes, TreeIter};
+
+/// Size of a file data chunk; chunks are aligned to it.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+const CS: u64 = CHUNK_SIZE as u64;
+pub const NAME_MAX: usize = 255;
+/// Largest file size (as ext4 with 4 KiB blocks: 16 TiB).
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+pub const LINK_MAX: u32 = 65_000;
+pub const XATTR_NAME_MAX: usize = 255;
+pub const XATTR_SIZE_MAX: usize = 64 * 1024;
+/// Dirty chunk buffers kept in memory before they are sealed early.
+const DIRTY_LIMIT: usize = 64 << 20;
+/// Sealed chunks buffered before they are written to the store (unlogged).
+const PENDING_LIMIT: usize = 16 << 20;
+/// First readdir cookie of a directory's entries; 1 and 2 are "." and "..".
+const FIRST_COOKIE: u64 = 3;
+
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+
+/// What `stat` shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte blocks held by the file's stored and dirty chunks.
+    pub blocks: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub crtime: Timespec,
+    pub rdev: u32,
+}
+
+impl Attr {
+    pub fn mode(&self) -> u32 {
+        self.kind.mode_bits() | self.perm
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(Timespec),
+}
+
+/// A `setattr`: each field that is `Some` changes.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Pass this back to continue after this entry.
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// What a new inode is.
+pub struct NewNode<'a> {
+    pub kind: FileKind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: &'a [u8],
+}
+
+/// One open, writable workspace.
+pub struct Workspace {
+    id: uuid::Uuid,
+    store: Arc<Store>,
+    state: Mutex<State>,
+}
+
+struct State {
+    store: Arc<Store>,
+    root: Hash,
+    generation: u64,
+    sup: Super,
+    kv: Changes,
+    inodes: HashMap<u64, Inode>,
+    chunks: BTreeMap<(u64, u64), Vec<u8>>,
+    dirty_bytes: usize,
+    pending: HashMap<Hash, Vec<u8>>,
+    pending_bytes: usize,
+    /// Chunk hashes this overlay references that no committed root may reach yet.
+    pins: HashSet<Hash>,
+    /// Open handles per inode: an unlinked inode lives on until its last handle closes.
+    open_refs: HashMap<u64, u32>,
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+impl State {
+    // ---- reading through the overlay ----
+
+    fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        match self.kv.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => tree::get(&self.store, &self.root, key),
+        }
+    }
+
+    /// Visits entries in `[start, end)` in key order, overlay over tree, until `f` says stop.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> FsResult<bool>,
+    ) -> FsResult<()> {
+        let mut tree = TreeIter::new(&self.store, &self.root, start)?;
+        let mut next_tree = || -> FsResult<Option<(Vec<u8>, Vec<u8>)>> {
+            Ok(tree.next().transpose()?.filter(|(k, _)| k.as_slice() < end))
+        };
+        let mut over = self.kv.range(start.to_vec()..end.to_vec());
+        let mut t = next_tree()?;
+        let mut o = over.next();
+        loop {
+            let overlay_first = match (&t, &o) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((tk, _)), Some((ok, _))) => ok.as_slice() <= tk.as_slice(),
+            };
+            let go_on = if overlay_first {
+                let (k, v) = o.take().expect("checked");
+                if t.as_ref().is_some_and(|(tk, _)| tk == k) {
+                    t = next_tree()?; // shadowed by the overlay
+                }
+                o = over.next();
+                match v {
+                    Some(v) => f(k, v)?,
+                    None => true,
+                }
+            } else {
+                let (k, v) = t.take().expect("checked");
+                t = next_tree()?;
+                f(&k, &v)?
+            };
+            if !go_on {
+                return Ok(());
+            }
+        }
+    }
+
+    fn keys_in(&self, start: &[u8], end: &[u8]) -> FsResult<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.scan(start, end, |k, _| {
+            out.push(k.to_vec());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn inode(&self, ino: u64) -> FsResult<Inode> {
+        if let Some(i) = self.inodes.get(&ino) {
+            return Ok(i.clone());
+        }
+        match self.get(&keys::inode(ino))? {
+            Some(v) => records::decode(&v),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    fn save(&mut self, ino: u64, inode: Inode) {
+        self.inodes.insert(ino, inode);
+    }
+
+    fn dir(&self, ino: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
+        if i.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        if i.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        Ok(i)
+    }
+
+    fn dirent(&self, parent: u64, name: &[u8]) -> FsResult<Option<Dirent>> {
+        self.get(&keys::dirent(parent, name))?
+            .map(|v| records::decode(&v))
+            .transpose()
+    }
+
+    fn extent(&self, ino: u64, idx: u64) -> FsResult<Option<Extent>> {
+        self.get(&keys::extent(ino, idx))?
+            .map(|v| records::decode(&v))
+            .transpose()
+    }
+
+    fn attr(&self, ino: u64) -> FsResult<Attr> {
+        let i = self.inode(ino)?;
+        let dirty: u64 = self
+            .chunks
+            .range((ino, 0)..=(ino, u64::MAX))
+            .map(|(_, b)| b.len() as u64)
+            .sum();
+        Ok(Attr {
+            ino,
+            kind: i.kind,
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: (i.alloc_bytes + dirty).div_ceil(512),
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.crtime,
+            rdev: i.rdev,
+        })
+    }
+
+    fn dir_is_empty(&self, ino: u64) -> FsResult<bool> {
+        let (start, end) = keys::kind_range(ino, Kind::DirSeq);
+        let mut empty = true;
+        self.scan(&start, &end, |_, _| {
+            empty = false;
+            Ok(false)
+        })?;
+        Ok(empty)
+    }
+
+    // ---- directory entries ----
+
+    fn add_entry(&mut self, parent: u64, name: &[u8], ino: u64, kind: FileKind) -> FsResult<()> {
+        let mut p = self.inode(parent)?;
+        let cookie = p.next_cookie.max(FIRST_COOKIE);
+        p.next_cookie = cookie + 1;
+        let now = Timespec::now();
+        p.mtime = now;
+        p.ctime = now;
+        if kind == FileKind::Directory {
+            p.nlink += 1;
+        }
+        self.save(parent, p);
+        self.kv.insert(
+            keys::dirent(parent, name),
+            Some(records::encode(&Dirent { ino, kind, cookie })),
+        );
+        self.kv.insert(
+            keys::dirseq(parent, cookie),
+            Some(records::encode(&DirSeq {
+                ino,
+                kind,
+                name: name.to_vec(),
+            })),
+        );
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, parent: u64, name: &[u8], d: &Dirent) -> FsResult<()> {
+        let mut p = self.inode(parent)?;
+        let now = Timespec::now();
+        p.mtime = now;
+        p.ctime = now;
+        if d.kind == FileKind::Directory {
+            p.nlink -= 1;
+        }
+        self.save(parent, p);
+        self.kv.insert(keys::dirent(parent, name), None);
+        self.kv.insert(keys::dirseq(parent, d.cookie), None);
+        Ok(())
+    }
+
+    /// RENAME_EXCHANGE: each name now names the other's inode; cookies stay where they were.
+    fn exchange(
+        &mut self,
+        p1: u64,
+        n1: &[u8],
+        d1: &Dirent,
+        p2: u64,
+        n2: &[u8],
+        d2: &Dirent,
+    ) -> FsResult<()> {
+        for (parent, name, at, to) in [(p1, n1, d1, d2), (p2, n2, d2, d1)] {
+            let entry = Dirent {
+                ino: to.ino,
+                kind: to.kind,
+                cookie: at.cookie,
+            };
+            self.kv
+                .insert(keys::dirent(parent, name), Some(records::encode(&entry)));
+            let seq = DirSeq {
+                ino: to.ino,
+                kind: to.kind,
+                name: name.to_vec(),
+            };
+            self.kv
+                .insert(keys::dirseq(parent, at.cookie), Some(records::encode(&seq)));
+        }
+        let now = Timespec::now();
+        for (moved, from, to) in [(d1, p1, p2), (d2, p2, p1)] {
+            let mut i = self.inode(moved.ino)?;
+            i.ctime = now;
+            if moved.kind == FileKind::Directory && from != to {
+                i.parent = to;
+                self.save(moved.ino, i);
+                let mut f = self.inode(from)?;
+                f.nlink -= 1;
+                self.save(from, f);
+                let mut t = self.inode(to)?;
+                t.nlink += 1;
+                self.save(to, t);
+            } else {
+                self.save(moved.ino, i);
+            }
+        }
+        for p in [p1, p2] {
+            let mut i = self.inode(p)?;
+            i.mtime = now;
+            i.ctime = now;
+            self.save(p, i);
+        }
+        Ok(())
+    }
+
+    /// Drops one link to `ino` (all of them for a directory); frees it when none remain and
+    /// no handle is open.
+    fn drop_link(&mut self, ino: u64) -> FsResult<()> {
+        let mut i = self.inode(ino)?;
+        i.nlink = if i.kind == FileKind::Directory {
+            0
+        } else {
+            i.nlink - 1
+        };
+        i.ctime = Timespec::now();
+        let gone = i.nlink == 0;
+        self.save(ino, i);
+        if gone {
+            if self.open_refs.contains_key(&ino) {
+                self.kv.insert(keys::orphan(ino), Some(Vec::new()));
+            } else {
+                self.purge(ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every record of `ino`.
+    fn purge(&mut self, ino: u64) -> FsResult<()> {
+        let i = self.inode(ino)?;
+        if i.kind == FileKind::Regular {
+            self.sup.logical_bytes -= i.size;
+        }
+        self.sup.files -= 1;
+        let (start, end) = keys::inode_range(ino);
+        for k in self.keys_in(&start, &end)? {
+            self.kv.insert(k, None);
+        }
+        self.kv.insert(keys::inode(ino), None);
+        self.inodes.remove(&ino);
+        let dead: Vec<_> = self
+            .chunks
+            .range((ino, 0)..=(ino, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in dead {
+            self.chunks.remove(&k);
+            self.dirty_bytes -= CHUNK_SIZE;
+        }
+        if self.get(&keys::orphan(ino))?.is_some() {
+            self.kv.insert(keys::orphan(ino), None);
+        }
+        Ok(())
+    }
+
+    /// Whether `dir` is `ancestor` or lies below it.
+    fn is_within(&self, mut dir: u64, ancestor: u64) -> FsResult<bool> {
+        loop {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = self.inode(dir)?.parent;
+        }
+    }
+
+    // ---- file data ----
+
+    fn chunk_bytes(&self, ino: u64, idx: u64) -> FsResult<Option<Vec<u8>>> {
+        if let Some(b) = self.chunks.get(&(ino, idx)) {
+            return Ok(Some(b.clone()));
+        }
+        match self.extent(ino, idx)? {
+            Some(e) => Ok(Some(self.load_chunk(&e)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load_chunk(&self, e: &Extent) -> FsResult<Vec<u8>> {
+        let data = match self.pending.get(&e.hash) {
+            Some(d) => d.clone(),
+            None => self.store.get_chunk(&e.hash)?,
+        };
+        if data.len() != e.len as usize {
+            return Err(FsError::corrupt(format!(
+                "chunk {} has the wrong length",
+                e.hash
+            )));
+        }
+        Ok(data)
+    }
+
+    /// The dirty buffer for a chunk, loading its current bytes unless `fresh`.
+    fn buffer(&mut self, ino: u64, idx: u64, fresh: bool) -> FsResult<&mut Vec<u8>> {
+        if !self.chunks.contains_key(&(ino, idx)) {
+            let data = if fresh {
+                Vec::new()
+            } else {
+                self.chunk_bytes(ino, idx)?.unwrap_or_default()
+            };
+            self.dirty_bytes += CHUNK_SIZE;
+            self.chunks.insert((ino, idx), data);
+        }
+        Ok(self.chunks.get_mut(&(ino, idx)).expect("just inserted"))
+    }
+
+    fn pin(&mut self, h: Hash) {
+        if self.pins.insert(h) {
+            self.store.pin([h]);
+        }
+    }
+
+    /// Points `EXTENT(ino, idx)` at `new` (or makes it a hole), keeping `alloc_bytes` right.
+    fn set_extent(&mut self, ino: u64, idx: u64, new: Option<Extent>) -> FsResult<()> {
+        let old = self.extent(ino, idx)?;
+        let mut i = self.inode(ino)?;
+        i.alloc_bytes -= old.map_or(0, |e| e.len as u64);
+        i.alloc_bytes += new.map_or(0, |e| e.len as u64);
+        self.save(ino, i);
+        match new {
+            Some(e) => {
+                self.pin(e.hash);
+                self.kv
+                    .insert(keys::extent(ino, idx), Some(records::encode(&e)));
+            }
+            None if old.is_some() => {
+                self.kv.insert(keys::extent(ino, idx), None);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Turns a dirty buffer into a stored chunk (or a hole, if it is all zeros).
+    fn seal(&mut self, ino: u64, idx: u64) -> FsResult<()> {
+        let Some(mut data) = self.chunks.remove(&(ino, idx)) else {
+            return Ok(());
+        };
+        self.dirty_bytes -= CHUNK_SIZE;
+        let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        data.truncate(used);
+        if data.is_empty() {
+            return self.set_extent(ino, idx, None);
+        }
+        let hash = Hash::of(&data);
+        let len = data.len() as u32;
+        self.pin(hash);
+        if !self.pending.contains_key(&hash) && !self.store.chunk_exists(&hash)? {
+            self.pending_bytes += data.len();
+            self.pending.insert(hash, data);
+        }
+        self.set_extent(ino, idx, Some(Extent { hash, len }))?;
+        if self.pending_bytes > PENDING_LIMIT {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Writes sealed chunks to the store ahead of the commit (they stay pinned until then).
+    fn spill(&mut self) -> FsResult<()> {
+        let chunks: Vec<(Hash, Vec<u8>)> = self.pending.drain().collect();
+        self.pending_bytes = 0;
+        if let Err(e) = self.store.put_chunks_unlogged(&chunks) {
+            for (h, d) in chunks {
+                self.pending_bytes += d.len();
+                self.pending.insert(h, d);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn seal_all(&mut self) -> FsResult<()> {
+        let keys: Vec<_> = self.chunks.keys().copied().collect();
+        for (ino, idx) in keys {
+            self.seal(ino, idx)?;
+        }
+        Ok(())
+    }
+
+    fn regular(&self, ino: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
+        match i.kind {
+            FileKind::Regular => Ok(i),
+            FileKind::Directory => Err(FsError::IsDir),
+            _ => Err(FsError::Invalid("not a regular file")),
+        }
+    }
+
+    fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let i = self.regular(ino)?;
+        if offset >= i.size {
+            return Ok(Vec::new());
+        }
+        let end = i.size.min(offset.saturating_add(len as u64));
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / CS;
+            let in_chunk = (pos % CS) as usize;
+            let n = ((CS - pos % CS).min(end - pos)) as usize;
+            if let Some(data) = self.chunk_bytes(ino, idx)? {
+                let dst = &mut out[(pos - offset) as usize..][..n];
+                if in_chunk < data.len() {
+                    let m = n.min(data.len() - in_chunk);
+                    dst[..m].copy_from_slice(&data[in_chunk..in_chunk + m]);
+                }
+            }
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let mut i = self.regular(ino)?;
+        if data.is_empty() {
+            return Ok(0); // a zero-length write changes nothing, not even the size
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / CS;
+            let in_chunk = (pos % CS) as usize;
+            let n = ((CS - pos % CS).min(end - pos)) as usize;
+            // A write that covers a whole chunk, or everything of it up to EOF, need not read it.
+            let covers = in_chunk == 0 && (n == CHUNK_SIZE || pos + n as u64 >= i.size);
+            let src = &data[(pos - offset) as usize..][..n];
+            let buf = self.buffer(ino, idx, covers)?;
+            if buf.len() < in_chunk + n {
+                buf.resize(in_chunk + n, 0);
+            }
+            buf[in_chunk..in_chunk + n].copy_from_slice(src);
+            if in_chunk + n == CHUNK_SIZE {
+                self.seal(ino, idx)?;
+            }
+            pos += n as u64;
+        }
+        i = self.inode(ino)?; // sealing updated alloc_bytes
+        if end > i.size {
+            self.sup.logical_bytes += end - i.size;
+            i.size = end;
+        }
+        let now = Timespec::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.save(ino, i);
+        if self.dirty_bytes > DIRTY_LIMIT {
+            self.seal_all()?;
+        }
+        Ok(data.len())
+    }
+
+    /// Zeros `[start, end)` of a file: whole chunks become holes, partial ones are rewritten.
+    fn zero_range(&mut self, ino: u64, start: u64, end: u64) -> FsResult<()> {
+        let mut pos = start;
+        while pos < end {
+            let idx = pos / CS;
+            let in_chunk = (pos % CS) as usize;
+            let n = ((CS - pos % CS).min(end - pos)) as usize;
+            if n == CHUNK_SIZE {
+                if self.chunks.remove(&(ino, idx)).is_some() {
+                    self.dirty_bytes -= CHUNK_SIZE;
+                }
+                self.set_extent(ino, idx, None)?;
+            } else if self.chunks.contains_key(&(ino, idx)) || self.extent(ino, idx)?.is_some() {
+                let buf = self.buffer(ino, idx, false)?;
+                let stop = (in_chunk + n).min(buf.len());
+                if in_chunk < stop {
+                    buf[in_chunk..stop].fill(0);
+                }
+            }
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn set_size(&mut self, ino: u64, size: u64) -> FsResult<()> {
+        let i = self.regular(ino)?;
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        if size < i.size {
+            // Drop whole chunks past the new end, then cut the chunk it falls in.
+            let first_dead = size.div_ceil(CS);
+            let dead: Vec<_> = self
+                .chunks
+                .range((ino, first_dead)..=(ino, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in dead {
+                self.chunks.remove(&k);
+                self.dirty_bytes -= CHUNK_SIZE;
+            }
+            let (_, end) = keys::kind_range(ino, Kind::Extent);
+            for k in self.keys_in(&keys::extent(ino, first_dead), &end)? {
+                let idx = u64::from_be_bytes(k[9..17].try_into().expect("extent key"));
+                self.set_extent(ino, idx, None)?;
+            }
+            let keep = (size % CS) as usize;
+            if keep != 0 {
+                let idx = size / CS;
+                if self.chunks.contains_key(&(ino, idx)) || self.extent(ino, idx)?.is_some() {
+                    self.buffer(ino, idx, false)?.truncate(keep);
+                }
+            }
+        }
+        let mut i = self.inode(ino)?;
+        self.sup.logical_bytes = self.sup.logical_bytes - i.size + size;
+        i.size = size;
+        let now = Timespec::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.save(ino, i);
+        Ok(())
+    }
+
+    /// Chunk indexes from `from` on that hold data (stored or dirty), in order, up to `limit`.
+    fn data_chunks(&self, ino: u64, from: u64, limit: u64) -> FsResult<Vec<u64>> {
+        let mut set: std::collections::BTreeSet<u64> = self
+            .chunks
+            .range((ino, from)..(ino, limit))
+            .filter(|(_, b)| b.iter().any(|x| *x != 0))
+            .map(|((_, i), _)| *i)
+            .collect();
+        let end = keys::extent(ino, limit);
+        self.scan(&keys::extent(ino, from), &end, |k, _| {
+            let idx = u64::from_be_bytes(k[9..17].try_into().expect("extent key"));
+            if !self.chunks.contains_key(&(ino, idx)) {
+                set.insert(idx);
+            }
+            Ok(true)
+        })?;
+        Ok(set.into_iter().collect())
+    }
+}
+
+impl Workspace {
+    /// Opens a workspace for reading and writing. Only one handle per workspace at a time.
+    pub fn open(store: Arc<Store>, id: uuid::Uuid) -> FsResult<Workspace> {
+        store.mark_open(id)?;
+        let opened = (|| {
+            let rec = store
+                .get_root(RootId::Workspace(id))?
+                .ok_or(FsError::NotFound)?;
+            let sup_bytes = tree::get(&store, &rec.root, &keys::super_key())?
+                .ok_or_else(|| FsError::corrupt("state without a super record"))?;
+            let mut st = State {
+                store: store.clone(),
+                root: rec.root,
+                generation: rec.generation,
+                sup: records::decode(&sup_bytes)?,
+                kv: Changes::new(),
+                inodes: HashMap::new(),
+                chunks: BTreeMap::new(),
+                dirty_bytes: 0,
+                pending: HashMap::new(),
+                pending_bytes: 0,
+                pins: HashSet::new(),
+                open_refs: HashMap::new(),
+            };
+            // Files unlinked while open when the last session ended are freed now.
+            let (start, end) = keys::kind_range(keys::SUPER_INO, Kind::Orphan);
+            for k in st.keys_in(&start, &end)? {
+                let ino = u64::from_be_bytes(k[9..17].try_into().expect("orphan key"));
+                st.purge(ino)?;
+            }
+            Ok(st)
+        })();
+        match opened {
+            Ok(st) => Ok(Workspace {
+                id,
+                store,
+                state: Mutex::new(st),
+            }),
+            Err(e) => {
+                store.mark_closed(id);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn id(&self) -> uuid::Uuid {
+        self.id
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The last committed root.
+    pub fn committed_root(&self) -> Hash {
+        self.state.lock().root
+    }
+
+    /// Files and logical bytes, including uncommitted changes.
+    pub fn counters(&self) -> Super {
+        self.state.lock().sup.clone()
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.state.lock().attr(ino)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let st = self.state.lock();
+        st.dir(parent)?;
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if name == b"." {
+            return st.attr(parent);
+        }
+        if name == b".." {
+            let p = st.inode(parent)?.parent;
+            return st.attr(p);
+        }
+        let d = st.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+        st.attr(d.ino)
+    }
+
+    /// Creates a file, directory, symlink, FIFO, socket or device node.
+    pub fn create(&self, parent: u64, name: &[u8], new: NewNode<'_>) -> FsResult<Attr> {
+        check_name(name)?;
+        if is_dot(name) {
+            return Err(FsError::Exists);
+        }
+        let mut st = self.state.lock();
+        let p = st.dir(parent)?;
+        if st.dirent(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if new.kind == FileKind::Directory && p.nlink >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        if new.kind == FileKind::Symlink && (new.target.is_empty() || new.target.len() > 4095) {
+            return Err(if new.target.is_empty() {
+                FsError::NotFound
+            } else {
+                FsError::NameTooLong
+            });
+        }
+        let ino = st.sup.next_ino;
+        st.sup.next_ino += 1;
+        st.sup.files += 1;
+        let now = Timespec::now();
+        let mut perm = new.perm & 0o7777;
+        let mut gid = new.gid;
+        // BSD group semantics on a setgid directory, as every Linux filesystem does.
+        if p.perm & libc::S_ISGID != 0 {
+            gid = p.gid;
+            if new.kind == FileKind::Directory {
+                perm |= libc::S_ISGID;
+            }
+        }
+        let is_dir = new.kind == FileKind::Directory;
+        let inode = Inode {
+            kind: new.kind,
+            perm,
+            uid: new.uid,
+            gid,
+            nlink: if is_dir { 2 } else { 1 },
+            size: if new.kind == FileKind::Symlink {
+                new.target.len() as u64
+            } else {
+                0
+            },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: new.rdev,
+            parent: if is_dir { parent } else { 0 },
+            next_cookie: if is_dir { FIRST_COOKIE } else { 0 },
+            alloc_bytes: 0,
+            target: new.target.to_vec(),
+        };
+        st.save(ino, inode);
+        st.add_entry(parent, name, ino, new.kind)?;
+        st.attr(ino)
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let i = self.state.lock().inode(ino)?;
+        if i.kind != FileKind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        Ok(i.target)
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
+        check_name(new_name)?;
+        let mut st = self.state.lock();
+        let mut i = st.inode(ino)?;
+        if i.kind == FileKind::Directory {
+            return Err(FsError::NotPermitted);
+        }
+        st.dir(new_parent)?;
+        if is_dot(new_name) || st.dirent(new_parent, new_name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if i.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if i.nlink >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        i.nlink += 1;
+        i.ctime = Timespec::now();
+        let kind = i.kind;
+        st.save(ino, i);
+        st.add_entry(new_parent, new_name, ino, kind)?;
+        st.attr(ino)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        let mut st = self.state.lock();
+        st.dir(parent)?;
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let d = st.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+        if d.kind == FileKind::Directory {
+            return Err(FsError::IsDir);
+        }
+        st.remove_entry(parent, name, &d)?;
+        st.drop_link(d.ino)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        let mut st = self.state.lock();
+        st.dir(parent)?;
+        match name {
+            b"." => return Err(FsError::Invalid("rmdir of .")),
+            b".." => return Err(FsError::NotEmpty),
+            _ if name.len() > NAME_MAX => return Err(FsError::NameTooLong),
+            _ => {}
+        }
+        let d = st.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+        if d.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        if !st.dir_is_empty(d.ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        st.remove_entry(parent, name, &d)?;
+        st.drop_link(d.ino)
+    }
+
+    /// rename(2) with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+            return Err(FsError::Invalid("unsupported rename flags"));
+        }
+        if flags == RENAME_NOREPLACE | RENAME_EXCHANGE {
+            return Err(FsError::Invalid("NOREPLACE and EXCHANGE together"));
+        }
+        check_name(new_name)?;
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if is_dot(name) || is_dot(new_name) {
+            return Err(FsError::Invalid("rename of . or .."));
+        }
+        let mut st = self.state.lock();
+        st.dir(parent)?;
+        st.dir(new_parent)?;
+        let src = st.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+        let dst = st.dirent(new_parent, new_name)?;
+        let src_dir = src.kind == FileKind::Directory;
+        if src_dir && st.is_within(new_parent, src.ino)? {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if flags & RENAME_EXCHANGE != 0 {
+            let dst = dst.ok_or(FsError::NotFound)?;
+            if dst.kind == FileKind::Directory && st.is_within(parent, dst.ino)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            if parent == new_parent && name == new_name {
+                return Ok(());
+            }
+            return st.exchange(parent, name, &src, new_parent, new_name, &dst);
+        }
+        if let Some(dst) = &dst {
+            if flags & RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            if dst.ino == src.ino {
+                return Ok(()); // two links to one inode: POSIX says do nothing
+            }
+            match (src_dir, dst.kind == FileKind::Directory) {
+                (false, true) => return Err(FsError::IsDir),
+                (true, false) => return Err(FsError::NotDir),
+                (true, true) if !st.dir_is_empty(dst.ino)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            st.remove_entry(new_parent, new_name, dst)?;
+            st.drop_link(dst.ino)?;
+        }
+        st.remove_entry(parent, name, &src)?;
+        st.add_entry(new_parent, new_name, src.ino, src.kind)?;
+        let mut moved = st.inode(src.ino)?;
+        moved.ctime = Timespec::now();
+        if src_dir {
+            moved.parent = new_parent;
+        }
+        st.save(src.ino, moved);
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        let mut st = self.state.lock();
+        if let Some(size) = set.size {
+            st.set_size(ino, size)?;
+        }
+        let mut i = st.inode(ino)?;
+        let now = Timespec::now();
+        if let Some(mode) = set.mode {
+            i.perm = mode & 0o7777;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            // chown clears setuid, and setgid when group-executable, as Linux does.
+            if i.kind != FileKind::Directory && set.mode.is_none() {
+                i.perm &= !libc::S_ISUID;
+                if i.perm & libc::S_IXGRP != 0 {
+                    i.perm &= !libc::S_ISGID;
+                }
+            }
+            i.uid = set.uid.unwrap_or(i.uid);
+            i.gid = set.gid.unwrap_or(i.gid);
+        }
+        let pick = |t: TimeSet| match t {
+            TimeSet::Now => now,
+            TimeSet::At(t) => t,
+        };
+        if let Some(t) = set.atime {
+            i.atime = pick(t);
+        }
+        if let Some(t) = set.mtime {
+            i.mtime = pick(t);
+        }
+        i.ctime = now;
+        st.save(ino, i);
+        st.attr(ino)
+    }
+
+    /// Reads up to `len` bytes at `offset`; short only at end of file.
+    pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        self.state.lock().read(ino, offset, len)
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.state.lock().write(ino, offset, data)
+    }
+
+    /// fallocate(2): allocate (sizes only: holes already read as zeros), `KEEP_SIZE`,
+    /// `PUNCH_HOLE` (with `KEEP_SIZE`) and `ZERO_RANGE`.
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        const KNOWN: i32 =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !KNOWN != 0 {
+            return Err(FsError::NotSupported);
+        }
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero length"));
+        }
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        if punch && (zero || !keep) {
+            return Err(FsError::NotSupported);
+        }
+        let end = offset.checked_add(len).ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let mut st = self.state.lock();
+        let i = st.regular(ino)?;
+        if punch || zero {
+            st.zero_range(ino, offset, end.min(i.size))?;
+        }
+        if !keep && end > i.size {
+            st.set_size(ino, end)?;
+        } else if punch || zero {
+            let mut i = st.inode(ino)?;
+            let now = Timespec::now();
+            i.mtime = now;
+            i.ctime = now;
+            st.save(ino, i);
+        }
+        Ok(())
+    }
+
+    /// Copies a byte range between files of this workspace. Whole aligned chunks are shared,
+    /// not copied. Returns the bytes copied (short at the source's end of file).
+    pub fn copy_range(
+        &self,
+        src: u64,
+        src_off: u64,
+        dst: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        let mut st = self.state.lock();
+        let s = st.regular(src)?;
+        st.regular(dst)?;
+        if src_off >= s.size || len == 0 {
+            return Ok(0);
+        }
+        let len = len.min(s.size - src_off);
+        if dst_off.checked_add(len).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return Err(FsError::FileTooBig);
+        }
+        if src == dst && src_off < dst_off + len && dst_off < src_off + len {
+            return Err(FsError::Invalid("overlapping copy within one file"));
+        }
+        let mut done = 0;
+        while done < len {
+            let (so, d_o) = (src_off + done, dst_off + done);
+            let rest = len - done;
+            let aligned = so % CS == 0 && d_o % CS == 0;
+            let d_size = st.inode(dst)?.size;
+            // The source chunk's tail past its EOF is zeros, so a final partial chunk can be
+            // shared when the destination ends there too.
+            if aligned && (rest >= CS || (so + rest == s.size && d_o + rest >= d_size)) {
+                let (si, di) = (so / CS, d_o / CS);
+                st.seal(src, si)?;
+                if st.chunks.remove(&(dst, di)).is_some() {
+                    st.dirty_bytes -= CHUNK_SIZE;
+                }
+                let e = st.extent(src, si)?;
+                st.set_extent(dst, di, e)?;
+                let n = rest.min(CS);
+                let mut d = st.inode(dst)?;
+                if d_o + n > d.size {
+                    st.sup.logical_bytes += d_o + n - d.size;
+                    d.size = d_o + n;
+                    st.save(dst, d);
+                }
+                done += n;
+            } else {
+                let n = rest.min(CS - so % CS).min(CS - d_o % CS);
+                let bytes = st.read(src, so, n as usize)?;
+                st.write(dst, d_o, &bytes)?;
+                done += n;
+            }
+        }
+        let mut d = st.inode(dst)?;
+        let now = Timespec::now();
+        d.mtime = now;
+        d.ctime = now;
+        st.save(dst, d);
+        Ok(len)
+    }
+
+    /// lseek with `SEEK_DATA` or `SEEK_HOLE`.
+    pub fn seek(&self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        let st = self.state.lock();
+        let i = st.regular(ino)?;
+        if offset >= i.size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let first = offset / CS;
+        let last = i.size.div_ceil(CS);
+        let data = st.data_chunks(ino, first, last)?;
+        match whence {
+            libc::SEEK_DATA => match data.first() {
+                Some(&idx) => Ok(offset.max(idx * CS)),
+                None => Err(FsError::NoSuchOffset),
+            },
+            libc::SEEK_HOLE => {
+                let mut idx = first;
+                for d in data {
+                    if d != idx {
+                        break;
+                    }
+                    idx += 1;
+                }
+                Ok(offset.max(idx * CS).min(i.size))
+            }
+            _ => Err(FsError::Invalid("whence")),
+        }
+    }
+
+    /// Entries after `offset` (0 to start), "." and ".." first. `f` returns false when full.
+    /// Offsets are per-entry cookies, so they stay valid while the directory changes.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut f: impl FnMut(DirEntry) -> bool,
+    ) -> FsResult<()> {
+        let st = self.state.lock();
+        let dir = st.dir(ino)?;
+        if offset < 1
+            && !f(DirEntry {
+                name: b".".to_vec(),
+                ino,
+                kind: FileKind::Directory,
+                offset: 1,
+            })
+        {
+            return Ok(());
+        }
+        let parent = if ino == ROOT_INO {
+            ROOT_INO
+        } else {
+            dir.parent
+        };
+        if offset < 2
+            && !f(DirEntry {
+                name: b"..".to_vec(),
+                ino: parent,
+                kind: FileKind::Directory,
+                offset: 2,
+            })
+        {
+            return Ok(());
+        }
+        let (_, end) = keys::kind_range(ino, Kind::DirSeq);
+        let start = keys::dirseq(ino, (offset + 1).max(FIRST_COOKIE));
+        st.scan(&start, &end, |k, v| {
+            let cookie = u64::from_be_bytes(k[9..17].try_into().expect("dirseq key"));
+            let e: DirSeq = records::decode(v)?;
+            Ok(f(DirEntry {
+                name: e.name,
+                ino: e.ino,
+                kind: e.kind,
+                offset: cookie,
+            }))
+        })
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(FsError::Range);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(FsError::Range);
+        }
+        let mut st = self.state.lock();
+        let mut i = st.inode(ino)?;
+        let key = keys::xattr(ino, name);
+        let exists = st.get(&key)?.is_some();
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoAttr);
+        }
+        st.kv.insert(key, Some(value.to_vec()));
+        i.ctime = Timespec::now();
+        st.save(ino, i);
+        Ok(())
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let st = self.state.lock();
+        st.inode(ino)?;
+        if name.len() > XATTR_NAME_MAX {
+            return Err(FsError::Range);
+        }
+        st.get(&keys::xattr(ino, name))?.ok_or(FsError::NoAttr)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        let st = self.state.lock();
+        st.inode(ino)?;
+        let (start, end) = keys::kind_range(ino, Kind::Xattr);
+        Ok(st
+            .keys_in(&start, &end)?
+            .into_iter()
+            .map(|k| k[9..].to_vec())
+            .collect())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let mut i = st.inode(ino)?;
+        let key = keys::xattr(ino, name);
+        if st.get(&key)?.is_none() {
+            return Err(FsError::NoAttr);
+        }
+        st.kv.insert(key, None);
+        i.ctime = Timespec::now();
+        st.save(ino, i);
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let sup = self.state.lock().sup.clone();
+        let path = std::ffi::CString::new(self.store.path().as_os_str().as_encoded_bytes())
+            .map_err(|_| FsError::Invalid("data dir path"))?;
+        let disk = disk_statvfs(&path)?;
+        let block_size = 4096u32;
+        let scale = |n: u64| n * disk.1 / block_size as u64;
+        let used = sup.logical_bytes.div_ceil(block_size as u64);
+        Ok(StatFs {
+            block_size,
+            blocks: scale(disk.0).max(used),
+            blocks_free: scale(disk.2),
+            blocks_avail: scale(disk.3),
+            files: sup.files + disk.4,
+            files_free: disk.4,
+            name_max: NAME_MAX as u32,
+        })
+    }
+
+    /// Records an open handle on `ino`: it outlives its last link until [`Workspace::release`].
+    pub fn retain(&self, ino: u64) {
+        *self.state.lock().open_refs.entry(ino).or_insert(0) += 1;
+    }
+
+    pub fn release(&self, ino: u64) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let Some(n) = st.open_refs.get_mut(&ino) else {
+            return Ok(());
+        };
+        *n -= 1;
+        if *n == 0 {
+            st.open_refs.remove(&ino);
+            if st.inode(ino).is_ok_and(|i| i.nlink == 0) {
+                st.purge(ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the overlay as the workspace's new root in one batch; with `sync`, durable
+    /// (WAL fsynced) before it returns. Returns the committed root.
+    pub fn commit(&self, sync: bool) -> FsResult<Hash> {
+        let mut st = self.state.lock();
+        st.seal_all()?;
+        for (ino, inode) in std::mem::take(&mut st.inodes) {
+            st.kv
+                .insert(keys::inode(ino), Some(records::encode(&inode)));
+        }
+        if st.kv.is_empty() && st.pending.is_empty() {
+            if sync {
+                self.store.sync_wal()?;
+            }
+            return Ok(st.root);
+        }
+        let sup = records::encode(&st.sup);
+        st.kv.insert(keys::super_key(), Some(sup));
+        let (root, nodes) = tree::apply(&self.store, &st.root, &st.kv)?;
+        let node_pins: Vec<Hash> = nodes.iter().map(|(h, _)| *h).chain([root]).collect();
+        self.store.pin(node_pins.iter().copied());
+        let chunks: Vec<(Hash, Vec<u8>)> = st.pending.drain().collect();
+        let record = RootRecord {
+            root,
+            generation: st.generation + 1,
+            committed_at: Timespec::now(),
+        };
+        let result = self
+            .store
+            .commit(RootId::Workspace(self.id), &record, &nodes, &chunks, sync);
+        self.store.unpin(node_pins);
+        match result {
+            Ok(()) => {
+                st.root = root;
+                st.generation += 1;
+                st.kv.clear();
+                st.pending_bytes = 0;
+                let pins: Vec<Hash> = st.pins.drain().collect();
+                self.store.unpin(pins);
+                Ok(root)
+            }
+            Err(e) => {
+                st.pending.extend(chunks);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits durably and closes.
+    pub fn close(self) -> FsResult<Hash> {
+        self.commit(true)
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let pins: Vec<Hash> = self.state.get_mut().pins.drain().collect();
+        self.store.unpin(pins);
+        self.store.mark_closed(self.id);
+    }
+}
+
+/// (blocks, fragment size, free, available, free inodes) of the filesystem holding `path`.
+fn disk_statvfs(path: &std::ffi::CStr) -> FsResult<(u64, u64, u64, u64, u64)> {
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: path is NUL-terminated and `s` is a valid out-pointer for statvfs.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::statvfs(path.as_ptr(), s.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(FsError::Storage(format!(
+            "statvfs: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    #[allow(unsafe_code)]
+    let s = unsafe { s.assume_init() };
+    Ok((s.f_blocks, s.f_frsize, s.f_bfree, s.f_bavail, s.f_ffree))
+}

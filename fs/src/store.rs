@@ -1,0 +1,526 @@
+//! The object store: RocksDB with one column family per kind of object.
+//!
+//! - `chunks`: file data chunks, key = BLAKE3 of the bytes. Large values live in RocksDB's
+//!   integrated BlobDB (lz4), so compaction moves keys, not data.
+//! - `nodes`: tree nodes ([`crate::tree::Node`]), key = BLAKE3 of the encoding.
+//! - `meta`: root pointers ([`RootId`] → [`RootRecord`]) and, under other prefixes, the
+//!   workspace service's records.
+//!
+//! Objects are immutable. Anything that is about to make a root reference an object pins it
+//! first ([`Store::pin`]); the garbage collector never deletes a pinned object (see `gc.rs`).
+
+use parking_lot::Mutex;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
+    WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{FsError, FsResult};
+use crate::hash::Hash;
+use crate::records::Timespec;
+use crate::tree::{Node, NodeCache};
+
+pub const CF_CHUNKS: &str = "chunks";
+pub const CF_NODES: &str = "nodes";
+pub const CF_META: &str = "meta";
+
+/// Chunk writes at commit smaller than this go through the WAL with the commit; larger ones
+/// are written once to blob files (no WAL) and flushed before the commit's root is written.
+const SMALL_COMMIT_BYTES: usize = 1 << 20;
+
+/// Which root pointer: a workspace's (mutable) or a snapshot's (immutable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RootId {
+    Workspace(uuid::Uuid),
+    Snapshot(uuid::Uuid),
+}
+
+impl RootId {
+    const PREFIX: u8 = b'R';
+
+    fn key(&self) -> [u8; 18] {
+        let (tag, id) = match self {
+            RootId::Workspace(id) => (b'w', id),
+            RootId::Snapshot(id) => (b's', id),
+        };
+        let mut k = [0u8; 18];
+        k[0] = Self::PREFIX;
+        k[1] = tag;
+        k[2..].copy_from_slice(id.as_bytes());
+        k
+    }
+
+    fn from_key(k: &[u8]) -> Option<RootId> {
+        if k.len() != 18 || k[0] != Self::PREFIX {
+            return None;
+        }
+        let id = uuid::Uuid::from_slice(&k[2..]).ok()?;
+        match k[1] {
+            b'w' => Some(RootId::Workspace(id)),
+            b's' => Some(RootId::Snapshot(id)),
+            _ => None,
+        }
+    }
+}
+
+/// What a root pointer holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RootRecord {
+    pub root: Hash,
+    /// Commits since the state was created (clones and snapshots carry it over).
+    pub generation: u64,
+    pub committed_at: Timespec,
+}
+
+/// Tuning for [`Store::open`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of decoded tree nodes kept in memory.
+    pub node_cache_bytes: usize,
+    /// RocksDB block cache (SST blocks of every column family).
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            node_cache_bytes: 64 << 20,
+            block_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Who may not lose which objects right now; see `gc.rs` for the protocol.
+#[derive(Default)]
+pub(crate) struct Pins {
+    pub(crate) counts: HashMap<Hash, u32>,
+    /// While a collection runs: every hash pinned since it started (never shrinks).
+    pub(crate) gc_protect: Option<HashSet<Hash>>,
+}
+
+pub struct Store {
+    pub(crate) db: DB,
+    path: PathBuf,
+    pub(crate) nodes: NodeCache,
+    pub(crate) pins: Mutex<Pins>,
+    /// Workspaces open for writing; their roots move only by their own commits.
+    open: Mutex<HashSet<uuid::Uuid>>,
+    /// Set when chunks were written without the WAL and not yet flushed.
+    unflushed_chunks: AtomicBool,
+    /// Serializes root-pointer changes so read-check-write sequences are atomic.
+    roots_lock: Mutex<()>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> FsResult<Arc<Store>> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    pub fn open_with(path: &Path, opts: StoreOptions) -> FsResult<Arc<Store>> {
+        std::fs::create_dir_all(path).map_err(|e| FsError::Storage(e.to_string()))?;
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let table = |bloom: bool| {
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            if bloom {
+                t.set_bloom_filter(10.0, false);
+            }
+            t.set_cache_index_and_filter_blocks(true);
+            t
+        };
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(4);
+        // Bound memtables across all column families so memory stays flat under write load.
+        db_opts.set_db_write_buffer_size(256 << 20);
+
+        let mut chunks = Options::default();
+        chunks.set_block_based_table_factory(&table(true));
+        chunks.set_enable_blob_files(true);
+        chunks.set_min_blob_size(2048);
+        chunks.set_blob_file_size(256 << 20);
+        chunks.set_blob_compression_type(DBCompressionType::Lz4);
+        chunks.set_enable_blob_gc(true);
+        chunks.set_blob_gc_age_cutoff(0.5);
+        chunks.set_compression_type(DBCompressionType::Lz4);
+        chunks.set_write_buffer_size(64 << 20);
+        chunks.set_max_write_buffer_number(3);
+
+        let mut nodes = Options::default();
+        nodes.set_block_based_table_factory(&table(true));
+        nodes.set_compression_type(DBCompressionType::Lz4);
+        nodes.set_write_buffer_size(32 << 20);
+
+        let mut meta = Options::default();
+        meta.set_block_based_table_factory(&table(false));
+
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
+            ColumnFamilyDescriptor::new(CF_NODES, nodes),
+            ColumnFamilyDescriptor::new(CF_META, meta),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        Ok(Arc::new(Store {
+            db,
+            path: path.to_path_buf(),
+            nodes: NodeCache::new(opts.node_cache_bytes),
+            pins: Mutex::new(Pins::default()),
+            open: Mutex::new(HashSet::new()),
+            unflushed_chunks: AtomicBool::new(false),
+            roots_lock: Mutex::new(()),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    // ---- objects ----
+
+    pub fn get_node(&self, hash: &Hash) -> FsResult<Arc<Node>> {
+        if let Some(n) = self.nodes.get(hash) {
+            return Ok(n);
+        }
+        let bytes = self
+            .db
+            .get_pinned_cf(self.cf(CF_NODES), hash.0)?
+            .ok_or_else(|| FsError::corrupt(format!("missing node {hash}")))?;
+        let node = Arc::new(Node::decode(&bytes)?);
+        self.nodes.insert(*hash, node.clone(), bytes.len());
+        Ok(node)
+    }
+
+    /// The raw encoding of a node, for fsck.
+    pub fn get_node_bytes(&self, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_NODES), hash.0)?)
+    }
+
+    pub fn get_chunk(&self, hash: &Hash) -> FsResult<Vec<u8>> {
+        self.db
+            .get_cf(self.cf(CF_CHUNKS), hash.0)?
+            .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))
+    }
+
+    pub fn chunk_exists(&self, hash: &Hash) -> FsResult<bool> {
+        let cf = self.cf(CF_CHUNKS);
+        if !self.db.key_may_exist_cf(cf, hash.0) {
+            return Ok(false);
+        }
+        Ok(self.db.get_pinned_cf(cf, hash.0)?.is_some())
+    }
+
+    /// Writes chunks without the WAL: the bytes go to disk once, into blob files, at the next
+    /// flush. Callers pin them first; [`Store::commit`] flushes before any root refers to them.
+    pub fn put_chunks_unlogged(&self, chunks: &[(Hash, Vec<u8>)]) -> FsResult<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_CHUNKS);
+        for (h, data) in chunks {
+            batch.put_cf(cf, h.0, data);
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)?;
+        // Set after the write: a flush that sees the flag started after these bytes landed.
+        self.unflushed_chunks.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn flush_chunks(&self) -> FsResult<()> {
+        if self.unflushed_chunks.swap(false, Ordering::SeqCst) {
+            let mut fo = FlushOptions::default();
+            fo.set_wait(true);
+            if let Err(e) = self.db.flush_cf_opt(self.cf(CF_CHUNKS), &fo) {
+                self.unflushed_chunks.store(true, Ordering::SeqCst);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    // ---- pins ----
+
+    /// Marks hashes as in use by a write in flight; the GC will not delete them.
+    pub fn pin(&self, hashes: impl IntoIterator<Item = Hash>) {
+        let mut p = self.pins.lock();
+        let Pins { counts, gc_protect } = &mut *p;
+        for h in hashes {
+            *counts.entry(h).or_insert(0) += 1;
+            if let Some(protect) = gc_protect.as_mut() {
+                protect.insert(h);
+            }
+        }
+    }
+
+    pub fn unpin(&self, hashes: impl IntoIterator<Item = Hash>) {
+        let mut p = self.pins.lock();
+        for h in hashes {
+            if let Some(c) = p.counts.get_mut(&h) {
+                *c -= 1;
+                if *c == 0 {
+                    p.counts.remove(&h);
+                }
+            }
+        }
+    }
+
+    // ---- roots ----
+
+    pub fn get_root(&self, id: RootId) -> FsResult<Option<RootRecord>> {
+        match self.db.get_pinned_cf(self.cf(CF_META), id.key())? {
+            Some(v) => Ok(Some(crate::records::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_roots(&self) -> FsResult<Vec<(RootId, RootRecord)>> {
+        let mut out = Vec::new();
+        let iter = self
+            .db
+            .prefix_iterator_cf(self.cf(CF_META), [RootId::PREFIX]);
+        for item in iter {
+            let (k, v) = item?;
+            if k.first() != Some(&RootId::PREFIX) {
+                break;
+            }
+            let id = RootId::from_key(&k).ok_or_else(|| FsError::corrupt("bad root key"))?;
+            out.push((id, crate::records::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Writes a new root for `id` together with the nodes and chunks it introduces, in one
+    /// batch. Chunks too large for the WAL are written unlogged and flushed first, so the root
+    /// never becomes durable before the objects it references.
+    pub fn commit(
+        &self,
+        id: RootId,
+        record: &RootRecord,
+        nodes: &[(Hash, Vec<u8>)],
+        chunks: &[(Hash, Vec<u8>)],
+        sync: bool,
+    ) -> FsResult<()> {
+        let chunk_bytes: usize = chunks.iter().map(|(_, c)| c.len()).sum();
+        let mut batch = WriteBatch::default();
+        if chunk_bytes > SMALL_COMMIT_BYTES {
+            self.put_chunks_unlogged(chunks)?;
+        } else {
+            let cf = self.cf(CF_CHUNKS);
+            for (h, data) in chunks {
+                batch.put_cf(cf, h.0, data);
+            }
+        }
+        self.flush_chunks()?;
+        let cf = self.cf(CF_NODES);
+        for (h, bytes) in nodes {
+            batch.put_cf(cf, h.0, bytes);
+        }
+        batch.put_cf(self.cf(CF_META), id.key(), crate::records::encode(record));
+        let _roots = self.roots_lock.lock();
+        if let RootId::Workspace(_) = id {
+            if self.get_root(id)?.is_none() {
+                return Err(FsError::NotFound);
+            }
+        }
+        self.write(batch, sync)
+    }
+
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (WAL fsync).
+    pub fn sync_wal(&self) -> FsResult<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Points a new root id at `record`, writing the nodes it introduces.
+    pub(crate) fn create_root(
+        &self,
+        id: RootId,
+        record: &RootRecord,
+        nodes: &[(Hash, Vec<u8>)],
+    ) -> FsResult<()> {
+        let hashes: Vec<Hash> = nodes.iter().map(|(h, _)| *h).chain([record.root]).collect();
+        self.pin(hashes.iter().copied());
+        let result = (|| {
+            let _roots = self.roots_lock.lock();
+            if self.get_root(id)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let mut batch = WriteBatch::default();
+            for (h, bytes) in nodes {
+                batch.put_cf(self.cf(CF_NODES), h.0, bytes);
+            }
+            batch.put_cf(self.cf(CF_META), id.key(), crate::records::encode(record));
+            self.write(batch, true)
+        })();
+        self.unpin(hashes);
+        result
+    }
+
+    /// Points `dst` at `src`'s root: clone, snapshot and restore. One small write, and atomic
+    /// with respect to a collection's start (see `gc.rs`).
+    pub(crate) fn copy_root(
+        &self,
+        src: RootId,
+        dst: RootId,
+        dst_exists: bool,
+    ) -> FsResult<RootRecord> {
+        let _roots = self.roots_lock.lock();
+        let mut record = self.get_root(src)?.ok_or(FsError::NotFound)?;
+        let old = self.get_root(dst)?;
+        if old.is_some() != dst_exists {
+            return Err(if dst_exists {
+                FsError::NotFound
+            } else {
+                FsError::Exists
+            });
+        }
+        if let Some(old) = old {
+            record.generation = record.generation.max(old.generation) + 1;
+        }
+        record.committed_at = Timespec::now();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), dst.key(), crate::records::encode(&record));
+        self.write(batch, true)?;
+        Ok(record)
+    }
+
+    /// Starts a collection: from now on every pinned hash is also kept in the protect set,
+    /// which starts with every hash pinned now. Returns the roots to mark from.
+    pub(crate) fn begin_gc(&self) -> FsResult<Vec<(RootId, RootRecord)>> {
+        let _roots = self.roots_lock.lock();
+        {
+            let mut p = self.pins.lock();
+            if p.gc_protect.is_some() {
+                return Err(FsError::Busy("a collection is already running".into()));
+            }
+            p.gc_protect = Some(p.counts.keys().copied().collect());
+        }
+        match self.list_roots() {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.end_gc();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn end_gc(&self) {
+        self.pins.lock().gc_protect = None;
+    }
+
+    pub(crate) fn delete_root(&self, id: RootId) -> FsResult<()> {
+        let _roots = self.roots_lock.lock();
+        if self.get_root(id)?.is_none() {
+            return Err(FsError::NotFound);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_META), id.key());
+        self.write(batch, true)
+    }
+
+    // ---- open workspaces ----
+
+    pub(crate) fn mark_open(&self, id: uuid::Uuid) -> FsResult<()> {
+        if !self.open.lock().insert(id) {
+            return Err(FsError::Busy(format!("workspace {id} is already open")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn mark_closed(&self, id: uuid::Uuid) {
+        self.open.lock().remove(&id);
+    }
+
+    pub fn is_open(&self, id: uuid::Uuid) -> bool {
+        self.open.lock().contains(&id)
+    }
+
+    // ---- metadata for upper layers ----
+
+    pub fn meta_get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    /// Applies puts (`Some`) and deletes (`None`) to `meta` atomically and durably.
+    pub fn meta_write(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> FsResult<()> {
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_META);
+        for (k, v) in ops {
+            if k.first() == Some(&RootId::PREFIX) {
+                return Err(FsError::Invalid("meta key collides with root pointers"));
+            }
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        self.write(batch, true)
+    }
+
+    pub fn meta_scan(&self, prefix: &[u8]) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), prefix) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Bytes RocksDB reports for live SST and blob files, per column family.
+    pub fn disk_usage(&self) -> FsResult<u64> {
+        let mut total = 0;
+        for cf in [CF_CHUNKS, CF_NODES, CF_META] {
+            let cf = self.cf(cf);
+            for prop in [
+                "rocksdb.total-sst-files-size",
+                "rocksdb.total-blob-file-size",
+            ] {
+                total += self.db.property_int_value_cf(cf, prop)?.unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Flushes memtables and compacts every column family fully; used after GC.
+    pub fn compact(&self) -> FsResult<()> {
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        for name in [CF_CHUNKS, CF_NODES, CF_META] {
+            self.db.flush_cf_opt(self.cf(name), &fo)?;
+        }
+        self.unflushed_chunks.store(false, Ordering::SeqCst);
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in [CF_CHUNKS, CF_NODES, CF_META] {
+            self.db
+                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        Ok(())
+    }
+}

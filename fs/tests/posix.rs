@@ -1,0 +1,528 @@
+//! POSIX layer behaviour without FUSE: the errno of each error case, sparse files, chunk
+//! sharing, readdir cookies under change, orphans, and space accounting across workspaces.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chaserfs_fs::keys::ROOT_INO;
+use chaserfs_fs::posix::{CHUNK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use chaserfs_fs::{
+    fsck, gc, roots, Attr, FileKind, FsResult, NewNode, RootId, SetAttr, Store, Workspace,
+};
+use uuid::Uuid;
+
+const CS: u64 = CHUNK_SIZE as u64;
+
+fn setup() -> (tempfile::TempDir, Arc<Store>, Workspace) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = Uuid::new_v4();
+    roots::create_workspace(&store, id).unwrap();
+    let ws = Workspace::open(store.clone(), id).unwrap();
+    (dir, store, ws)
+}
+
+fn node(kind: FileKind) -> NewNode<'static> {
+    NewNode {
+        kind,
+        perm: 0o755,
+        uid: 1000,
+        gid: 1000,
+        rdev: 0,
+        target: b"target",
+    }
+}
+
+fn file(ws: &Workspace, parent: u64, name: &str) -> u64 {
+    ws.create(parent, name.as_bytes(), node(FileKind::Regular))
+        .unwrap()
+        .ino
+}
+
+fn dir(ws: &Workspace, parent: u64, name: &str) -> u64 {
+    ws.create(parent, name.as_bytes(), node(FileKind::Directory))
+        .unwrap()
+        .ino
+}
+
+fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+    r.expect_err("expected an error").errno()
+}
+
+#[test]
+fn error_cases_answer_the_posix_errno() {
+    let (_d, _s, ws) = setup();
+    let d = dir(&ws, ROOT_INO, "d");
+    let f = file(&ws, ROOT_INO, "f");
+    let sub = dir(&ws, d, "sub");
+    file(&ws, sub, "x");
+    assert_eq!(errno(ws.lookup(ROOT_INO, b"missing")), libc::ENOENT);
+    assert_eq!(
+        errno(ws.create(ROOT_INO, b"f", node(FileKind::Regular))),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(ws.create(f, b"x", node(FileKind::Regular))),
+        libc::ENOTDIR
+    );
+    assert_eq!(errno(ws.lookup(f, b"x")), libc::ENOTDIR);
+    assert_eq!(
+        errno(ws.create(ROOT_INO, &[b'n'; 256], node(FileKind::Regular))),
+        libc::ENAMETOOLONG
+    );
+    ws.create(ROOT_INO, &[b'n'; 255], node(FileKind::Regular))
+        .unwrap();
+    assert_eq!(errno(ws.unlink(ROOT_INO, b"d")), libc::EISDIR);
+    assert_eq!(errno(ws.rmdir(ROOT_INO, b"f")), libc::ENOTDIR);
+    assert_eq!(errno(ws.rmdir(ROOT_INO, b"d")), libc::ENOTEMPTY);
+    assert_eq!(errno(ws.rmdir(d, b".")), libc::EINVAL);
+    assert_eq!(errno(ws.read(d, 0, 10)), libc::EISDIR);
+    assert_eq!(errno(ws.write(d, 0, b"x")), libc::EISDIR);
+    assert_eq!(errno(ws.link(d, ROOT_INO, b"dlink")), libc::EPERM);
+    // Moving a directory into itself or below itself.
+    assert_eq!(errno(ws.rename(ROOT_INO, b"d", d, b"d2", 0)), libc::EINVAL);
+    assert_eq!(
+        errno(ws.rename(ROOT_INO, b"d", sub, b"d2", 0)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(ws.rename(ROOT_INO, b"f", ROOT_INO, b"d", 0)),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(ws.rename(ROOT_INO, b"d", ROOT_INO, b"f", 0)),
+        libc::ENOTDIR
+    );
+    let e = dir(&ws, ROOT_INO, "e");
+    assert_eq!(
+        errno(ws.rename(ROOT_INO, b"e", d, b"sub", 0)),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno(ws.rename(ROOT_INO, b"f", ROOT_INO, b"e", RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(ws.rename(ROOT_INO, b"f", ROOT_INO, b"nope", RENAME_EXCHANGE)),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(ws.rename(
+            ROOT_INO,
+            b"f",
+            ROOT_INO,
+            b"e",
+            RENAME_EXCHANGE | RENAME_NOREPLACE
+        )),
+        libc::EINVAL
+    );
+    assert_eq!(errno(ws.write(f, (16 << 40) - 1, b"xy")), libc::EFBIG);
+    assert_eq!(
+        errno(ws.setattr(
+            f,
+            &SetAttr {
+                size: Some((16 << 40) + 1),
+                ..Default::default()
+            }
+        )),
+        libc::EFBIG
+    );
+    assert_eq!(errno(ws.getxattr(f, b"user.none")), libc::ENODATA);
+    assert_eq!(errno(ws.removexattr(f, b"user.none")), libc::ENODATA);
+    ws.setxattr(f, b"user.a", b"1", 0).unwrap();
+    assert_eq!(
+        errno(ws.setxattr(f, b"user.a", b"2", libc::XATTR_CREATE)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(ws.setxattr(f, b"user.b", b"2", libc::XATTR_REPLACE)),
+        libc::ENODATA
+    );
+    assert_eq!(errno(ws.seek(f, 0, libc::SEEK_DATA)), libc::ENXIO);
+    assert_eq!(errno(ws.fallocate(f, 0, 0, 0)), libc::EINVAL);
+    assert_eq!(
+        errno(ws.fallocate(f, 0, 10, libc::FALLOC_FL_PUNCH_HOLE)),
+        libc::EOPNOTSUPP
+    );
+    // Replacing an empty directory, and exchanging a file with a directory, both work.
+    ws.rename(ROOT_INO, b"e", d, b"sub2", 0).unwrap();
+    ws.rename(d, b"sub2", d, b"sub", RENAME_EXCHANGE).unwrap();
+    assert_eq!(ws.lookup(d, b"sub").unwrap().ino, e);
+    assert_eq!(ws.lookup(d, b"sub2").unwrap().ino, sub);
+    ws.rename(ROOT_INO, b"f", d, b"sub", RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(ws.lookup(ROOT_INO, b"f").unwrap().kind, FileKind::Directory);
+    assert_eq!(ws.lookup(ROOT_INO, b"..").unwrap().ino, ROOT_INO);
+    assert_eq!(ws.lookup(ROOT_INO, b"f").unwrap().ino, e);
+    assert_eq!(ws.lookup(e, b"..").unwrap().ino, ROOT_INO);
+    ws.commit(true).unwrap();
+    let report = fsck::check(ws.store()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+#[test]
+fn every_file_type_links_and_times() {
+    let (_d, _s, ws) = setup();
+    let f = file(&ws, ROOT_INO, "f");
+    let l = ws.create(ROOT_INO, b"l", node(FileKind::Symlink)).unwrap();
+    assert_eq!((l.kind, l.size), (FileKind::Symlink, 6));
+    assert_eq!(ws.readlink(l.ino).unwrap(), b"target");
+    for (name, kind, rdev) in [
+        ("p", FileKind::Fifo, 0),
+        ("s", FileKind::Socket, 0),
+        ("c", FileKind::CharDevice, 0x0103),
+        ("b", FileKind::BlockDevice, 0x0801),
+    ] {
+        let a = ws
+            .create(ROOT_INO, name.as_bytes(), NewNode { rdev, ..node(kind) })
+            .unwrap();
+        assert_eq!((a.kind, a.rdev), (kind, rdev));
+    }
+    let a = ws.link(f, ROOT_INO, b"f2").unwrap();
+    assert_eq!(a.nlink, 2);
+    ws.write(f, 0, b"hello").unwrap();
+    assert_eq!(
+        ws.read(ws.lookup(ROOT_INO, b"f2").unwrap().ino, 0, 100)
+            .unwrap(),
+        b"hello"
+    );
+    ws.unlink(ROOT_INO, b"f").unwrap();
+    assert_eq!(ws.getattr(f).unwrap().nlink, 1);
+    let t = chaserfs_fs::Timespec {
+        sec: 1_000_000_000,
+        nsec: 123_456_789,
+    };
+    let a: Attr = ws
+        .setattr(
+            f,
+            &SetAttr {
+                mode: Some(0o4750),
+                uid: Some(7),
+                gid: Some(8),
+                atime: Some(chaserfs_fs::TimeSet::At(t)),
+                mtime: Some(chaserfs_fs::TimeSet::At(t)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (a.perm, a.uid, a.gid, a.mtime, a.atime),
+        (0o4750, 7, 8, t, t)
+    );
+    assert!(a.ctime > t);
+    // chown alone clears setuid, as Linux does.
+    let a = ws
+        .setattr(
+            f,
+            &SetAttr {
+                uid: Some(9),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(a.perm, 0o750);
+    // setgid directories hand their group down.
+    let d = ws
+        .create(
+            ROOT_INO,
+            b"g",
+            NewNode {
+                perm: 0o2775,
+                gid: 55,
+                ..node(FileKind::Directory)
+            },
+        )
+        .unwrap();
+    let sub = ws
+        .create(
+            d.ino,
+            b"sub",
+            NewNode {
+                gid: 1,
+                ..node(FileKind::Directory)
+            },
+        )
+        .unwrap();
+    assert_eq!((sub.gid, sub.perm & 0o2000), (55, 0o2000));
+    let st = ws.statfs().unwrap();
+    assert!(st.blocks > 0 && st.name_max == 255 && st.files >= 8);
+}
+
+#[test]
+fn sparse_files_truncate_punch_and_seek() {
+    let (_d, store, ws) = setup();
+    let f = file(&ws, ROOT_INO, "sparse");
+    ws.write(f, 10 * CS + 5, b"tail").unwrap();
+    let a = ws.getattr(f).unwrap();
+    assert_eq!(a.size, 10 * CS + 9);
+    let data = ws.read(f, 0, (11 * CS) as usize).unwrap();
+    assert_eq!(data.len() as u64, 10 * CS + 9);
+    assert!(data[..(10 * CS + 5) as usize].iter().all(|b| *b == 0));
+    assert_eq!(&data[(10 * CS + 5) as usize..], b"tail");
+    assert_eq!(ws.seek(f, 0, libc::SEEK_DATA).unwrap(), 10 * CS);
+    assert_eq!(ws.seek(f, 0, libc::SEEK_HOLE).unwrap(), 0);
+    assert_eq!(
+        ws.seek(f, 10 * CS + 1, libc::SEEK_HOLE).unwrap(),
+        10 * CS + 9
+    );
+    ws.commit(true).unwrap();
+    let a = ws.getattr(f).unwrap();
+    assert_eq!(a.blocks, 1, "only the 9 stored bytes count, not the hole");
+    // Holes cost nothing: a 1 GiB sparse file with 3 bytes at its end stores one chunk
+    // (sparseness has the chunk's granularity, as a filesystem with 64 KiB blocks).
+    let big = file(&ws, ROOT_INO, "big");
+    ws.setattr(
+        big,
+        &SetAttr {
+            size: Some(1 << 30),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    ws.write(big, (1 << 30) - 3, b"end").unwrap();
+    ws.commit(true).unwrap();
+    assert_eq!(ws.getattr(big).unwrap().blocks, CS / 512);
+    // Truncate down then up leaves zeros, not old data.
+    let g = file(&ws, ROOT_INO, "g");
+    ws.write(g, 0, &vec![7u8; 3 * CHUNK_SIZE]).unwrap();
+    ws.setattr(
+        g,
+        &SetAttr {
+            size: Some(CS + 10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    ws.setattr(
+        g,
+        &SetAttr {
+            size: Some(3 * CS),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let d = ws.read(g, 0, 3 * CHUNK_SIZE).unwrap();
+    assert!(d[..(CS + 10) as usize].iter().all(|b| *b == 7));
+    assert!(d[(CS + 10) as usize..].iter().all(|b| *b == 0));
+    // Punch a hole across a chunk boundary, keep the size.
+    ws.write(g, 0, &vec![9u8; 3 * CHUNK_SIZE]).unwrap();
+    ws.fallocate(
+        g,
+        CS - 10,
+        CS + 20,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .unwrap();
+    let d = ws.read(g, 0, 3 * CHUNK_SIZE).unwrap();
+    assert_eq!(d.len(), 3 * CHUNK_SIZE);
+    for (i, b) in d.iter().enumerate() {
+        let hole = (CS - 10..2 * CS + 10).contains(&(i as u64));
+        assert_eq!(*b, if hole { 0 } else { 9 }, "byte {i}");
+    }
+    // fallocate extends the size unless KEEP_SIZE.
+    ws.fallocate(g, 0, 5 * CS, 0).unwrap();
+    assert_eq!(ws.getattr(g).unwrap().size, 5 * CS);
+    ws.fallocate(g, 0, 9 * CS, libc::FALLOC_FL_KEEP_SIZE)
+        .unwrap();
+    assert_eq!(ws.getattr(g).unwrap().size, 5 * CS);
+    ws.commit(true).unwrap();
+    assert!(fsck::check(&store).unwrap().is_clean());
+}
+
+#[test]
+fn copy_range_shares_chunks_instead_of_copying() {
+    let (_d, store, ws) = setup();
+    let src = file(&ws, ROOT_INO, "src");
+    let data: Vec<u8> = (0..(8 * CS + 100)).map(|i| (i % 253) as u8).collect();
+    ws.write(src, 0, &data).unwrap();
+    ws.commit(true).unwrap();
+    store.compact().unwrap();
+    let before = gc::collect(&store, false).unwrap().live_chunks;
+    let dst = file(&ws, ROOT_INO, "dst");
+    assert_eq!(
+        ws.copy_range(src, 0, dst, 0, 1 << 40).unwrap(),
+        data.len() as u64
+    );
+    assert_eq!(ws.read(dst, 0, data.len() + 10).unwrap(), data);
+    // Unaligned copies copy bytes, and still read back right.
+    let odd = file(&ws, ROOT_INO, "odd");
+    assert_eq!(ws.copy_range(src, 7, odd, 3, 2 * CS).unwrap(), 2 * CS);
+    assert_eq!(
+        ws.read(odd, 3, 2 * CHUNK_SIZE).unwrap(),
+        &data[7..7 + 2 * CHUNK_SIZE]
+    );
+    ws.commit(true).unwrap();
+    let after = gc::collect(&store, false).unwrap().live_chunks;
+    // The aligned copy added no chunk; the unaligned one added at most 3.
+    assert!(after <= before + 3, "chunks before {before}, after {after}");
+}
+
+#[test]
+fn readdir_cookies_stay_valid_while_a_large_directory_changes() {
+    let (_d, _s, ws) = setup();
+    let d = dir(&ws, ROOT_INO, "big");
+    const N: usize = 100_000;
+    for i in 0..N {
+        file(&ws, d, &format!("f{i:06}"));
+        if i % 20_000 == 0 {
+            ws.commit(false).unwrap();
+        }
+    }
+    ws.commit(false).unwrap();
+    // Page through it 1,000 at a time; between pages, delete some entries not yet seen,
+    // delete some already seen, and add new ones.
+    let mut seen = HashSet::new();
+    let mut deleted = HashSet::new();
+    let mut offset = 0;
+    let mut round = 0;
+    loop {
+        let mut page = Vec::new();
+        ws.readdir(d, offset, |e| {
+            page.push(e);
+            page.len() < 1000
+        })
+        .unwrap();
+        let Some(last) = page.last() else { break };
+        offset = last.offset;
+        for e in page {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            assert!(
+                seen.insert(e.name.clone()),
+                "{:?} listed twice",
+                String::from_utf8_lossy(&e.name)
+            );
+            assert!(!deleted.contains(&e.name), "deleted entry listed");
+        }
+        round += 1;
+        for k in 0..5 {
+            let ahead = format!("f{:06}", (round * 997 + k * 131) % N).into_bytes();
+            if !seen.contains(&ahead) && deleted.insert(ahead.clone()) {
+                ws.unlink(d, &ahead).unwrap();
+            }
+        }
+        if round <= 50 {
+            file(&ws, d, &format!("new{round}")); // after every cookie handed out so far
+        }
+        if round % 10 == 0 {
+            ws.commit(false).unwrap();
+        }
+    }
+    for i in 0..N {
+        let name = format!("f{i:06}").into_bytes();
+        assert!(
+            seen.contains(&name) ^ deleted.contains(&name),
+            "f{i:06} missed"
+        );
+    }
+    for r in 1..=50 {
+        assert!(
+            seen.contains(format!("new{r}").as_bytes()),
+            "new{r}, added mid-listing, missed"
+        );
+    }
+}
+
+#[test]
+fn unlinked_open_files_live_until_released_even_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Uuid::new_v4();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        roots::create_workspace(&store, id).unwrap();
+        let ws = Workspace::open(store.clone(), id).unwrap();
+        let f = file(&ws, ROOT_INO, "f");
+        ws.write(f, 0, b"still here").unwrap();
+        ws.retain(f);
+        ws.unlink(ROOT_INO, b"f").unwrap();
+        assert_eq!(ws.read(f, 0, 100).unwrap(), b"still here");
+        ws.commit(true).unwrap();
+        assert!(fsck::check(&store).unwrap().is_clean());
+        // Crash with the file still open: the next open frees it.
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let ws = Workspace::open(store.clone(), id).unwrap();
+    assert_eq!(ws.counters().files, 1);
+    ws.commit(true).unwrap();
+    let g = file(&ws, ROOT_INO, "g");
+    ws.retain(g);
+    ws.unlink(ROOT_INO, b"g").unwrap();
+    ws.release(g).unwrap();
+    assert!(ws.getattr(g).is_err());
+    ws.commit(true).unwrap();
+    assert_eq!(ws.counters().files, 1);
+    assert!(fsck::check(&store).unwrap().is_clean());
+}
+
+fn chunk_store_bytes(store: &Store) -> u64 {
+    store.compact().unwrap();
+    store.disk_usage().unwrap()
+}
+
+/// Every byte under the data dir: SST and blob files, WAL, manifest, logs.
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn identical_data_is_stored_once_and_deleting_everything_frees_it() {
+    let (dir, store, ws) = setup();
+    let empty = chunk_store_bytes(&store);
+    let empty_dir = dir_bytes(dir.path());
+    let data: Vec<u8> = {
+        // Incompressible: a fixed pseudo-random stream.
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        (0..100 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let f = file(&ws, ROOT_INO, "data");
+    ws.write(f, 0, &data).unwrap();
+    let first_id = ws.id();
+    ws.close().unwrap();
+    let once = chunk_store_bytes(&store);
+    let id2 = Uuid::new_v4();
+    roots::create_workspace(&store, id2).unwrap();
+    let ws2 = Workspace::open(store.clone(), id2).unwrap();
+    let f2 = file(&ws2, ROOT_INO, "copy");
+    for piece in data.chunks(1 << 20) {
+        let off = ws2.getattr(f2).unwrap().size;
+        ws2.write(f2, off, piece).unwrap();
+    }
+    ws2.close().unwrap();
+    let twice = chunk_store_bytes(&store);
+    let growth = (twice - once) as f64 / (once - empty) as f64;
+    println!(
+        "dedup: empty {empty} B, once {once} B, twice {twice} B, growth {:.4}%",
+        growth * 100.0
+    );
+    assert!(
+        growth < 0.01,
+        "writing the same 100 MiB again grew the store by {:.2}%",
+        growth * 100.0
+    );
+    for id in [first_id, id2] {
+        roots::delete(&store, RootId::Workspace(id)).unwrap();
+    }
+    gc::collect(&store, true).unwrap();
+    chunk_store_bytes(&store);
+    let after = dir_bytes(dir.path());
+    println!("data dir: {empty_dir} B empty, {after} B after deleting everything and GC");
+    assert!(
+        after <= empty_dir + (10 << 20),
+        "{after} bytes left after GC, {empty_dir} when empty"
+    );
+    drop(store);
+    drop(dir);
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole pre-merge check: set up, then fmt, clippy (warnings denied) and every test.
+# Everything builds with --release so RocksDB is compiled once per machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --release --all-targets --workspace -- -D warnings
+echo "== cargo test"
+log="$(mktemp)"
+cargo test --release --workspace 2>&1 | tee "$log"
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
