@@ -1,2 +1,5 @@
-//! chaserfs workspace service (accounts, names, sessions, snapshots) and its HTTP layer.
-//! Built on the engine in `chaserfs-fs`; see the project issues for its planned scope.
+//! chaserfs workspace service (accounts, workspaces, sessions and their mounts) and its HTTP
+//! layer. `service` has the rules and no HTTP types; `http` maps them onto axum routes.
+
+pub mod http;
+pub mod service;

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod fsck;
+pub mod fuse;
 pub mod gc;
 pub mod hash;
 pub mod keys;

@@ -1,0 +1,178 @@
+//! Sessions against the real daemon: mounting over HTTP, the mountpoint rules, one session per
+//! workspace, persistence across sessions and restarts, SIGTERM, and a SIGKILL while a writer
+//! fsyncs. Protects the data plane's promises to a session.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::{checksum, is_mounted, Daemon};
+use serde_json::json;
+
+#[test]
+fn a_session_mounts_and_its_files_persist_across_sessions_and_restarts() {
+    let mut d = Daemon::start();
+    d.create_workspace("proj");
+    let (sid, mnt) = d.mount("proj", "a");
+    assert!(is_mounted(&mnt));
+    let (_, w) = d.call("GET", "/v1/workspaces/proj", None);
+    assert_eq!(w["active_session_id"], sid.as_str());
+    let (s, _) = d.call("GET", &format!("/v1/sessions/{sid}"), None);
+    assert_eq!(s, 200);
+    std::fs::create_dir_all(mnt.join("dir/sub")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(mnt.join("dir/sub/big.bin"), &big).unwrap();
+    std::fs::write(mnt.join("small.txt"), b"hello").unwrap();
+    std::os::unix::fs::symlink("small.txt", mnt.join("link")).unwrap();
+    let sum = checksum(&mnt.join("dir/sub/big.bin"));
+    d.unmount(&sid);
+    assert!(!is_mounted(&mnt));
+    let (_, w) = d.call("GET", "/v1/workspaces/proj", None);
+    assert_eq!(w["active_session_id"], serde_json::Value::Null);
+    assert_eq!(w["last_session_id"], sid.as_str());
+
+    assert_eq!(d.stop(), 0);
+    d.restart();
+    let (sid2, mnt2) = d.mount("proj", "b");
+    assert_eq!(checksum(&mnt2.join("dir/sub/big.bin")), sum);
+    assert_eq!(std::fs::read(mnt2.join("small.txt")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read_link(mnt2.join("link")).unwrap().to_str(),
+        Some("small.txt")
+    );
+    d.unmount(&sid2);
+}
+
+#[test]
+fn mountpoints_are_checked_and_a_workspace_has_one_session() {
+    let d = Daemon::start();
+    d.create_workspace("w");
+    d.create_workspace("other");
+    let try_mount = |ws: &str, path: &str| {
+        d.call(
+            "POST",
+            "/v1/sessions",
+            Some(json!({"workspace": ws, "mountpoint": path})),
+        )
+    };
+    for (path, code) in [
+        ("/etc", "mountpoint_not_allowed"),
+        ("/usr/lib", "mountpoint_not_allowed"),
+        ("relative/path", "invalid_mountpoint"),
+    ] {
+        let (s, v) = try_mount("w", path);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{path}: {v}"
+        );
+    }
+    let escape = format!("{}/x/../../etc", d.mount_root().display());
+    assert_eq!(try_mount("w", &escape).0, 400);
+    let full = d.mount_root().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("f"), b"x").unwrap();
+    let (s, v) = try_mount("w", full.to_str().unwrap());
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("mountpoint_not_empty"))
+    );
+    let (s, v) = try_mount("nope", d.mount_root().join("n").to_str().unwrap());
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("workspace_not_found"))
+    );
+
+    let (sid, mnt) = d.mount("w", "one");
+    let (s, v) = try_mount("w", d.mount_root().join("two").to_str().unwrap());
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("session_active"))
+    );
+    let (s, v) = try_mount("other", mnt.to_str().unwrap());
+    assert_eq!(s, 409, "mounting over a live mount: {v}");
+    // Errors leave everything as it was.
+    assert!(is_mounted(&mnt));
+    let (s, v) = d.call_as("wrong-key", "GET", "/v1/sessions", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (_, list) = d.call("GET", "/v1/sessions", None);
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
+    d.unmount(&sid);
+}
+
+#[test]
+fn sigterm_commits_and_unmounts_every_session() {
+    let mut d = Daemon::start();
+    d.create_workspace("t");
+    let (_, mnt) = d.mount("t", "t");
+    std::fs::write(mnt.join("unsynced.txt"), b"written, never fsynced").unwrap();
+    assert_eq!(d.stop(), 0);
+    assert!(!is_mounted(&mnt));
+    d.restart();
+    let (_, mnt) = d.mount("t", "t2");
+    assert_eq!(
+        std::fs::read(mnt.join("unsynced.txt")).unwrap(),
+        b"written, never fsynced"
+    );
+}
+
+#[test]
+fn sigkill_keeps_every_fsynced_file_and_restart_cleans_the_stale_mount() {
+    let mut d = Daemon::start();
+    d.create_workspace("c");
+    let (_, mnt) = d.mount("c", "c");
+    let synced = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (mnt, synced) = (mnt.clone(), synced.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let name = format!("f{i}");
+                let data = vec![(i % 250) as u8 + 1; 1000 + (i * 37) % 70_000];
+                let ok = (|| -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(mnt.join(&name))?;
+                    f.write_all(&data)?;
+                    f.sync_all()
+                })();
+                if ok.is_err() {
+                    return; // the daemon is gone
+                }
+                synced.lock().unwrap().push((name, data));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    d.kill();
+    writer.join().unwrap();
+    let synced = synced.lock().unwrap().clone();
+    assert!(
+        synced.len() > 10,
+        "only {} files were fsynced",
+        synced.len()
+    );
+    let out = std::process::Command::new(common::bin())
+        .arg("fsck")
+        .arg("--data-dir")
+        .arg(d.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsck: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    d.restart();
+    assert!(!is_mounted(&mnt), "the stale mount was not cleaned up");
+    let (_, s) = d.call("GET", "/v1/workspaces/c", None);
+    assert_eq!(s["active_session_id"], serde_json::Value::Null);
+    let (_, mnt) = d.mount("c", "c");
+    for (name, data) in &synced {
+        assert!(
+            std::fs::read(mnt.join(name)).unwrap() == *data,
+            "{name} lost or torn after fsync"
+        );
+    }
+}
