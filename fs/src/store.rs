@@ -179,6 +179,11 @@ impl Store {
         }))
     }
 
+    /// Drops every cached node, so reads go to RocksDB (tests use it to see what is stored).
+    pub fn nodes_cache_clear(&self) {
+        self.nodes.clear();
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
