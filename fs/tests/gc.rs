@@ -58,7 +58,7 @@ fn collections_racing_writers_delete_nothing_live() {
                 };
                 // Large enough now and then to spill chunks before the commit; the same seed
                 // recurs, so writes often dedup against chunks the GC is deciding about.
-                let len = if round % 5 == 0 {
+                let len = if round.is_multiple_of(5) {
                     20 << 20
                 } else {
                     3 * CHUNK_SIZE + 17
@@ -93,12 +93,12 @@ fn collections_racing_writers_delete_nothing_live() {
                 expected.retain(|(n, _): &(String, Vec<u8>)| *n != name);
                 expected.push((name, bytes.clone()));
                 expected.push((format!("c{round}"), bytes));
-                if round % 3 == 0 {
+                if round.is_multiple_of(3) {
                     ws.unlink(ROOT_INO, format!("c{round}").as_bytes()).unwrap();
                     expected.pop();
                 }
-                ws.commit(round % 2 == 0).unwrap();
-                if round % 4 == 0 {
+                ws.commit(round.is_multiple_of(2)).unwrap();
+                if round.is_multiple_of(4) {
                     let snap = Uuid::new_v4();
                     roots::snapshot(&store, id, snap).unwrap();
                     roots::delete(&store, RootId::Snapshot(snap)).unwrap();
