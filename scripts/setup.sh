@@ -21,15 +21,6 @@ if ! command -v cargo >/dev/null 2>&1; then
     fi
 fi
 
-# Third-party conformance suites the tests run on a mounted workspace.
-for tool in pjdfstest@0.2.2 fsx@0.3.2; do
-    name="${tool%@*}"
-    if [ ! -x "$HOME/.cargo/bin/$name" ]; then
-        echo "setup: installing $tool"
-        cargo install --quiet --locked "$tool"
-    fi
-done
-
 # RocksDB's C++ takes ~20 minutes on 2 cores: keep build output outside the checkout so
 # every clone on this machine reuses it.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/chaserfs/target}"

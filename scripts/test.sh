@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# Third-party conformance suites the tests run on a mounted workspace.
+for tool in pjdfstest@0.2.2 fsx@0.3.2; do
+    name="${tool%@*}"
+    if [ ! -x "${HOME:-/root}/.cargo/bin/$name" ]; then
+        echo "setup: installing $tool"
+        cargo install --quiet --locked "$tool"
+    fi
+done
+
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

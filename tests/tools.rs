@@ -148,3 +148,50 @@ fn modes_keep_other_users_out() {
     assert_eq!(sh("stat -c '%u %a' mine", &mnt).trim(), "1000 600");
     d.unmount(&sid);
 }
+
+#[test]
+fn flock_and_fcntl_locks_exclude_other_processes() {
+    let d = Daemon::start();
+    d.create_workspace("locks");
+    let (sid, mnt) = d.mount("locks", "l");
+    std::fs::write(mnt.join("lockfile"), b"").unwrap();
+    // flock(2): a second process cannot take the lock while the first holds it.
+    let holder = std::process::Command::new("flock")
+        .args(["lockfile", "sleep", "3"])
+        .current_dir(&mnt)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = std::process::Command::new("flock")
+        .args(["-n", "lockfile", "true"])
+        .current_dir(&mnt)
+        .status()
+        .unwrap();
+    assert!(!second.success(), "flock was granted twice");
+    // fcntl(2) record locks, through Python's lockf.
+    let py = "import fcntl, os, sys, time\n\
+              f = open('rec', 'w'); fcntl.lockf(f, fcntl.LOCK_EX)\n\
+              if os.fork() == 0:\n\
+              \x20   g = open('rec', 'w')\n\
+              \x20   try: fcntl.lockf(g, fcntl.LOCK_EX | fcntl.LOCK_NB); os._exit(1)\n\
+              \x20   except OSError: os._exit(0)\n\
+              _, st = os.wait(); sys.exit(os.waitstatus_to_exitcode(st))\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", py])
+        .current_dir(&mnt)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "an fcntl lock was granted to a second process"
+    );
+    let mut holder = holder;
+    assert!(holder.wait().unwrap().success());
+    assert!(std::process::Command::new("flock")
+        .args(["-n", "lockfile", "true"])
+        .current_dir(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    d.unmount(&sid);
+}
