@@ -63,7 +63,7 @@ for target in native chaserfs; do
     eval "R_$target[seqw]=$(fio_bw "$dir" --rw=write --bs=1M --size=${SIZE_MIB}M --end_fsync=1 --filename=seq)"
     drop_caches
     eval "R_$target[seqr_cold]=$(fio_bw "$dir" --rw=read --bs=1M --size=${SIZE_MIB}M --filename=seq)"
-    eval "R_$target[seqr_warm]=$(fio_bw "$dir" --rw=read --bs=1M --size=${SIZE_MIB}M --filename=seq)"
+    eval "R_$target[seqr_warm]=$(fio_bw "$dir" --rw=read --bs=1M --size=${SIZE_MIB}M --filename=seq --invalidate=0)"
     rm -f "$dir/seq"
     fio --name=prep --directory="$dir" --rw=write --bs=1M --size=512M --filename=rand >/dev/null 2>&1
     eval "R_$target[randr]=$(fio_iops "$dir" --rw=randread --bs=4k --size=512M --filename=rand --runtime=10 --time_based)"

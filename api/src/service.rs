@@ -421,7 +421,13 @@ impl Service {
             fuser::MountOption::Suid,
         ];
         cfg.acl = fuser::SessionACL::All;
-        cfg.n_threads = Some(4);
+        cfg.n_threads = Some(
+            std::env::var("CHASERFS_FUSE_THREADS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(4),
+        );
+        cfg.clone_fd = std::env::var("CHASERFS_CLONE_FD").is_ok();
         let mount = fuser::spawn_mount(FuseAdapter::new(ws.clone()), &path, &cfg).map_err(|e| {
             ApiError::new(
                 ErrorKind::Internal,

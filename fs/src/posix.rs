@@ -133,6 +133,22 @@ struct State {
     open_refs: HashMap<u64, u32>,
 }
 
+/// A stored chunk a read still has to fetch.
+struct ChunkRead {
+    at: usize,
+    in_chunk: usize,
+    len: usize,
+    extent: Extent,
+}
+
+/// Copies `data[from..]` into `dst`; bytes past the end of `data` stay zero.
+fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
+    if from < data.len() {
+        let m = dst.len().min(data.len() - from);
+        dst[..m].copy_from_slice(&data[from..from + m]);
+    }
+}
+
 fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
@@ -559,26 +575,54 @@ impl State {
         }
     }
 
-    fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    /// Fills what a read can take from memory (dirty buffers, sealed chunks not yet stored)
+    /// and lists the stored chunks still to fetch: (offset in `out`, offset in chunk, length,
+    /// extent). The caller fetches those without holding the workspace.
+    fn read_plan(&self, ino: u64, offset: u64, len: usize) -> FsResult<(Vec<u8>, Vec<ChunkRead>)> {
         let i = self.regular(ino)?;
         if offset >= i.size {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let end = i.size.min(offset.saturating_add(len as u64));
         let mut out = vec![0u8; (end - offset) as usize];
+        let mut fetch = Vec::new();
         let mut pos = offset;
         while pos < end {
             let idx = pos / CS;
             let in_chunk = (pos % CS) as usize;
             let n = ((CS - pos % CS).min(end - pos)) as usize;
-            if let Some(data) = self.chunk_bytes(ino, idx)? {
-                let dst = &mut out[(pos - offset) as usize..][..n];
-                if in_chunk < data.len() {
-                    let m = n.min(data.len() - in_chunk);
-                    dst[..m].copy_from_slice(&data[in_chunk..in_chunk + m]);
-                }
+            let at = (pos - offset) as usize;
+            let memory = match self.chunks.get(&(ino, idx)) {
+                Some(b) => Some(b.as_slice()),
+                None => match self.extent(ino, idx)? {
+                    Some(e) => match self.pending.get(&e.hash) {
+                        Some(d) => Some(d.as_slice()),
+                        None => {
+                            fetch.push(ChunkRead {
+                                at,
+                                in_chunk,
+                                len: n,
+                                extent: e,
+                            });
+                            None
+                        }
+                    },
+                    None => None, // a hole
+                },
+            };
+            if let Some(data) = memory {
+                copy_span(&mut out[at..at + n], data, in_chunk);
             }
             pos += n as u64;
+        }
+        Ok((out, fetch))
+    }
+
+    fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let (mut out, fetch) = self.read_plan(ino, offset, len)?;
+        for c in fetch {
+            let data = self.load_chunk(&c.extent)?;
+            copy_span(&mut out[c.at..c.at + c.len], &data, c.in_chunk);
         }
         Ok(out)
     }
@@ -1029,7 +1073,29 @@ impl Workspace {
 
     /// Reads up to `len` bytes at `offset`; short only at end of file.
     pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
-        self.state.lock().read(ino, offset, len)
+        // Plan under the lock, fetch stored chunks outside it so reads run in parallel. The
+        // chunks are pinned meanwhile: a commit racing this read cannot let the GC take them.
+        let (mut out, fetch) = {
+            let st = self.state.lock();
+            let plan = st.read_plan(ino, offset, len)?;
+            self.store.pin(plan.1.iter().map(|c| c.extent.hash));
+            plan
+        };
+        let fetched = (|| {
+            for c in &fetch {
+                let data = self.store.get_chunk(&c.extent.hash)?;
+                if data.len() != c.extent.len as usize {
+                    return Err(FsError::corrupt(format!(
+                        "chunk {} has the wrong length",
+                        c.extent.hash
+                    )));
+                }
+                copy_span(&mut out[c.at..c.at + c.len], &data, c.in_chunk);
+            }
+            Ok(())
+        })();
+        self.store.unpin(fetch.iter().map(|c| c.extent.hash));
+        fetched.map(|()| out)
     }
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
