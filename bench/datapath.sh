@@ -54,8 +54,8 @@ fio_sync_ms() { # mean fdatasync latency in ms
     fio --name=b --directory="$dir" --output-format=json "$@" 2>/dev/null | jq '.jobs[0].sync.lat_ns.mean / 1e6'
 }
 rows=()
-row() { rows+=("$(printf '| %s | %.3g | %.3g | %.2f |' "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)")"); }
-row_inv() { rows+=("$(printf '| %s | %.3g | %.3g | %.2f |' "$1" "$2" "$3" "$(echo "$2 / $3" | bc -l)")"); }
+row() { rows+=("$(printf '| %s | %.6g | %.6g | %.2f |' "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)")"); }
+row_inv() { rows+=("$(printf '| %s | %.6g | %.6g | %.2f |' "$1" "$2" "$3" "$(echo "$2 / $3" | bc -l)")"); }
 
 for target in native chaserfs; do
     dir="$NATIVE"; [ "$target" = chaserfs ] && dir="$MNT"

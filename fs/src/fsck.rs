@@ -262,18 +262,13 @@ impl StateCheck {
             if good_chunks.contains(&e.hash) {
                 continue;
             }
-            match store
-                .db
-                .get_cf(store.cf(crate::store::CF_CHUNKS), e.hash.0)?
-            {
-                None => p(format!("inode {ino}: missing chunk {}", e.hash)),
-                Some(data) if Hash::of(&data) != e.hash => {
-                    p(format!("chunk {} does not match its hash", e.hash))
-                }
-                Some(data) if data.len() != e.len as usize => {
+            // get_chunk decodes and verifies the hash; any failure is a problem to report.
+            match store.get_chunk(&e.hash) {
+                Err(err) => p(format!("inode {ino}: chunk {}: {err}", e.hash)),
+                Ok(data) if data.len() != e.len as usize => {
                     p(format!("chunk {} has the wrong length", e.hash))
                 }
-                Some(_) => {
+                Ok(_) => {
                     good_chunks.insert(e.hash);
                 }
             }

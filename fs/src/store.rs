@@ -1,7 +1,8 @@
 //! The object store: RocksDB with one column family per kind of object.
 //!
-//! - `chunks`: file data chunks, key = BLAKE3 of the bytes. Large values live in RocksDB's
-//!   integrated BlobDB (lz4), so compaction moves keys, not data.
+//! - `chunks`: file data chunks, key = BLAKE3 of the bytes. Values are a codec byte and the
+//!   bytes, lz4-compressed when a probe of the chunk shows it pays ([`encode_chunk`]); they live
+//!   in RocksDB's integrated BlobDB, so compaction moves keys, not data.
 //! - `nodes`: tree nodes ([`crate::tree::Node`]), key = BLAKE3 of the encoding.
 //! - `meta`: root pointers ([`RootId`] → [`RootRecord`]) and, under other prefixes, the
 //!   workspace service's records.
@@ -32,6 +33,40 @@ pub const CF_META: &str = "meta";
 /// Chunk writes at commit smaller than this go through the WAL with the commit; larger ones
 /// are written once to blob files (no WAL) and flushed before the commit's root is written.
 const SMALL_COMMIT_BYTES: usize = 1 << 20;
+
+/// Codec bytes of stored chunk values.
+const CHUNK_RAW: u8 = 0;
+const CHUNK_LZ4: u8 = 1;
+const PROBE_BYTES: usize = 4096;
+
+/// A chunk's stored value. Like ZFS's early abort, the first 4 KiB are compressed as a probe:
+/// data that does not shrink there (media, archives, random bytes) is stored raw and costs no
+/// compression on write or decompression on read.
+pub fn encode_chunk(raw: &[u8]) -> Vec<u8> {
+    let probe = &raw[..raw.len().min(PROBE_BYTES)];
+    if lz4_flex::block::compress(probe).len() * 8 < probe.len() * 7 {
+        let packed = lz4_flex::block::compress_prepend_size(raw);
+        if packed.len() * 8 < raw.len() * 7 {
+            let mut v = Vec::with_capacity(packed.len() + 1);
+            v.push(CHUNK_LZ4);
+            v.extend_from_slice(&packed);
+            return v;
+        }
+    }
+    let mut v = Vec::with_capacity(raw.len() + 1);
+    v.push(CHUNK_RAW);
+    v.extend_from_slice(raw);
+    v
+}
+
+pub fn decode_chunk(stored: &[u8]) -> FsResult<Vec<u8>> {
+    match stored.split_first() {
+        Some((&CHUNK_RAW, rest)) => Ok(rest.to_vec()),
+        Some((&CHUNK_LZ4, rest)) => lz4_flex::block::decompress_size_prepended(rest)
+            .map_err(|e| FsError::corrupt(format!("chunk does not decompress: {e}"))),
+        _ => Err(FsError::corrupt("unknown chunk codec")),
+    }
+}
 
 /// Which root pointer: a workspace's (mutable) or a snapshot's (immutable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,7 +182,8 @@ impl Store {
         chunks.set_enable_blob_files(true);
         chunks.set_min_blob_size(2048);
         chunks.set_blob_file_size(256 << 20);
-        chunks.set_blob_compression_type(DBCompressionType::Lz4);
+        // Chunks arrive compressed where it pays (see `encode_chunk`).
+        chunks.set_blob_compression_type(DBCompressionType::None);
         chunks.set_enable_blob_gc(true);
         chunks.set_blob_gc_age_cutoff(0.5);
         chunks.set_compression_type(DBCompressionType::Lz4);
@@ -220,10 +256,11 @@ impl Store {
     pub fn get_chunk(&self, hash: &Hash) -> FsResult<Vec<u8>> {
         let mut ro = ReadOptions::default();
         ro.set_verify_checksums(false);
-        let data = self
+        let stored = self
             .db
-            .get_cf_opt(self.cf(CF_CHUNKS), hash.0, &ro)?
+            .get_pinned_cf_opt(self.cf(CF_CHUNKS), hash.0, &ro)?
             .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
+        let data = decode_chunk(&stored)?;
         if Hash::of(&data) != *hash {
             return Err(FsError::corrupt(format!(
                 "chunk {hash} does not match its hash"
@@ -249,7 +286,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         let cf = self.cf(CF_CHUNKS);
         for (h, data) in chunks {
-            batch.put_cf(cf, h.0, data);
+            batch.put_cf(cf, h.0, encode_chunk(data));
         }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
@@ -340,7 +377,7 @@ impl Store {
         } else {
             let cf = self.cf(CF_CHUNKS);
             for (h, data) in chunks {
-                batch.put_cf(cf, h.0, data);
+                batch.put_cf(cf, h.0, encode_chunk(data));
             }
         }
         self.flush_chunks()?;
@@ -539,5 +576,37 @@ impl Store {
                 .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_compress_only_when_it_pays_and_round_trip() {
+        let text: Vec<u8> = b"fn main() { println!(\"hello\"); }\n"
+            .iter()
+            .cycle()
+            .take(65536)
+            .copied()
+            .collect();
+        let mut x = 0x2545f4914f6cdd1du64;
+        let noise: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let packed = encode_chunk(&text);
+        assert_eq!(packed[0], CHUNK_LZ4);
+        assert!(packed.len() < text.len() / 4);
+        assert_eq!(decode_chunk(&packed).unwrap(), text);
+        let raw = encode_chunk(&noise);
+        assert_eq!((raw[0], raw.len()), (CHUNK_RAW, noise.len() + 1));
+        assert_eq!(decode_chunk(&raw).unwrap(), noise);
+        assert!(decode_chunk(&[9, 1, 2]).is_err());
     }
 }
