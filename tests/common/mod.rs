@@ -174,6 +174,14 @@ impl Drop for Daemon {
         if self.child.is_some() {
             self.stop();
         }
+        // A test that failed midway (say, after a SIGKILL) may leave a dead mount behind.
+        let root = self.mount_root();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(m).starts_with(&root) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
     }
 }
 
