@@ -93,6 +93,20 @@ fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
     }
 }
 
+fn data(reply: ReplyData, r: Result<Vec<u8>, FsError>) {
+    match r {
+        Ok(d) => reply.data(&d),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn attr(reply: ReplyAttr, r: Result<Attr, FsError>) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn xattr_reply(reply: ReplyXattr, data: Vec<u8>, size: u32) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -161,10 +175,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ws.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr(reply, self.ws.getattr(ino.0));
     }
 
     fn setattr(
@@ -193,17 +204,11 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
-        match self.ws.setattr(ino.0, &set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr(reply, self.ws.setattr(ino.0, &set));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.ws.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
-        }
+        data(reply, self.ws.readlink(ino.0));
     }
 
     fn mknod(
@@ -332,10 +337,7 @@ impl Filesystem for FuseAdapter {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.ws.read(ino.0, offset, size as usize) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
-        }
+        data(reply, self.ws.read(ino.0, offset, size as usize));
     }
 
     fn write(
