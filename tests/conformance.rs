@@ -68,44 +68,63 @@ fn pjdfstest_passes_on_a_mounted_workspace() {
     d.unmount(&sid);
 }
 
+/// fsx 0.3.2 sometimes draws a zero-length posix_fallocate, which Linux rejects with EINVAL
+/// before any filesystem sees it (ext4 here stops the same way on the same seed); fsx then
+/// stops with "does not support posix_fallocate". Such a run proves nothing either way.
+fn stopped_on_zero_length_fallocate(output: &str) -> bool {
+    output.contains("does not support posix_fallocate")
+        && output
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("POSIX_FALLOCATE") && l.contains(" 0x0 bytes)"))
+}
+
 #[test]
 fn fsx_runs_a_hundred_thousand_operations_clean() {
     let d = Daemon::start();
     d.create_workspace("fsx");
     let (sid, mnt) = d.mount("fsx", "fsx");
-    let seed: u64 = std::env::var("CHASERFS_FSX_SEED")
+    let first: u64 = std::env::var("CHASERFS_FSX_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand_seed);
-    println!("fsx: seed {seed} (replay with CHASERFS_FSX_SEED={seed})");
     let artifacts = d.dir.path().join("fsx-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let out = Command::new(tool("fsx"))
-        .args(["-N", "100000", "-S", &seed.to_string(), "-f"])
-        .arg(conf("fsx.toml"))
-        .arg("-P")
-        .arg(&artifacts)
-        .arg(mnt.join("fsx.bin"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("All operations completed A-OK!"),
-        "fsx failed with seed {seed}:\n{}",
-        text.lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    d.unmount(&sid);
+    for (attempt, seed) in (first..first + 8).enumerate() {
+        println!("fsx: seed {seed} (replay with CHASERFS_FSX_SEED={seed})");
+        let file = mnt.join(format!("fsx-{attempt}.bin"));
+        let out = Command::new(tool("fsx"))
+            .args(["-N", "100000", "-S", &seed.to_string(), "-f"])
+            .arg(conf("fsx.toml"))
+            .arg("-P")
+            .arg(&artifacts)
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() && text.contains("All operations completed A-OK!") {
+            d.unmount(&sid);
+            return;
+        }
+        assert!(
+            stopped_on_zero_length_fallocate(&text),
+            "fsx failed with seed {seed}:\n{}",
+            text.lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        println!("fsx: seed {seed} drew a zero-length posix_fallocate (EINVAL on any Linux filesystem); next seed");
+    }
+    panic!("fsx drew a zero-length posix_fallocate on 8 seeds in a row");
 }
 
 fn rand_seed() -> u64 {
