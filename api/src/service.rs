@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chaserfs_fs::fuse::FuseAdapter;
-use chaserfs_fs::{roots, FsError, RootId, Store, Workspace};
+use chaserfs_fs::{roots, FsError, Store, Workspace};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -200,15 +200,11 @@ impl Service {
         }
     }
 
-    fn put<T: Serialize>(&self, ops: &[(u8, Uuid, Option<&T>)]) -> ApiResult<()> {
-        let ops: Vec<_> = ops
+    /// Writes records of any kinds in one atomic batch.
+    fn put(&self, records: &[(u8, Uuid, &dyn erased::Record)]) -> ApiResult<()> {
+        let ops: Vec<_> = records
             .iter()
-            .map(|(p, id, v)| {
-                (
-                    key(*p, *id),
-                    v.map(|v| serde_json::to_vec(v).expect("records encode")),
-                )
-            })
+            .map(|(p, id, r)| (key(*p, *id), Some(r.json())))
             .collect();
         Ok(self.store.meta_write(&ops)?)
     }
@@ -323,7 +319,7 @@ impl Service {
             created_at: t.clone(),
             updated_at: t,
         };
-        self.put(&[(WORKSPACE, id, Some(&rec))])?;
+        self.put(&[(WORKSPACE, id, &rec)])?;
         Ok(rec)
     }
 
@@ -443,8 +439,7 @@ impl Service {
         };
         ws_rec.active_session_id = Some(rec.id);
         ws_rec.updated_at = t;
-        self.put(&[(SESSION, rec.id, Some(&rec))])?;
-        self.put(&[(WORKSPACE, ws_rec.id, Some(&ws_rec))])?;
+        self.put(&[(SESSION, rec.id, &rec), (WORKSPACE, ws_rec.id, &ws_rec)])?;
         self.mounts.lock().insert(rec.id, Mounted { ws, mount });
         Ok(rec)
     }
@@ -491,16 +486,17 @@ impl Service {
         }
         s.status = "ended".into();
         s.ended_at = Some(now());
-        if let Some(mut w) = self.get::<WorkspaceRecord>(WORKSPACE, s.workspace_id)? {
-            if w.active_session_id == Some(s.id) {
-                w.active_session_id = None;
+        match self.get::<WorkspaceRecord>(WORKSPACE, s.workspace_id)? {
+            Some(mut w) => {
+                if w.active_session_id == Some(s.id) {
+                    w.active_session_id = None;
+                }
+                w.last_session_id = Some(s.id);
+                w.updated_at = now();
+                self.put(&[(SESSION, s.id, &*s), (WORKSPACE, w.id, &w)])
             }
-            w.last_session_id = Some(s.id);
-            w.updated_at = now();
-            self.put(&[(WORKSPACE, w.id, Some(&w))])?;
+            None => self.put(&[(SESSION, s.id, &*s)]),
         }
-        self.put(&[(SESSION, s.id, Some(&*s))])?;
-        Ok(())
     }
 
     /// Commits every mounted workspace without syncing: the periodic commit.
@@ -539,13 +535,18 @@ impl Service {
         }
         Ok(())
     }
+}
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+/// Records of different types written in one batch.
+mod erased {
+    pub trait Record {
+        fn json(&self) -> Vec<u8>;
     }
 
-    pub fn delete_workspace_root(&self, id: Uuid) -> ApiResult<()> {
-        Ok(roots::delete(&self.store, RootId::Workspace(id))?)
+    impl<T: serde::Serialize> Record for T {
+        fn json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("records encode")
+        }
     }
 }
 

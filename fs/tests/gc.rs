@@ -10,6 +10,17 @@ use chaserfs_fs::posix::CHUNK_SIZE;
 use chaserfs_fs::{fsck, gc, roots, FileKind, NewNode, RootId, Store, Workspace};
 use uuid::Uuid;
 
+fn file() -> NewNode<'static> {
+    NewNode {
+        kind: FileKind::Regular,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        target: b"",
+    }
+}
+
 fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
     (0..len)
@@ -41,20 +52,7 @@ fn collections_racing_writers_delete_nothing_live() {
                 let name = format!("f{}", round % 7);
                 let attr = match ws.lookup(ROOT_INO, name.as_bytes()) {
                     Ok(a) => a,
-                    Err(_) => ws
-                        .create(
-                            ROOT_INO,
-                            name.as_bytes(),
-                            NewNode {
-                                kind: FileKind::Regular,
-                                perm: 0o644,
-                                uid: 0,
-                                gid: 0,
-                                rdev: 0,
-                                target: b"",
-                            },
-                        )
-                        .unwrap(),
+                    Err(_) => ws.create(ROOT_INO, name.as_bytes(), file()).unwrap(),
                 };
                 // Large enough now and then to spill chunks before the commit; the same seed
                 // recurs, so writes often dedup against chunks the GC is deciding about.
@@ -75,18 +73,7 @@ fn collections_racing_writers_delete_nothing_live() {
                 ws.write(attr.ino, 0, &bytes).unwrap();
                 // A shared copy, then drop the source's old version.
                 let copy = ws
-                    .create(
-                        ROOT_INO,
-                        format!("c{round}").as_bytes(),
-                        NewNode {
-                            kind: FileKind::Regular,
-                            perm: 0o644,
-                            uid: 0,
-                            gid: 0,
-                            rdev: 0,
-                            target: b"",
-                        },
-                    )
+                    .create(ROOT_INO, format!("c{round}").as_bytes(), file())
                     .unwrap();
                 ws.copy_range(attr.ino, 0, copy.ino, 0, bytes.len() as u64)
                     .unwrap();
