@@ -75,6 +75,8 @@ fn child(dir: &Path) {
         .append(true)
         .open(dir.join("synced.log"))
         .unwrap();
+    // End any line a kill left unfinished (an empty line parses as nothing).
+    log.write_all(b"\n").unwrap();
     let mut ws = Workspace::open(store.clone(), MAIN).unwrap();
     let mut g = generation(&ws);
     loop {
@@ -84,7 +86,9 @@ fn child(dir: &Path) {
         let sync = g.is_multiple_of(3);
         ws.commit(sync).unwrap();
         if sync {
-            writeln!(log, "{g}").unwrap();
+            // One write(2) per line: `writeln!` may split the number and the newline, and a kill
+            // between them would glue this number to the next run's.
+            log.write_all(format!("{g}\n").as_bytes()).unwrap();
             log.sync_all().unwrap();
         }
         let side = Uuid::from_u128(1000 + g as u128);
