@@ -1,4 +1,7 @@
-//! The `chaserfs` binary: the daemon (`serve`) and maintenance commands over a data dir.
+//! The `chaserfs` binary: the daemon (`serve`), maintenance commands over a data dir, and
+//! the API client (`workspaces`, `snapshots`, `sessions`, `mount`).
+
+mod client;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,20 +34,51 @@ enum Command {
         /// Address the HTTP API listens on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
-        /// `ACCOUNT KEY` per line (`#` comments). Without it, the account `default` gets a
-        /// random key, printed once and kept in DATA_DIR/api-key.
+        /// `ACCOUNT KEY` or `ACCOUNT blake3:HEX` per line (`#` comments). Without it, the
+        /// account `default` gets a random key, printed once and written to DATA_DIR/api-key.
         #[arg(long)]
         api_keys_file: Option<PathBuf>,
         /// Sessions may mount below this directory, and below /workspace.
         #[arg(long, default_value = "/run/chaserfs")]
         mount_root: PathBuf,
-        /// Base URL that `owner/repo` imports are cloned from.
+        /// Base URL that `owner/repo` imports are cloned from. A token for private
+        /// repositories is read from CHASER_GITHUB_TOKEN.
         #[arg(long, default_value = "https://github.com")]
         github_url: String,
         /// Seconds between periodic commits of mounted workspaces.
         #[arg(long, default_value_t = 5)]
         commit_interval: u64,
     },
+    /// Workspaces over the API (CHASER_API_URL, CHASER_API_KEY).
+    Workspaces {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::WorkspacesCmd,
+    },
+    /// Snapshots over the API.
+    Snapshots {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::SnapshotsCmd,
+    },
+    /// Sessions over the API.
+    Sessions {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::SessionsCmd,
+    },
+    /// Mount a workspace at PATH (a session) until Ctrl-C, which ends it.
+    Mount {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        workspace: String,
+        path: String,
+    },
+    /// Print the `blake3:HEX` form of a key read from stdin, for a keys file.
+    HashKey,
     /// Verify every root, object hash and reference in a data dir (daemon stopped).
     Fsck {
         #[arg(long)]
@@ -68,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             api_keys_file,
             mount_root,
-            github_url: _,
+            github_url,
             commit_interval,
         } => {
             serve(
@@ -76,8 +110,22 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 api_keys_file,
                 mount_root,
+                github_url,
                 Duration::from_secs(commit_interval.max(1)),
             )?;
+        }
+        Command::Workspaces { opts, cmd } => client::workspaces(opts, cmd)?,
+        Command::Snapshots { opts, cmd } => client::snapshots(opts, cmd)?,
+        Command::Sessions { opts, cmd } => client::sessions(opts, cmd)?,
+        Command::Mount {
+            opts,
+            workspace,
+            path,
+        } => client::mount(opts, workspace, path)?,
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key)?;
+            println!("blake3:{}", blake3::hash(key.trim().as_bytes()).to_hex());
         }
         Command::Fsck { data_dir } => {
             let store = Store::open(&data_dir).context("opening the data dir")?;
@@ -108,8 +156,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ACCOUNT KEY` pairs from a keys file, or the generated key of the `default` account.
-fn load_keys(data_dir: &Path, file: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
+/// (account, BLAKE3 of the key) from a keys file, or for the generated key of `default`.
+/// Only hashes are kept: the daemon reads `DATA_DIR/api-key.blake3`, and `DATA_DIR/api-key`
+/// is there for the operator to read (and may be deleted).
+fn load_keys(data_dir: &Path, file: Option<&Path>) -> anyhow::Result<Vec<(String, blake3::Hash)>> {
     if let Some(file) = file {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -119,30 +169,47 @@ fn load_keys(data_dir: &Path, file: Option<&Path>) -> anyhow::Result<Vec<(String
             if line.is_empty() {
                 continue;
             }
-            match line.split_whitespace().collect::<Vec<_>>()[..] {
-                [account, key] => keys.push((account.to_string(), key.to_string())),
-                _ => bail!("{}:{}: expected `ACCOUNT KEY`", file.display(), n + 1),
-            }
+            let [account, key] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+                bail!("{}:{}: expected `ACCOUNT KEY`", file.display(), n + 1);
+            };
+            let hash = match key.strip_prefix("blake3:") {
+                Some(hex) => blake3::Hash::from_hex(hex)
+                    .with_context(|| format!("{}:{}: bad blake3 hash", file.display(), n + 1))?,
+                None => blake3::hash(key.as_bytes()),
+            };
+            keys.push((account.to_string(), hash));
         }
         return Ok(keys);
     }
-    let path = data_dir.join("api-key");
-    if let Ok(key) = std::fs::read_to_string(&path) {
-        return Ok(vec![("default".into(), key.trim().to_string())]);
+    let hash_path = data_dir.join("api-key.blake3");
+    if let Ok(hex) = std::fs::read_to_string(&hash_path) {
+        let hash = blake3::Hash::from_hex(hex.trim()).context("reading api-key.blake3")?;
+        return Ok(vec![("default".into(), hash)]);
     }
     let key = format!("chs_{}", hex_key());
+    let hash = blake3::hash(key.as_bytes());
+    let key_path = data_dir.join("api-key");
+    write_private(&key_path, &key)?;
+    write_private(&hash_path, &hash.to_hex())?;
+    println!(
+        "API key for account `default` (also in {}): {key}",
+        key_path.display()
+    );
+    Ok(vec![("default".into(), hash)])
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&path)?;
-    std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes())?;
-    println!(
-        "API key for account `default` (also in {}): {key}",
-        path.display()
-    );
-    Ok(vec![("default".into(), key)])
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn hex_key() -> String {
@@ -155,6 +222,7 @@ fn serve(
     listen: String,
     api_keys_file: Option<PathBuf>,
     mount_root: PathBuf,
+    github_url: String,
     commit_interval: Duration,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)?;
@@ -166,6 +234,10 @@ fn serve(
         data_dir,
         mount_root: mount_root.canonicalize()?,
         commit_interval,
+        github_url,
+        github_token: std::env::var("CHASER_GITHUB_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
     };
     let svc = Service::new(store, config, keys).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -198,7 +270,7 @@ fn serve(
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

@@ -1,22 +1,26 @@
-//! The HTTP layer: axum routes, bearer-key auth and JSON errors over [`Service`].
-//! Only this file knows status codes.
+//! The HTTP layer: axum routes, bearer-key auth, JSON bodies and errors over [`Service`], and
+//! the OpenAPI document generated from the same handlers. Only this file knows status codes.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use crate::service::{ApiError, CreateWorkspace, ErrorKind, Service};
+use crate::model::*;
+use crate::service::{ApiError, ErrorKind, ListQuery, Service};
 
 /// Request bodies larger than this answer 413.
-const BODY_LIMIT: usize = 64 * 1024;
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -24,26 +28,25 @@ impl IntoResponse for ApiError {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (
-            status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
-    }
-}
-
-fn json_error(r: JsonRejection) -> ApiError {
-    let code = match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::new(ErrorKind::BadRequest, "body_too_large", r.body_text());
+        let body = ErrorResponse {
+            error: ErrorBody {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        _ => "invalid_json",
-    };
-    ApiError::new(ErrorKind::BadRequest, code, r.body_text())
+        resp
+    }
 }
 
 /// The caller's account, from `Authorization: Bearer KEY`.
@@ -52,125 +55,502 @@ pub struct Account(pub String);
 impl FromRequestParts<Arc<Service>> for Account {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, svc: &Arc<Service>) -> Result<Self, ApiError> {
-        let key = parts
+        let value = parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
+            .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        Ok(Account(svc.authenticate(key.trim())?))
+        let key = match value.split_once(' ') {
+            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
+            _ => "",
+        };
+        Ok(Account(svc.authenticate(key)?))
     }
+}
+
+/// A JSON request body with errors in the API's shape. An empty body reads as `null`, so
+/// `JsonBody<Option<T>>` makes a body optional. A body with a Content-Type other than
+/// JSON answers 415; one without a Content-Type is read as JSON.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| {
+                let media = v.to_str().unwrap_or("").split(';').next().unwrap_or("");
+                let media = media.trim().to_ascii_lowercase();
+                media == "application/json" || media.ends_with("+json")
+            })
+            .unwrap_or(true);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "body_too_large",
+                    format!("request bodies are at most {BODY_LIMIT} bytes"),
+                )
+            } else {
+                ApiError::bad("invalid_body", e.body_text())
+            }
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"null"
+        } else if !json_type {
+            return Err(ApiError::new(
+                ErrorKind::UnsupportedMediaType,
+                "unsupported_media_type",
+                "request bodies are JSON (Content-Type: application/json)",
+            ));
+        } else {
+            &bytes
+        };
+        // Syntax first, then shape: serde reads some wrong types as syntax errors.
+        let value: serde_json::Value = serde_json::from_slice(text)
+            .map_err(|e| ApiError::bad("invalid_json", format!("malformed JSON: {e}")))?;
+        if value.is_null() && text == b"null" && bytes.iter().all(u8::is_ascii_whitespace) {
+            return T::deserialize(value)
+                .map(JsonBody)
+                .map_err(|_| ApiError::bad("invalid_body", "a JSON object body is required"));
+        }
+        T::deserialize(value)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad("invalid_body", e.to_string()))
+    }
+}
+
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::bad("invalid_query", e.body_text())
+}
+
+fn path_error(e: PathRejection) -> ApiError {
+    ApiError::bad("invalid_path", e.body_text())
 }
 
 /// Runs a blocking service call off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(ApiError::new(
-            ErrorKind::Internal,
-            "internal_error",
-            e.to_string(),
-        ))
-    })
-}
-
-/// A record as served: everything but the owning account.
-fn view<T: serde::Serialize>(rec: &T) -> Value {
-    let mut v = serde_json::to_value(rec).expect("records serialize");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("account");
-    }
-    v
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(e.to_string())))
 }
 
 pub fn router(svc: Arc<Service>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi_json))
         .route(
             "/v1/workspaces",
             get(list_workspaces).post(create_workspace),
         )
-        .route("/v1/workspaces/{workspace}", get(get_workspace))
+        .route("/v1/workspaces/import", post(import_workspace))
+        .route("/v1/workspaces/bulk-delete", post(bulk_delete))
+        .route(
+            "/v1/workspaces/{workspace}",
+            get(get_workspace).delete(delete_workspace),
+        )
+        .route("/v1/workspaces/{workspace}/name", put(set_name))
+        .route("/v1/workspaces/{workspace}/template", put(set_template))
+        .route(
+            "/v1/workspaces/{workspace}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/v1/workspaces/{workspace}/snapshots/{snapshot}",
+            axum::routing::delete(delete_snapshot),
+        )
+        .route(
+            "/v1/workspaces/{workspace}/snapshots/{snapshot}/restore",
+            post(restore_snapshot),
+        )
         .route("/v1/sessions", get(list_sessions).post(start_session))
         .route("/v1/sessions/{id}", get(get_session).delete(end_session))
         .fallback(|| async {
             ApiError::new(ErrorKind::NotFound, "route_not_found", "no such endpoint")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(svc)
 }
 
+// ---- OpenAPI ----
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chaserfs Workspaces API",
+        description = "Persistent copy-on-write workspaces for agent sandboxes: create, clone, \
+                       snapshot, restore and delete in O(1), and mount them in sessions."
+    ),
+    paths(
+        healthz,
+        openapi_json,
+        list_workspaces,
+        create_workspace,
+        import_workspace,
+        bulk_delete,
+        get_workspace,
+        delete_workspace,
+        set_name,
+        set_template,
+        list_snapshots,
+        create_snapshot,
+        delete_snapshot,
+        restore_snapshot,
+        list_sessions,
+        start_session,
+        get_session,
+        end_session,
+    ),
+    components(schemas(ErrorResponse, ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
+
+/// Ready: the store is open and the API listening.
+#[utoipa::path(get, path = "/healthz", security(()),
+    responses((status = 200, description = "ready", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", security(()),
+    responses((status = 200, description = "the OpenAPI document", body = Object)))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<WorkspaceView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BulkDeleteResponse {
+    /// One per selector, in order.
+    pub results: Vec<BulkDeleteResult>,
+    pub deleted: usize,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// End an active session first (commit, unmount) instead of answering 409.
+    force: Option<bool>,
+}
+
+// ---- workspaces ----
+
+/// List the account's workspaces, oldest first, a page at a time.
+#[utoipa::path(get, path = "/v1/workspaces", params(ListQuery), responses(
+    (status = 200, body = WorkspaceList),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 async fn list_workspaces(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-) -> Result<Json<Value>, ApiError> {
-    let list = blocking(move || svc.list_workspaces(&a)).await?;
-    Ok(Json(
-        json!({"workspaces": list.iter().map(view).collect::<Vec<_>>()}),
-    ))
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<WorkspaceList>, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
+    let (workspaces, next_cursor) = blocking(move || svc.list_workspaces(&a, &q)).await?;
+    Ok(Json(WorkspaceList {
+        workspaces,
+        next_cursor,
+    }))
 }
 
+/// Create a workspace: fresh (`session_type`) or cloned (`clone_from`, refused while the
+/// source has an active session).
+#[utoipa::path(post, path = "/v1/workspaces", request_body = CreateWorkspace, responses(
+    (status = 201, body = WorkspaceView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
 async fn create_workspace(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-    body: Result<Json<CreateWorkspace>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(json_error)?;
+    JsonBody(req): JsonBody<CreateWorkspace>,
+) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
     let rec = blocking(move || svc.create_workspace(&a, req)).await?;
-    Ok((StatusCode::CREATED, Json(view(&rec))))
+    Ok((StatusCode::CREATED, Json(rec)))
 }
 
+/// Import a GitHub repository: answers at once with the workspace `importing`; it turns
+/// `ready` once cloned, or `failed` with `import_error`.
+#[utoipa::path(post, path = "/v1/workspaces/import", request_body = ImportWorkspace, responses(
+    (status = 202, body = WorkspaceView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn import_workspace(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    JsonBody(req): JsonBody<ImportWorkspace>,
+) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
+    let rec = blocking(move || svc.import_workspace(&a, req)).await?;
+    Ok((StatusCode::ACCEPTED, Json(rec)))
+}
+
+/// Delete many workspaces; each is deleted wholly or not at all, with a result per selector.
+#[utoipa::path(post, path = "/v1/workspaces/bulk-delete", request_body = BulkDelete, responses(
+    (status = 200, body = BulkDeleteResponse),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn bulk_delete(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    JsonBody(req): JsonBody<BulkDelete>,
+) -> Result<Json<BulkDeleteResponse>, ApiError> {
+    let results = blocking(move || svc.bulk_delete(&a, req)).await?;
+    let deleted = results
+        .iter()
+        .filter(|r| r.status == DeleteOutcome::Deleted)
+        .count();
+    Ok(Json(BulkDeleteResponse { results, deleted }))
+}
+
+/// Get a workspace by name or id.
+#[utoipa::path(get, path = "/v1/workspaces/{workspace}",
+    params(("workspace" = String, Path, description = "name or id")), responses(
+    (status = 200, body = WorkspaceView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
 async fn get_workspace(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-    Path(sel): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let rec = blocking(move || svc.resolve(&a, &sel)).await?;
-    Ok(Json(view(&rec)))
+    sel: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let Path(sel) = sel.map_err(path_error)?;
+    Ok(Json(blocking(move || svc.get_workspace(&a, &sel)).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartSession {
-    workspace: String,
-    mountpoint: String,
-}
-
-async fn start_session(
+/// Delete a workspace and its snapshots. With `force=true` an active session is ended first.
+#[utoipa::path(delete, path = "/v1/workspaces/{workspace}",
+    params(("workspace" = String, Path, description = "name or id"), DeleteQuery), responses(
+    (status = 204, description = "deleted"),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn delete_workspace(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-    body: Result<Json<StartSession>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(json_error)?;
-    let rec = blocking(move || svc.start_session(&a, &req.workspace, &req.mountpoint)).await?;
-    Ok((StatusCode::CREATED, Json(view(&rec))))
+    sel: Result<Path<String>, PathRejection>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(sel) = sel.map_err(path_error)?;
+    let Query(q) = q.map_err(query_error)?;
+    let force = q.force.unwrap_or(false);
+    blocking(move || svc.delete_workspace(&a, &sel, force)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_sessions(
+/// Set (a string) or clear (`null`) a workspace's name.
+#[utoipa::path(put, path = "/v1/workspaces/{workspace}/name", request_body = SetName,
+    params(("workspace" = String, Path, description = "name or id")), responses(
+    (status = 200, body = WorkspaceView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn set_name(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-) -> Result<Json<Value>, ApiError> {
-    let list = blocking(move || svc.list_sessions(&a)).await?;
+    sel: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<SetName>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let Path(sel) = sel.map_err(path_error)?;
+    let name = req.name.ok_or_else(|| {
+        ApiError::bad(
+            "invalid_body",
+            "name is required: a string sets it, null clears it",
+        )
+    })?;
+    Ok(Json(blocking(move || svc.rename(&a, &sel, name)).await?))
+}
+
+/// Turn template mode on or off.
+#[utoipa::path(put, path = "/v1/workspaces/{workspace}/template", request_body = SetTemplate,
+    params(("workspace" = String, Path, description = "name or id")), responses(
+    (status = 200, body = WorkspaceView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn set_template(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    sel: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<SetTemplate>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let Path(sel) = sel.map_err(path_error)?;
     Ok(Json(
-        json!({"sessions": list.iter().map(view).collect::<Vec<_>>()}),
+        blocking(move || svc.set_template(&a, &sel, req.template)).await?,
     ))
 }
 
+// ---- snapshots ----
+
+/// A workspace's snapshots, oldest first.
+#[utoipa::path(get, path = "/v1/workspaces/{workspace}/snapshots",
+    params(("workspace" = String, Path, description = "name or id")), responses(
+    (status = 200, body = SnapshotList),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn list_snapshots(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    sel: Result<Path<String>, PathRejection>,
+) -> Result<Json<SnapshotList>, ApiError> {
+    let Path(sel) = sel.map_err(path_error)?;
+    let snapshots = blocking(move || svc.list_snapshots(&a, &sel)).await?;
+    Ok(Json(SnapshotList { snapshots }))
+}
+
+/// Snapshot the workspace's committed state. 409 while a session is active unless `force`.
+#[utoipa::path(post, path = "/v1/workspaces/{workspace}/snapshots",
+    request_body = Option<CreateSnapshot>,
+    params(("workspace" = String, Path, description = "name or id")), responses(
+    (status = 201, body = SnapshotRecord),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn create_snapshot(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    sel: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<Option<CreateSnapshot>>,
+) -> Result<(StatusCode, Json<SnapshotRecord>), ApiError> {
+    let Path(sel) = sel.map_err(path_error)?;
+    let req = req.unwrap_or_default();
+    let snap = blocking(move || svc.create_snapshot(&a, &sel, req)).await?;
+    Ok((StatusCode::CREATED, Json(snap)))
+}
+
+/// Delete a snapshot (by name or id); the workspace is unaffected.
+#[utoipa::path(delete, path = "/v1/workspaces/{workspace}/snapshots/{snapshot}",
+    params(("workspace" = String, Path, description = "name or id"),
+           ("snapshot" = String, Path, description = "snapshot name or id")), responses(
+    (status = 204, description = "deleted"),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn delete_snapshot(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path((sel, snap)) = p.map_err(path_error)?;
+    blocking(move || svc.delete_snapshot(&a, &sel, &snap)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Point the workspace back at a snapshot. 409 while a session is active unless `force`.
+#[utoipa::path(post, path = "/v1/workspaces/{workspace}/snapshots/{snapshot}/restore",
+    request_body = Option<RestoreSnapshot>,
+    params(("workspace" = String, Path, description = "name or id"),
+           ("snapshot" = String, Path, description = "snapshot name or id")), responses(
+    (status = 200, body = WorkspaceView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn restore_snapshot(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    p: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(req): JsonBody<Option<RestoreSnapshot>>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let Path((sel, snap)) = p.map_err(path_error)?;
+    let force = req.unwrap_or_default().force;
+    Ok(Json(
+        blocking(move || svc.restore_snapshot(&a, &sel, &snap, force)).await?,
+    ))
+}
+
+// ---- sessions ----
+
+/// Mount a workspace at a path (FUSE) before answering.
+#[utoipa::path(post, path = "/v1/sessions", request_body = StartSession, responses(
+    (status = 201, body = SessionView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn start_session(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    JsonBody(req): JsonBody<StartSession>,
+) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+    let rec = blocking(move || svc.start_session(&a, &req.workspace, &req.mountpoint)).await?;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// The account's sessions, active and ended, oldest first.
+#[utoipa::path(get, path = "/v1/sessions", responses(
+    (status = 200, body = SessionList), (status = 401, body = ErrorResponse)))]
+async fn list_sessions(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+) -> Result<Json<SessionList>, ApiError> {
+    let sessions = blocking(move || svc.list_sessions(&a)).await?;
+    Ok(Json(SessionList { sessions }))
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}",
+    params(("id" = String, Path, description = "session id")), responses(
+    (status = 200, body = SessionView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse)))]
 async fn get_session(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let rec = blocking(move || svc.get_session(&a, &id)).await?;
-    Ok(Json(view(&rec)))
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<SessionView>, ApiError> {
+    let Path(id) = id.map_err(path_error)?;
+    Ok(Json(blocking(move || svc.get_session(&a, &id)).await?))
 }
 
+/// End a session: unmount, commit durably, record it as the workspace's last session.
+#[utoipa::path(delete, path = "/v1/sessions/{id}",
+    params(("id" = String, Path, description = "session id")), responses(
+    (status = 200, body = SessionView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
 async fn end_session(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let rec = blocking(move || svc.end_session(&a, &id)).await?;
-    Ok(Json(view(&rec)))
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<SessionView>, ApiError> {
+    let Path(id) = id.map_err(path_error)?;
+    Ok(Json(blocking(move || svc.end_session(&a, &id)).await?))
 }

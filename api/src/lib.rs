@@ -1,5 +1,10 @@
-//! chaserfs workspace service (accounts, workspaces, sessions and their mounts) and its HTTP
-//! layer. `service` has the rules and no HTTP types; `http` maps them onto axum routes.
+//! chaserfs workspace service and its HTTP layer. `service` (with `sessions` and `import`)
+//! has the rules and no HTTP types; `http` maps them onto axum routes and the OpenAPI
+//! document; `model` holds what is stored, served and accepted.
 
+pub mod error;
 pub mod http;
+pub mod import;
+pub mod model;
 pub mod service;
+pub mod sessions;

@@ -1,176 +1,336 @@
-//! The workspace service: accounts and keys, workspaces, sessions and their FUSE mounts.
-//! No HTTP types here; every method answers `Result<_, ApiError>` and blocks (mounting and
-//! committing touch the disk), so the HTTP layer calls it from blocking tasks.
+//! The workspace service: accounts and keys, workspaces, snapshots and the rules between them
+//! and sessions. No HTTP types here; every method answers `Result<_, ApiError>` and may block
+//! (it writes RocksDB, mounts, runs git), so the HTTP layer calls it from blocking tasks.
+//!
+//! Records live in RocksDB (`meta` column family, JSON) and, for fast selectors and listings,
+//! in an in-memory index loaded at start. Every change is written under the index lock, in
+//! the same batch as the root-pointer change it goes with, so disk and memory never disagree
+//! and a crash leaves either both or neither. Slow operations (mounting, unmounting, importing)
+//! do not hold the lock: they mark their workspace busy instead, and fast operations refuse a
+//! busy workspace with 409.
 
-use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use chaserfs_fs::fuse::FuseAdapter;
-use chaserfs_fs::{roots, FsError, Store, Workspace};
-use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use chaserfs_fs::{gc, roots, MetaOp, RootId, Store, Timespec};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use serde::Deserialize;
 use uuid::Uuid;
 
-/// What went wrong, with a stable snake_case code for clients.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub code: &'static str,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ErrorKind {
-    BadRequest,
-    Unauthorized,
-    NotFound,
-    Conflict,
-    Internal,
-}
-
-impl ApiError {
-    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            kind,
-            code,
-            message: message.into(),
-        }
-    }
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::BadRequest, code, message)
-    }
-    fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Conflict, code, message)
-    }
-    fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::NotFound, code, message)
-    }
-}
-
-impl From<FsError> for ApiError {
-    fn from(e: FsError) -> Self {
-        match e {
-            FsError::NotFound => ApiError::not_found("not_found", "not found"),
-            FsError::Busy(m) => ApiError::conflict("busy", m),
-            other => {
-                tracing::error!("storage: {other}");
-                ApiError::new(
-                    ErrorKind::Internal,
-                    "internal_error",
-                    "internal storage error",
-                )
-            }
-        }
-    }
-}
-
-pub type ApiResult<T> = Result<T, ApiError>;
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SessionType {
-    Browser,
-    Sandbox,
-}
-
-/// A workspace as stored (under `W` + id in the `meta` column family) and as served.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WorkspaceRecord {
-    pub id: Uuid,
-    /// Stored; the HTTP layer leaves it out of responses.
-    pub account: String,
-    pub name: Option<String>,
-    pub session_type: SessionType,
-    pub image: Option<String>,
-    pub template: bool,
-    pub status: String,
-    pub active_session_id: Option<Uuid>,
-    pub last_session_id: Option<Uuid>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// A session as stored (under `S` + id) and as served.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub id: Uuid,
-    /// Stored; the HTTP layer leaves it out of responses.
-    pub account: String,
-    pub workspace_id: Uuid,
-    pub mountpoint: PathBuf,
-    pub status: String,
-    pub created_at: String,
-    pub ended_at: Option<String>,
-}
-
-/// What `POST /v1/workspaces` accepts (the fresh form).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWorkspace {
-    pub session_type: SessionType,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub image: Option<String>,
-    #[serde(default)]
-    pub template: bool,
-}
+pub use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::model::*;
+use crate::sessions::Mounted;
 
 pub struct Config {
     pub data_dir: PathBuf,
     /// Where sessions may mount, besides `/workspace`.
     pub mount_root: PathBuf,
     pub commit_interval: Duration,
+    /// Base URL `owner/repo` imports are cloned from.
+    pub github_url: String,
+    /// Sent to the GitHub base URL as HTTP credentials, for private repositories.
+    pub github_token: Option<String>,
 }
 
-struct Mounted {
-    ws: Arc<Workspace>,
-    mount: fuser::BackgroundSession,
-}
+/// Names of workspaces: what `PUT .../name` and `POST /v1/workspaces` accept.
+pub const NAME_RULE: &str = "names are 1 to 64 characters, without control characters or '/', \
+     without leading or trailing whitespace, and not '.' or '..'";
+/// Names the API's own paths use under /v1/workspaces/.
+const RESERVED_NAMES: [&str; 2] = ["import", "bulk-delete"];
+/// Most selectors one bulk delete takes.
+pub const BULK_DELETE_MAX: usize = 1000;
+/// Largest page of a listing.
+pub const LIST_LIMIT_MAX: usize = 1000;
+const LIST_LIMIT_DEFAULT: usize = 100;
+/// How long a call waits for a session start or end on its workspace before answering 409.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 
-pub struct Service {
-    store: Arc<Store>,
-    config: Config,
-    /// blake3(key) -> account
-    keys: HashMap<[u8; 32], String>,
-    mounts: Mutex<HashMap<Uuid, Mounted>>,
-    /// Serializes record read-modify-writes (names, session starts and ends).
-    records: Mutex<()>,
-}
+pub(crate) const WORKSPACE: u8 = b'W';
+pub(crate) const SNAPSHOT: u8 = b'P';
+pub(crate) const SESSION: u8 = b'S';
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn key(prefix: u8, id: Uuid) -> Vec<u8> {
+fn rfc3339(t: Timespec) -> String {
+    humantime::format_rfc3339_millis(t.to_system_time()).to_string()
+}
+
+pub(crate) fn key(prefix: u8, id: Uuid) -> Vec<u8> {
     let mut k = vec![prefix];
     k.extend_from_slice(id.as_bytes());
     k
 }
 
-const WORKSPACE: u8 = b'W';
-const SESSION: u8 = b'S';
+pub(crate) fn put<T: serde::Serialize>(prefix: u8, id: Uuid, rec: &T) -> MetaOp {
+    (
+        key(prefix, id),
+        Some(serde_json::to_vec(rec).expect("records encode")),
+    )
+}
+
+fn short_id() -> String {
+    Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// Checks a workspace or snapshot name against [`NAME_RULE`].
+pub fn check_name_format(name: &str) -> ApiResult<()> {
+    let n = name.chars().count();
+    if n == 0
+        || n > 64
+        || name.trim() != name
+        || name == "."
+        || name == ".."
+        || name.chars().any(|c| c.is_control() || c == '/')
+    {
+        return Err(ApiError::bad("invalid_name", NAME_RULE));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_image(image: &Option<String>, session_type: SessionType) -> ApiResult<()> {
+    let Some(image) = image else { return Ok(()) };
+    if session_type != SessionType::Sandbox {
+        return Err(ApiError::bad(
+            "image_not_allowed",
+            "image applies to sandbox workspaces only",
+        ));
+    }
+    if image.is_empty()
+        || image.len() > 512
+        || image.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::bad(
+            "invalid_image",
+            "image is an OCI reference of 1 to 512 characters without whitespace",
+        ));
+    }
+    Ok(())
+}
+
+/// Every record, indexed for selectors, plus which workspaces a slow operation holds.
+#[derive(Default)]
+pub(crate) struct Index {
+    pub(crate) workspaces: HashMap<Uuid, WorkspaceRecord>,
+    /// (account, lowercased name) -> workspace
+    names: HashMap<(String, String), Uuid>,
+    /// Per workspace, in creation order.
+    pub(crate) snapshots: HashMap<Uuid, Vec<SnapshotRecord>>,
+    pub(crate) sessions: HashMap<Uuid, SessionRecord>,
+    /// Workspaces a session start or end, or an import, is working on.
+    pub(crate) busy: HashSet<Uuid>,
+}
+
+fn name_key(account: &str, name: &str) -> (String, String) {
+    (account.to_string(), name.to_lowercase())
+}
+
+impl Index {
+    pub(crate) fn put_workspace(&mut self, rec: WorkspaceRecord) {
+        if let Some(old) = self.workspaces.get(&rec.id) {
+            if let Some(n) = &old.name {
+                self.names.remove(&name_key(&old.account, n));
+            }
+        }
+        if let Some(n) = &rec.name {
+            self.names.insert(name_key(&rec.account, n), rec.id);
+        }
+        self.workspaces.insert(rec.id, rec);
+    }
+
+    fn remove_workspace(&mut self, id: Uuid) {
+        if let Some(old) = self.workspaces.remove(&id) {
+            if let Some(n) = &old.name {
+                self.names.remove(&name_key(&old.account, n));
+            }
+        }
+        self.snapshots.remove(&id);
+    }
+
+    /// A name (case-insensitive) or UUID, inside the caller's account only.
+    pub(crate) fn resolve(&self, account: &str, selector: &str) -> ApiResult<&WorkspaceRecord> {
+        let by_name = self
+            .names
+            .get(&name_key(account, selector))
+            .and_then(|id| self.workspaces.get(id));
+        let by_id = Uuid::parse_str(selector)
+            .ok()
+            .and_then(|id| self.workspaces.get(&id))
+            .filter(|w| w.account == account);
+        match (by_name, by_id) {
+            (Some(a), Some(b)) if a.id != b.id => Err(ApiError::conflict(
+                "workspace_name_ambiguous",
+                format!(
+                    "{selector:?} is the name of workspace {} and the id of another; \
+                     select by the other's id or rename one",
+                    a.id
+                ),
+            )),
+            (Some(w), _) | (None, Some(w)) => Ok(w),
+            (None, None) => Err(ApiError::not_found(
+                "workspace_not_found",
+                format!("no workspace {selector:?}"),
+            )),
+        }
+    }
+
+    /// Checks `name` is well formed, not reserved and free in the account.
+    fn check_name(&self, account: &str, name: &str, except: Option<Uuid>) -> ApiResult<()> {
+        check_name_format(name)?;
+        if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            return Err(ApiError::bad(
+                "name_reserved",
+                format!("{name:?} is reserved by the API's paths"),
+            ));
+        }
+        match self.names.get(&name_key(account, name)) {
+            Some(id) if Some(*id) != except => Err(ApiError::conflict(
+                "workspace_name_taken",
+                format!("a workspace is already named {name:?}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `preferred` if it is a free, valid name, else a fresh `ws-xxxxxxxx`.
+    pub(crate) fn pick_name(&self, account: &str, preferred: Option<&str>) -> String {
+        if let Some(p) = preferred {
+            if self.check_name(account, p, None).is_ok() {
+                return p.to_string();
+            }
+        }
+        loop {
+            let n = format!("ws-{}", short_id());
+            if !self.names.contains_key(&name_key(account, &n)) {
+                return n;
+            }
+        }
+    }
+
+    /// The name given (checked) or a generated one.
+    pub(crate) fn name_for(&self, account: &str, given: Option<String>) -> ApiResult<String> {
+        match given {
+            Some(n) => {
+                self.check_name(account, &n, None)?;
+                Ok(n)
+            }
+            None => Ok(self.pick_name(account, None)),
+        }
+    }
+
+    fn snapshot_count(&self, ws: Uuid) -> u64 {
+        self.snapshots.get(&ws).map_or(0, |s| s.len() as u64)
+    }
+
+    fn find_snapshot(&self, ws: &WorkspaceRecord, selector: &str) -> ApiResult<&SnapshotRecord> {
+        let list = self.snapshots.get(&ws.id).map(Vec::as_slice).unwrap_or(&[]);
+        let id = Uuid::parse_str(selector).ok();
+        list.iter()
+            .find(|s| s.name.to_lowercase() == selector.to_lowercase())
+            .or_else(|| list.iter().find(|s| Some(s.id) == id))
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "snapshot_not_found",
+                    format!("workspace {} has no snapshot {selector:?}", ws.id),
+                )
+            })
+    }
+
+    /// Refuses changes while a slow operation holds the workspace.
+    pub(crate) fn check_not_busy(&self, ws: &WorkspaceRecord) -> ApiResult<()> {
+        if ws.status == WorkspaceStatus::Importing {
+            return Err(ApiError::conflict(
+                "workspace_importing",
+                "the workspace is being imported; retry when its status is ready or failed",
+            ));
+        }
+        if self.busy.contains(&ws.id) {
+            return Err(ApiError::conflict(
+                "workspace_busy",
+                "a session is starting or ending on this workspace; retry shortly",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `GET /v1/workspaces` filters and page.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only templates (`true`) or only non-templates (`false`).
+    pub template: Option<bool>,
+    pub session_type: Option<SessionType>,
+    pub status: Option<WorkspaceStatus>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+pub struct Service {
+    pub(crate) store: Arc<Store>,
+    pub(crate) config: Config,
+    /// (blake3(key), account)
+    keys: Vec<(blake3::Hash, String)>,
+    pub(crate) index: Mutex<Index>,
+    /// Session id -> its mount.
+    pub(crate) mounts: Mutex<HashMap<Uuid, Mounted>>,
+    /// Signalled whenever a workspace stops being busy.
+    pub(crate) idle: Condvar,
+    /// Wakes the collector after something was deleted; taken at shutdown.
+    gc: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Running imports, joined at shutdown.
+    pub(crate) imports: Mutex<Vec<JoinHandle<()>>>,
+    /// Set at shutdown: running imports stop their git.
+    pub(crate) stopping: AtomicBool,
+}
 
 impl Service {
+    /// Loads every record and ends what a crashed run left behind. `keys` holds BLAKE3 hashes
+    /// of API keys: the service never sees a key at rest.
     pub fn new(
         store: Arc<Store>,
         config: Config,
-        keys: Vec<(String, String)>,
+        keys: Vec<(String, blake3::Hash)>,
     ) -> ApiResult<Arc<Service>> {
-        let keys = keys
-            .into_iter()
-            .map(|(account, key)| (*blake3::hash(key.as_bytes()).as_bytes(), account))
-            .collect();
+        let mut index = Index::default();
+        for w in scan::<WorkspaceRecord>(&store, WORKSPACE)? {
+            index.put_workspace(w);
+        }
+        let mut snaps = scan::<SnapshotRecord>(&store, SNAPSHOT)?;
+        snaps.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        for s in snaps {
+            index.snapshots.entry(s.workspace_id).or_default().push(s);
+        }
+        for s in scan::<SessionRecord>(&store, SESSION)? {
+            index.sessions.insert(s.id, s);
+        }
+        let (gc_wake, wakes) = mpsc::channel();
+        let collector = store.clone();
+        let gc_thread = std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || collect_when_woken(&collector, wakes))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let svc = Arc::new(Service {
             store,
             config,
-            keys,
+            keys: keys.into_iter().map(|(a, h)| (h, a)).collect(),
+            index: Mutex::new(index),
             mounts: Mutex::new(HashMap::new()),
-            records: Mutex::new(()),
+            idle: Condvar::new(),
+            gc: Mutex::new(Some((gc_wake, gc_thread))),
+            imports: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
         });
-        svc.end_stale_sessions()?;
+        svc.recover()?;
         Ok(svc)
     }
 
@@ -178,11 +338,17 @@ impl Service {
         &self.config
     }
 
-    /// The account a bearer key belongs to. Keys are kept only as hashes, and compared as
-    /// hashes in a map, so the time taken says nothing about how close a wrong key was.
+    /// The account a bearer key belongs to. Compares the key's hash with every known hash in
+    /// constant time (`blake3::Hash` equality), without stopping at a match.
     pub fn authenticate(&self, key: &str) -> ApiResult<String> {
         let h = blake3::hash(key.as_bytes());
-        self.keys.get(h.as_bytes()).cloned().ok_or_else(|| {
+        let mut found = None;
+        for (known, account) in &self.keys {
+            if *known == h {
+                found = Some(account);
+            }
+        }
+        found.cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorKind::Unauthorized,
                 "unauthorized",
@@ -191,391 +357,508 @@ impl Service {
         })
     }
 
-    fn get<T: for<'de> Deserialize<'de>>(&self, prefix: u8, id: Uuid) -> ApiResult<Option<T>> {
-        match self.store.meta_get(&key(prefix, id))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| {
-                ApiError::new(ErrorKind::Internal, "internal_error", e.to_string())
-            })?)),
-            None => Ok(None),
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock()
+    }
+
+    pub(crate) fn wake_gc(&self) {
+        if let Some((wake, _)) = &*self.gc.lock() {
+            let _ = wake.send(());
         }
     }
 
-    /// Writes records of any kinds in one atomic batch.
-    fn put(&self, records: &[(u8, Uuid, &dyn erased::Record)]) -> ApiResult<()> {
-        let ops: Vec<_> = records
-            .iter()
-            .map(|(p, id, r)| (key(*p, *id), Some(r.json())))
-            .collect();
-        Ok(self.store.meta_write(&ops)?)
+    /// Marks a workspace no longer busy and wakes whoever waits for it.
+    pub(crate) fn release(&self, ix: &mut Index, id: Uuid) {
+        ix.busy.remove(&id);
+        self.idle.notify_all();
     }
 
-    fn scan<T: for<'de> Deserialize<'de>>(&self, prefix: u8) -> ApiResult<Vec<T>> {
-        self.store
-            .meta_scan(&[prefix])?
-            .into_iter()
-            .map(|(_, v)| {
-                serde_json::from_slice(&v).map_err(|e| {
-                    ApiError::new(ErrorKind::Internal, "internal_error", e.to_string())
-                })
-            })
-            .collect()
+    /// Resolves a workspace and, while a session start or end holds it, waits (up to
+    /// [`BUSY_WAIT`]) for it to settle, so callers see the state after, not a 409.
+    pub(crate) fn resolve_settled<'a>(
+        &'a self,
+        ix: &mut MutexGuard<'a, Index>,
+        account: &str,
+        selector: &str,
+    ) -> ApiResult<WorkspaceRecord> {
+        let deadline = std::time::Instant::now() + BUSY_WAIT;
+        loop {
+            let ws = ix.resolve(account, selector)?.clone();
+            if !ix.busy.contains(&ws.id) || ws.status == WorkspaceStatus::Importing {
+                ix.check_not_busy(&ws)?;
+                return Ok(ws);
+            }
+            if self.idle.wait_until(ix, deadline).timed_out() {
+                ix.check_not_busy(&ws)?;
+            }
+        }
+    }
+
+    /// Stops background work so the store can close: running imports (their git is killed
+    /// and they are marked failed) and the collector.
+    pub(crate) fn stop_background(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let imports: Vec<_> = self.imports.lock().drain(..).collect();
+        for t in imports {
+            let _ = t.join();
+        }
+        if let Some((wake, thread)) = self.gc.lock().take() {
+            drop(wake);
+            let _ = thread.join();
+        }
+    }
+
+    /// A workspace as served: its record with the committed state's figures.
+    pub(crate) fn view(
+        &self,
+        rec: &WorkspaceRecord,
+        snapshot_count: u64,
+    ) -> ApiResult<WorkspaceView> {
+        let (root, sup) =
+            roots::stats(&self.store, RootId::Workspace(rec.id)).map_err(|e| match e {
+                chaserfs_fs::FsError::NotFound => ApiError::not_found(
+                    "workspace_not_found",
+                    format!("workspace {} was deleted", rec.id),
+                ),
+                other => other.into(),
+            })?;
+        Ok(WorkspaceView {
+            id: rec.id,
+            name: rec.name.clone(),
+            session_type: rec.session_type,
+            status: rec.status,
+            image: rec.image.clone(),
+            template: rec.template,
+            active_session_id: rec.active_session_id,
+            last_session_id: rec.last_session_id,
+            cloned_from: rec.cloned_from,
+            github_repo: rec.github_repo.clone(),
+            import_error: rec.import_error.clone(),
+            persistence: Persistence {
+                root_hash: root.root.to_hex(),
+                generation: root.generation,
+                files: sup.files,
+                logical_bytes: sup.logical_bytes,
+                last_commit_at: rfc3339(root.committed_at),
+                snapshot_count,
+                created_at: rec.created_at.clone(),
+                updated_at: rec.updated_at.clone(),
+            },
+        })
     }
 
     // ---- workspaces ----
-
-    pub fn list_workspaces(&self, account: &str) -> ApiResult<Vec<WorkspaceRecord>> {
-        let mut all: Vec<WorkspaceRecord> = self.scan(WORKSPACE)?;
-        all.retain(|w| w.account == account);
-        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        Ok(all)
-    }
-
-    /// Resolves a name (case-insensitive) or UUID inside the caller's account.
-    pub fn resolve(&self, account: &str, selector: &str) -> ApiResult<WorkspaceRecord> {
-        let all = self.list_workspaces(account)?;
-        let by_name: Vec<_> = all
-            .iter()
-            .filter(|w| {
-                w.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(selector))
-            })
-            .collect();
-        let by_id: Vec<_> = match Uuid::parse_str(selector) {
-            Ok(id) => all.iter().filter(|w| w.id == id).collect(),
-            Err(_) => Vec::new(),
-        };
-        match (by_name.as_slice(), by_id.as_slice()) {
-            ([w], []) | ([], [w]) => Ok((*w).clone()),
-            ([a], [b]) if a.id == b.id => Ok((*a).clone()),
-            ([], []) => Err(ApiError::not_found(
-                "workspace_not_found",
-                format!("no workspace {selector:?}"),
-            )),
-            _ => Err(ApiError::conflict(
-                "workspace_name_ambiguous",
-                format!("{selector:?} names more than one workspace"),
-            )),
-        }
-    }
-
-    fn check_name(&self, account: &str, name: &str, except: Option<Uuid>) -> ApiResult<()> {
-        if name.trim().is_empty()
-            || name.chars().count() > 64
-            || name.chars().any(|c| c.is_control() || c == '/')
-        {
-            return Err(ApiError::bad(
-                "invalid_name",
-                "names are 1 to 64 characters, not blank, without '/' or control characters",
-            ));
-        }
-        let clash = self.list_workspaces(account)?.into_iter().any(|w| {
-            Some(w.id) != except
-                && w.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        });
-        if clash {
-            return Err(ApiError::conflict(
-                "workspace_name_taken",
-                format!("a workspace is already named {name:?}"),
-            ));
-        }
-        Ok(())
-    }
 
     pub fn create_workspace(
         &self,
         account: &str,
         req: CreateWorkspace,
-    ) -> ApiResult<WorkspaceRecord> {
-        let _g = self.records.lock();
-        let id = Uuid::new_v4();
-        let name = match req.name {
-            Some(n) => {
-                self.check_name(account, &n, None)?;
-                n
-            }
-            None => format!("ws-{}", &id.simple().to_string()[..8]),
-        };
-        if req.image.is_some() && req.session_type != SessionType::Sandbox {
-            return Err(ApiError::bad(
-                "image_not_allowed",
-                "image applies to sandbox workspaces only",
-            ));
+    ) -> ApiResult<WorkspaceView> {
+        if let Some(source) = req.clone_from.clone() {
+            return self.clone_workspace(account, &source, req);
         }
-        roots::create_workspace(&self.store, id)?;
-        let t = now();
-        let rec = WorkspaceRecord {
-            id,
-            account: account.to_string(),
-            name: Some(name),
-            session_type: req.session_type,
-            image: req.image,
-            template: req.template,
-            status: "ready".into(),
-            active_session_id: None,
-            last_session_id: None,
-            created_at: t.clone(),
-            updated_at: t,
-        };
-        self.put(&[(WORKSPACE, id, &rec)])?;
-        Ok(rec)
-    }
-
-    // ---- sessions ----
-
-    /// Checks a requested mountpoint and creates it if missing. Refuses anything outside the
-    /// allowed prefixes, inside the data dir, already a mount, or not an empty directory.
-    fn prepare_mountpoint(&self, raw: &str) -> ApiResult<PathBuf> {
-        let path = PathBuf::from(raw);
-        if !path.is_absolute()
-            || path
-                .components()
-                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-        {
-            return Err(ApiError::bad(
-                "invalid_mountpoint",
-                "the mountpoint must be an absolute path without . or ..",
-            ));
-        }
-        let allowed = [self.config.mount_root.as_path(), Path::new("/workspace")];
-        if !allowed.iter().any(|root| path.starts_with(root)) {
-            return Err(ApiError::bad(
-                "mountpoint_not_allowed",
-                format!(
-                    "mountpoints must lie under {} or /workspace",
-                    self.config.mount_root.display()
-                ),
-            ));
-        }
-        if path.starts_with(&self.config.data_dir) || self.config.data_dir.starts_with(&path) {
-            return Err(ApiError::bad(
-                "mountpoint_not_allowed",
-                "the mountpoint overlaps the data dir",
-            ));
-        }
-        std::fs::create_dir_all(&path).map_err(|e| {
+        let session_type = req.session_type.ok_or_else(|| {
             ApiError::bad(
-                "invalid_mountpoint",
-                format!("cannot create the mountpoint: {e}"),
+                "session_type_required",
+                "session_type (browser or sandbox) is required unless clone_from is given",
             )
         })?;
-        // Symlinks could lead outside the allowed prefixes: check where it really is.
-        let real = path
-            .canonicalize()
-            .map_err(|e| ApiError::bad("invalid_mountpoint", e.to_string()))?;
-        if !allowed.iter().any(|root| {
-            real.starts_with(root.canonicalize().unwrap_or_else(|_| root.to_path_buf()))
-        }) {
-            return Err(ApiError::bad(
-                "mountpoint_not_allowed",
-                "the mountpoint resolves outside the allowed prefixes",
-            ));
-        }
-        if is_mount(&real) {
-            return Err(ApiError::conflict(
-                "mountpoint_busy",
-                "something is already mounted there",
-            ));
-        }
-        let mut entries = std::fs::read_dir(&real)
-            .map_err(|e| ApiError::bad("invalid_mountpoint", e.to_string()))?;
-        if entries.next().is_some() {
-            return Err(ApiError::conflict(
-                "mountpoint_not_empty",
-                "the mountpoint is not an empty directory",
-            ));
-        }
-        Ok(real)
+        check_image(&req.image, session_type)?;
+        let mut ix = self.lock();
+        let name = ix.name_for(account, req.name)?;
+        let rec = WorkspaceRecord::new(account, name, session_type, req.image, req.template);
+        let id = rec.id;
+        roots::create_workspace(&self.store, id, &[put(WORKSPACE, id, &rec)])?;
+        ix.put_workspace(rec.clone());
+        drop(ix);
+        self.view(&rec, 0)
     }
 
-    pub fn start_session(
+    /// A new workspace with the source's metadata and committed state: one root-pointer copy.
+    fn clone_workspace(
+        &self,
+        account: &str,
+        source: &str,
+        req: CreateWorkspace,
+    ) -> ApiResult<WorkspaceView> {
+        let mut ix = self.lock();
+        let src = self.resolve_settled(&mut ix, account, source)?;
+        if let Some(active) = src.active_session_id {
+            return Err(ApiError::conflict(
+                "session_active",
+                format!("cannot clone while the source has active session {active}"),
+            ));
+        }
+        if req.session_type.is_some_and(|t| t != src.session_type) {
+            return Err(ApiError::bad(
+                "session_type_mismatch",
+                "a clone inherits the source's session_type",
+            ));
+        }
+        if req.image.is_some() && req.image != src.image {
+            return Err(ApiError::bad(
+                "image_mismatch",
+                "a clone inherits the source's image",
+            ));
+        }
+        let name = ix.name_for(account, req.name)?;
+        let rec = WorkspaceRecord {
+            cloned_from: Some(src.id),
+            github_repo: src.github_repo.clone(),
+            ..WorkspaceRecord::new(
+                account,
+                name,
+                src.session_type,
+                src.image.clone(),
+                req.template,
+            )
+        };
+        let id = rec.id;
+        roots::clone_workspace(&self.store, src.id, id, &[put(WORKSPACE, id, &rec)])?;
+        ix.put_workspace(rec.clone());
+        drop(ix);
+        self.view(&rec, 0)
+    }
+
+    /// One page of the account's workspaces, oldest first, and the cursor of the next page.
+    pub fn list_workspaces(
+        &self,
+        account: &str,
+        q: &ListQuery,
+    ) -> ApiResult<(Vec<WorkspaceView>, Option<String>)> {
+        let limit = q.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+        if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+            return Err(ApiError::bad(
+                "invalid_limit",
+                format!("limit is 1 to {LIST_LIMIT_MAX}"),
+            ));
+        }
+        let after = match q.cursor.as_deref() {
+            Some(c) if !c.is_empty() => Some(decode_cursor(c)?),
+            _ => None,
+        };
+        let page: Vec<(WorkspaceRecord, u64)> = {
+            let ix = self.lock();
+            let mut all: Vec<&WorkspaceRecord> = ix
+                .workspaces
+                .values()
+                .filter(|w| w.account == account)
+                .filter(|w| q.template.is_none_or(|t| w.template == t))
+                .filter(|w| q.session_type.is_none_or(|t| w.session_type == t))
+                .filter(|w| q.status.is_none_or(|s| w.status == s))
+                .filter(|w| {
+                    after
+                        .as_ref()
+                        .is_none_or(|(t, id)| (&w.created_at, &w.id) > (t, id))
+                })
+                .collect();
+            all.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
+            all.into_iter()
+                .take(limit + 1)
+                .map(|w| (w.clone(), ix.snapshot_count(w.id)))
+                .collect()
+        };
+        let next = if page.len() > limit {
+            let last = &page[limit - 1].0;
+            Some(encode_cursor(&last.created_at, last.id))
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(limit);
+        for (rec, snaps) in page.into_iter().take(limit) {
+            match self.view(&rec, snaps) {
+                Ok(v) => out.push(v),
+                // Deleted since the page was read.
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, next))
+    }
+
+    pub fn get_workspace(&self, account: &str, selector: &str) -> ApiResult<WorkspaceView> {
+        let (rec, snaps) = {
+            let ix = self.lock();
+            let w = ix.resolve(account, selector)?;
+            (w.clone(), ix.snapshot_count(w.id))
+        };
+        self.view(&rec, snaps)
+    }
+
+    /// Applies `change` to a workspace's record and writes it.
+    fn update_record(
         &self,
         account: &str,
         selector: &str,
-        mountpoint: &str,
-    ) -> ApiResult<SessionRecord> {
-        let _g = self.records.lock();
-        let mut ws_rec = self.resolve(account, selector)?;
-        if let Some(active) = ws_rec.active_session_id {
-            return Err(ApiError::conflict(
-                "session_active",
-                format!("workspace already has active session {active}"),
+        change: impl FnOnce(&Index, &mut WorkspaceRecord) -> ApiResult<()>,
+    ) -> ApiResult<WorkspaceView> {
+        let mut ix = self.lock();
+        let mut rec = ix.resolve(account, selector)?.clone();
+        change(&ix, &mut rec)?;
+        rec.updated_at = now();
+        self.store.meta_write(&[put(WORKSPACE, rec.id, &rec)])?;
+        ix.put_workspace(rec.clone());
+        let snaps = ix.snapshot_count(rec.id);
+        drop(ix);
+        self.view(&rec, snaps)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a workspace's name.
+    pub fn rename(
+        &self,
+        account: &str,
+        selector: &str,
+        name: Option<String>,
+    ) -> ApiResult<WorkspaceView> {
+        self.update_record(account, selector, |ix, rec| {
+            if let Some(n) = &name {
+                ix.check_name(account, n, Some(rec.id))?;
+            }
+            rec.name = name;
+            Ok(())
+        })
+    }
+
+    pub fn set_template(
+        &self,
+        account: &str,
+        selector: &str,
+        template: bool,
+    ) -> ApiResult<WorkspaceView> {
+        self.update_record(account, selector, |_, rec| {
+            rec.template = template;
+            Ok(())
+        })
+    }
+
+    /// Runs `act` under the index lock on a workspace no session or slow operation holds.
+    /// With `force`, an active session is ended first (commit, unmount); without, 409.
+    fn with_idle_workspace<T>(
+        &self,
+        account: &str,
+        selector: &str,
+        force: bool,
+        mut act: impl FnMut(&mut Index, WorkspaceRecord) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        // A new session may start between ending one and acting: try a few times.
+        for _ in 0..3 {
+            let mut ix = self.lock();
+            let ws = self.resolve_settled(&mut ix, account, selector)?;
+            match ws.active_session_id {
+                None => return act(&mut ix, ws),
+                Some(session) if force => {
+                    drop(ix);
+                    self.end_session_by_id(session)?;
+                }
+                Some(session) => {
+                    return Err(ApiError::conflict(
+                        "session_active",
+                        format!(
+                            "workspace has active session {session}; end it or pass force=true"
+                        ),
+                    ))
+                }
+            }
+        }
+        Err(ApiError::conflict(
+            "workspace_busy",
+            "sessions kept starting on the workspace; retry",
+        ))
+    }
+
+    /// Deletes a workspace and its snapshots in one batch; GC frees their data.
+    pub fn delete_workspace(&self, account: &str, selector: &str, force: bool) -> ApiResult<Uuid> {
+        let id = self.with_idle_workspace(account, selector, force, |ix, ws| {
+            let snaps = ix.snapshots.get(&ws.id).cloned().unwrap_or_default();
+            let mut ids = vec![RootId::Workspace(ws.id)];
+            let mut meta: Vec<MetaOp> = vec![(key(WORKSPACE, ws.id), None)];
+            for s in &snaps {
+                ids.push(RootId::Snapshot(s.id));
+                meta.push((key(SNAPSHOT, s.id), None));
+            }
+            roots::delete(&self.store, &ids, &meta)?;
+            ix.remove_workspace(ws.id);
+            Ok(ws.id)
+        })?;
+        self.wake_gc();
+        Ok(id)
+    }
+
+    /// Deletes each workspace on its own: one's failure leaves the others deleted.
+    pub fn bulk_delete(&self, account: &str, req: BulkDelete) -> ApiResult<Vec<BulkDeleteResult>> {
+        if req.workspace_ids.len() > BULK_DELETE_MAX {
+            return Err(ApiError::bad(
+                "too_many_workspaces",
+                format!("at most {BULK_DELETE_MAX} workspaces per bulk delete"),
             ));
         }
-        let path = self.prepare_mountpoint(mountpoint)?;
-        let ws = Arc::new(Workspace::open(self.store.clone(), ws_rec.id)?);
-        let mut cfg = fuser::Config::default();
-        cfg.mount_options = vec![
-            fuser::MountOption::FSName(format!("chaserfs:{}", ws_rec.id)),
-            fuser::MountOption::Subtype("chaserfs".into()),
-            // The kernel checks permissions from our modes, so sessions can run as any user.
-            fuser::MountOption::DefaultPermissions,
-            fuser::MountOption::RW,
-            fuser::MountOption::Dev,
-            fuser::MountOption::Suid,
-        ];
-        cfg.acl = fuser::SessionACL::All;
-        // Four dispatch threads: measured 2x a single thread on tar -x; more gain nothing on
-        // two cores, and the workspace orders operations itself.
-        cfg.n_threads = Some(4);
-        let mount = fuser::spawn_mount(FuseAdapter::new(ws.clone()), &path, &cfg).map_err(|e| {
-            ApiError::new(
-                ErrorKind::Internal,
-                "mount_failed",
-                format!("mount failed: {e}"),
-            )
+        Ok(req
+            .workspace_ids
+            .into_iter()
+            .map(|sel| {
+                let resolved = self.lock().resolve(account, &sel).map(|w| w.id).ok();
+                let (status, id, error) = match self.delete_workspace(account, &sel, req.force) {
+                    Ok(id) => (DeleteOutcome::Deleted, Some(id), None),
+                    Err(e) => {
+                        let status = match (e.kind, e.code) {
+                            (ErrorKind::NotFound, _) => DeleteOutcome::NotFound,
+                            (ErrorKind::Conflict, "workspace_name_ambiguous") => {
+                                DeleteOutcome::Error
+                            }
+                            (ErrorKind::Conflict, _) => DeleteOutcome::Busy,
+                            _ => DeleteOutcome::Error,
+                        };
+                        let body = ErrorBody {
+                            code: e.code.to_string(),
+                            message: e.message,
+                        };
+                        (status, resolved, Some(body))
+                    }
+                };
+                BulkDeleteResult {
+                    workspace: sel,
+                    id,
+                    status,
+                    error,
+                }
+            })
+            .collect())
+    }
+
+    // ---- snapshots ----
+
+    pub fn create_snapshot(
+        &self,
+        account: &str,
+        selector: &str,
+        req: CreateSnapshot,
+    ) -> ApiResult<SnapshotRecord> {
+        if let Some(n) = &req.name {
+            check_name_format(n)?;
+        }
+        self.with_idle_workspace(account, selector, req.force, |ix, ws| {
+            let existing = ix.snapshots.get(&ws.id).map(Vec::as_slice).unwrap_or(&[]);
+            let taken = |n: &str| {
+                existing
+                    .iter()
+                    .any(|s| s.name.to_lowercase() == n.to_lowercase())
+            };
+            let name = match &req.name {
+                Some(n) if taken(n) => {
+                    return Err(ApiError::conflict(
+                        "snapshot_name_taken",
+                        format!("the workspace already has a snapshot named {n:?}"),
+                    ))
+                }
+                Some(n) => n.clone(),
+                None => loop {
+                    let n = format!("snap-{}", short_id());
+                    if !taken(&n) {
+                        break n;
+                    }
+                },
+            };
+            // The workspace is not open, so its committed state cannot move under us.
+            let (root, sup) = roots::stats(&self.store, RootId::Workspace(ws.id))?;
+            let snap = SnapshotRecord {
+                id: Uuid::now_v7(),
+                workspace_id: ws.id,
+                name,
+                root_hash: root.root.to_hex(),
+                files: sup.files,
+                logical_bytes: sup.logical_bytes,
+                created_at: now(),
+            };
+            roots::snapshot(
+                &self.store,
+                ws.id,
+                snap.id,
+                &[put(SNAPSHOT, snap.id, &snap)],
+            )?;
+            ix.snapshots.entry(ws.id).or_default().push(snap.clone());
+            Ok(snap)
+        })
+    }
+
+    pub fn list_snapshots(&self, account: &str, selector: &str) -> ApiResult<Vec<SnapshotRecord>> {
+        let ix = self.lock();
+        let ws = ix.resolve(account, selector)?;
+        Ok(ix.snapshots.get(&ws.id).cloned().unwrap_or_default())
+    }
+
+    /// Points the workspace back at a snapshot's state; the snapshot stays.
+    pub fn restore_snapshot(
+        &self,
+        account: &str,
+        selector: &str,
+        snapshot: &str,
+        force: bool,
+    ) -> ApiResult<WorkspaceView> {
+        let (rec, snaps) = self.with_idle_workspace(account, selector, force, |ix, mut ws| {
+            let snap = ix.find_snapshot(&ws, snapshot)?.clone();
+            ws.updated_at = now();
+            roots::restore(&self.store, ws.id, snap.id, &[put(WORKSPACE, ws.id, &ws)])?;
+            ix.put_workspace(ws.clone());
+            let n = ix.snapshot_count(ws.id);
+            Ok((ws, n))
         })?;
-        let t = now();
-        let rec = SessionRecord {
-            id: Uuid::new_v4(),
-            account: account.to_string(),
-            workspace_id: ws_rec.id,
-            mountpoint: path,
-            status: "active".into(),
-            created_at: t.clone(),
-            ended_at: None,
-        };
-        ws_rec.active_session_id = Some(rec.id);
-        ws_rec.updated_at = t;
-        self.put(&[(SESSION, rec.id, &rec), (WORKSPACE, ws_rec.id, &ws_rec)])?;
-        self.mounts.lock().insert(rec.id, Mounted { ws, mount });
-        Ok(rec)
+        self.view(&rec, snaps)
     }
 
-    pub fn list_sessions(&self, account: &str) -> ApiResult<Vec<SessionRecord>> {
-        let mut out: Vec<SessionRecord> = self.scan(SESSION)?;
-        out.retain(|s| s.account == account);
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-        Ok(out)
-    }
-
-    pub fn get_session(&self, account: &str, id: &str) -> ApiResult<SessionRecord> {
-        let missing = || ApiError::not_found("session_not_found", format!("no session {id:?}"));
-        let id = Uuid::parse_str(id).map_err(|_| missing())?;
-        let s: SessionRecord = self.get(SESSION, id)?.ok_or_else(missing)?;
-        if s.account != account {
-            return Err(missing());
-        }
-        Ok(s)
-    }
-
-    /// Unmounts (the kernel writes back its cache first), commits durably, and records the
-    /// session as the workspace's last.
-    pub fn end_session(&self, account: &str, id: &str) -> ApiResult<SessionRecord> {
-        let _g = self.records.lock();
-        let mut s = self.get_session(account, id)?;
-        if s.status != "active" {
-            return Ok(s);
-        }
-        self.finish(&mut s)?;
-        Ok(s)
-    }
-
-    fn finish(&self, s: &mut SessionRecord) -> ApiResult<()> {
-        if let Some(m) = self.mounts.lock().remove(&s.id) {
-            if let Err(e) = m.mount.umount_and_join() {
-                tracing::warn!(
-                    "unmount of {} failed ({e}); detaching",
-                    s.mountpoint.display()
-                );
-                detach(&s.mountpoint);
-            }
-            m.ws.commit(true)?;
-        }
-        s.status = "ended".into();
-        s.ended_at = Some(now());
-        match self.get::<WorkspaceRecord>(WORKSPACE, s.workspace_id)? {
-            Some(mut w) => {
-                if w.active_session_id == Some(s.id) {
-                    w.active_session_id = None;
-                }
-                w.last_session_id = Some(s.id);
-                w.updated_at = now();
-                self.put(&[(SESSION, s.id, &*s), (WORKSPACE, w.id, &w)])
-            }
-            None => self.put(&[(SESSION, s.id, &*s)]),
-        }
-    }
-
-    /// Commits every mounted workspace without syncing: the periodic commit.
-    pub fn commit_all(&self) {
-        let mounted: Vec<Arc<Workspace>> =
-            self.mounts.lock().values().map(|m| m.ws.clone()).collect();
-        for ws in mounted {
-            if let Err(e) = ws.commit(false) {
-                tracing::error!("periodic commit of {}: {e}", ws.id());
+    pub fn delete_snapshot(&self, account: &str, selector: &str, snapshot: &str) -> ApiResult<()> {
+        {
+            let mut ix = self.lock();
+            let ws = ix.resolve(account, selector)?.clone();
+            let snap = ix.find_snapshot(&ws, snapshot)?.id;
+            roots::delete(
+                &self.store,
+                &[RootId::Snapshot(snap)],
+                &[(key(SNAPSHOT, snap), None)],
+            )?;
+            if let Some(list) = ix.snapshots.get_mut(&ws.id) {
+                list.retain(|s| s.id != snap);
             }
         }
-    }
-
-    /// Ends every session: on SIGTERM.
-    pub fn shutdown(&self) {
-        let _g = self.records.lock();
-        let ids: Vec<Uuid> = self.mounts.lock().keys().copied().collect();
-        for id in ids {
-            if let Ok(Some(mut s)) = self.get::<SessionRecord>(SESSION, id) {
-                if let Err(e) = self.finish(&mut s) {
-                    tracing::error!("ending session {id}: {e:?}");
-                }
-            }
-        }
-    }
-
-    /// Sessions a crashed run left active: detach their mounts and mark them ended.
-    fn end_stale_sessions(&self) -> ApiResult<()> {
-        let all: Vec<SessionRecord> = self.scan(SESSION)?;
-        for mut s in all {
-            if s.status == "active" {
-                tracing::warn!("ending session {} left by a previous run", s.id);
-                detach(&s.mountpoint);
-                self.finish(&mut s)?;
-            }
-        }
+        self.wake_gc();
         Ok(())
     }
 }
 
-/// Records of different types written in one batch.
-mod erased {
-    pub trait Record {
-        fn json(&self) -> Vec<u8>;
-    }
+fn scan<T: for<'de> Deserialize<'de>>(store: &Store, prefix: u8) -> ApiResult<Vec<T>> {
+    store
+        .meta_scan(&[prefix])?
+        .into_iter()
+        .map(|(_, v)| {
+            serde_json::from_slice(&v).map_err(|e| ApiError::internal(format!("record: {e}")))
+        })
+        .collect()
+}
 
-    impl<T: serde::Serialize> Record for T {
-        fn json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).expect("records encode")
+/// Cursors are opaque to clients: hex of `created_at` and id of the last item served.
+fn encode_cursor(created_at: &str, id: Uuid) -> String {
+    hex::encode(format!("{created_at} {id}"))
+}
+
+fn decode_cursor(c: &str) -> ApiResult<(String, Uuid)> {
+    let bad = || ApiError::bad("invalid_cursor", "cursor is not one this API returned");
+    let text = String::from_utf8(hex::decode(c).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (t, id) = text.split_once(' ').ok_or_else(bad)?;
+    Ok((t.to_string(), Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// The collector: after a wake (deletes), waits for the burst to settle, then collects and
+/// compacts, so deleted workspaces give their space back.
+fn collect_when_woken(store: &Store, wakes: mpsc::Receiver<()>) {
+    while wakes.recv().is_ok() {
+        std::thread::sleep(Duration::from_millis(500));
+        while wakes.try_recv().is_ok() {}
+        match gc::collect(store, true) {
+            Ok(r) => tracing::info!(
+                "gc: deleted {} nodes and {} chunks",
+                r.deleted_nodes,
+                r.deleted_chunks
+            ),
+            Err(e) => tracing::error!("gc: {e}"),
         }
-    }
-}
-
-/// Whether `path` is a mount point: listed as one in /proc/self/mountinfo.
-fn is_mount(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = path.to_string_lossy();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|m| m.replace("\\040", " ") == target)
-    })
-}
-
-/// Lazily detaches whatever is mounted at `path` (a stale FUSE mount answers ENOTCONN).
-fn detach(path: &Path) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // SAFETY: a valid NUL-terminated path; umount2 reads it and nothing else.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
-        tracing::debug!(
-            "detach {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
     }
 }

@@ -74,7 +74,7 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// Fills a workspace with `files` small files (1,000 per directory) and `data_bytes` in one file.
 fn populate(store: &Arc<Store>, id: Uuid, files: usize, data_bytes: usize) -> Result<()> {
-    roots::create_workspace(store, id)?;
+    roots::create_workspace(store, id, &[])?;
     let ws = Workspace::open(store.clone(), id)?;
     let mut dir = ROOT_INO;
     for i in 0..files {
@@ -129,7 +129,7 @@ fn bench_roots(base: &Path, quick: bool) -> Result<()> {
         let id = Uuid::new_v4();
         populate(&store, id, files, data)?;
         let snap = Uuid::new_v4();
-        roots::snapshot(&store, id, snap)?;
+        roots::snapshot(&store, id, snap, &[])?;
         states.push((label, id, snap, [Vec::new(), Vec::new(), Vec::new()]));
     }
     // Let RocksDB finish flushing and compacting what the build wrote, then interleave the
@@ -138,13 +138,13 @@ fn bench_roots(base: &Path, quick: bool) -> Result<()> {
     for _ in 0..iters {
         for (_, id, snap, times) in states.iter_mut() {
             let t = Instant::now();
-            roots::clone_workspace(&store, *id, Uuid::new_v4())?;
+            roots::clone_workspace(&store, *id, Uuid::new_v4(), &[])?;
             times[0].push(t.elapsed());
             let t = Instant::now();
-            roots::snapshot(&store, *id, Uuid::new_v4())?;
+            roots::snapshot(&store, *id, Uuid::new_v4(), &[])?;
             times[1].push(t.elapsed());
             let t = Instant::now();
-            roots::restore(&store, *id, *snap)?;
+            roots::restore(&store, *id, *snap, &[])?;
             times[2].push(t.elapsed());
         }
     }
@@ -211,7 +211,7 @@ fn bench_write(base: &Path, mib: usize) -> Result<()> {
 
     let store = Store::open(&base.join("write"))?;
     let id = Uuid::new_v4();
-    roots::create_workspace(&store, id)?;
+    roots::create_workspace(&store, id, &[])?;
     let ws = Workspace::open(store.clone(), id)?;
     let f = new_file(&ws, ROOT_INO, "big")?;
     let t = Instant::now();
@@ -280,7 +280,7 @@ fn rss_walk(path: &Path, id: Uuid) -> Result<()> {
     let t = Instant::now();
     let store = Store::open(path)?;
     let clone = Uuid::new_v4();
-    roots::clone_workspace(&store, id, clone)?;
+    roots::clone_workspace(&store, id, clone, &[])?;
     let ws = Workspace::open(store.clone(), clone)?;
     let mut seen = 0u64;
     let mut stack = vec![ROOT_INO];
@@ -308,7 +308,7 @@ fn rss_walk(path: &Path, id: Uuid) -> Result<()> {
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0);
     drop(ws);
-    roots::delete(&store, RootId::Workspace(clone))?;
+    roots::delete(&store, &[RootId::Workspace(clone)], &[])?;
     println!(
         "| open + clone + walk ({seen} entries, readdir + getattr each) | {:.1} | {} MiB |",
         walk.as_secs_f64(),

@@ -21,4 +21,4 @@ pub use error::{FsError, FsResult};
 pub use hash::Hash;
 pub use posix::{Attr, DirEntry, NewNode, SetAttr, StatFs, TimeSet, Workspace};
 pub use records::{FileKind, Timespec};
-pub use store::{RootId, RootRecord, Store, StoreOptions};
+pub use store::{MetaOp, RootId, RootRecord, Store, StoreOptions};

@@ -6,11 +6,15 @@ use std::sync::Arc;
 use crate::error::{FsError, FsResult};
 use crate::keys::{self, ROOT_INO};
 use crate::records::{self, FileKind, Inode, Super, Timespec};
-use crate::store::{RootId, RootRecord, Store};
+use crate::store::{MetaOp, RootId, RootRecord, Store};
 use crate::tree::{self, Changes};
 
 /// Creates a workspace holding an empty root directory (mode 0755, owned by root).
-pub fn create_workspace(store: &Arc<Store>, id: uuid::Uuid) -> FsResult<RootRecord> {
+pub fn create_workspace(
+    store: &Arc<Store>,
+    id: uuid::Uuid,
+    meta: &[MetaOp],
+) -> FsResult<RootRecord> {
     let (empty, empty_bytes) = tree::empty();
     let now = Timespec::now();
     let root_dir = Inode {
@@ -52,34 +56,60 @@ pub fn create_workspace(store: &Arc<Store>, id: uuid::Uuid) -> FsResult<RootReco
         generation: 1,
         committed_at: now,
     };
-    store.create_root(RootId::Workspace(id), &record, &nodes)?;
+    store.create_root(RootId::Workspace(id), &record, &nodes, meta)?;
     Ok(record)
 }
 
 /// A new workspace `dst` with `src`'s committed state. Changes to either stay their own.
-pub fn clone_workspace(store: &Store, src: uuid::Uuid, dst: uuid::Uuid) -> FsResult<RootRecord> {
-    store.copy_root(RootId::Workspace(src), RootId::Workspace(dst), false)
+pub fn clone_workspace(
+    store: &Store,
+    src: uuid::Uuid,
+    dst: uuid::Uuid,
+    meta: &[MetaOp],
+) -> FsResult<RootRecord> {
+    store.copy_root(RootId::Workspace(src), RootId::Workspace(dst), false, meta)
 }
 
 /// An immutable snapshot `snap` of workspace `ws`'s committed state.
-pub fn snapshot(store: &Store, ws: uuid::Uuid, snap: uuid::Uuid) -> FsResult<RootRecord> {
-    store.copy_root(RootId::Workspace(ws), RootId::Snapshot(snap), false)
+pub fn snapshot(
+    store: &Store,
+    ws: uuid::Uuid,
+    snap: uuid::Uuid,
+    meta: &[MetaOp],
+) -> FsResult<RootRecord> {
+    store.copy_root(RootId::Workspace(ws), RootId::Snapshot(snap), false, meta)
 }
 
 /// Points workspace `ws` back at snapshot `snap`. Refused while the workspace is open.
-pub fn restore(store: &Store, ws: uuid::Uuid, snap: uuid::Uuid) -> FsResult<RootRecord> {
+pub fn restore(
+    store: &Store,
+    ws: uuid::Uuid,
+    snap: uuid::Uuid,
+    meta: &[MetaOp],
+) -> FsResult<RootRecord> {
     if store.is_open(ws) {
         return Err(FsError::Busy(format!("workspace {ws} is open")));
     }
-    store.copy_root(RootId::Snapshot(snap), RootId::Workspace(ws), true)
+    store.copy_root(RootId::Snapshot(snap), RootId::Workspace(ws), true, meta)
 }
 
-/// Deletes a workspace's or snapshot's root pointer; its data goes at the next collection.
-pub fn delete(store: &Store, id: RootId) -> FsResult<()> {
-    if let RootId::Workspace(ws) = id {
-        if store.is_open(ws) {
-            return Err(FsError::Busy(format!("workspace {ws} is open")));
+/// Deletes workspaces' and snapshots' root pointers, all or none; their data goes at the next
+/// collection. Refused while one of the workspaces is open.
+pub fn delete(store: &Store, ids: &[RootId], meta: &[MetaOp]) -> FsResult<()> {
+    for id in ids {
+        if let RootId::Workspace(ws) = id {
+            if store.is_open(*ws) {
+                return Err(FsError::Busy(format!("workspace {ws} is open")));
+            }
         }
     }
-    store.delete_root(id)
+    store.delete_roots(ids, meta)
+}
+
+/// The committed root of a workspace or snapshot with its files and logical bytes.
+pub fn stats(store: &Store, id: RootId) -> FsResult<(RootRecord, Super)> {
+    let rec = store.get_root(id)?.ok_or(FsError::NotFound)?;
+    let sup = tree::get(store, &rec.root, &keys::super_key())?
+        .ok_or_else(|| FsError::corrupt("state without a super record"))?;
+    Ok((rec, records::decode(&sup)?))
 }

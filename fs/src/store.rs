@@ -103,6 +103,10 @@ impl RootId {
     }
 }
 
+/// A put (`Some`) or delete (`None`) of an upper layer's record in the `meta` column family,
+/// written in the same batch as a root change so both land or neither does.
+pub type MetaOp = (Vec<u8>, Option<Vec<u8>>);
+
 /// What a root pointer holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RootRecord {
@@ -414,6 +418,7 @@ impl Store {
         id: RootId,
         record: &RootRecord,
         nodes: &[(Hash, Vec<u8>)],
+        meta: &[MetaOp],
     ) -> FsResult<()> {
         let hashes: Vec<Hash> = nodes.iter().map(|(h, _)| *h).chain([record.root]).collect();
         self.pin(hashes.iter().copied());
@@ -427,19 +432,21 @@ impl Store {
                 batch.put_cf(self.cf(CF_NODES), h.0, bytes);
             }
             batch.put_cf(self.cf(CF_META), id.key(), crate::records::encode(record));
+            self.add_meta(&mut batch, meta)?;
             self.write(batch, true)
         })();
         self.unpin(hashes);
         result
     }
 
-    /// Points `dst` at `src`'s root: clone, snapshot and restore. One small write, and atomic
-    /// with respect to a collection's start (see `gc.rs`).
+    /// Points `dst` at `src`'s root: clone, snapshot and restore. One small write (with
+    /// `meta`), and atomic with respect to a collection's start (see `gc.rs`).
     pub(crate) fn copy_root(
         &self,
         src: RootId,
         dst: RootId,
         dst_exists: bool,
+        meta: &[MetaOp],
     ) -> FsResult<RootRecord> {
         let _roots = self.roots_lock.lock();
         let mut record = self.get_root(src)?.ok_or(FsError::NotFound)?;
@@ -457,6 +464,7 @@ impl Store {
         record.committed_at = Timespec::now();
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), dst.key(), crate::records::encode(&record));
+        self.add_meta(&mut batch, meta)?;
         self.write(batch, true)?;
         Ok(record)
     }
@@ -485,13 +493,17 @@ impl Store {
         self.pins.lock().gc_protect = None;
     }
 
-    pub(crate) fn delete_root(&self, id: RootId) -> FsResult<()> {
+    /// Deletes every root of `ids` and applies `meta`, all or nothing.
+    pub(crate) fn delete_roots(&self, ids: &[RootId], meta: &[MetaOp]) -> FsResult<()> {
         let _roots = self.roots_lock.lock();
-        if self.get_root(id)?.is_none() {
-            return Err(FsError::NotFound);
-        }
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(CF_META), id.key());
+        for id in ids {
+            if self.get_root(*id)?.is_none() {
+                return Err(FsError::NotFound);
+            }
+            batch.delete_cf(self.cf(CF_META), id.key());
+        }
+        self.add_meta(&mut batch, meta)?;
         self.write(batch, true)
     }
 
@@ -519,8 +531,13 @@ impl Store {
     }
 
     /// Applies puts (`Some`) and deletes (`None`) to `meta` atomically and durably.
-    pub fn meta_write(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> FsResult<()> {
+    pub fn meta_write(&self, ops: &[MetaOp]) -> FsResult<()> {
         let mut batch = WriteBatch::default();
+        self.add_meta(&mut batch, ops)?;
+        self.write(batch, true)
+    }
+
+    fn add_meta(&self, batch: &mut WriteBatch, ops: &[MetaOp]) -> FsResult<()> {
         let cf = self.cf(CF_META);
         for (k, v) in ops {
             if k.first() == Some(&RootId::PREFIX) {
@@ -531,7 +548,7 @@ impl Store {
                 None => batch.delete_cf(cf, k),
             }
         }
-        self.write(batch, true)
+        Ok(())
     }
 
     pub fn meta_scan(&self, prefix: &[u8]) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -68,7 +68,7 @@ fn put_file(ws: &Workspace, name: &str, data: &[u8]) {
 fn child(dir: &Path) {
     let store = Store::open(dir).unwrap();
     if store.get_root(RootId::Workspace(MAIN)).unwrap().is_none() {
-        roots::create_workspace(&store, MAIN).unwrap();
+        roots::create_workspace(&store, MAIN, &[]).unwrap();
     }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -94,16 +94,16 @@ fn child(dir: &Path) {
         let side = Uuid::from_u128(1000 + g as u128);
         match g % 10 {
             4 => {
-                roots::snapshot(&store, MAIN, side).unwrap();
+                roots::snapshot(&store, MAIN, side, &[]).unwrap();
             }
             6 => {
-                roots::clone_workspace(&store, MAIN, side).unwrap();
+                roots::clone_workspace(&store, MAIN, side, &[]).unwrap();
             }
             8 => {
                 // Drop older clones and snapshots, then collect, while the main workspace is open.
                 for (id, _) in store.list_roots().unwrap() {
                     if id != RootId::Workspace(MAIN) {
-                        roots::delete(&store, id).unwrap();
+                        roots::delete(&store, &[id], &[]).unwrap();
                     }
                 }
                 gc::collect(&store, false).unwrap();

@@ -43,7 +43,7 @@ fn collections_racing_writers_delete_nothing_live() {
         let (store, stop) = (store.clone(), stop.clone());
         writers.push(std::thread::spawn(move || {
             let id = Uuid::from_u128(w as u128 + 1);
-            roots::create_workspace(&store, id).unwrap();
+            roots::create_workspace(&store, id, &[]).unwrap();
             let ws = Workspace::open(store.clone(), id).unwrap();
             let mut expected = Vec::new();
             let mut round = 0u64;
@@ -87,8 +87,8 @@ fn collections_racing_writers_delete_nothing_live() {
                 ws.commit(round.is_multiple_of(2)).unwrap();
                 if round.is_multiple_of(4) {
                     let snap = Uuid::new_v4();
-                    roots::snapshot(&store, id, snap).unwrap();
-                    roots::delete(&store, RootId::Snapshot(snap)).unwrap();
+                    roots::snapshot(&store, id, snap, &[]).unwrap();
+                    roots::delete(&store, &[RootId::Snapshot(snap)], &[]).unwrap();
                 }
             }
             (ws, expected)

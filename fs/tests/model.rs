@@ -311,7 +311,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = Uuid::from_u128(1);
-        roots::create_workspace(&store, id).unwrap();
+        roots::create_workspace(&store, id, &[]).unwrap();
         let ws = Workspace::open(store.clone(), id).unwrap();
         World {
             dir,
@@ -611,7 +611,7 @@ impl World {
                 let ids: Vec<Uuid> = self.models.keys().copied().collect();
                 let src = pick(&ids, ws).unwrap();
                 let dst = self.fresh_id();
-                roots::clone_workspace(self.store(), src, dst)
+                roots::clone_workspace(self.store(), src, dst, &[])
                     .map_err(|e| format!("clone: {e}"))?;
                 let committed = self.models[&src].0.clone();
                 self.models.insert(dst, (committed.clone(), committed));
@@ -624,7 +624,8 @@ impl World {
                 let ids: Vec<Uuid> = self.models.keys().copied().collect();
                 let src = pick(&ids, ws).unwrap();
                 let snap = self.fresh_id();
-                roots::snapshot(self.store(), src, snap).map_err(|e| format!("snapshot: {e}"))?;
+                roots::snapshot(self.store(), src, snap, &[])
+                    .map_err(|e| format!("snapshot: {e}"))?;
                 self.snaps.insert(snap, self.models[&src].0.clone());
             }
             Op::Restore { ws, snap } => {
@@ -634,12 +635,13 @@ impl World {
                     return Ok(());
                 };
                 // Restore is refused while open; closing without a commit drops live changes.
-                let busy = roots::restore(self.store(), target, snap);
+                let busy = roots::restore(self.store(), target, snap, &[]);
                 if errno(&busy) != Some(libc::EBUSY) {
                     return Err(format!("restore of an open workspace answered {busy:?}"));
                 }
                 self.open.remove(&target);
-                roots::restore(self.store(), target, snap).map_err(|e| format!("restore: {e}"))?;
+                roots::restore(self.store(), target, snap, &[])
+                    .map_err(|e| format!("restore: {e}"))?;
                 let state = self.snaps[&snap].clone();
                 self.models.insert(target, (state.clone(), state));
                 self.open.insert(
@@ -657,7 +659,7 @@ impl World {
                 let ids: Vec<Uuid> = self.models.keys().copied().collect();
                 let id = pick(&ids, ws).unwrap();
                 self.open.remove(&id);
-                roots::delete(self.store(), RootId::Workspace(id))
+                roots::delete(self.store(), &[RootId::Workspace(id)], &[])
                     .map_err(|e| format!("delete: {e}"))?;
                 self.models.remove(&id);
                 if self.current == id {
@@ -669,7 +671,7 @@ impl World {
                 let Some(id) = pick(&snaps, snap) else {
                     return Ok(());
                 };
-                roots::delete(self.store(), RootId::Snapshot(id))
+                roots::delete(self.store(), &[RootId::Snapshot(id)], &[])
                     .map_err(|e| format!("delete snapshot: {e}"))?;
                 self.snaps.remove(&id);
             }
@@ -713,8 +715,8 @@ impl World {
         for (snap, m) in &self.snaps.clone() {
             // A snapshot is read by restoring it into a scratch workspace.
             let id = self.fresh_id();
-            roots::create_workspace(self.store(), id).map_err(|e| e.to_string())?;
-            roots::restore(self.store(), id, *snap).map_err(|e| e.to_string())?;
+            roots::create_workspace(self.store(), id, &[]).map_err(|e| e.to_string())?;
+            roots::restore(self.store(), id, *snap, &[]).map_err(|e| e.to_string())?;
             let ws = Workspace::open(self.store().clone(), id).map_err(|e| e.to_string())?;
             check_tree(&ws, m)?;
         }

@@ -17,7 +17,7 @@ fn setup() -> (tempfile::TempDir, Arc<Store>, Workspace) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let id = Uuid::new_v4();
-    roots::create_workspace(&store, id).unwrap();
+    roots::create_workspace(&store, id, &[]).unwrap();
     let ws = Workspace::open(store.clone(), id).unwrap();
     (dir, store, ws)
 }
@@ -430,7 +430,7 @@ fn unlinked_open_files_live_until_released_even_across_reopen() {
     let id = Uuid::new_v4();
     {
         let store = Store::open(dir.path()).unwrap();
-        roots::create_workspace(&store, id).unwrap();
+        roots::create_workspace(&store, id, &[]).unwrap();
         let ws = Workspace::open(store.clone(), id).unwrap();
         let f = file(&ws, ROOT_INO, "f");
         ws.write(f, 0, b"still here").unwrap();
@@ -493,7 +493,7 @@ fn identical_data_is_stored_once_and_deleting_everything_frees_it() {
     ws.close().unwrap();
     let once = chunk_store_bytes(&store);
     let id2 = Uuid::new_v4();
-    roots::create_workspace(&store, id2).unwrap();
+    roots::create_workspace(&store, id2, &[]).unwrap();
     let ws2 = Workspace::open(store.clone(), id2).unwrap();
     let f2 = file(&ws2, ROOT_INO, "copy");
     for piece in data.chunks(1 << 20) {
@@ -513,7 +513,7 @@ fn identical_data_is_stored_once_and_deleting_everything_frees_it() {
         growth * 100.0
     );
     for id in [first_id, id2] {
-        roots::delete(&store, RootId::Workspace(id)).unwrap();
+        roots::delete(&store, &[RootId::Workspace(id)], &[]).unwrap();
     }
     gc::collect(&store, true).unwrap();
     chunk_store_bytes(&store);

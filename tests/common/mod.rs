@@ -13,6 +13,18 @@ pub struct Daemon {
     pub url: String,
     pub key: String,
     child: Option<Child>,
+    options: Options,
+}
+
+/// How to start a test daemon beyond the defaults.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Extra `serve` arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// The key tests call with, when `args` names a keys file.
+    pub key: Option<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -36,6 +48,10 @@ fn agent() -> ureq::Agent {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("chaserfs-test")
             .tempdir_in("/var/tmp")
@@ -45,6 +61,7 @@ impl Daemon {
             url: String::new(),
             key: String::new(),
             child: None,
+            options,
         };
         d.restart();
         d
@@ -77,6 +94,8 @@ impl Daemon {
             .arg(self.data_dir())
             .arg("--mount-root")
             .arg(self.mount_root())
+            .args(&self.options.args)
+            .envs(self.options.env.iter().cloned())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -92,10 +111,13 @@ impl Daemon {
             assert!(Instant::now() < deadline, "daemon did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.key = std::fs::read_to_string(self.data_dir().join("api-key"))
-            .unwrap()
-            .trim()
-            .to_string();
+        self.key = match &self.options.key {
+            Some(k) => k.clone(),
+            None => std::fs::read_to_string(self.data_dir().join("api-key"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        };
     }
 
     /// SIGTERM and wait; returns the exit code.
@@ -132,6 +154,7 @@ impl Daemon {
             ("DELETE", _) => a.delete(&url).header("Authorization", &auth).call(),
             ("POST", Some(b)) => a.post(&url).header("Authorization", &auth).send_json(b),
             ("PUT", Some(b)) => a.put(&url).header("Authorization", &auth).send_json(b),
+            ("POST", None) => a.post(&url).header("Authorization", &auth).send_empty(),
             (m, _) => panic!("unsupported {m}"),
         }
         .unwrap();
@@ -224,4 +247,147 @@ pub fn checksum(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+impl Daemon {
+    /// A request with raw bytes and headers, for malformed input.
+    pub fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let url = format!("{}{}", self.url, path);
+        let a = agent();
+        let mut resp = match method {
+            "POST" => {
+                let mut r = a.post(&url);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.send(body)
+            }
+            "PUT" => {
+                let mut r = a.put(&url);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.send(body)
+            }
+            "GET" => {
+                let mut r = a.get(&url);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.call()
+            }
+            "DELETE" => {
+                let mut r = a.delete(&url);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.call()
+            }
+            m => panic!("unsupported {m}"),
+        }
+        .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Polls a workspace until its status is no longer `importing`.
+    pub fn wait_imported(&self, selector: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (s, v) = self.call("GET", &format!("/v1/workspaces/{selector}"), None);
+            assert_eq!(s, 200, "{v}");
+            if v["status"] != "importing" {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "import did not finish: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("daemon-") {
+                out += &std::fs::read_to_string(e.path()).unwrap_or_default();
+            }
+        }
+        out
+    }
+}
+
+/// Serves `base` (holding OWNER/REPO repositories) with `git daemon` on a loopback port;
+/// killed on drop.
+pub struct GitDaemon {
+    child: Child,
+    pub url: String,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> GitDaemon {
+        let port = free_port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+            ])
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        GitDaemon {
+            child,
+            url: format!("git://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes BASE/OWNER/REPO a repository with a few commits and files; returns its HEAD.
+pub fn make_repo(base: &Path, owner: &str, repo: &str) -> String {
+    let dir = base.join(owner).join(repo);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    sh(
+        "git init -q -b main . && git config user.email t@example.com && git config user.name t",
+        &dir,
+    );
+    for i in 0..3 {
+        std::fs::write(
+            dir.join(format!("src/file{i}.txt")),
+            format!("content {i}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("README.md"), format!("# {repo}\nrevision {i}\n")).unwrap();
+        sh(
+            &format!("git add -A && git commit -q -m 'commit {i}'"),
+            &dir,
+        );
+    }
+    sh("git rev-parse HEAD", &dir).trim().to_string()
 }

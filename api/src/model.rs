@@ -1,0 +1,324 @@
+//! What the service stores (records, JSON in RocksDB's `meta` column family), what it serves
+//! (views, which never carry the owning account) and what it accepts (requests). The schemas
+//! of the OpenAPI document are derived from these types.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionType {
+    Browser,
+    Sandbox,
+}
+
+/// `importing` while a GitHub import runs, then `ready` or `failed` (see `import_error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceStatus {
+    Importing,
+    Ready,
+    Failed,
+}
+
+/// A workspace as stored under `W` + id.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    pub id: Uuid,
+    pub account: String,
+    pub name: Option<String>,
+    pub session_type: SessionType,
+    pub image: Option<String>,
+    pub template: bool,
+    pub status: WorkspaceStatus,
+    pub active_session_id: Option<Uuid>,
+    pub last_session_id: Option<Uuid>,
+    #[serde(default)]
+    pub cloned_from: Option<Uuid>,
+    #[serde(default)]
+    pub github_repo: Option<String>,
+    #[serde(default)]
+    pub import_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl WorkspaceRecord {
+    /// A new ready workspace record with a fresh id and no sessions.
+    pub fn new(
+        account: &str,
+        name: String,
+        session_type: SessionType,
+        image: Option<String>,
+        template: bool,
+    ) -> WorkspaceRecord {
+        let t = crate::service::now();
+        WorkspaceRecord {
+            id: Uuid::now_v7(),
+            account: account.to_string(),
+            name: Some(name),
+            session_type,
+            image,
+            template,
+            status: WorkspaceStatus::Ready,
+            active_session_id: None,
+            last_session_id: None,
+            cloned_from: None,
+            github_repo: None,
+            import_error: None,
+            created_at: t.clone(),
+            updated_at: t,
+        }
+    }
+}
+
+/// A snapshot as stored under `P` + id and as served. Its state never changes, so its
+/// figures are kept.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Snapshot)]
+pub struct SnapshotRecord {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub name: String,
+    /// BLAKE3 root of the snapshot's tree.
+    pub root_hash: String,
+    pub files: u64,
+    pub logical_bytes: u64,
+    pub created_at: String,
+}
+
+/// A session as stored under `S` + id.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: Uuid,
+    pub account: String,
+    pub workspace_id: Uuid,
+    pub mountpoint: PathBuf,
+    pub status: SessionStatus,
+    pub created_at: String,
+    pub ended_at: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Active,
+    Ended,
+}
+
+/// A workspace as served.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Workspace)]
+pub struct WorkspaceView {
+    pub id: Uuid,
+    /// Unique in the account, case-insensitively; `null` once cleared.
+    pub name: Option<String>,
+    pub session_type: SessionType,
+    pub status: WorkspaceStatus,
+    /// OCI image (sandbox workspaces only).
+    pub image: Option<String>,
+    pub template: bool,
+    pub active_session_id: Option<Uuid>,
+    pub last_session_id: Option<Uuid>,
+    /// The workspace this one was cloned from, if any.
+    pub cloned_from: Option<Uuid>,
+    /// `owner/repo` of a GitHub import.
+    pub github_repo: Option<String>,
+    /// Why an import failed.
+    pub import_error: Option<String>,
+    pub persistence: Persistence,
+}
+
+/// The committed filesystem state of a workspace.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Persistence {
+    /// BLAKE3 root of the workspace's tree: equal roots, equal contents.
+    pub root_hash: String,
+    /// Commits since the state was created (clones and snapshots carry it over).
+    pub generation: u64,
+    /// Files, directories and other inodes, the root directory included.
+    pub files: u64,
+    /// Sum of regular-file sizes.
+    pub logical_bytes: u64,
+    pub last_commit_at: String,
+    pub snapshot_count: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Session)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    #[schema(value_type = String)]
+    pub mountpoint: PathBuf,
+    pub status: SessionStatus,
+    pub created_at: String,
+    pub ended_at: Option<String>,
+}
+
+impl From<&SessionRecord> for SessionView {
+    fn from(s: &SessionRecord) -> Self {
+        SessionView {
+            id: s.id,
+            workspace_id: s.workspace_id,
+            mountpoint: s.mountpoint.clone(),
+            status: s.status,
+            created_at: s.created_at.clone(),
+            ended_at: s.ended_at.clone(),
+        }
+    }
+}
+
+// ---- requests ----
+
+/// `POST /v1/workspaces`: fresh (`session_type` given) or cloned (`clone_from` given).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    /// Required for a fresh workspace; a clone inherits its source's.
+    pub session_type: Option<SessionType>,
+    /// Auto-generated when omitted.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
+    )]
+    pub name: Option<String>,
+    /// OCI image, sandbox only; a clone inherits its source's.
+    #[schema(min_length = 1, max_length = 512)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub template: bool,
+    /// Selector (name or id) of the workspace to clone.
+    #[schema(min_length = 1)]
+    pub clone_from: Option<String>,
+}
+
+/// `POST /v1/workspaces/import`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportWorkspace {
+    /// `owner/repo` on the daemon's GitHub base URL.
+    #[schema(example = "octocat/Hello-World")]
+    pub github_repo: String,
+    /// Defaults to the repository's name when that is free, else auto-generated.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
+    )]
+    pub name: Option<String>,
+    /// Defaults to `sandbox`.
+    pub session_type: Option<SessionType>,
+    #[schema(min_length = 1, max_length = 512)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub template: bool,
+}
+
+/// `PUT /v1/workspaces/{workspace}/name`: a string sets the name, `null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetName {
+    /// Present, so that a missing field is an error rather than a silent clear.
+
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+}
+
+/// Marks a field that was given (even as `null`) as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// `PUT /v1/workspaces/{workspace}/template`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTemplate {
+    pub template: bool,
+}
+
+/// `POST /v1/workspaces/{workspace}/snapshots`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Unique in the workspace, case-insensitively; auto-generated when omitted.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
+    )]
+    pub name: Option<String>,
+    /// End an active session first (commit, unmount) instead of answering 409.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/workspaces/{workspace}/snapshots/{name}/restore`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSnapshot {
+    /// End an active session first (commit, unmount) instead of answering 409.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/workspaces/bulk-delete`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkDelete {
+    /// Selectors (ids or names), at most 1000.
+    pub workspace_ids: Vec<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    Busy,
+    Error,
+}
+
+/// One selector's result in a bulk delete.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkDeleteResult {
+    /// The selector as given.
+    pub workspace: String,
+    /// The workspace it resolved to, if it did.
+    pub id: Option<Uuid>,
+    pub status: DeleteOutcome,
+    pub error: Option<ErrorBody>,
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSession {
+    /// Selector (name or id) of the workspace to mount.
+    pub workspace: String,
+    /// Absolute path under the daemon's mount root or /workspace; created if missing, must
+    /// be empty.
+    #[schema(example = "/workspace")]
+    pub mountpoint: String,
+}
+
+/// Every error: `{"error": {"code", "message"}}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable snake_case code, such as `workspace_not_found` or `workspace_name_ambiguous`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
