@@ -14,6 +14,19 @@ for tool in pjdfstest@0.2.2 fsx@0.3.2; do
     fi
 done
 
+# Schemathesis, from PyPI, in its own virtualenv (tests/schemathesis.rs runs it).
+venv=/var/cache/chaserfs/venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+    echo "setup: installing schemathesis"
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "schemathesis==4.32.5"
+fi
+export CHASER_SCHEMATHESIS="$venv/bin/schemathesis"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

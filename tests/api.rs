@@ -695,6 +695,20 @@ fn bad_input_gets_4xx_and_changes_nothing() {
         ),
         (
             "POST",
+            "/v1/workspaces/bulk-delete",
+            b"[[\"keep\"], true]".to_vec(),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/v1/workspaces/keep/snapshots",
+            b"[]".to_vec(),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
             "/v1/workspaces",
             b"null".to_vec(),
             400,

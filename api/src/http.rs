@@ -110,6 +110,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         // Syntax first, then shape: serde reads some wrong types as syntax errors.
         let value: serde_json::Value = serde_json::from_slice(text)
             .map_err(|e| ApiError::bad("invalid_json", format!("malformed JSON: {e}")))?;
+        // Only objects: serde would also read a struct from an array of its fields.
+        if !(value.is_object() || value.is_null()) {
+            return Err(ApiError::bad(
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
         if value.is_null() && text == b"null" && bytes.iter().all(u8::is_ascii_whitespace) {
             return T::deserialize(value)
                 .map(JsonBody)

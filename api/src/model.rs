@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// [`crate::service::NAME_RULE`] as a regular expression, for the OpenAPI document (the
+/// service checks names in code).
+pub const NAME_PATTERN: &str =
+    r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionType {
@@ -183,11 +188,7 @@ pub struct CreateWorkspace {
     /// Required for a fresh workspace; a clone inherits its source's.
     pub session_type: Option<SessionType>,
     /// Auto-generated when omitted.
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
-    )]
+    #[schema(schema_with = name_schema)]
     pub name: Option<String>,
     /// OCI image, sandbox only; a clone inherits its source's.
     #[schema(min_length = 1, max_length = 512)]
@@ -207,11 +208,7 @@ pub struct ImportWorkspace {
     #[schema(example = "octocat/Hello-World")]
     pub github_repo: String,
     /// Defaults to the repository's name when that is free, else auto-generated.
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
-    )]
+    #[schema(schema_with = name_schema)]
     pub name: Option<String>,
     /// Defaults to `sandbox`.
     pub session_type: Option<SessionType>,
@@ -221,15 +218,39 @@ pub struct ImportWorkspace {
     pub template: bool,
 }
 
-/// `PUT /v1/workspaces/{workspace}/name`: a string sets the name, `null` clears it.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `PUT /v1/workspaces/{workspace}/name`: a string sets the name, `null` clears it. The
+/// field must be present, so that a forgotten field is an error rather than a silent clear.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetName {
-    /// Present, so that a missing field is an error rather than a silent clear.
-
     #[serde(default, deserialize_with = "present")]
     pub name: Option<Option<String>>,
 }
+
+/// The schema of an optional workspace or snapshot name.
+fn name_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .pattern(Some(NAME_PATTERN))
+        .build()
+}
+
+// Written out: derived schemas cannot say "required but nullable" for this field.
+impl utoipa::PartialSchema for SetName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder};
+        ObjectBuilder::new()
+            .property("name", name_schema())
+            .required("name")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+
+impl ToSchema for SetName {}
 
 /// Marks a field that was given (even as `null`) as `Some`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -248,11 +269,7 @@ pub struct SetTemplate {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     /// Unique in the workspace, case-insensitively; auto-generated when omitted.
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$"
-    )]
+    #[schema(schema_with = name_schema)]
     pub name: Option<String>,
     /// End an active session first (commit, unmount) instead of answering 409.
     #[serde(default)]

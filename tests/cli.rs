@@ -1,0 +1,172 @@
+//! The `chaserfs` API client against the real daemon: every subcommand, tables and --json,
+//! CHASER_API_URL / CHASER_API_KEY from the environment, and `mount` ended by Ctrl-C.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, GitDaemon, Options};
+use serde_json::Value;
+
+fn cli(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(common::bin())
+        .args(args)
+        .env("CHASER_API_URL", &d.url)
+        .env("CHASER_API_KEY", &d.key)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(d: &Daemon, args: &[&str]) -> String {
+    let out = cli(d, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(d: &Daemon, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(&ok(d, &a)).unwrap()
+}
+
+#[test]
+fn workspaces_snapshots_and_sessions_from_the_cli() {
+    let repos = tempfile::tempdir().unwrap();
+    common::make_repo(repos.path(), "octo", "tool");
+    let git = GitDaemon::start(repos.path());
+    let d = Daemon::start_with(Options {
+        args: vec!["--github-url".into(), git.url.clone()],
+        ..Default::default()
+    });
+
+    let w = json(
+        &d,
+        &["workspaces", "create", "--name", "proj", "--image", "img:1"],
+    );
+    assert_eq!(w["name"], "proj");
+    assert_eq!(w["session_type"], "sandbox");
+    let table = ok(&d, &["workspaces", "list"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("NAME") && header.contains("STATUS"),
+        "{table}"
+    );
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("proj "),
+        "{table}"
+    );
+    assert_eq!(json(&d, &["workspaces", "get", "PROJ"])["id"], w["id"]);
+
+    // A session started from the CLI writes something the clone then has.
+    let mnt = d.mount_root().join("cli");
+    let mnt_s = mnt.display().to_string();
+    let s = json(&d, &["sessions", "start", "proj", &mnt_s]);
+    std::fs::write(mnt.join("f.txt"), "cli\n").unwrap();
+    let sessions = ok(&d, &["sessions", "list"]);
+    assert!(sessions.contains("active"), "{sessions}");
+    let ended = json(&d, &["sessions", "end", s["id"].as_str().unwrap()]);
+    assert_eq!(ended["status"], "ended");
+
+    let c = json(&d, &["workspaces", "clone", "proj", "--name", "copy"]);
+    assert_eq!(c["image"], "img:1");
+    assert_eq!(c["persistence"]["files"], 2);
+    assert_eq!(
+        json(&d, &["workspaces", "rename", "copy", "copy2"])["name"],
+        "copy2"
+    );
+    let cleared = json(&d, &["workspaces", "rename", "copy2", "--clear"]);
+    assert_eq!(cleared["name"], Value::Null);
+    let copy_id = cleared["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        json(&d, &["workspaces", "template", "proj", "on"])["template"],
+        true
+    );
+    let templates = json(&d, &["workspaces", "list", "--templates"]);
+    assert_eq!(templates["workspaces"].as_array().unwrap().len(), 1);
+
+    let snap = json(&d, &["snapshots", "create", "proj", "v1"]);
+    assert_eq!(snap["name"], "v1");
+    let list = ok(&d, &["snapshots", "list", "proj"]);
+    assert!(list.lines().nth(1).unwrap().starts_with("v1 "), "{list}");
+    let r = json(&d, &["snapshots", "restore", "proj", "v1", "--force"]);
+    assert_eq!(r["persistence"]["root_hash"], snap["root_hash"]);
+    ok(&d, &["snapshots", "delete", "proj", "v1"]);
+    assert_eq!(
+        json(&d, &["snapshots", "list", "proj"])["snapshots"],
+        Value::Array(vec![])
+    );
+
+    // Errors: exit status 1 and the API's code on stderr.
+    let out = cli(&d, &["workspaces", "get", "missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workspace_not_found"));
+    let out = Command::new(common::bin())
+        .args(["workspaces", "list"])
+        .env("CHASER_API_URL", &d.url)
+        .env("CHASER_API_KEY", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+
+    // Import waits for the clone and reports the result.
+    let imported = json(&d, &["workspaces", "import", "octo/tool"]);
+    assert_eq!(imported["status"], "ready", "{imported}");
+    assert_eq!(imported["name"], "tool");
+    let out = cli(&d, &["workspaces", "import", "octo/absent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("import failed"));
+
+    // Delete one, then several (a bulk delete) with a per-workspace table.
+    ok(&d, &["workspaces", "delete", &copy_id]);
+    let bulk = ok(&d, &["workspaces", "delete", "tool", "proj", "--force"]);
+    assert!(bulk.contains("deleted"), "{bulk}");
+    let out = cli(&d, &["workspaces", "delete", "nope", "tool-2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not_found"));
+}
+
+#[test]
+fn mount_runs_until_ctrl_c() {
+    let d = Daemon::start();
+    d.create_workspace("m");
+    let path = d.mount_root().join("m");
+    let child = Command::new(common::bin())
+        .args(["mount", "m"])
+        .arg(&path)
+        .env("CHASER_API_URL", &d.url)
+        .env("CHASER_API_KEY", &d.key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::is_mounted(&path) {
+        assert!(Instant::now() < deadline, "not mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(path.join("kept.txt"), "kept\n").unwrap();
+    // SAFETY: interrupting our own child, as Ctrl-C would.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ended"));
+    assert!(!common::is_mounted(&path));
+    let (_, sessions) = d.call("GET", "/v1/sessions", None);
+    assert_eq!(sessions["sessions"][0]["status"], "ended");
+    let (session, p2) = d.mount("m", "again");
+    assert_eq!(
+        std::fs::read_to_string(p2.join("kept.txt")).unwrap(),
+        "kept\n"
+    );
+    d.unmount(&session);
+}
