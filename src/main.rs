@@ -186,9 +186,15 @@ fn load_keys(data_dir: &Path, file: Option<&Path>) -> anyhow::Result<Vec<(String
         let hash = blake3::Hash::from_hex(hex.trim()).context("reading api-key.blake3")?;
         return Ok(vec![("default".into(), hash)]);
     }
+    let key_path = data_dir.join("api-key");
+    if let Ok(key) = std::fs::read_to_string(&key_path) {
+        // A data dir from before keys were kept hashed: keep its key.
+        let hash = blake3::hash(key.trim().as_bytes());
+        write_private(&hash_path, &hash.to_hex())?;
+        return Ok(vec![("default".into(), hash)]);
+    }
     let key = format!("chs_{}", hex_key());
     let hash = blake3::hash(key.as_bytes());
-    let key_path = data_dir.join("api-key");
     write_private(&key_path, &key)?;
     write_private(&hash_path, &hash.to_hex())?;
     println!(

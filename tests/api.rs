@@ -664,6 +664,38 @@ fn accounts_are_isolated() {
 }
 
 #[test]
+fn generated_key_is_kept_only_as_a_hash() {
+    let mut d = Daemon::start();
+    let key = d.key.clone();
+    let data = d.data_dir();
+    let hashed = std::fs::read_to_string(data.join("api-key.blake3")).unwrap();
+    assert_eq!(
+        hashed.trim(),
+        blake3::hash(key.as_bytes()).to_hex().as_str()
+    );
+    // The plain copy is for the operator: the daemon needs only the hash.
+    std::fs::remove_file(data.join("api-key")).unwrap();
+    assert_eq!(d.stop(), 0);
+    d.restart();
+    assert_eq!(d.key, key);
+    let (s, _) = d.call("GET", "/v1/workspaces", None);
+    assert_eq!(s, 200);
+    let found = sh(
+        &format!("grep -rl {key} {} || true", data.display()),
+        Path::new("/"),
+    );
+    assert_eq!(found.trim(), "", "plain key at rest");
+    // A data dir holding only the plain key (made before hashes) keeps working with it.
+    assert_eq!(d.stop(), 0);
+    std::fs::remove_file(data.join("api-key.blake3")).unwrap();
+    std::fs::write(data.join("api-key"), format!("{key}\n")).unwrap();
+    d.restart();
+    let (s, _) = d.call("GET", "/v1/workspaces", None);
+    assert_eq!(s, 200);
+    assert!(data.join("api-key.blake3").exists());
+}
+
+#[test]
 fn bad_input_gets_4xx_and_changes_nothing() {
     let d = Daemon::start();
     create(&d, json!({"session_type": "sandbox", "name": "keep"}));
