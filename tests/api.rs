@@ -977,6 +977,18 @@ fn concurrent_calls_on_one_workspace_stay_consistent() {
             assert_eq!(std::fs::read_to_string(m.join("f")).unwrap(), "data\n");
         });
     }
+    // Two calls ending one session at once: both answer the ended session.
+    let (session, _) = d.mount("hot", "twice");
+    let enders: Vec<_> = (0..2)
+        .map(|_| {
+            let (d, session) = (d.clone(), session.clone());
+            std::thread::spawn(move || d.call("DELETE", &format!("/v1/sessions/{session}"), None))
+        })
+        .collect();
+    for e in enders {
+        let (s, v) = e.join().unwrap();
+        assert_eq!((s, &v["status"]), (200, &json!("ended")), "{v}");
+    }
     // And the store checks clean.
     let mut d = Arc::try_unwrap(d).ok().expect("threads done");
     assert_eq!(d.stop(), 0);

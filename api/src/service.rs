@@ -47,7 +47,7 @@ pub const BULK_DELETE_MAX: usize = 1000;
 pub const LIST_LIMIT_MAX: usize = 1000;
 const LIST_LIMIT_DEFAULT: usize = 100;
 /// How long a call waits for a session start or end on its workspace before answering 409.
-const BUSY_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) const WORKSPACE: u8 = b'W';
 pub(crate) const SNAPSHOT: u8 = b'P';

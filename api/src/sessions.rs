@@ -9,7 +9,9 @@ use chaserfs_fs::Workspace;
 use uuid::Uuid;
 
 use crate::model::*;
-use crate::service::{now, put, ApiError, ApiResult, ErrorKind, Service, SESSION, WORKSPACE};
+use crate::service::{
+    now, put, ApiError, ApiResult, ErrorKind, Service, BUSY_WAIT, SESSION, WORKSPACE,
+};
 
 pub(crate) struct Mounted {
     pub(crate) ws: Arc<Workspace>,
@@ -215,15 +217,20 @@ impl Service {
     fn end(&self, mut s: SessionRecord) -> ApiResult<SessionRecord> {
         {
             let mut ix = self.lock();
+            // Another call may be ending it right now: wait for that, then answer its result.
+            let deadline = std::time::Instant::now() + BUSY_WAIT;
+            while ix.busy.contains(&s.workspace_id) {
+                if self.idle.wait_until(&mut ix, deadline).timed_out() {
+                    return Err(ApiError::conflict(
+                        "workspace_busy",
+                        "the session's workspace stayed busy; retry",
+                    ));
+                }
+            }
             if ix.sessions.get(&s.id).map(|c| c.status) != Some(SessionStatus::Active) {
                 return Ok(ix.sessions.get(&s.id).cloned().unwrap_or(s));
             }
-            if !ix.busy.insert(s.workspace_id) {
-                return Err(ApiError::conflict(
-                    "workspace_busy",
-                    "the session is already being ended",
-                ));
-            }
+            ix.busy.insert(s.workspace_id);
         }
         let result = self.unmount_and_record(&mut s);
         self.release(&mut self.lock(), s.workspace_id);
