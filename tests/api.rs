@@ -285,7 +285,7 @@ fn clones_templates_and_listing() {
     assert_error(s, &e, 400, "invalid_body");
 
     // Pagination over many workspaces: every one exactly once, oldest first.
-    for i in 0..247 {
+    for i in 0..2100 {
         let (s, v) = create(
             &d,
             json!({"session_type": "browser", "name": format!("many-{i}")}),
@@ -296,7 +296,7 @@ fn clones_templates_and_listing() {
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let mut path = "/v1/workspaces?session_type=browser&limit=100".to_string();
+        let mut path = "/v1/workspaces?session_type=browser&limit=1000".to_string();
         if let Some(c) = &cursor {
             path += &format!("&cursor={c}");
         }
@@ -312,8 +312,12 @@ fn clones_templates_and_listing() {
         }
     }
     assert_eq!(pages, 3);
-    let want: Vec<String> = (0..247).map(|i| format!("many-{i}")).collect();
+    let want: Vec<String> = (0..2100).map(|i| format!("many-{i}")).collect();
     assert_eq!(seen, want);
+    // The default page is 100.
+    let (_, page) = d.call("GET", "/v1/workspaces", None);
+    assert_eq!(page["workspaces"].as_array().unwrap().len(), 100);
+    assert!(page["next_cursor"].is_string());
     let (s, e) = d.call("GET", "/v1/workspaces?limit=0", None);
     assert_error(s, &e, 400, "invalid_limit");
     let (s, e) = d.call("GET", "/v1/workspaces?limit=1001", None);
@@ -427,6 +431,91 @@ fn snapshots_create_list_restore_delete_and_force() {
     d.restart();
     let (_, l) = d.call("GET", "/v1/workspaces/ws/snapshots", None);
     assert_eq!(l["snapshots"].as_array().unwrap().len(), 3);
+}
+
+/// Clone, snapshot, session start and a forced delete of the same workspace at once, many
+/// times: whoever wins, no record or root is left half-made or dangling.
+#[test]
+fn delete_racing_clone_snapshot_and_session_leaves_no_dangling_state() {
+    let d = Arc::new(Daemon::start());
+    for round in 0..12 {
+        let name = format!("r{round}");
+        create(&d, json!({"session_type": "sandbox", "name": name}));
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (d, name, barrier) = (d.clone(), name.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let (s, v) = match t {
+                        0 => create(
+                            &d,
+                            json!({"clone_from": name, "name": format!("{name}-clone")}),
+                        ),
+                        1 => d.call(
+                            "POST",
+                            &format!("/v1/workspaces/{name}/snapshots"),
+                            Some(json!({"name": "s"})),
+                        ),
+                        2 => {
+                            let mp = d.mount_root().join(&name);
+                            d.call(
+                                "POST",
+                                "/v1/sessions",
+                                Some(json!({"workspace": name, "mountpoint": mp})),
+                            )
+                        }
+                        _ => d.call("DELETE", &format!("/v1/workspaces/{name}?force=true"), None),
+                    };
+                    assert!(s < 500, "{t}: {s} {v}");
+                    (t, s)
+                })
+            })
+            .collect();
+        for t in threads {
+            let (t, s) = t.join().unwrap();
+            // The delete is forced, so only "already gone" may stop it.
+            if t == 3 {
+                assert!(s == 204 || s == 404, "delete answered {s}");
+            }
+        }
+    }
+    // Active sessions point at live workspaces that point back; every workspace and snapshot
+    // has its root and nothing else does.
+    let (_, sessions) = d.call("GET", "/v1/sessions", None);
+    for sess in sessions["sessions"].as_array().unwrap() {
+        if sess["status"] == "active" {
+            let (s, w) = d.call(
+                "GET",
+                &format!("/v1/workspaces/{}", sess["workspace_id"].as_str().unwrap()),
+                None,
+            );
+            assert_eq!(s, 200, "active session on a deleted workspace: {sess}");
+            assert_eq!(w["active_session_id"], sess["id"]);
+            let _ = d.call(
+                "DELETE",
+                &format!("/v1/sessions/{}", sess["id"].as_str().unwrap()),
+                None,
+            );
+        }
+    }
+    let (_, l) = d.call("GET", "/v1/workspaces?limit=1000", None);
+    let list = l["workspaces"].as_array().unwrap();
+    let snapshots: u64 = list
+        .iter()
+        .map(|w| w["persistence"]["snapshot_count"].as_u64().unwrap())
+        .sum();
+    let mut d = Arc::try_unwrap(d).ok().expect("threads done");
+    assert_eq!(d.stop(), 0);
+    let out = std::process::Command::new(common::bin())
+        .args(["fsck", "--data-dir"])
+        .arg(d.data_dir())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    let roots = format!("fsck: {} roots,", list.len() as u64 + snapshots);
+    assert!(report.starts_with(&roots), "want {roots}, got {report}");
 }
 
 /// Bytes of the data dir's files, as `du` would count them.
