@@ -7,4 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo build --release --bin chaserfs
+# The same binary is the CLI client: put it on PATH.
+ln -sf "$CARGO_TARGET_DIR/release/chaserfs" /usr/local/bin/chaserfs
 exec "$CARGO_TARGET_DIR/release/chaserfs" serve "$@"
