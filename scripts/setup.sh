@@ -3,7 +3,7 @@
 set -euo pipefail
 
 need=()
-for pkg in build-essential clang libclang-dev pkg-config fuse3 git sqlite3 jq curl; do
+for pkg in build-essential clang libclang-dev pkg-config fuse3 git sqlite3 jq curl e2fsprogs util-linux; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -35,6 +35,13 @@ cargo clippy --release --all-targets --workspace -- -D warnings
 echo "== cargo test"
 log="$(mktemp)"
 cargo test --release --workspace 2>&1 | tee "$log"
+# The engine's model and crash tests once more with overflow checks and debug assertions on
+# (release builds have them off: a `nlink -= 1` underflow would wrap silently). Only the
+# engine is rebuilt for this; RocksDB's C++ stays as built.
+echo "== engine tests with overflow checks and debug assertions"
+cargo test --release -p chaserfs-fs --test model --test crash \
+    --config 'profile.release.package.chaserfs-fs.overflow-checks=true' \
+    --config 'profile.release.package.chaserfs-fs.debug-assertions=true' 2>&1 | tee -a "$log"
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"

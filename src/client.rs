@@ -40,6 +40,8 @@ pub enum WorkspacesCmd {
         /// Flag it as a template.
         #[arg(long)]
         template: bool,
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
     /// List workspaces (every page).
     List {
@@ -56,6 +58,15 @@ pub enum WorkspacesCmd {
         name: Option<String>,
         #[arg(long)]
         template: bool,
+        /// Limits of the clone (default: the source's).
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Set a workspace's quota; a limit not given is lifted. Sessions enforce it at once.
+    Quota {
+        workspace: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
     /// Set a workspace's name, or clear it with --clear.
     Rename {
@@ -281,6 +292,15 @@ fn workspace_rows(list: &[Value]) {
 
 fn workspace_detail(w: &Value) {
     workspace_rows(std::slice::from_ref(w));
+    let limit = |v: &Value| v.as_u64().map_or("none".to_string(), |n| n.to_string());
+    let q = &w["quota"];
+    if !q["bytes"].is_null() || !q["inodes"].is_null() {
+        println!(
+            "quota: {} bytes, {} inodes",
+            limit(&q["bytes"]),
+            limit(&q["inodes"])
+        );
+    }
     if let Some(e) = w["import_error"].as_str() {
         println!("import error: {e}");
     }
@@ -329,6 +349,32 @@ fn session_rows(list: &[Value]) {
     );
 }
 
+/// A workspace's limits on the command line.
+#[derive(Args)]
+pub struct QuotaArgs {
+    /// Most logical bytes (the sum of file sizes).
+    #[arg(long)]
+    quota_bytes: Option<u64>,
+    /// Most files, directories and other inodes.
+    #[arg(long)]
+    quota_inodes: Option<u64>,
+}
+
+impl QuotaArgs {
+    fn json(&self) -> Value {
+        json!({"bytes": self.quota_bytes, "inodes": self.quota_inodes})
+    }
+
+    /// The quota to send with a create or clone: none unless a limit was given.
+    fn given(&self) -> Value {
+        if self.quota_bytes.is_none() && self.quota_inodes.is_none() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+}
+
 pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
     let c = Client::new(opts);
     match cmd {
@@ -337,9 +383,10 @@ pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
             name,
             image,
             template,
+            quota,
         } => {
             let body = json!({"session_type": session_type, "name": name, "image": image,
-                              "template": template});
+                              "template": template, "quota": quota.given()});
             let w = c.call("POST", "/v1/workspaces", Some(body))?;
             c.print(&w, workspace_detail);
         }
@@ -371,9 +418,16 @@ pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
             source,
             name,
             template,
+            quota,
         } => {
-            let body = json!({"clone_from": source, "name": name, "template": template});
+            let body = json!({"clone_from": source, "name": name, "template": template,
+                              "quota": quota.given()});
             let w = c.call("POST", "/v1/workspaces", Some(body))?;
+            c.print(&w, workspace_detail);
+        }
+        WorkspacesCmd::Quota { workspace, quota } => {
+            let path = format!("/v1/workspaces/{}/quota", seg(&workspace));
+            let w = c.call("PUT", &path, Some(quota.json()))?;
             c.print(&w, workspace_detail);
         }
         WorkspacesCmd::Rename {

@@ -93,7 +93,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // `info` unless RUST_LOG says otherwise: collections and session ends are worth seeing.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -215,6 +219,10 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())?;
     f.sync_all()?;
+    // The name is durable only once its directory is synced.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 
@@ -231,11 +239,11 @@ fn serve(
     github_url: String,
     commit_interval: Duration,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&data_dir)?;
+    // Opening the store creates the data dir (durably) on first start.
+    let store = Store::open(&data_dir).context("opening the data dir")?;
     let data_dir = data_dir.canonicalize()?;
     std::fs::create_dir_all(&mount_root)?;
     let keys = load_keys(&data_dir, api_keys_file.as_deref())?;
-    let store = Store::open(&data_dir).context("opening the data dir")?;
     let config = Config {
         data_dir,
         mount_root: mount_root.canonicalize()?,

@@ -518,25 +518,6 @@ fn delete_racing_clone_snapshot_and_session_leaves_no_dangling_state() {
     assert!(report.starts_with(&roots), "want {roots}, got {report}");
 }
 
-/// Bytes of the data dir's files. RocksDB deletes files while we walk, so vanished ones count
-/// as nothing (`du` would fail on them).
-fn data_bytes(d: &Daemon) -> u64 {
-    fn walk(p: &Path) -> u64 {
-        let Ok(entries) = std::fs::read_dir(p) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => walk(&e.path()),
-                Ok(m) => m.len(),
-                Err(_) => 0,
-            })
-            .sum()
-    }
-    walk(&d.data_dir())
-}
-
 #[test]
 fn delete_force_bulk_and_space_reclaimed() {
     let d = Daemon::start();
@@ -603,7 +584,7 @@ fn delete_force_bulk_and_space_reclaimed() {
     assert_error(s, &e, 400, "too_many_workspaces");
 
     // Deleting frees space: 48 MiB of incompressible data, deleted, then collected.
-    let empty = data_bytes(&d);
+    let empty = d.data_bytes();
     with_mount(&d, "big", |m| {
         sh("head -c 50331648 /dev/urandom > data.bin && sync", m);
     });
@@ -613,13 +594,13 @@ fn delete_force_bulk_and_space_reclaimed() {
         Some(json!({"name": "keep"})),
     );
     assert_eq!(s, 201);
-    let full = data_bytes(&d);
+    let full = d.data_bytes();
     assert!(full > empty + 40_000_000, "{empty} -> {full}");
     let (s, _) = d.call("DELETE", "/v1/workspaces/big?force=true", None);
     assert_eq!(s, 204);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = data_bytes(&d);
+        let now = d.data_bytes();
         if now < empty + 8_000_000 {
             break;
         }

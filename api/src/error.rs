@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// The data dir's disk is full (507).
+    InsufficientStorage,
     Internal,
 }
 
@@ -42,6 +44,21 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, "internal_error", message)
     }
+    /// A session's final commit failed; its changes are kept for a retry.
+    pub fn commit_failed(e: FsError) -> Self {
+        let kind = match e {
+            FsError::NoSpace => ErrorKind::InsufficientStorage,
+            _ => ErrorKind::Internal,
+        };
+        Self::new(
+            kind,
+            "commit_failed",
+            format!(
+                "the session is unmounted but its final commit failed ({e}); its changes are \
+                 kept and the commit is retried periodically and on every end request"
+            ),
+        )
+    }
 }
 
 impl From<FsError> for ApiError {
@@ -49,6 +66,11 @@ impl From<FsError> for ApiError {
         match e {
             FsError::NotFound => ApiError::not_found("not_found", "not found"),
             FsError::Busy(m) => ApiError::conflict("workspace_busy", m),
+            FsError::NoSpace => ApiError::new(
+                ErrorKind::InsufficientStorage,
+                "no_space",
+                "the data dir's disk is full; delete workspaces or snapshots to free space",
+            ),
             other => {
                 tracing::error!("storage: {other}");
                 ApiError::internal("internal storage error")

@@ -32,6 +32,7 @@ impl IntoResponse for ApiError {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = ErrorResponse {
@@ -161,6 +162,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         )
         .route("/v1/workspaces/{workspace}/name", put(set_name))
         .route("/v1/workspaces/{workspace}/template", put(set_template))
+        .route("/v1/workspaces/{workspace}/quota", put(set_quota))
         .route(
             "/v1/workspaces/{workspace}/snapshots",
             get(list_snapshots).post(create_snapshot),
@@ -209,6 +211,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         delete_workspace,
         set_name,
         set_template,
+        set_quota,
         list_snapshots,
         create_snapshot,
         delete_snapshot,
@@ -428,6 +431,24 @@ async fn set_template(
     ))
 }
 
+/// Set a workspace's quota: most logical bytes and most inodes (`null` or absent: no limit).
+/// Sessions enforce it at once (EDQUOT); contents already over it stay.
+#[utoipa::path(put, path = "/v1/workspaces/{workspace}/quota", request_body = Quota,
+    params(("workspace" = String, Path, description = "name or id")), responses(
+    (status = 200, body = WorkspaceView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn set_quota(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    sel: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<Quota>,
+) -> Result<Json<WorkspaceView>, ApiError> {
+    let Path(sel) = sel.map_err(path_error)?;
+    Ok(Json(blocking(move || svc.set_quota(&a, &sel, req)).await?))
+}
+
 // ---- snapshots ----
 
 /// A workspace's snapshots, oldest first.
@@ -547,12 +568,15 @@ async fn get_session(
     Ok(Json(blocking(move || svc.get_session(&a, &id)).await?))
 }
 
-/// End a session: unmount, commit durably, record it as the workspace's last session.
+/// End a session: unmount, commit durably, record it as the workspace's last session. If the
+/// final commit fails, the session stays `commit_failed` with its changes kept (500, or 507
+/// for a full disk); ending it again retries.
 #[utoipa::path(delete, path = "/v1/sessions/{id}",
     params(("id" = String, Path, description = "session id")), responses(
     (status = 200, body = SessionView),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
-    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 500, body = ErrorResponse), (status = 507, body = ErrorResponse)))]
 async fn end_session(
     State(svc): State<Arc<Service>>,
     Account(a): Account,

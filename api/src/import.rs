@@ -72,6 +72,7 @@ impl Service {
             let rec = WorkspaceRecord {
                 status: WorkspaceStatus::Importing,
                 github_repo: Some(req.github_repo.clone()),
+                quota: req.quota.unwrap_or_default(),
                 ..WorkspaceRecord::new(account, name, session_type, req.image, req.template)
             };
             let id = rec.id;
@@ -121,10 +122,13 @@ impl Service {
         let path = self.import_mountpoint(id);
         std::fs::create_dir_all(&path).map_err(|e| format!("import mountpoint: {e}"))?;
         let ws = Arc::new(Workspace::open(self.store.clone(), id).map_err(|e| e.to_string())?);
+        if let Some(rec) = self.lock().workspaces.get(&id) {
+            ws.set_limits(rec.quota.into());
+        }
         let mount = self
             .mount(ws.clone(), &path)
             .map_err(|e| e.message.clone())?;
-        let cloned = self.git_clone(url, &path);
+        let cloned = self.git_clone(url, &path, &ws);
         if let Err(e) = mount.umount_and_join() {
             tracing::warn!("unmounting {}: {e}; detaching", path.display());
             crate::sessions::detach(&path);
@@ -135,7 +139,9 @@ impl Service {
         cloned.and(committed.map(|_| ()))
     }
 
-    fn git_clone(&self, url: &str, into: &std::path::Path) -> Result<(), String> {
+    /// Runs git until it exits, committing the workspace every commit interval meanwhile so
+    /// a large import's overlay stays bounded.
+    fn git_clone(&self, url: &str, into: &std::path::Path, ws: &Workspace) -> Result<(), String> {
         let mut git = Command::new("git");
         git.args(["clone", "--quiet", "--no-local", "--"])
             .arg(url)
@@ -167,9 +173,16 @@ impl Service {
             let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
             text
         });
+        let mut last_commit = std::time::Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
                 break status;
+            }
+            if last_commit.elapsed() >= self.config.commit_interval {
+                if let Err(e) = ws.commit(false) {
+                    tracing::warn!("periodic commit of import {}: {e}", ws.id());
+                }
+                last_commit = std::time::Instant::now();
             }
             if self.stopping.load(Ordering::SeqCst) {
                 let _ = child.kill();

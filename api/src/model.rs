@@ -29,6 +29,61 @@ pub enum WorkspaceStatus {
     Failed,
 }
 
+/// Optional limits of a workspace, enforced inside its sessions: writes past them answer
+/// EDQUOT, and `df` in a session shows them as the filesystem's size. `bytes` counts logical
+/// bytes (the sum of file sizes): a chunk shared with another workspace counts in each.
+/// `null` (or absent) is no limit. Clones inherit their source's quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, ToSchema)]
+pub struct Quota {
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub bytes: Option<u64>,
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub inodes: Option<u64>,
+}
+
+/// What a quota object may hold.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaFields {
+    #[serde(default, deserialize_with = "json_int")]
+    bytes: Option<u64>,
+    #[serde(default, deserialize_with = "json_int")]
+    inodes: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Quota {
+    /// From a JSON object only: a derived struct would also take `[bytes, inodes]`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let object = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let f: QuotaFields = serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(serde::de::Error::custom)?;
+        Ok(Quota {
+            bytes: f.bytes,
+            inodes: f.inodes,
+        })
+    }
+}
+
+/// A limit as the schema states it (`int64`, not negative): larger numbers are refused
+/// rather than kept in a form other JSON readers would round.
+fn json_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<u64>::deserialize(d)? {
+        Some(n) if n > i64::MAX as u64 => Err(serde::de::Error::custom(
+            "a limit is at most 9223372036854775807",
+        )),
+        v => Ok(v),
+    }
+}
+
+impl From<Quota> for chaserfs_fs::Limits {
+    fn from(q: Quota) -> Self {
+        chaserfs_fs::Limits {
+            bytes: q.bytes,
+            inodes: q.inodes,
+        }
+    }
+}
+
 /// A workspace as stored under `W` + id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkspaceRecord {
@@ -47,6 +102,8 @@ pub struct WorkspaceRecord {
     pub github_repo: Option<String>,
     #[serde(default)]
     pub import_error: Option<String>,
+    #[serde(default)]
+    pub quota: Quota,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -74,6 +131,7 @@ impl WorkspaceRecord {
             cloned_from: None,
             github_repo: None,
             import_error: None,
+            quota: Quota::default(),
             created_at: t.clone(),
             updated_at: t,
         }
@@ -105,13 +163,19 @@ pub struct SessionRecord {
     pub status: SessionStatus,
     pub created_at: String,
     pub ended_at: Option<String>,
+    #[serde(default)]
+    pub commit_error: Option<String>,
 }
 
+/// `active` while mounted; `ended` once unmounted and committed. `commit_failed`: unmounted,
+/// but the final commit failed (see `commit_error`); the daemon keeps the changes in memory
+/// and the workspace locked, and retries on every `DELETE` of the session and periodically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
     Active,
     Ended,
+    CommitFailed,
 }
 
 /// A workspace as served.
@@ -134,6 +198,7 @@ pub struct WorkspaceView {
     pub github_repo: Option<String>,
     /// Why an import failed.
     pub import_error: Option<String>,
+    pub quota: Quota,
     pub persistence: Persistence,
 }
 
@@ -164,6 +229,8 @@ pub struct SessionView {
     pub status: SessionStatus,
     pub created_at: String,
     pub ended_at: Option<String>,
+    /// Why the final commit failed, while `status` is `commit_failed`.
+    pub commit_error: Option<String>,
 }
 
 impl From<&SessionRecord> for SessionView {
@@ -175,6 +242,7 @@ impl From<&SessionRecord> for SessionView {
             status: s.status,
             created_at: s.created_at.clone(),
             ended_at: s.ended_at.clone(),
+            commit_error: s.commit_error.clone(),
         }
     }
 }
@@ -198,6 +266,8 @@ pub struct CreateWorkspace {
     /// Selector (name or id) of the workspace to clone.
     #[schema(min_length = 1)]
     pub clone_from: Option<String>,
+    /// Limits; a clone inherits its source's unless this is given.
+    pub quota: Option<Quota>,
 }
 
 /// `POST /v1/workspaces/import`.
@@ -216,6 +286,8 @@ pub struct ImportWorkspace {
     pub image: Option<String>,
     #[serde(default)]
     pub template: bool,
+    /// Limits, enforced while the import writes too.
+    pub quota: Option<Quota>,
 }
 
 /// `PUT /v1/workspaces/{workspace}/name`: a string sets the name, `null` clears it. The

@@ -434,6 +434,7 @@ impl Service {
             cloned_from: rec.cloned_from,
             github_repo: rec.github_repo.clone(),
             import_error: rec.import_error.clone(),
+            quota: rec.quota,
             persistence: Persistence {
                 root_hash: root.root.to_hex(),
                 generation: root.generation,
@@ -466,7 +467,10 @@ impl Service {
         check_image(&req.image, session_type)?;
         let mut ix = self.lock();
         let name = ix.name_for(account, req.name)?;
-        let rec = WorkspaceRecord::new(account, name, session_type, req.image, req.template);
+        let rec = WorkspaceRecord {
+            quota: req.quota.unwrap_or_default(),
+            ..WorkspaceRecord::new(account, name, session_type, req.image, req.template)
+        };
         let id = rec.id;
         roots::create_workspace(&self.store, id, &[put(WORKSPACE, id, &rec)])?;
         ix.put_workspace(rec.clone());
@@ -505,6 +509,7 @@ impl Service {
         let rec = WorkspaceRecord {
             cloned_from: Some(src.id),
             github_repo: src.github_repo.clone(),
+            quota: req.quota.unwrap_or(src.quota),
             ..WorkspaceRecord::new(
                 account,
                 name,
@@ -619,6 +624,26 @@ impl Service {
         })
     }
 
+    /// Sets a workspace's quota (both limits; `None` lifts one). A mounted session enforces
+    /// it from the next operation on.
+    pub fn set_quota(
+        &self,
+        account: &str,
+        selector: &str,
+        quota: Quota,
+    ) -> ApiResult<WorkspaceView> {
+        let view = self.update_record(account, selector, |_, rec| {
+            rec.quota = quota;
+            Ok(())
+        })?;
+        for m in self.mounts.lock().values() {
+            if m.ws.id() == view.id {
+                m.ws.set_limits(quota.into());
+            }
+        }
+        Ok(view)
+    }
+
     pub fn set_template(
         &self,
         account: &str,
@@ -633,11 +658,13 @@ impl Service {
 
     /// Runs `act` under the index lock on a workspace no session or slow operation holds.
     /// With `force`, an active session is ended first (commit, unmount); without, 409.
+    /// `deleting`: a session whose final commit failed is ended by dropping its changes.
     fn with_idle_workspace<T>(
         &self,
         account: &str,
         selector: &str,
         force: bool,
+        deleting: bool,
         mut act: impl FnMut(&mut Index, WorkspaceRecord) -> ApiResult<T>,
     ) -> ApiResult<T> {
         // A new session may start between ending one and acting: try a few times.
@@ -648,7 +675,7 @@ impl Service {
                 None => return act(&mut ix, ws),
                 Some(session) if force => {
                     drop(ix);
-                    self.end_session_by_id(session)?;
+                    self.end_session_by_id(session, deleting)?;
                 }
                 Some(session) => {
                     return Err(ApiError::conflict(
@@ -668,7 +695,7 @@ impl Service {
 
     /// Deletes a workspace and its snapshots in one batch; GC frees their data.
     pub fn delete_workspace(&self, account: &str, selector: &str, force: bool) -> ApiResult<Uuid> {
-        let id = self.with_idle_workspace(account, selector, force, |ix, ws| {
+        let id = self.with_idle_workspace(account, selector, force, true, |ix, ws| {
             let snaps = ix.snapshots.get(&ws.id).cloned().unwrap_or_default();
             let mut ids = vec![RootId::Workspace(ws.id)];
             let mut meta: Vec<MetaOp> = vec![(key(WORKSPACE, ws.id), None)];
@@ -736,7 +763,7 @@ impl Service {
         if let Some(n) = &req.name {
             check_name_format(n)?;
         }
-        self.with_idle_workspace(account, selector, req.force, |ix, ws| {
+        self.with_idle_workspace(account, selector, req.force, false, |ix, ws| {
             let existing = ix.snapshots.get(&ws.id).map(Vec::as_slice).unwrap_or(&[]);
             let taken = |n: &str| {
                 existing
@@ -794,14 +821,15 @@ impl Service {
         snapshot: &str,
         force: bool,
     ) -> ApiResult<WorkspaceView> {
-        let (rec, snaps) = self.with_idle_workspace(account, selector, force, |ix, mut ws| {
-            let snap = ix.find_snapshot(&ws, snapshot)?.clone();
-            ws.updated_at = now();
-            roots::restore(&self.store, ws.id, snap.id, &[put(WORKSPACE, ws.id, &ws)])?;
-            ix.put_workspace(ws.clone());
-            let n = ix.snapshot_count(ws.id);
-            Ok((ws, n))
-        })?;
+        let (rec, snaps) =
+            self.with_idle_workspace(account, selector, force, false, |ix, mut ws| {
+                let snap = ix.find_snapshot(&ws, snapshot)?.clone();
+                ws.updated_at = now();
+                roots::restore(&self.store, ws.id, snap.id, &[put(WORKSPACE, ws.id, &ws)])?;
+                ix.put_workspace(ws.clone());
+                let n = ix.snapshot_count(ws.id);
+                Ok((ws, n))
+            })?;
         self.view(&rec, snaps)
     }
 
@@ -846,19 +874,53 @@ fn decode_cursor(c: &str) -> ApiResult<(String, Uuid)> {
     Ok((t.to_string(), Uuid::parse_str(id).map_err(|_| bad())?))
 }
 
-/// The collector: after a wake (deletes), waits for the burst to settle, then collects and
-/// compacts, so deleted workspaces give their space back.
+/// How often the collector looks at the dead data live workspaces left behind.
+const GC_CHECK: Duration = Duration::from_secs(5);
+/// Chunk bytes released by commits that make a collection worth running.
+const GC_DEAD_BYTES: u64 = 64 << 20;
+/// Least time between collections started by dead data, and at least ten times the last
+/// collection's duration, so a churning session cannot keep the collector running.
+const GC_MIN_GAP: Duration = Duration::from_secs(30);
+
+/// The collector. Deletes wake it (it waits for the burst to settle); and every [`GC_CHECK`]
+/// it collects if commits released [`GC_DEAD_BYTES`] or more (`rm -rf` in a live workspace),
+/// rate-limited. Each collection compacts, so the space goes back to the disk, and logs what
+/// it freed.
 fn collect_when_woken(store: &Store, wakes: mpsc::Receiver<()>) {
-    while wakes.recv().is_ok() {
-        std::thread::sleep(Duration::from_millis(500));
-        while wakes.try_recv().is_ok() {}
+    let mut last: Option<(std::time::Instant, Duration)> = None;
+    loop {
+        let trigger = match wakes.recv_timeout(GC_CHECK) {
+            Ok(()) => {
+                std::thread::sleep(Duration::from_millis(500));
+                while wakes.try_recv().is_ok() {}
+                "deletes"
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let rested =
+                    last.is_none_or(|(at, took)| at.elapsed() >= GC_MIN_GAP.max(took * 10));
+                if store.released_bytes() < GC_DEAD_BYTES || !rested {
+                    continue;
+                }
+                "dead data"
+            }
+        };
+        let released = store.released_bytes();
+        let before = store.disk_usage().unwrap_or(0);
+        let started = std::time::Instant::now();
         match gc::collect(store, true) {
             Ok(r) => tracing::info!(
-                "gc: deleted {} nodes and {} chunks",
+                "gc ({trigger}, {} MiB released by commits): deleted {} nodes and {} chunks; \
+                 store {} -> {} MiB in {:?}",
+                released >> 20,
                 r.deleted_nodes,
-                r.deleted_chunks
+                r.deleted_chunks,
+                before >> 20,
+                store.disk_usage().unwrap_or(0) >> 20,
+                started.elapsed()
             ),
             Err(e) => tracing::error!("gc: {e}"),
         }
+        last = Some((std::time::Instant::now(), started.elapsed()));
     }
 }

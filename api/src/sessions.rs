@@ -15,7 +15,9 @@ use crate::service::{
 
 pub(crate) struct Mounted {
     pub(crate) ws: Arc<Workspace>,
-    pub(crate) mount: fuser::BackgroundSession,
+    /// `None` once unmounted while the final commit has not succeeded: the overlay stays here,
+    /// and the workspace open, until a retry commits it.
+    pub(crate) mount: Option<fuser::BackgroundSession>,
 }
 
 impl Service {
@@ -145,6 +147,8 @@ impl Service {
     ) -> ApiResult<SessionView> {
         let path = self.prepare_mountpoint(mountpoint)?;
         let ws = Arc::new(Workspace::open(self.store.clone(), ws_id)?);
+        // The workspace is busy, so its quota cannot change until the session is recorded.
+        ws.set_limits(self.lock().workspaces[&ws_id].quota.into());
         let mount = self.mount(ws.clone(), &path)?;
         let t = now();
         let session = SessionRecord {
@@ -155,6 +159,7 @@ impl Service {
             status: SessionStatus::Active,
             created_at: t.clone(),
             ended_at: None,
+            commit_error: None,
         };
         let mut ix = self.lock();
         // The workspace was busy, so nothing deleted or changed it meanwhile.
@@ -172,7 +177,13 @@ impl Service {
         }
         ix.put_workspace(rec);
         ix.sessions.insert(session.id, session.clone());
-        self.mounts.lock().insert(session.id, Mounted { ws, mount });
+        self.mounts.lock().insert(
+            session.id,
+            Mounted {
+                ws,
+                mount: Some(mount),
+            },
+        );
         Ok(SessionView::from(&session))
     }
 
@@ -203,18 +214,21 @@ impl Service {
     }
 
     /// Unmounts (the kernel writes back its cache first), commits durably, and records the
-    /// session as the workspace's last. Ending an ended session answers it as it is.
+    /// session as the workspace's last. Ending an ended session answers it as it is; ending a
+    /// `commit_failed` one retries its commit.
     pub fn end_session(&self, account: &str, id: &str) -> ApiResult<SessionView> {
         let s = self.session(Some(account), id)?;
-        Ok(SessionView::from(&self.end(s)?))
+        Ok(SessionView::from(&self.end(s, false)?))
     }
 
-    pub(crate) fn end_session_by_id(&self, id: Uuid) -> ApiResult<()> {
+    /// Ends a session; with `discard_failed`, a session whose final commit already failed
+    /// drops its changes instead of retrying (its workspace is about to be deleted).
+    pub(crate) fn end_session_by_id(&self, id: Uuid, discard_failed: bool) -> ApiResult<()> {
         let s = self.session(None, &id.to_string())?;
-        self.end(s).map(|_| ())
+        self.end(s, discard_failed).map(|_| ())
     }
 
-    fn end(&self, mut s: SessionRecord) -> ApiResult<SessionRecord> {
+    fn end(&self, mut s: SessionRecord, discard_failed: bool) -> ApiResult<SessionRecord> {
         {
             let mut ix = self.lock();
             // Another call may be ending it right now: wait for that, then answer its result.
@@ -227,30 +241,54 @@ impl Service {
                     ));
                 }
             }
-            if ix.sessions.get(&s.id).map(|c| c.status) != Some(SessionStatus::Active) {
-                return Ok(ix.sessions.get(&s.id).cloned().unwrap_or(s));
+            match ix.sessions.get(&s.id) {
+                Some(c) if c.status != SessionStatus::Ended => s = c.clone(),
+                current => return Ok(current.cloned().unwrap_or(s)),
             }
             ix.busy.insert(s.workspace_id);
         }
-        let result = self.unmount_and_record(&mut s);
+        let result = self.unmount_and_record(&mut s, discard_failed);
         self.release(&mut self.lock(), s.workspace_id);
         result.map(|_| s)
     }
 
-    fn unmount_and_record(&self, s: &mut SessionRecord) -> ApiResult<()> {
+    fn unmount_and_record(&self, s: &mut SessionRecord, discard_failed: bool) -> ApiResult<()> {
         let mounted = self.mounts.lock().remove(&s.id);
-        if let Some(m) = mounted {
-            if let Err(e) = m.mount.umount_and_join() {
-                tracing::warn!(
-                    "unmount of {} failed ({e}); detaching",
-                    s.mountpoint.display()
-                );
-                detach(&s.mountpoint);
+        if let Some(mut m) = mounted {
+            if let Some(mount) = m.mount.take() {
+                if let Err(e) = mount.umount_and_join() {
+                    tracing::warn!(
+                        "unmount of {} failed ({e}); detaching",
+                        s.mountpoint.display()
+                    );
+                    detach(&s.mountpoint);
+                }
             }
-            m.ws.commit(true)?;
+            let discard = discard_failed && s.status == SessionStatus::CommitFailed;
+            if discard {
+                tracing::warn!("session {}: changes that never committed discarded", s.id);
+            } else if let Err(e) = m.ws.commit(true) {
+                // The mount is gone but the changes are not: keep them, and the workspace
+                // open, for the next attempt.
+                tracing::error!("session {}: final commit failed: {e}", s.id);
+                self.mounts.lock().insert(s.id, m);
+                s.status = SessionStatus::CommitFailed;
+                s.commit_error = Some(e.to_string());
+                let mut ix = self.lock();
+                // Memory holds the truth meanwhile; the record is written too unless the disk
+                // is full (a write there could stop RocksDB).
+                if !matches!(e, chaserfs_fs::FsError::NoSpace) {
+                    if let Err(w) = self.store.meta_write(&[put(SESSION, s.id, &*s)]) {
+                        tracing::warn!("recording session {}: {w}", s.id);
+                    }
+                }
+                ix.sessions.insert(s.id, s.clone());
+                return Err(ApiError::commit_failed(e));
+            }
         }
         s.status = SessionStatus::Ended;
         s.ended_at = Some(now());
+        s.commit_error = None;
         let mut ix = self.lock();
         let mut ops = vec![put(SESSION, s.id, &*s)];
         let ws = ix.workspaces.get(&s.workspace_id).cloned().map(|mut w| {
@@ -270,13 +308,23 @@ impl Service {
         Ok(())
     }
 
-    /// Commits every mounted workspace without syncing: the periodic commit.
+    /// Commits every mounted workspace without syncing, and retries the final commit of
+    /// sessions whose end failed: the periodic commit.
     pub fn commit_all(&self) {
-        let mounted: Vec<Arc<Workspace>> =
-            self.mounts.lock().values().map(|m| m.ws.clone()).collect();
-        for ws in mounted {
+        let (mounted, failed): (Vec<_>, Vec<_>) = self
+            .mounts
+            .lock()
+            .iter()
+            .map(|(id, m)| (*id, m.ws.clone(), m.mount.is_some()))
+            .partition(|(_, _, mounted)| *mounted);
+        for (_, ws, _) in mounted {
             if let Err(e) = ws.commit(false) {
                 tracing::error!("periodic commit of {}: {e}", ws.id());
+            }
+        }
+        for (id, _, _) in failed {
+            if self.end_session_by_id(id, false).is_ok() {
+                tracing::info!("session {id}: final commit succeeded on retry");
             }
         }
     }
@@ -285,8 +333,8 @@ impl Service {
     pub fn shutdown(&self) {
         let ids: Vec<Uuid> = self.mounts.lock().keys().copied().collect();
         for id in ids {
-            if let Err(e) = self.end_session_by_id(id) {
-                tracing::error!("ending session {id}: {e:?}");
+            if let Err(e) = self.end_session_by_id(id, false) {
+                tracing::error!("ending session {id}: {e:?}; its uncommitted changes are lost");
             }
         }
         self.stop_background();
@@ -299,7 +347,7 @@ impl Service {
         let stale: Vec<SessionRecord> = ix
             .sessions
             .values()
-            .filter(|s| s.status == SessionStatus::Active)
+            .filter(|s| s.status != SessionStatus::Ended)
             .cloned()
             .collect();
         for mut s in stale {

@@ -36,6 +36,10 @@ pub enum FsError {
     NoSuchOffset,
     #[error("busy: {0}")]
     Busy(String),
+    #[error("no space left on the data dir's disk")]
+    NoSpace,
+    #[error("the workspace's quota is exceeded")]
+    QuotaExceeded,
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("storage error: {0}")]
@@ -61,6 +65,8 @@ impl FsError {
             FsError::TooManyLinks => libc::EMLINK,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Busy(_) => libc::EBUSY,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::QuotaExceeded => libc::EDQUOT,
             FsError::Corrupt(_) | FsError::Storage(_) => libc::EIO,
         }
     }
@@ -72,7 +78,13 @@ impl FsError {
 
 impl From<rocksdb::Error> for FsError {
     fn from(e: rocksdb::Error) -> Self {
-        FsError::Storage(e.into_string())
+        let text = e.into_string();
+        // RocksDB reports a full disk as an IO error carrying strerror(ENOSPC).
+        if text.contains("No space left on device") {
+            FsError::NoSpace
+        } else {
+            FsError::Storage(text)
+        }
     }
 }
 

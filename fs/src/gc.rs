@@ -39,18 +39,21 @@ pub struct GcReport {
 const SWEEP_BATCH: usize = 1024;
 
 /// Reclaims every object no root or write in flight reaches. With `compact`, RocksDB then
-/// compacts so the space goes back to the disk.
+/// compacts the key ranges the sweep deleted from, so the space goes back to the disk.
 pub fn collect(store: &Store, compact: bool) -> FsResult<GcReport> {
     let roots = store.begin_gc()?;
     let result = mark_and_sweep(store, roots.iter().map(|(_, r)| r.root).collect());
     store.end_gc();
-    let mut report = result?;
+    let (mut report, ranges) = result?;
     report.roots = roots.len();
     if compact {
-        store.compact()?;
+        store.compact_ranges(&ranges)?;
     }
     Ok(report)
 }
+
+/// The first and last key a sweep deleted in a column family.
+pub type DeletedRange = (&'static str, Vec<u8>, Vec<u8>);
 
 struct Marks {
     nodes: HashSet<Hash>,
@@ -80,7 +83,7 @@ impl Marks {
     }
 }
 
-fn mark_and_sweep(store: &Store, roots: Vec<Hash>) -> FsResult<GcReport> {
+fn mark_and_sweep(store: &Store, roots: Vec<Hash>) -> FsResult<(GcReport, Vec<DeletedRange>)> {
     let mut marks = Marks {
         nodes: HashSet::new(),
         chunks: HashSet::new(),
@@ -109,14 +112,25 @@ fn mark_and_sweep(store: &Store, roots: Vec<Hash>) -> FsResult<GcReport> {
         live_chunks: marks.chunks.len(),
         ..GcReport::default()
     };
-    report.deleted_nodes = sweep(store, CF_NODES, &marks.nodes)?;
-    report.deleted_chunks = sweep(store, CF_CHUNKS, &marks.chunks)?;
-    Ok(report)
+    let mut ranges = Vec::new();
+    let (n, range) = sweep(store, CF_NODES, &marks.nodes)?;
+    report.deleted_nodes = n;
+    ranges.extend(range);
+    let (n, range) = sweep(store, CF_CHUNKS, &marks.chunks)?;
+    report.deleted_chunks = n;
+    ranges.extend(range);
+    Ok((report, ranges))
 }
 
-fn sweep(store: &Store, cf_name: &str, live: &HashSet<Hash>) -> FsResult<usize> {
+/// Deletes what `live` lacks; returns how many, and the range of keys deleted.
+fn sweep(
+    store: &Store,
+    cf_name: &'static str,
+    live: &HashSet<Hash>,
+) -> FsResult<(usize, Option<DeletedRange>)> {
     let cf = store.cf(cf_name);
     let mut deleted = 0;
+    let mut range: Option<DeletedRange> = None;
     let mut candidates = Vec::with_capacity(SWEEP_BATCH);
     let mut iter = store.db.raw_iterator_cf(cf);
     iter.seek_to_first();
@@ -139,13 +153,18 @@ fn sweep(store: &Store, cf_name: &str, live: &HashSet<Hash>) -> FsResult<usize> 
                 if !protected {
                     batch.delete_cf(cf, h.0);
                     deleted += 1;
+                    // Keys come in order, so the first delete starts the range.
+                    match &mut range {
+                        None => range = Some((cf_name, h.0.to_vec(), h.0.to_vec())),
+                        Some((_, _, last)) => *last = h.0.to_vec(),
+                    }
                 }
             }
             store.write(batch, false)?;
         }
         if done {
             iter.status()?;
-            return Ok(deleted);
+            return Ok((deleted, range));
         }
     }
 }

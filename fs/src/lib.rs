@@ -19,6 +19,6 @@ pub mod tree;
 
 pub use error::{FsError, FsResult};
 pub use hash::Hash;
-pub use posix::{Attr, DirEntry, NewNode, SetAttr, StatFs, TimeSet, Workspace};
+pub use posix::{Attr, DirEntry, Limits, NewNode, SetAttr, StatFs, TimeSet, Workspace};
 pub use records::{FileKind, Timespec};
 pub use store::{MetaOp, RootId, RootRecord, Store, StoreOptions};

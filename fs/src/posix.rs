@@ -99,6 +99,14 @@ pub struct StatFs {
     pub name_max: u32,
 }
 
+/// A workspace's quota: most logical bytes (the sum of file sizes, so a chunk shared with
+/// another workspace counts in each) and most inodes. `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limits {
+    pub bytes: Option<u64>,
+    pub inodes: Option<u64>,
+}
+
 /// What a new inode is.
 pub struct NewNode<'a> {
     pub kind: FileKind,
@@ -131,6 +139,10 @@ struct State {
     pins: HashSet<Hash>,
     /// Open handles per inode: an unlinked inode lives on until its last handle closes.
     open_refs: HashMap<u64, u32>,
+    limits: Limits,
+    /// Bytes of stored chunks this overlay stopped referencing (an upper bound of what the
+    /// next collection can free: another root may share them). Reported at commit.
+    released_bytes: u64,
 }
 
 /// A stored chunk a read still has to fetch.
@@ -417,6 +429,7 @@ impl State {
         if i.kind == FileKind::Regular {
             self.sup.logical_bytes -= i.size;
         }
+        self.released_bytes += i.alloc_bytes;
         self.sup.files -= 1;
         let (start, end) = keys::inode_range(ino);
         for k in self.keys_in(&start, &end)? {
@@ -503,6 +516,9 @@ impl State {
         let old = self.extent(ino, idx)?;
         let mut i = self.inode(ino)?;
         i.alloc_bytes -= old.map_or(0, |e| e.len as u64);
+        if old.is_some_and(|o| new.is_none_or(|n| n.hash != o.hash)) {
+            self.released_bytes += old.map_or(0, |e| e.len as u64);
+        }
         i.alloc_bytes += new.map_or(0, |e| e.len as u64);
         self.save(ino, i);
         match new {
@@ -627,17 +643,37 @@ impl State {
         Ok(out)
     }
 
+    /// Refuses growth when the disk is down to its reserve, counting what this overlay holds
+    /// in memory and `more` bytes about to join it.
+    fn check_space(&self, more: usize) -> FsResult<()> {
+        self.store
+            .check_space((self.dirty_bytes + self.pending_bytes + more) as u64)
+    }
+
+    /// Refuses (EDQUOT) growing the logical bytes by `growth` past the quota. Growth only:
+    /// a workspace over its quota can still shrink and overwrite.
+    fn check_bytes_quota(&self, growth: u64) -> FsResult<()> {
+        match self.limits.bytes {
+            Some(q) if growth > 0 && self.sup.logical_bytes + growth > q => {
+                Err(FsError::QuotaExceeded)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
         let mut i = self.regular(ino)?;
         if data.is_empty() {
             return Ok(0); // a zero-length write changes nothing, not even the size
         }
+        self.check_space(data.len())?;
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::FileTooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
+        self.check_bytes_quota(end.saturating_sub(i.size))?;
         let mut pos = offset;
         while pos < end {
             let idx = pos / CS;
@@ -700,6 +736,7 @@ impl State {
         if size > MAX_FILE_SIZE {
             return Err(FsError::FileTooBig);
         }
+        self.check_bytes_quota(size.saturating_sub(i.size))?;
         if size < i.size {
             // Drop whole chunks past the new end, then cut the chunk it falls in.
             let first_dead = size.div_ceil(CS);
@@ -778,6 +815,8 @@ impl Workspace {
                 pending_bytes: 0,
                 pins: HashSet::new(),
                 open_refs: HashMap::new(),
+                released_bytes: 0,
+                limits: Limits::default(),
             };
             // Files unlinked while open when the last session ended are freed now.
             let (start, end) = keys::kind_range(keys::SUPER_INO, Kind::Orphan);
@@ -850,8 +889,12 @@ impl Workspace {
         if st.dirent(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
+        st.check_space(0)?;
         if new.kind == FileKind::Directory && p.nlink >= LINK_MAX {
             return Err(FsError::TooManyLinks);
+        }
+        if st.limits.inodes.is_some_and(|q| st.sup.files >= q) {
+            return Err(FsError::QuotaExceeded);
         }
         if new.kind == FileKind::Symlink && (new.target.is_empty() || new.target.len() > 4095) {
             return Err(if new.target.is_empty() {
@@ -925,6 +968,7 @@ impl Workspace {
         if i.nlink >= LINK_MAX {
             return Err(FsError::TooManyLinks);
         }
+        st.check_space(0)?;
         i.nlink += 1;
         i.ctime = Timespec::now();
         let kind = i.kind;
@@ -1166,6 +1210,8 @@ impl Workspace {
         if src == dst && src_off < dst_off + len && dst_off < src_off + len {
             return Err(FsError::Invalid("overlapping copy within one file"));
         }
+        let dst_size = st.inode(dst)?.size;
+        st.check_bytes_quota((dst_off + len).saturating_sub(dst_size))?;
         let mut done = 0;
         while done < len {
             let (so, d_o) = (src_off + done, dst_off + done);
@@ -1300,6 +1346,7 @@ impl Workspace {
         if flags & libc::XATTR_REPLACE != 0 && !exists {
             return Err(FsError::NoAttr);
         }
+        st.check_space(value.len())?;
         st.kv.insert(key, Some(value.to_vec()));
         i.ctime = Timespec::now();
         st.save(ino, i);
@@ -1339,23 +1386,46 @@ impl Workspace {
         Ok(())
     }
 
+    /// The data dir's disk, or the quota where one is set, so `df` in a session tells how
+    /// much this workspace may still write.
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let sup = self.state.lock().sup.clone();
-        let path = std::ffi::CString::new(self.store.path().as_os_str().as_encoded_bytes())
-            .map_err(|_| FsError::Invalid("data dir path"))?;
-        let disk = disk_statvfs(&path)?;
-        let block_size = 4096u32;
-        let scale = |n: u64| n * disk.1 / block_size as u64;
-        let used = sup.logical_bytes.div_ceil(block_size as u64);
+        let (sup, limits) = {
+            let st = self.state.lock();
+            (st.sup.clone(), st.limits)
+        };
+        let disk = self.store.disk_space()?;
+        let block_size = 4096u64;
+        let scale = |n: u64| n * disk.fragment / block_size;
+        let used = sup.logical_bytes.div_ceil(block_size);
+        let (mut blocks, mut free, mut avail) = (
+            scale(disk.blocks).max(used),
+            scale(disk.free),
+            scale(disk.avail),
+        );
+        if let Some(q) = limits.bytes {
+            let left = q.saturating_sub(sup.logical_bytes) / block_size;
+            blocks = q / block_size;
+            free = free.min(left);
+            avail = avail.min(left);
+        }
+        let (files, files_free) = match limits.inodes {
+            Some(q) => (q, q.saturating_sub(sup.files)),
+            None => (sup.files + disk.files_free, disk.files_free),
+        };
         Ok(StatFs {
-            block_size,
-            blocks: scale(disk.0).max(used),
-            blocks_free: scale(disk.2),
-            blocks_avail: scale(disk.3),
-            files: sup.files + disk.4,
-            files_free: disk.4,
+            block_size: block_size as u32,
+            blocks,
+            blocks_free: free,
+            blocks_avail: avail,
+            files,
+            files_free,
             name_max: NAME_MAX as u32,
         })
+    }
+
+    /// Sets the quota enforced from now on (existing contents may exceed it).
+    pub fn set_limits(&self, limits: Limits) {
+        self.state.lock().limits = limits;
     }
 
     /// Records an open handle on `ino`: it outlives its last link until [`Workspace::release`].
@@ -1396,6 +1466,15 @@ impl Workspace {
         let sup = records::encode(&st.sup);
         st.kv.insert(keys::super_key(), Some(sup));
         let (root, nodes) = tree::apply(&self.store, &st.root, &st.kv)?;
+        // Nothing is written unless all of it fits: RocksDB that meets a full disk stops
+        // writing altogether until restarted. Nodes land twice (WAL, then their table), chunks
+        // once (or twice, at most 1 MiB, in a small commit), plus room for WAL and manifest.
+        let chunk_bytes: usize = st.pending.values().map(Vec::len).sum();
+        let node_bytes: usize = nodes.iter().map(|(_, b)| b.len()).sum();
+        let needed = (chunk_bytes + 2 * node_bytes) as u64 + (4 << 20);
+        if self.store.disk_space()?.avail_bytes() < needed {
+            return Err(FsError::NoSpace);
+        }
         let node_pins: Vec<Hash> = nodes.iter().map(|(h, _)| *h).chain([root]).collect();
         self.store.pin(node_pins.iter().copied());
         let chunks: Vec<(Hash, Vec<u8>)> = st.pending.drain().collect();
@@ -1414,6 +1493,8 @@ impl Workspace {
                 st.generation += 1;
                 st.kv.clear();
                 st.pending_bytes = 0;
+                self.store
+                    .note_released(std::mem::take(&mut st.released_bytes));
                 let pins: Vec<Hash> = st.pins.drain().collect();
                 self.store.unpin(pins);
                 Ok(root)
@@ -1437,22 +1518,4 @@ impl Drop for Workspace {
         self.store.unpin(pins);
         self.store.mark_closed(self.id);
     }
-}
-
-/// (blocks, fragment size, free, available, free inodes) of the filesystem holding `path`.
-fn disk_statvfs(path: &std::ffi::CStr) -> FsResult<(u64, u64, u64, u64, u64)> {
-    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: path is NUL-terminated and `s` is a valid out-pointer for statvfs.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::statvfs(path.as_ptr(), s.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(FsError::Storage(format!(
-            "statvfs: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    #[allow(unsafe_code)]
-    let s = unsafe { s.assume_init() };
-    Ok((s.f_blocks, s.f_frsize, s.f_bfree, s.f_bavail, s.f_ffree))
 }

@@ -15,7 +15,7 @@ pub fn create_workspace(
     id: uuid::Uuid,
     meta: &[MetaOp],
 ) -> FsResult<RootRecord> {
-    let (empty, empty_bytes) = tree::empty();
+    let (empty, _) = tree::empty();
     let now = Timespec::now();
     let root_dir = Inode {
         kind: FileKind::Directory,
@@ -44,12 +44,6 @@ pub fn create_workspace(
         (keys::inode(ROOT_INO), Some(records::encode(&root_dir))),
     ]
     .into();
-    // The empty tree must be readable for `apply` to start from it.
-    store.nodes.insert(
-        empty,
-        Arc::new(tree::Node::Leaf(Vec::new())),
-        empty_bytes.len(),
-    );
     let (root, nodes) = tree::apply(store, &empty, &changes)?;
     let record = RootRecord {
         root,

@@ -18,7 +18,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{FsError, FsResult};
@@ -142,6 +142,38 @@ pub(crate) struct Pins {
     pub(crate) gc_protect: Option<HashSet<Hash>>,
 }
 
+/// What statvfs says of the data dir's filesystem, in `fragment`-sized blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskSpace {
+    pub blocks: u64,
+    pub fragment: u64,
+    pub free: u64,
+    /// Free blocks an unprivileged writer may use.
+    pub avail: u64,
+    pub files_free: u64,
+}
+
+impl DiskSpace {
+    pub fn avail_bytes(&self) -> u64 {
+        self.avail * self.fragment
+    }
+}
+
+/// Space kept free on the data dir's disk: an eighth of the disk, at most 256 MiB.
+fn reserve_for(disk: &DiskSpace) -> u64 {
+    (disk.blocks * disk.fragment / 8).min(256 << 20)
+}
+
+/// Counts of unlogged chunk writes: completed, and known to be covered by a finished flush.
+#[derive(Default)]
+struct ChunkFlushes {
+    written: AtomicU64,
+    flushed: AtomicU64,
+    /// Tests run code between a flush and its recording, where a racing write would land.
+    #[cfg(test)]
+    after_flush_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
+}
+
 pub struct Store {
     pub(crate) db: DB,
     path: PathBuf,
@@ -149,10 +181,18 @@ pub struct Store {
     pub(crate) pins: Mutex<Pins>,
     /// Workspaces open for writing; their roots move only by their own commits.
     open: Mutex<HashSet<uuid::Uuid>>,
-    /// Set when chunks were written without the WAL and not yet flushed.
-    unflushed_chunks: AtomicBool,
+    /// Flush generations of chunks written without the WAL: see [`Store::flush_chunks`].
+    chunk_flushes: ChunkFlushes,
     /// Serializes root-pointer changes so read-check-write sequences are atomic.
     roots_lock: Mutex<()>,
+    /// Chunk bytes that commits stopped referencing since the last collection began: what
+    /// tells the collector that a live workspace left garbage behind.
+    released_bytes: AtomicU64,
+    /// Free bytes that writes may not take: RocksDB needs them to delete, compact and
+    /// collect, so a full disk can still be emptied (see [`Store::check_space`]).
+    reserve_bytes: u64,
+    /// Whether compactions may relocate live blobs (blob GC); see [`Store::adjust_blob_gc`].
+    blob_gc: AtomicBool,
 }
 
 impl Store {
@@ -161,7 +201,17 @@ impl Store {
     }
 
     pub fn open_with(path: &Path, opts: StoreOptions) -> FsResult<Arc<Store>> {
-        std::fs::create_dir_all(path).map_err(|e| FsError::Storage(e.to_string()))?;
+        let io = |e: std::io::Error| FsError::Storage(format!("{}: {e}", path.display()));
+        if !path.exists() {
+            std::fs::create_dir_all(path).map_err(io)?;
+            // A new directory's name is durable only once its parent is synced; RocksDB syncs
+            // the data dir itself, not its parent.
+            if let Some(parent) = path.parent() {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+        }
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let table = |bloom: bool| {
             let mut t = BlockBasedOptions::default();
@@ -180,12 +230,17 @@ impl Store {
         db_opts.set_keep_log_file_num(4);
         // Bound memtables across all column families so memory stays flat under write load.
         db_opts.set_db_write_buffer_size(256 << 20);
+        // No preallocation: RocksDB would fallocate tens of MiB ahead for each WAL, table and
+        // blob file, so the free space the disk reports (which the space reserve relies on,
+        // see `check_space`) would swing by hundreds of MiB.
+        // (The Rust binding has no setter for this one.)
+        let db_opts = db_opts.get_options_from_string("allow_fallocate=false")?;
 
         let mut chunks = Options::default();
         chunks.set_block_based_table_factory(&table(true));
         chunks.set_enable_blob_files(true);
         chunks.set_min_blob_size(2048);
-        chunks.set_blob_file_size(256 << 20);
+        chunks.set_blob_file_size(64 << 20);
         // Chunks arrive compressed where it pays (see `encode_chunk`).
         chunks.set_blob_compression_type(DBCompressionType::None);
         chunks.set_enable_blob_gc(true);
@@ -208,15 +263,20 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, meta),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        Ok(Arc::new(Store {
+        let store = Arc::new(Store {
             db,
             path: path.to_path_buf(),
             nodes: NodeCache::new(opts.node_cache_bytes),
             pins: Mutex::new(Pins::default()),
             open: Mutex::new(HashSet::new()),
-            unflushed_chunks: AtomicBool::new(false),
+            chunk_flushes: ChunkFlushes::default(),
             roots_lock: Mutex::new(()),
-        }))
+            released_bytes: AtomicU64::new(0),
+            reserve_bytes: reserve_for(&disk_space(path)?),
+            blob_gc: AtomicBool::new(true),
+        });
+        store.adjust_blob_gc()?;
+        Ok(store)
     }
 
     /// Drops every cached node, so reads go to RocksDB (tests use it to see what is stored).
@@ -295,21 +355,99 @@ impl Store {
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         self.db.write_opt(batch, &wo)?;
-        // Set after the write: a flush that sees the flag started after these bytes landed.
-        self.unflushed_chunks.store(true, Ordering::SeqCst);
+        // Counted after the write: a flush that starts after this count covers these bytes.
+        self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
-    fn flush_chunks(&self) -> FsResult<()> {
-        if self.unflushed_chunks.swap(false, Ordering::SeqCst) {
-            let mut fo = FlushOptions::default();
-            fo.set_wait(true);
-            if let Err(e) = self.db.flush_cf_opt(self.cf(CF_CHUNKS), &fo) {
-                self.unflushed_chunks.store(true, Ordering::SeqCst);
-                return Err(e.into());
-            }
+    /// Makes every unlogged chunk write that completed before this call durable. Every path
+    /// that flushes `chunks` (commits, compaction) goes through here, and each flush records
+    /// only the writes it was sure to cover: the count read *before* it started. A write that
+    /// lands during a flush stays counted as unflushed, so the next commit flushes again.
+    fn flush_chunks(&self, always: bool) -> FsResult<()> {
+        let covered = self.chunk_flushes.written.load(Ordering::SeqCst);
+        if !always && self.chunk_flushes.flushed.load(Ordering::SeqCst) >= covered {
+            return Ok(());
+        }
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cf_opt(self.cf(CF_CHUNKS), &fo)?;
+        #[cfg(test)]
+        if let Some(hook) = self.chunk_flushes.after_flush_hook.lock().take() {
+            hook();
+        }
+        self.chunk_flushes
+            .flushed
+            .fetch_max(covered, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether some unlogged chunk write is not known to be flushed.
+    pub fn chunks_unflushed(&self) -> bool {
+        self.chunk_flushes.flushed.load(Ordering::SeqCst)
+            < self.chunk_flushes.written.load(Ordering::SeqCst)
+    }
+
+    // ---- disk space ----
+
+    pub fn disk_space(&self) -> FsResult<DiskSpace> {
+        disk_space(&self.path)
+    }
+
+    pub fn reserve_bytes(&self) -> u64 {
+        self.reserve_bytes
+    }
+
+    /// Refuses (ENOSPC) a write that would leave less than the reserve free, counting
+    /// `unwritten` bytes the caller holds in memory and will write later. Deletes never call
+    /// this, so they can always use the reserve.
+    pub fn check_space(&self, unwritten: u64) -> FsResult<()> {
+        // Chunks in memtables are on their way to the disk too (up to 3 x 64 MiB).
+        let memtables = self
+            .db
+            .property_int_value_cf(self.cf(CF_CHUNKS), "rocksdb.cur-size-all-mem-tables")?
+            .unwrap_or(0);
+        let needed = self.reserve_bytes + unwritten + memtables;
+        if self.disk_space()?.avail_bytes() < needed {
+            self.adjust_blob_gc()?;
+            return Err(FsError::NoSpace);
         }
         Ok(())
+    }
+
+    /// Blob GC rewrites the live chunks of the oldest half of the blob files before it frees
+    /// them, so it may need as much free space as half the blob files hold: more than the
+    /// reserve on a nearly full disk, where RocksDB meeting ENOSPC would stop writing. It is
+    /// on only while that much is free; off, blob files are still dropped once all their
+    /// chunks are dead.
+    /// Returns whether it is on now.
+    pub fn adjust_blob_gc(&self) -> FsResult<bool> {
+        let blobs = self
+            .db
+            .property_int_value_cf(self.cf(CF_CHUNKS), "rocksdb.total-blob-file-size")?
+            .unwrap_or(0);
+        let on = self.disk_space()?.avail_bytes() >= self.reserve_bytes + blobs / 2;
+        if self.blob_gc.swap(on, Ordering::SeqCst) != on {
+            let value = if on { "true" } else { "false" };
+            self.db.set_options_cf(
+                self.cf(CF_CHUNKS),
+                &[("enable_blob_garbage_collection", value)],
+            )?;
+            tracing::info!("blob GC {}", if on { "on" } else { "off: low on space" });
+        }
+        Ok(on)
+    }
+
+    // ---- garbage accounting ----
+
+    pub(crate) fn note_released(&self, bytes: u64) {
+        self.released_bytes.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    /// Chunk bytes committed roots stopped referencing since the last collection began (an
+    /// upper bound of what a collection would free now: clones and snapshots may share them).
+    pub fn released_bytes(&self) -> u64 {
+        self.released_bytes.load(Ordering::SeqCst)
     }
 
     // ---- pins ----
@@ -384,7 +522,7 @@ impl Store {
                 batch.put_cf(cf, h.0, encode_chunk(data));
             }
         }
-        self.flush_chunks()?;
+        self.flush_chunks(false)?;
         let cf = self.cf(CF_NODES);
         for (h, bytes) in nodes {
             batch.put_cf(cf, h.0, bytes);
@@ -480,6 +618,7 @@ impl Store {
             }
             p.gc_protect = Some(p.counts.keys().copied().collect());
         }
+        self.released_bytes.store(0, Ordering::SeqCst);
         match self.list_roots() {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -578,27 +717,141 @@ impl Store {
         Ok(total)
     }
 
-    /// Flushes memtables and compacts every column family fully; used after GC.
+    /// Flushes memtables and compacts every column family fully; used after GC. A compaction
+    /// that ran with blob GC off (low on space) and freed enough to turn it on runs once more
+    /// for the chunks, so partly dead blob files give their space back too.
     pub fn compact(&self) -> FsResult<()> {
+        let blob_gc_before = self.adjust_blob_gc()?;
+        self.flush_chunks(true)?;
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        for name in [CF_CHUNKS, CF_NODES, CF_META] {
+        for name in [CF_NODES, CF_META] {
             self.db.flush_cf_opt(self.cf(name), &fo)?;
         }
-        self.unflushed_chunks.store(false, Ordering::SeqCst);
         let mut co = rocksdb::CompactOptions::default();
         co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         for name in [CF_CHUNKS, CF_NODES, CF_META] {
             self.db
                 .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
         }
+        if !blob_gc_before && self.adjust_blob_gc()? {
+            self.db
+                .compact_range_cf_opt(self.cf(CF_CHUNKS), None::<&[u8]>, None::<&[u8]>, &co);
+        }
         Ok(())
     }
+
+    /// Compacts only the key ranges a collection deleted from, without forcing a rewrite of
+    /// bottommost files nothing reached: the tombstones meet the values they delete, and blob
+    /// files no key refers to any more are dropped. Cheaper than [`Store::compact`] on a
+    /// busy store, which is why the collector uses it.
+    pub fn compact_ranges(&self, ranges: &[crate::gc::DeletedRange]) -> FsResult<()> {
+        let blob_gc_before = self.adjust_blob_gc()?;
+        self.flush_chunks(true)?;
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cf_opt(self.cf(CF_NODES), &fo)?;
+        let co = rocksdb::CompactOptions::default();
+        for (cf, first, last) in ranges {
+            self.db
+                .compact_range_cf_opt(self.cf(cf), Some(first), Some(last), &co);
+        }
+        // Low on space, blob GC was off; if the compaction freed enough, relocate now.
+        if !blob_gc_before && self.adjust_blob_gc()? {
+            let mut force = rocksdb::CompactOptions::default();
+            force.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            self.db
+                .compact_range_cf_opt(self.cf(CF_CHUNKS), None::<&[u8]>, None::<&[u8]>, &force);
+        }
+        Ok(())
+    }
+}
+
+/// statvfs of the filesystem holding `path`.
+fn disk_space(path: &Path) -> FsResult<DiskSpace> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| FsError::Invalid("data dir path"))?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is NUL-terminated and `s` is a valid out-pointer for statvfs.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::statvfs(c.as_ptr(), s.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(FsError::Storage(format!(
+            "statvfs: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    #[allow(unsafe_code)]
+    let s = unsafe { s.assume_init() };
+    Ok(DiskSpace {
+        blocks: s.f_blocks,
+        fragment: s.f_frsize,
+        free: s.f_bfree,
+        avail: s.f_bavail,
+        files_free: s.f_ffree,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn memtable_entries(store: &Store, cf: &str) -> u64 {
+        [
+            "rocksdb.num-entries-active-mem-table",
+            "rocksdb.num-entries-imm-mem-tables",
+        ]
+        .iter()
+        .map(|p| {
+            store
+                .db
+                .property_int_value_cf(store.cf(cf), *p)
+                .unwrap()
+                .unwrap()
+        })
+        .sum()
+    }
+
+    /// Defect: a compaction cleared the "chunks not flushed" flag after its flush, so a chunk
+    /// written unlogged between that flush and the clearing was never flushed, and a synced
+    /// root could refer to a chunk that lived only in the memtable.
+    #[test]
+    fn a_chunk_written_during_a_compaction_flush_is_flushed_by_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ws = uuid::Uuid::from_u128(1);
+        let record = crate::roots::create_workspace(&store, ws, &[]).unwrap();
+        store
+            .put_chunks_unlogged(&[(Hash::of(b"early"), vec![1; 4096])])
+            .unwrap();
+        let racing = vec![2u8; 4096];
+        let writer = store.clone();
+        let hook_chunk = racing.clone();
+        *store.chunk_flushes.after_flush_hook.lock() = Some(Box::new(move || {
+            writer
+                .put_chunks_unlogged(&[(Hash::of(&hook_chunk), hook_chunk.clone())])
+                .unwrap();
+        }));
+        store.compact().unwrap();
+        // (The compaction itself may have flushed it since; what matters is that nothing
+        // counts it as flushed without a flush that started after it.)
+        assert!(
+            store.chunks_unflushed(),
+            "a write that raced a compaction's flush was counted as flushed"
+        );
+        // A small commit (chunks through the WAL) whose root would refer to the racing chunk.
+        store
+            .commit(RootId::Workspace(ws), &record, &[], &[], true)
+            .unwrap();
+        assert_eq!(
+            memtable_entries(&store, CF_CHUNKS),
+            0,
+            "a synced commit left an unlogged chunk in the memtable"
+        );
+        assert!(!store.chunks_unflushed());
+        assert_eq!(store.get_chunk(&Hash::of(&racing)).unwrap(), racing);
+    }
 
     #[test]
     fn chunks_compress_only_when_it_pays_and_round_trip() {

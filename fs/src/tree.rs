@@ -294,22 +294,39 @@ struct Child {
     fresh_size: Option<usize>,
 }
 
+/// Builds the nodes of one [`apply`]. Nodes built here are not in RocksDB until the caller
+/// writes them, and the shared cache may evict them at any time (a large commit builds more
+/// than it holds), so the builder keeps every node it built and reads them from itself.
 struct Builder<'a> {
     store: &'a Store,
-    built: HashMap<Hash, Vec<u8>>,
+    built: HashMap<Hash, (Arc<Node>, Vec<u8>)>,
 }
 
 impl Builder<'_> {
+    fn get(&self, hash: &Hash) -> FsResult<Arc<Node>> {
+        match self.built.get(hash) {
+            Some((node, _)) => Ok(node.clone()),
+            None => self.store.get_node(hash),
+        }
+    }
+
+    fn keep(&mut self, node: Node) -> Hash {
+        let bytes = node.encode();
+        let hash = Hash::of(&bytes);
+        let node = Arc::new(node);
+        // Also cached, for the reads that follow the commit.
+        self.store.nodes.insert(hash, node.clone(), bytes.len());
+        self.built.insert(hash, (node, bytes));
+        hash
+    }
+
     /// Builds a node; `size` is its size as [`Builder::split`] measures it.
     fn node(&mut self, node: Node, size: usize) -> Child {
         let first = match &node {
             Node::Leaf(e) => e[0].0.clone(),
             Node::Branch(c) => c[0].0.clone(),
         };
-        let bytes = node.encode();
-        let hash = Hash::of(&bytes);
-        self.store.nodes.insert(hash, Arc::new(node), bytes.len());
-        self.built.insert(hash, bytes);
+        let hash = self.keep(node);
         // The same measure as the split, so a piece the split kept is never "underfull".
         Child {
             first,
@@ -366,7 +383,7 @@ impl Builder<'_> {
         hash: &Hash,
         changes: &[(&[u8], Option<&[u8]>)],
     ) -> FsResult<Vec<Child>> {
-        let node = self.store.get_node(hash)?;
+        let node = self.get(hash)?;
         match &*node {
             Node::Leaf(entries) => Ok(self.leaves(merge(entries, changes))),
             Node::Branch(children) => {
@@ -409,8 +426,8 @@ impl Builder<'_> {
             };
             let j = if i + 1 < children.len() { i + 1 } else { i - 1 };
             let (a, b) = (i.min(j), i.max(j));
-            let left = self.store.get_node(&children[a].hash)?;
-            let right = self.store.get_node(&children[b].hash)?;
+            let left = self.get(&children[a].hash)?;
+            let right = self.get(&children[b].hash)?;
             let merged = match (&*left, &*right) {
                 (Node::Leaf(l), Node::Leaf(r)) => self.leaves(l.iter().chain(r).cloned().collect()),
                 (Node::Branch(l), Node::Branch(r)) => {
@@ -471,19 +488,17 @@ pub fn apply(store: &Store, root: &Hash, changes: &Changes) -> FsResult<(Hash, V
         store,
         built: HashMap::new(),
     };
+    // The empty tree is known without a lookup (a new workspace starts from it unwritten).
+    let empty_root = b.keep(Node::Leaf(Vec::new()));
     let mut level = b.apply_node(root, &flat)?;
     let new_root = loop {
         match level.len() {
-            0 => {
-                let (h, bytes) = empty();
-                b.built.insert(h, bytes);
-                break h;
-            }
+            0 => break empty_root,
             1 => {
                 // A branch left with one child hands the root down to it.
                 let mut h = level[0].hash;
                 loop {
-                    match &*store.get_node(&h)? {
+                    match &*b.get(&h)? {
                         Node::Branch(c) if c.len() == 1 => h = c[0].1,
                         _ => break,
                     }
@@ -497,8 +512,8 @@ pub fn apply(store: &Store, root: &Hash, changes: &Changes) -> FsResult<(Hash, V
     let mut written = Vec::new();
     let mut stack = vec![new_root];
     while let Some(h) = stack.pop() {
-        if let Some(bytes) = b.built.remove(&h) {
-            if let Node::Branch(children) = &*store.get_node(&h)? {
+        if let Some((node, bytes)) = b.built.remove(&h) {
+            if let Node::Branch(children) = &*node {
                 stack.extend(children.iter().map(|(_, c)| *c));
             }
             written.push((h, bytes));
@@ -583,6 +598,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A commit whose new nodes outgrow the node cache must still find every node it built
+    /// (they are not in RocksDB until the caller writes them).
+    #[test]
+    fn a_commit_larger_than_the_node_cache_builds_from_its_own_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::store::StoreOptions {
+            node_cache_bytes: 64 << 10,
+            ..Default::default()
+        };
+        let store = Store::open_with(dir.path(), opts).unwrap();
+        let (mut root, _) = empty();
+        let mut model = BTreeMap::new();
+        // Two large commits (~2 MB of entries each, 30x the cache), the second over the first.
+        for round in 0u32..2 {
+            let mut changes = Changes::new();
+            for i in 0u32..40_000 {
+                let k = (i * 2 + round).to_be_bytes().to_vec();
+                let v = vec![(i % 251) as u8; 20 + (i % 40) as usize];
+                model.insert(k.clone(), v.clone());
+                changes.insert(k, Some(v));
+            }
+            let (r, nodes) = apply(&store, &root, &changes).unwrap();
+            write(&store, &nodes);
+            root = r;
+        }
+        store.nodes.clear();
+        let all: Vec<_> = TreeIter::new(&store, &root, &[])
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        let want: Vec<_> = model.into_iter().collect();
+        assert!(
+            all == want,
+            "the tree read back differs from what was applied"
+        );
+        depth(&store, &root);
     }
 
     #[test]

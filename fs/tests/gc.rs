@@ -2,12 +2,15 @@
 //! write, spill, share chunks, commit, clone and snapshot. Nothing reachable may be deleted.
 //! Protects against the worst bug a store like this can have: a GC that deletes live data.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chaserfs_fs::keys::ROOT_INO;
 use chaserfs_fs::posix::CHUNK_SIZE;
 use chaserfs_fs::{fsck, gc, roots, FileKind, NewNode, RootId, Store, Workspace};
+use common::noise;
 use uuid::Uuid;
 
 fn file() -> NewNode<'static> {
@@ -19,18 +22,6 @@ fn file() -> NewNode<'static> {
         rdev: 0,
         target: b"",
     }
-}
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -61,7 +52,7 @@ fn collections_racing_writers_delete_nothing_live() {
                 } else {
                     3 * CHUNK_SIZE + 17
                 };
-                let bytes = data(round % 11, len);
+                let bytes = noise(round % 11, len);
                 ws.setattr(
                     attr.ino,
                     &chaserfs_fs::SetAttr {

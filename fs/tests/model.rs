@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chaserfs_fs::keys::ROOT_INO;
 use chaserfs_fs::posix::{CHUNK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use chaserfs_fs::{
-    fsck, gc, roots, FileKind, FsResult, NewNode, RootId, SetAttr, Store, Workspace,
+    fsck, gc, roots, FileKind, FsResult, NewNode, RootId, SetAttr, Store, StoreOptions, Workspace,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -279,6 +279,7 @@ struct World {
     snaps: BTreeMap<Uuid, MFs>,
     current: Uuid,
     next_id: u128,
+    options: StoreOptions,
 }
 
 fn pick<T: Clone>(items: &[T], i: usize) -> Option<T> {
@@ -307,9 +308,9 @@ fn pattern(fill: u8, len: u64, off: u64) -> Vec<u8> {
 }
 
 impl World {
-    fn new() -> World {
+    fn new(options: StoreOptions) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with(dir.path(), options.clone()).unwrap();
         let id = Uuid::from_u128(1);
         roots::create_workspace(&store, id, &[]).unwrap();
         let ws = Workspace::open(store.clone(), id).unwrap();
@@ -321,6 +322,7 @@ impl World {
             snaps: BTreeMap::new(),
             current: id,
             next_id: 2,
+            options,
         }
     }
 
@@ -688,7 +690,8 @@ impl World {
     fn reopen(&mut self) -> Result<(), String> {
         self.open.clear();
         self.store = None;
-        let store = Store::open(self.dir.path()).map_err(|e| e.to_string())?;
+        let store =
+            Store::open_with(self.dir.path(), self.options.clone()).map_err(|e| e.to_string())?;
         for (id, (committed, live)) in self.models.iter_mut() {
             *live = committed.clone();
             self.open.insert(
@@ -887,7 +890,7 @@ fn check_tree(ws: &Workspace, m: &MFs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_seed(seed: u64, cases: u32, ops_per_case: usize) {
+fn run_seed(seed: u64, cases: u32, ops_per_case: usize, options: &StoreOptions) {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let config = Config {
@@ -898,7 +901,7 @@ fn run_seed(seed: u64, cases: u32, ops_per_case: usize) {
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
     let result = runner.run(&prop::collection::vec(op(), ops_per_case), |ops| {
-        let mut w = World::new();
+        let mut w = World::new(options.clone());
         for (n, op) in ops.iter().enumerate() {
             w.run(op)
                 .map_err(|e| TestCaseError::fail(format!("op {n}: {e}")))?;
@@ -938,10 +941,23 @@ fn engine_matches_the_model() {
     };
     // 4 seeds x 8 cases x 400 operations = 12,800 operations.
     for seed in seeds {
-        run_seed(seed, 8, 400);
+        run_seed(seed, 8, 400, &StoreOptions::default());
     }
     let ops = OPS_RUN.load(std::sync::atomic::Ordering::Relaxed);
     let errors = EXPECTED_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
     println!("model test: {ops} operations checked, {errors} of them expected errors");
     assert!(ops >= 10_000);
+}
+
+/// The same operations with a node cache of 64 KiB, so commits, merges and GC marking keep
+/// running past what the cache holds (a commit must never depend on its nodes staying cached).
+#[test]
+fn engine_matches_the_model_with_a_tiny_node_cache() {
+    let options = StoreOptions {
+        node_cache_bytes: 64 << 10,
+        ..StoreOptions::default()
+    };
+    for seed in [11, 12] {
+        run_seed(seed, 8, 400, &options);
+    }
 }

@@ -25,6 +25,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// The key tests call with, when `args` names a keys file.
     pub key: Option<String>,
+    /// A data dir elsewhere than DIR/data (a power-cut or small filesystem, say).
+    pub data_dir: Option<PathBuf>,
 }
 
 pub fn bin() -> &'static str {
@@ -68,7 +70,10 @@ impl Daemon {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     pub fn mount_root(&self) -> PathBuf {
@@ -82,14 +87,15 @@ impl Daemon {
         self.url = format!("http://127.0.0.1:{port}");
         let log =
             std::fs::File::create(self.dir.path().join(format!("daemon-{port}.log"))).unwrap();
+        // Commit every second unless the test chose an interval.
+        let interval: &[&str] = if self.options.args.iter().any(|a| a == "--commit-interval") {
+            &[]
+        } else {
+            &["--commit-interval", "1"]
+        };
         let child = Command::new(bin())
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--commit-interval",
-                "1",
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(interval)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--mount-root")
@@ -314,6 +320,25 @@ impl Daemon {
         }
     }
 
+    /// Bytes of the data dir's files. RocksDB deletes files while we walk, so vanished ones
+    /// count as nothing (`du` would fail on them).
+    pub fn data_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.data_dir())
+    }
+
     /// The daemon's log so far, for assertion messages.
     pub fn log(&self) -> String {
         let mut out = String::new();
@@ -390,4 +415,17 @@ pub fn make_repo(base: &Path, owner: &str, repo: &str) -> String {
         );
     }
     sh("git rev-parse HEAD", &dir).trim().to_string()
+}
+
+/// Incompressible bytes that differ per seed (lz4 and dedup would hide what the disk holds).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

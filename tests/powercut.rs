@@ -1,0 +1,341 @@
+//! Power cuts: the daemon's data dir lives on the power-cut layer (tests/powercut), which
+//! forgets every write and name not yet fsynced. Clients write through a mounted session and
+//! log each acknowledged fsync here, outside; at a random moment the daemon is SIGKILLed and the
+//! power cut; then `chaserfs fsck` must be clean, the daemon must start, and every acknowledged
+//! file, append, overwrite, rename and SQLite row must be there with the right bytes.
+//!
+//! Cycles: CHASERFS_POWERCUT_CYCLES (default 50).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chaserfs_powercut::PowerCut;
+use common::{Daemon, Options};
+
+const RECORD: usize = 64;
+const BLOCK: usize = 4096;
+const BLOCKS: usize = 64;
+
+/// Append record `k` of the file `log`.
+fn record(k: usize) -> Vec<u8> {
+    format!("{k:063}\n").into_bytes()
+}
+
+/// Mostly small files; every tenth is 1.5 MiB, so its commit writes chunks without the WAL
+/// and must flush them before the root that refers to them.
+fn small(cycle: usize, i: usize) -> Vec<u8> {
+    let len = if i % 10 == 9 {
+        3 << 19
+    } else {
+        100 + (cycle * 7919 + i * 104_729) % 9000
+    };
+    common::noise((cycle as u64) << 32 | i as u64, len)
+}
+
+/// A block of `over` (or the whole of `r`) at version `v`: the version in every 8 bytes.
+fn versioned(v: u64, len: usize) -> Vec<u8> {
+    v.to_le_bytes().iter().copied().cycle().take(len).collect()
+}
+
+/// The version a versioned buffer holds, if it is whole (not torn).
+fn version_of(buf: &[u8]) -> Option<u64> {
+    let v = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?);
+    (buf == versioned(v, buf.len())).then_some(v)
+}
+
+fn fsync_dir(p: &Path) -> std::io::Result<()> {
+    std::fs::File::open(p)?.sync_all()
+}
+
+/// What clients saw acknowledged, across cycles.
+#[derive(Default)]
+struct Acked {
+    small: Vec<(String, Vec<u8>)>,
+    log_len: usize,
+    blocks: Vec<u64>,
+    renamed: u64,
+    rows: u64,
+}
+
+/// Runs the clients on the session mounted at `mnt` until `stop` or an error (the daemon died).
+fn clients(mnt: &Path, cycle: usize, acked: &Arc<Mutex<Acked>>, stop: &Arc<AtomicBool>) {
+    std::thread::scope(|s| {
+        // Files: create, write, fsync.
+        s.spawn(|| {
+            let dir = mnt.join("small");
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let name = format!("{cycle}-{i}");
+                let data = small(cycle, i);
+                let ok = (|| {
+                    let mut f = std::fs::File::create(dir.join(&name))?;
+                    f.write_all(&data)?;
+                    f.sync_all()
+                })();
+                if ok.is_err() {
+                    return;
+                }
+                acked.lock().unwrap().small.push((name, data));
+            }
+        });
+        // Appends with fdatasync, and now and then an in-place overwrite with fsync.
+        s.spawn(|| {
+            let ok = (|| -> std::io::Result<()> {
+                let mut log = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(mnt.join("log"))?;
+                let over = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(mnt.join("over"))?;
+                let mut k = log.metadata()?.len() as usize / RECORD;
+                for n in 0u64.. {
+                    if stop.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    log.write_all(&record(k))?;
+                    log.sync_data()?;
+                    k += 1;
+                    acked.lock().unwrap().log_len = k * RECORD;
+                    if n % 4 == 3 {
+                        let b = (n as usize * 7) % BLOCKS;
+                        let v = acked.lock().unwrap().blocks[b] + 1;
+                        std::os::unix::fs::FileExt::write_all_at(
+                            &over,
+                            &versioned(v, BLOCK),
+                            (b * BLOCK) as u64,
+                        )?;
+                        over.sync_all()?;
+                        acked.lock().unwrap().blocks[b] = v;
+                    }
+                }
+                Ok(())
+            })();
+            let _ = ok;
+        });
+        // Atomic replace: write a temporary file, fsync, rename over, fsync the directory.
+        s.spawn(|| loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let v = acked.lock().unwrap().renamed + 1;
+            let ok = (|| {
+                let tmp = mnt.join("r.tmp");
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&versioned(v, 3000 + (v as usize % 5000)))?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, mnt.join("r"))?;
+                fsync_dir(mnt)
+            })();
+            if ok.is_err() {
+                return;
+            }
+            acked.lock().unwrap().renamed = v;
+        });
+        // SQLite in WAL mode with synchronous=FULL: a row is acknowledged when its INSERT
+        // (its own transaction) has returned.
+        s.spawn(|| {
+            let _ = sqlite_inserts(mnt, acked, stop);
+        });
+    });
+}
+
+fn sqlite_inserts(
+    mnt: &Path,
+    acked: &Arc<Mutex<Acked>>,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    // -bail: on the first error (the mount died) sqlite3 exits, so a read here never waits
+    // for an answer that will not come.
+    let mut db = Command::new("sqlite3")
+        .arg("-bail")
+        .arg(mnt.join("db.sqlite"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut input = db.stdin.take().expect("piped");
+    let mut output = BufReader::new(db.stdout.take().expect("piped"));
+    let result = (|| {
+        writeln!(
+            input,
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+             CREATE TABLE IF NOT EXISTS t(n INTEGER PRIMARY KEY, pad TEXT);"
+        )?;
+        let mut line = String::new();
+        output.read_line(&mut line)?; // "wal"
+        let mut n = acked.lock().unwrap().rows;
+        // Rows a previous cycle committed without our seeing the answer are there too.
+        writeln!(input, "SELECT coalesce(max(n), 0) FROM t;")?;
+        line.clear();
+        output.read_line(&mut line)?;
+        n = n.max(line.trim().parse().unwrap_or(0));
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            writeln!(
+                input,
+                "INSERT INTO t VALUES({n}, hex(randomblob(200))); SELECT {n};"
+            )?;
+            line.clear();
+            if output.read_line(&mut line)? == 0 || line.trim() != n.to_string() {
+                return Ok(()); // the mount is gone
+            }
+            acked.lock().unwrap().rows = n;
+        }
+        Ok(())
+    })();
+    drop(input);
+    let _ = db.kill();
+    let _ = db.wait();
+    result
+}
+
+/// Everything acknowledged is there, whole.
+fn verify(mnt: &Path, acked: &Acked, cycle: usize) {
+    for (name, data) in &acked.small {
+        let got = std::fs::read(mnt.join("small").join(name))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: small/{name}: {e}"));
+        assert!(got == *data, "cycle {cycle}: small/{name} differs");
+    }
+    let log = std::fs::read(mnt.join("log")).unwrap();
+    assert!(
+        log.len() >= acked.log_len,
+        "cycle {cycle}: log is {} bytes, {} were fdatasynced",
+        log.len(),
+        acked.log_len
+    );
+    let want: Vec<u8> = (0..log.len().div_ceil(RECORD)).flat_map(record).collect();
+    assert!(
+        log == want[..log.len()],
+        "cycle {cycle}: log holds wrong bytes"
+    );
+    let over = std::fs::read(mnt.join("over")).unwrap();
+    for (b, &v) in acked.blocks.iter().enumerate() {
+        let got = version_of(&over[b * BLOCK..(b + 1) * BLOCK]);
+        assert!(
+            got.is_some_and(|g| g >= v),
+            "cycle {cycle}: block {b} holds {got:?}, version {v} was fsynced"
+        );
+    }
+    let r = std::fs::read(mnt.join("r")).unwrap();
+    let got = version_of(&r);
+    assert!(
+        got.is_some_and(|g| g >= acked.renamed),
+        "cycle {cycle}: r holds {got:?}, version {} was renamed in durably",
+        acked.renamed
+    );
+    let out = Command::new("sqlite3")
+        .arg(mnt.join("db.sqlite"))
+        .arg(format!(
+            "PRAGMA integrity_check; SELECT count(*) FROM t; \
+             SELECT count(*) FROM t WHERE n BETWEEN 1 AND {};",
+            acked.rows
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"ok"), "cycle {cycle}: sqlite: {text}");
+    assert_eq!(
+        lines.get(2).map(|l| l.trim().to_string()),
+        Some(acked.rows.to_string()),
+        "cycle {cycle}: {} rows were committed: {text}",
+        acked.rows
+    );
+}
+
+fn fsck(data: &Path, cycle: usize) {
+    let out = Command::new(common::bin())
+        .arg("fsck")
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cycle {cycle}: fsck after the power cut: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn acknowledged_writes_survive_power_cuts() {
+    let cycles: usize =
+        std::env::var("CHASERFS_POWERCUT_CYCLES").map_or(50, |s| s.parse().unwrap());
+    let disk = tempfile::Builder::new()
+        .prefix("chaserfs-powercut")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mut pc = PowerCut::mount(disk.path()).unwrap();
+    let data: PathBuf = disk.path().join("data");
+    let mut d = Daemon::start_with(Options {
+        data_dir: Some(data.clone()),
+        ..Options::default()
+    });
+    d.create_workspace("pc");
+    let (_, mnt) = d.mount("pc", "pc");
+    std::fs::create_dir(mnt.join("small")).unwrap();
+    std::fs::write(mnt.join("log"), b"").unwrap();
+    std::fs::write(mnt.join("over"), versioned(0, BLOCK * BLOCKS)).unwrap();
+    std::fs::write(mnt.join("r"), versioned(0, 100)).unwrap();
+    std::fs::File::open(mnt.join("over"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let acked = Arc::new(Mutex::new(Acked {
+        blocks: vec![0; BLOCKS],
+        ..Acked::default()
+    }));
+    let mut mnt = mnt;
+    for cycle in 0..cycles {
+        let stop = Arc::new(AtomicBool::new(false));
+        let runner = {
+            let (mnt, acked, stop) = (mnt.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || clients(&mnt, cycle, &acked, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 1000));
+        // The power cut: the daemon dies mid-write, then every unsynced byte and name goes.
+        d.kill();
+        stop.store(true, Ordering::SeqCst);
+        runner.join().unwrap();
+        pc.cut().unwrap();
+        fsck(&data, cycle);
+        d.restart();
+        let (_, m) = d.mount("pc", &format!("pc{cycle}"));
+        mnt = m;
+        let a = acked.lock().unwrap();
+        verify(&mnt, &a, cycle);
+        // Appends continue from the last whole record.
+        let len = std::fs::metadata(mnt.join("log")).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("log"))
+            .unwrap()
+            .set_len(len / RECORD as u64 * RECORD as u64)
+            .unwrap();
+        println!(
+            "cycle {cycle}: {} small files, {} log bytes, {} renames, {} rows acknowledged",
+            a.small.len(),
+            a.log_len,
+            a.renamed,
+            a.rows
+        );
+    }
+    let a = acked.lock().unwrap();
+    assert!(
+        a.small.len() > cycles && a.rows > cycles as u64 && a.renamed > cycles as u64,
+        "too little was acknowledged to prove anything: {} files, {} rows, {} renames",
+        a.small.len(),
+        a.rows,
+        a.renamed
+    );
+    assert!(pc.syncs() > 0);
+}
