@@ -312,11 +312,21 @@ fn acknowledged_writes_survive_power_cuts() {
         d.restart();
         let (_, m) = d.mount("pc", &format!("pc{cycle}"));
         mnt = m;
-        let a = acked.lock().unwrap();
+        let mut a = acked.lock().unwrap();
         // Long runs read every file every tenth cycle and at the end, else the newest 2,000.
         let full = a.small.len() <= 5000 || cycle % 10 == 9 || cycle + 1 == cycles;
         let from = if full { 0 } else { a.small.len() - 2000 };
         verify(&mnt, &a, cycle, from);
+        // Big files go once checked, so the data dir (which the layer holds in memory) stays
+        // bounded and the collector has garbage to take; their deletes race the next cut like
+        // any other write (an undone delete brings back a file nobody checks).
+        let (big, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut a.small)
+            .into_iter()
+            .partition(|(_, data)| data.len() > 1 << 20);
+        a.small = kept;
+        for (name, _) in big {
+            std::fs::remove_file(mnt.join("small").join(name)).unwrap();
+        }
         // Appends continue from the last whole record.
         let len = std::fs::metadata(mnt.join("log")).unwrap().len();
         std::fs::OpenOptions::new()
