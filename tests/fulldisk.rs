@@ -58,19 +58,6 @@ impl Drop for LoopDisk {
     }
 }
 
-fn fsck(d: &Daemon) {
-    let out = Command::new(common::bin())
-        .args(["fsck", "--data-dir"])
-        .arg(d.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 /// Writes `path` in 1 MiB pieces of fresh bytes (nothing to deduplicate), fdatasync every
 /// 16 MiB, until an error; returns it.
 fn fill(path: &Path) -> std::io::Error {
@@ -183,7 +170,7 @@ fn a_full_disk_answers_enospc_and_recovers_without_a_restart() {
 
     // After a restart: fsck clean, the kept files intact.
     assert_eq!(d.stop(), 0);
-    fsck(&d);
+    common::fsck(&d.data_dir()).unwrap();
     d.restart();
     let (sid, keep) = d.mount("keep", "keep2");
     assert_eq!(checksum(&keep.join("kept.bin")), kept);

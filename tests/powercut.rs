@@ -252,21 +252,6 @@ fn verify(mnt: &Path, acked: &Acked, cycle: usize, small_from: usize) {
     );
 }
 
-fn fsck(data: &Path, cycle: usize) {
-    let out = Command::new(common::bin())
-        .arg("fsck")
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cycle {cycle}: fsck after the power cut: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn acknowledged_writes_survive_power_cuts() {
     let cycles: usize =
@@ -308,7 +293,9 @@ fn acknowledged_writes_survive_power_cuts() {
         stop.store(true, Ordering::SeqCst);
         runner.join().unwrap();
         pc.cut().unwrap();
-        fsck(&data, cycle);
+        if let Err(report) = common::fsck(&data) {
+            panic!("cycle {cycle}: fsck after the power cut: {report}");
+        }
         d.restart();
         let (_, m) = d.mount("pc", &format!("pc{cycle}"));
         mnt = m;

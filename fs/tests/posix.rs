@@ -1,6 +1,8 @@
 //! POSIX layer behaviour without FUSE: the errno of each error case, sparse files, chunk
 //! sharing, readdir cookies under change, orphans, and space accounting across workspaces.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use chaserfs_fs::posix::{CHUNK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use chaserfs_fs::{
     fsck, gc, roots, Attr, FileKind, FsResult, NewNode, RootId, SetAttr, Store, Workspace,
 };
+use common::noise;
 use uuid::Uuid;
 
 const CS: u64 = CHUNK_SIZE as u64;
@@ -475,18 +478,7 @@ fn identical_data_is_stored_once_and_deleting_everything_frees_it() {
     let (dir, store, ws) = setup();
     let empty = chunk_store_bytes(&store);
     let empty_dir = dir_bytes(dir.path());
-    let data: Vec<u8> = {
-        // Incompressible: a fixed pseudo-random stream.
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        (0..100 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let data = noise(1, 100 << 20);
     let f = file(&ws, ROOT_INO, "data");
     ws.write(f, 0, &data).unwrap();
     let first_id = ws.id();

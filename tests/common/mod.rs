@@ -417,6 +417,25 @@ pub fn make_repo(base: &Path, owner: &str, repo: &str) -> String {
     sh("git rev-parse HEAD", &dir).trim().to_string()
 }
 
+/// `chaserfs fsck` of a data dir (daemon stopped): `Ok(report)` when clean, else the report.
+pub fn fsck(data_dir: &Path) -> Result<String, String> {
+    let out = Command::new(bin())
+        .args(["fsck", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
 /// Incompressible bytes that differ per seed (lz4 and dedup would hide what the disk holds).
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
