@@ -11,20 +11,9 @@ for p in fio bc; do command -v $p >/dev/null || { apt-get update -qq && DEBIAN_F
 SIZE_MIB=2048
 [ "${1:-}" = "--size-mib" ] && SIZE_MIB="$2"
 
-cargo build --release --bin chaserfs -q
-BIN="$CARGO_TARGET_DIR/release/chaserfs"
-WORK="$(mktemp -d /var/tmp/chaserfs-datapath.XXXXXX)"
+source bench/daemon.sh datapath
 NATIVE="$WORK/native"
-PORT=$((20000 + RANDOM % 20000))
-URL="http://127.0.0.1:$PORT"
 mkdir -p "$NATIVE"
-"$BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --mount-root "$WORK/mnt" >"$WORK/daemon.log" 2>&1 &
-DAEMON=$!
-cleanup() { kill -TERM "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-until curl -sf "$URL/healthz" >/dev/null; do sleep 0.1; done
-KEY="$(cat "$WORK/data/api-key")"
-api() { curl -sf -X "$1" "$URL$2" -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" ${3:+-d "$3"}; }
 api POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/null
 
 # Mount and unmount latency, median of 10.

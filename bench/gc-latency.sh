@@ -11,18 +11,7 @@ source scripts/setup.sh
 N="${1:-1000}"
 SAMPLES=100
 
-cargo build --release --bin chaserfs -q
-BIN="$CARGO_TARGET_DIR/release/chaserfs"
-WORK="$(mktemp -d /var/tmp/chaserfs-gclatency.XXXXXX)"
-PORT=$((20000 + RANDOM % 20000))
-URL="http://127.0.0.1:$PORT"
-"$BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --mount-root "$WORK/mnt" >"$WORK/daemon.log" 2>&1 &
-DAEMON=$!
-cleanup() { kill -TERM "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-until curl -sf "$URL/healthz" >/dev/null; do sleep 0.1; done
-KEY="$(cat "$WORK/data/api-key")"
-api() { curl -sf -X "$1" "$URL$2" -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" ${3:+-d "$3"}; }
+source bench/daemon.sh gclatency
 now_ms() { echo "$(date +%s%N) / 1000000" | bc -l; }
 
 # N distinct files in `src`, N clones of it, then the files deleted from `src`.

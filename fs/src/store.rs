@@ -717,28 +717,11 @@ impl Store {
         Ok(total)
     }
 
-    /// Flushes memtables and compacts every column family fully; used after GC. A compaction
-    /// that ran with blob GC off (low on space) and freed enough to turn it on runs once more
-    /// for the chunks, so partly dead blob files give their space back too.
+    /// Flushes memtables and compacts every column family fully, bottommost files included
+    /// (tests and benchmarks use it to measure settled sizes).
     pub fn compact(&self) -> FsResult<()> {
-        let blob_gc_before = self.adjust_blob_gc()?;
-        self.flush_chunks(true)?;
-        let mut fo = FlushOptions::default();
-        fo.set_wait(true);
-        for name in [CF_NODES, CF_META] {
-            self.db.flush_cf_opt(self.cf(name), &fo)?;
-        }
-        let mut co = rocksdb::CompactOptions::default();
-        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in [CF_CHUNKS, CF_NODES, CF_META] {
-            self.db
-                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
-        }
-        if !blob_gc_before && self.adjust_blob_gc()? {
-            self.db
-                .compact_range_cf_opt(self.cf(CF_CHUNKS), None::<&[u8]>, None::<&[u8]>, &co);
-        }
-        Ok(())
+        let all = [CF_CHUNKS, CF_NODES, CF_META].map(|cf| (cf, None, None));
+        self.compact_with(&all, true)
     }
 
     /// Compacts only the key ranges a collection deleted from, without forcing a rewrite of
@@ -746,26 +729,42 @@ impl Store {
     /// files no key refers to any more are dropped. Cheaper than [`Store::compact`] on a
     /// busy store, which is why the collector uses it.
     pub fn compact_ranges(&self, ranges: &[crate::gc::DeletedRange]) -> FsResult<()> {
+        let ranges: Vec<_> = ranges
+            .iter()
+            .map(|(cf, first, last)| (*cf, Some(first.as_slice()), Some(last.as_slice())))
+            .collect();
+        self.compact_with(&ranges, false)
+    }
+
+    /// Flushes, then compacts each range.
+    /// A compaction that ran with blob GC off (low on space) and freed enough to turn it on
+    /// is followed by one forced compaction of the chunks, so partly dead blob files give
+    /// their space back too.
+    fn compact_with(&self, ranges: &[KeyRange<'_>], force_bottommost: bool) -> FsResult<()> {
         let blob_gc_before = self.adjust_blob_gc()?;
         self.flush_chunks(true)?;
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        self.db.flush_cf_opt(self.cf(CF_NODES), &fo)?;
-        let co = rocksdb::CompactOptions::default();
-        for (cf, first, last) in ranges {
-            self.db
-                .compact_range_cf_opt(self.cf(cf), Some(first), Some(last), &co);
+        for name in [CF_NODES, CF_META] {
+            self.db.flush_cf_opt(self.cf(name), &fo)?;
         }
-        // Low on space, blob GC was off; if the compaction freed enough, relocate now.
+        let mut force = rocksdb::CompactOptions::default();
+        force.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        let plain = rocksdb::CompactOptions::default();
+        let co = if force_bottommost { &force } else { &plain };
+        for (cf, from, to) in ranges {
+            self.db.compact_range_cf_opt(self.cf(cf), *from, *to, co);
+        }
         if !blob_gc_before && self.adjust_blob_gc()? {
-            let mut force = rocksdb::CompactOptions::default();
-            force.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
             self.db
                 .compact_range_cf_opt(self.cf(CF_CHUNKS), None::<&[u8]>, None::<&[u8]>, &force);
         }
         Ok(())
     }
 }
+
+/// A column family and a key range in it (`None`: open-ended).
+type KeyRange<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// statvfs of the filesystem holding `path`.
 fn disk_space(path: &Path) -> FsResult<DiskSpace> {
