@@ -134,6 +134,9 @@ pub enum SessionsCmd {
     Start {
         workspace: String,
         mountpoint: String,
+        /// Serve extended attributes (off by default: each write costs an extra round trip).
+        #[arg(long)]
+        xattrs: bool,
     },
     List,
     /// Commit, unmount and end a session.
@@ -555,8 +558,9 @@ pub fn sessions(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
         SessionsCmd::Start {
             workspace,
             mountpoint,
+            xattrs,
         } => {
-            let body = json!({"workspace": workspace, "mountpoint": mountpoint});
+            let body = json!({"workspace": workspace, "mountpoint": mountpoint, "xattrs": xattrs});
             let sess = c.call("POST", "/v1/sessions", Some(body))?;
             c.print(&sess, |v| session_rows(std::slice::from_ref(v)));
         }
@@ -574,9 +578,14 @@ pub fn sessions(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
 }
 
 /// Starts a session at `path` and ends it (commit, unmount) on Ctrl-C or SIGTERM.
-pub fn mount(opts: ClientOpts, workspace: String, path: String) -> anyhow::Result<()> {
+pub fn mount(
+    opts: ClientOpts,
+    workspace: String,
+    path: String,
+    xattrs: bool,
+) -> anyhow::Result<()> {
     let c = Client::new(opts);
-    let body = json!({"workspace": workspace, "mountpoint": path});
+    let body = json!({"workspace": workspace, "mountpoint": path, "xattrs": xattrs});
     let sess = c.call("POST", "/v1/sessions", Some(body))?;
     let id = s(&sess["id"]);
     if c.opts.json {

@@ -76,6 +76,9 @@ enum Command {
         opts: client::ClientOpts,
         workspace: String,
         path: String,
+        /// Serve extended attributes (off by default: each write costs an extra round trip).
+        #[arg(long)]
+        xattrs: bool,
     },
     /// Print the `blake3:HEX` form of a key read from stdin, for a keys file.
     HashKey,
@@ -125,7 +128,8 @@ fn main() -> anyhow::Result<()> {
             opts,
             workspace,
             path,
-        } => client::mount(opts, workspace, path)?,
+            xattrs,
+        } => client::mount(opts, workspace, path, xattrs)?,
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;

@@ -197,3 +197,76 @@ fn periodic_commits_save_unsynced_writes_from_a_crash() {
         b"saved by the periodic commit"
     );
 }
+
+/// A workspace's files count, as the API reports it (committed state).
+fn committed_files(d: &Daemon, ws: &str) -> u64 {
+    let (_, w) = d.call("GET", &format!("/v1/workspaces/{ws}"), None);
+    w["persistence"]["files"].as_u64().unwrap()
+}
+
+#[test]
+fn xattrs_are_off_unless_the_session_asks_and_then_persist() {
+    let d = Daemon::start();
+    d.create_workspace("plain");
+    let (sid, mnt) = d.mount("plain", "plain");
+    let (_, s) = d.call("GET", &format!("/v1/sessions/{sid}"), None);
+    assert_eq!(s["xattrs"], false);
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    let refused = common::sh(
+        "python3 -c 'import os, errno\ntry:\n os.setxattr(\"f\", \"user.k\", b\"v\")\n print(\"set\")\nexcept OSError as e:\n print(\"EOPNOTSUPP\" if e.errno == errno.EOPNOTSUPP else e)'",
+        &mnt,
+    );
+    assert_eq!(refused.trim(), "EOPNOTSUPP");
+    d.unmount(&sid);
+
+    d.create_workspace("attrs");
+    let path = d.mount_root().join("attrs");
+    let body = json!({"workspace": "attrs", "mountpoint": path, "xattrs": true});
+    let (status, s) = d.call("POST", "/v1/sessions", Some(body.clone()));
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(s["xattrs"], true);
+    std::fs::write(path.join("f"), b"x").unwrap();
+    common::sh(
+        "python3 -c 'import os; os.setxattr(\"f\", \"user.k\", b\"v1\")'",
+        &path,
+    );
+    d.unmount(s["id"].as_str().unwrap());
+    let (status, s) = d.call("POST", "/v1/sessions", Some(body));
+    assert_eq!(status, 201, "{s}");
+    let got = common::sh(
+        "python3 -c 'import os; print(os.getxattr(\"f\", \"user.k\").decode(), os.listxattr(\"f\"))'",
+        &path,
+    );
+    assert_eq!(got.trim(), "v1 ['user.k']");
+    d.unmount(s["id"].as_str().unwrap());
+}
+
+/// The kernel opens files without telling the daemon (no OPEN or RELEASE), so an unlinked
+/// file's life follows the kernel's references: readable through an open descriptor after
+/// its unlink, gone from the workspace once closed.
+#[test]
+fn an_unlinked_open_file_stays_readable_until_closed_then_is_freed() {
+    let d = Daemon::start();
+    d.create_workspace("w");
+    let (sid, mnt) = d.mount("w", "w");
+    std::fs::write(mnt.join("keep"), b"k").unwrap();
+    let out = common::sh(
+        "python3 -c 'import os\nfd = os.open(\"doomed\", os.O_CREAT | os.O_RDWR, 0o600)\nos.write(fd, b\"still here\" * 10000)\nos.unlink(\"doomed\")\nd = os.open(\".\", os.O_RDONLY); os.fsync(d)\nos.lseek(fd, 0, 0)\nprint(os.read(fd, 10).decode(), os.path.exists(\"doomed\"))\nos.close(fd)'",
+        &mnt,
+    );
+    assert_eq!(out.trim(), "still here False");
+    // Root, `keep`; the orphan goes once the kernel forgets it (asynchronously, so poll).
+    let dir = std::fs::File::open(&mnt).unwrap();
+    let mut files = 0;
+    for _ in 0..50 {
+        dir.sync_all().unwrap();
+        files = committed_files(&d, "w");
+        if files == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(files, 2, "the closed orphan was not freed");
+    d.unmount(&sid);
+    assert_eq!(committed_files(&d, "w"), 2);
+}

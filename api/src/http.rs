@@ -539,7 +539,7 @@ async fn start_session(
     Account(a): Account,
     JsonBody(req): JsonBody<StartSession>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
-    let rec = blocking(move || svc.start_session(&a, &req.workspace, &req.mountpoint)).await?;
+    let rec = blocking(move || svc.start_session(&a, &req)).await?;
     Ok((StatusCode::CREATED, Json(rec)))
 }
 

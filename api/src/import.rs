@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use base64::Engine;
+use chaserfs_fs::fuse::MountOptions;
 use chaserfs_fs::{roots, Workspace};
 use uuid::Uuid;
 
@@ -126,7 +127,7 @@ impl Service {
             ws.set_limits(rec.quota.into());
         }
         let mount = self
-            .mount(ws.clone(), &path)
+            .mount(ws.clone(), &path, MountOptions::default())
             .map_err(|e| e.message.clone())?;
         let cloned = self.git_clone(url, &path, &ws);
         if let Err(e) = mount.umount_and_join() {

@@ -165,6 +165,9 @@ pub struct SessionRecord {
     pub ended_at: Option<String>,
     #[serde(default)]
     pub commit_error: Option<String>,
+    /// Whether the mount serves extended attributes (records before the option: off).
+    #[serde(default)]
+    pub xattrs: bool,
 }
 
 /// `active` while mounted; `ended` once unmounted and committed. `commit_failed`: unmounted,
@@ -231,6 +234,8 @@ pub struct SessionView {
     pub ended_at: Option<String>,
     /// Why the final commit failed, while `status` is `commit_failed`.
     pub commit_error: Option<String>,
+    /// Whether the mount serves extended attributes.
+    pub xattrs: bool,
 }
 
 impl From<&SessionRecord> for SessionView {
@@ -243,6 +248,7 @@ impl From<&SessionRecord> for SessionView {
             created_at: s.created_at.clone(),
             ended_at: s.ended_at.clone(),
             commit_error: s.commit_error.clone(),
+            xattrs: s.xattrs,
         }
     }
 }
@@ -397,6 +403,10 @@ pub struct StartSession {
     /// be empty.
     #[schema(example = "/workspace")]
     pub mountpoint: String,
+    /// Serve extended attributes (default `false`: xattr calls answer EOPNOTSUPP). With them
+    /// on, every `write(2)` costs the kernel an extra round trip to the daemon.
+    #[serde(default)]
+    pub xattrs: bool,
 }
 
 /// Every error: `{"error": {"code", "message"}}`.

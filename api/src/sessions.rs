@@ -4,7 +4,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use chaserfs_fs::fuse::FuseAdapter;
+use chaserfs_fs::fuse::{FuseAdapter, MountOptions};
 use chaserfs_fs::Workspace;
 use uuid::Uuid;
 
@@ -20,12 +20,38 @@ pub(crate) struct Mounted {
     pub(crate) mount: Option<fuser::BackgroundSession>,
 }
 
+/// Tunes the mount's writeback and readahead (its backing device info in sysfs) the way a
+/// disk's are. Best effort: a kernel without a knob keeps its default.
+/// - `strict_limit` 0: the kernel gives every FUSE mount a strict dirty-page limit of 1% of
+///   the dirty threshold, because an unprivileged daemon might never write pages back; with
+///   it, writers sleep in the page cache's throttle long before memory is short (random
+///   4 KiB writes ran at 6,800 IOPS instead of 235,000). This daemon writes back promptly.
+/// - `read_ahead_kb` 1024: the bdi starts at 128 KiB whatever `max_readahead` says, so
+///   sequential reads came as 128 KiB requests (cold reads 436 MB/s; 1 MiB: 620-640 MB/s).
+fn tune_bdi(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev())
+    );
+    for (knob, value) in [("strict_limit", "0"), ("read_ahead_kb", "1024")] {
+        if let Err(e) = std::fs::write(format!("{bdi}/{knob}"), value) {
+            tracing::debug!("{bdi}/{knob}: {e}");
+        }
+    }
+}
+
 impl Service {
     /// Mounts an open workspace at `path` (an existing empty directory).
     pub(crate) fn mount(
         &self,
         ws: Arc<Workspace>,
         path: &Path,
+        options: MountOptions,
     ) -> ApiResult<fuser::BackgroundSession> {
         let mut cfg = fuser::Config::default();
         cfg.mount_options = vec![
@@ -41,13 +67,16 @@ impl Service {
         // Four dispatch threads: measured 2x a single thread on tar -x; more gain nothing on
         // two cores, and the workspace orders operations itself.
         cfg.n_threads = Some(4);
-        fuser::spawn_mount(FuseAdapter::new(ws), path, &cfg).map_err(|e| {
-            ApiError::new(
-                ErrorKind::Internal,
-                "mount_failed",
-                format!("mount failed: {e}"),
-            )
-        })
+        let session =
+            fuser::spawn_mount(FuseAdapter::new(ws, options), path, &cfg).map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    "mount_failed",
+                    format!("mount failed: {e}"),
+                )
+            })?;
+        tune_bdi(path);
+        Ok(session)
     }
 
     /// Checks a requested mountpoint and creates it if missing. Refuses anything outside the
@@ -116,15 +145,11 @@ impl Service {
         Ok(real)
     }
 
-    pub fn start_session(
-        &self,
-        account: &str,
-        selector: &str,
-        mountpoint: &str,
-    ) -> ApiResult<SessionView> {
+    pub fn start_session(&self, account: &str, req: &StartSession) -> ApiResult<SessionView> {
+        let options = MountOptions { xattrs: req.xattrs };
         let ws_id = {
             let mut ix = self.lock();
-            let ws = self.resolve_settled(&mut ix, account, selector)?;
+            let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
             if let Some(active) = ws.active_session_id {
                 return Err(ApiError::conflict(
                     "session_active",
@@ -134,7 +159,7 @@ impl Service {
             ix.busy.insert(ws.id);
             ws.id
         };
-        let result = self.mount_session(account, ws_id, mountpoint);
+        let result = self.mount_session(account, ws_id, &req.mountpoint, options);
         self.release(&mut self.lock(), ws_id);
         result
     }
@@ -144,12 +169,13 @@ impl Service {
         account: &str,
         ws_id: Uuid,
         mountpoint: &str,
+        options: MountOptions,
     ) -> ApiResult<SessionView> {
         let path = self.prepare_mountpoint(mountpoint)?;
         let ws = Arc::new(Workspace::open(self.store.clone(), ws_id)?);
         // The workspace is busy, so its quota cannot change until the session is recorded.
         ws.set_limits(self.lock().workspaces[&ws_id].quota.into());
-        let mount = self.mount(ws.clone(), &path)?;
+        let mount = self.mount(ws.clone(), &path, options)?;
         let t = now();
         let session = SessionRecord {
             id: Uuid::now_v7(),
@@ -160,6 +186,7 @@ impl Service {
             created_at: t.clone(),
             ended_at: None,
             commit_error: None,
+            xattrs: options.xattrs,
         };
         let mut ix = self.lock();
         // The workspace was busy, so nothing deleted or changed it meanwhile.

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::FsError;
@@ -23,13 +23,36 @@ const TTL: Duration = Duration::from_secs(60);
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
+/// Per-mount choices.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountOptions {
+    /// Serve extended attributes. Off, every xattr call answers ENOSYS, which the kernel
+    /// remembers for the mount (EOPNOTSUPP to callers, as on a filesystem mounted without
+    /// xattr support). That is what makes small writes cheap: FUSE filesystems never get
+    /// the kernel's "no security xattrs here" flag (SB_NOSEC), so with xattrs on, every
+    /// write(2) first asks the daemon for `security.capability`, a round trip per write.
+    pub xattrs: bool,
+}
+
 pub struct FuseAdapter {
     ws: Arc<Workspace>,
+    options: MountOptions,
 }
 
 impl FuseAdapter {
-    pub fn new(ws: Arc<Workspace>) -> Self {
-        FuseAdapter { ws }
+    pub fn new(ws: Arc<Workspace>, options: MountOptions) -> Self {
+        FuseAdapter { ws, options }
+    }
+
+    /// Replies with an entry the kernel will hold a reference to (until it forgets it).
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
+        match r {
+            Ok(a) => {
+                self.ws.retain(a.ino);
+                reply.entry(&TTL, &file_attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 }
 
@@ -76,13 +99,6 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
         TimeOrNow::SpecificTime(t) => TimeSet::At(Timespec::from_system_time(t)),
-    }
-}
-
-fn entry(reply: ReplyEntry, r: Result<Attr, FsError>) {
-    match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(errno(e)),
     }
 }
 
@@ -171,7 +187,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.ws.lookup(parent.0, name.as_bytes()));
+        self.entry(reply, self.ws.lookup(parent.0, name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -226,7 +242,7 @@ impl Filesystem for FuseAdapter {
         else {
             return reply.error(Errno::EINVAL);
         };
-        entry(
+        self.entry(
             reply,
             self.ws.create(
                 parent.0,
@@ -245,7 +261,7 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        entry(
+        self.entry(
             reply,
             self.ws.create(
                 parent.0,
@@ -272,7 +288,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes();
-        entry(
+        self.entry(
             reply,
             self.ws.create(
                 parent.0,
@@ -312,18 +328,15 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.ws.link(ino.0, newparent.0, newname.as_bytes()));
+        self.entry(reply, self.ws.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ws.getattr(ino.0) {
-            Ok(_) => {
-                self.ws.retain(ino.0);
-                // Only this daemon changes the data, so pages cached from earlier opens stay valid.
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS: the kernel stops sending OPEN and RELEASE for files (FUSE_NO_OPEN_SUPPORT)
+        // and keeps their cached pages, as FOPEN_KEEP_CACHE would: two round trips less per
+        // file. Nothing is lost: handles carry no state here, and an unlinked file's lifetime
+        // follows the kernel's references (`forget`), not its opens.
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
@@ -375,14 +388,21 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.ws.release(ino.0));
+        // Only files made by CREATE before the first OPEN was refused get here.
+        reply.ok();
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if let Err(e) = self.ws.release(ino.0, nlookup) {
+            tracing::error!("forget of inode {}: {e}", ino.0);
+        }
     }
 
     fn fsync(
@@ -397,14 +417,10 @@ impl Filesystem for FuseAdapter {
         empty(reply, self.ws.commit(true).map(|_| ()));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ws.getattr(ino.0) {
-            Ok(a) if a.kind == FileKind::Directory => {
-                reply.opened(FileHandle(0), FopenFlags::empty())
-            }
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(errno(e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // As for files (FUSE_NO_OPENDIR_SUPPORT): no OPENDIR and RELEASEDIR round trips; the
+        // kernel checks the inode is a directory itself.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -459,6 +475,10 @@ impl Filesystem for FuseAdapter {
             ) {
                 break;
             }
+            // The kernel takes a reference to every entry it is given but "." and "..".
+            if e.name != b"." && e.name != b".." {
+                self.ws.retain(e.ino);
+            }
         }
         reply.ok();
     }
@@ -500,6 +520,9 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.options.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         empty(
             reply,
             self.ws.setxattr(ino.0, name.as_bytes(), value, flags),
@@ -507,6 +530,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.options.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.ws.getxattr(ino.0, name.as_bytes()) {
             Ok(v) => xattr_reply(reply, v, size),
             Err(e) => reply.error(errno(e)),
@@ -514,6 +540,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.options.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.ws.listxattr(ino.0) {
             Ok(names) => {
                 let mut out = Vec::new();
@@ -528,6 +557,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.options.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         empty(reply, self.ws.removexattr(ino.0, name.as_bytes()));
     }
 
@@ -538,31 +570,19 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.ws.create(
-            parent.0,
-            name.as_bytes(),
-            new_node(req, FileKind::Regular, mode, 0, b""),
-        ) {
-            Ok(a) => {
-                self.ws.retain(a.ino);
-                reply.created(
-                    &TTL,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(0),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        // ENOSYS: the kernel makes new files with MKNOD instead (remembering the answer) and
+        // then opens them itself, since OPEN is refused too. CREATE would hand out a file
+        // handle whose RELEASE costs a round trip at every close. The kernel still marks the
+        // file as created by this open, so a new 0444 file is writable through it.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(

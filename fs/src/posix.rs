@@ -137,8 +137,10 @@ struct State {
     pending_bytes: usize,
     /// Chunk hashes this overlay references that no committed root may reach yet.
     pins: HashSet<Hash>,
-    /// Open handles per inode: an unlinked inode lives on until its last handle closes.
-    open_refs: HashMap<u64, u32>,
+    /// References the kernel holds per inode (FUSE lookup counts: every entry it was handed,
+    /// less what it forgot). An unlinked inode lives on until the last one goes, so open
+    /// files stay readable without the daemon seeing opens and closes.
+    kernel_refs: HashMap<u64, u64>,
     limits: Limits,
     /// Bytes of stored chunks this overlay stopped referencing (an upper bound of what the
     /// next collection can free: another root may share them). Reported at commit.
@@ -414,7 +416,7 @@ impl State {
         let gone = i.nlink == 0;
         self.save(ino, i);
         if gone {
-            if self.open_refs.contains_key(&ino) {
+            if self.kernel_refs.contains_key(&ino) {
                 self.kv.insert(keys::orphan(ino), Some(Vec::new()));
             } else {
                 self.purge(ino)?;
@@ -814,7 +816,7 @@ impl Workspace {
                 pending: HashMap::new(),
                 pending_bytes: 0,
                 pins: HashSet::new(),
-                open_refs: HashMap::new(),
+                kernel_refs: HashMap::new(),
                 released_bytes: 0,
                 limits: Limits::default(),
             };
@@ -1128,19 +1130,11 @@ impl Workspace {
             self.store.pin(plan.1.iter().map(|c| c.extent.hash));
             plan
         };
-        let fetched = (|| {
-            for c in &fetch {
-                let data = self.store.get_chunk(&c.extent.hash)?;
-                if data.len() != c.extent.len as usize {
-                    return Err(FsError::corrupt(format!(
-                        "chunk {} has the wrong length",
-                        c.extent.hash
-                    )));
-                }
-                copy_span(&mut out[c.at..c.at + c.len], &data, c.in_chunk);
-            }
-            Ok(())
-        })();
+        let fetched = fetch.iter().try_for_each(|c| {
+            let dst = &mut out[c.at..c.at + c.len];
+            self.store
+                .read_chunk(&c.extent.hash, c.extent.len as usize, c.in_chunk, dst)
+        });
         self.store.unpin(fetch.iter().map(|c| c.extent.hash));
         fetched.map(|()| out)
     }
@@ -1428,19 +1422,22 @@ impl Workspace {
         self.state.lock().limits = limits;
     }
 
-    /// Records an open handle on `ino`: it outlives its last link until [`Workspace::release`].
+    /// Records one more kernel reference to `ino`: it outlives its last link until
+    /// [`Workspace::release`] drops every reference.
     pub fn retain(&self, ino: u64) {
-        *self.state.lock().open_refs.entry(ino).or_insert(0) += 1;
+        *self.state.lock().kernel_refs.entry(ino).or_insert(0) += 1;
     }
 
-    pub fn release(&self, ino: u64) -> FsResult<()> {
+    /// Drops `n` kernel references to `ino` (FUSE `forget`); an unlinked inode without
+    /// references is freed.
+    pub fn release(&self, ino: u64, n: u64) -> FsResult<()> {
         let mut st = self.state.lock();
-        let Some(n) = st.open_refs.get_mut(&ino) else {
+        let Some(refs) = st.kernel_refs.get_mut(&ino) else {
             return Ok(());
         };
-        *n -= 1;
-        if *n == 0 {
-            st.open_refs.remove(&ino);
+        *refs = refs.saturating_sub(n);
+        if *refs == 0 {
+            st.kernel_refs.remove(&ino);
             if st.inode(ino).is_ok_and(|i| i.nlink == 0) {
                 st.purge(ino)?;
             }

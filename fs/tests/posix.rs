@@ -428,7 +428,7 @@ fn readdir_cookies_stay_valid_while_a_large_directory_changes() {
 }
 
 #[test]
-fn unlinked_open_files_live_until_released_even_across_reopen() {
+fn unlinked_files_live_while_the_kernel_holds_them_even_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let id = Uuid::new_v4();
     {
@@ -449,9 +449,16 @@ fn unlinked_open_files_live_until_released_even_across_reopen() {
     assert_eq!(ws.counters().files, 1);
     ws.commit(true).unwrap();
     let g = file(&ws, ROOT_INO, "g");
+    // Two kernel references (say, a lookup and a readdirplus entry), forgotten one by one.
+    ws.retain(g);
     ws.retain(g);
     ws.unlink(ROOT_INO, b"g").unwrap();
-    ws.release(g).unwrap();
+    ws.release(g, 1).unwrap();
+    assert!(
+        ws.getattr(g).is_ok(),
+        "freed while the kernel still held a reference"
+    );
+    ws.release(g, 1).unwrap();
     assert!(ws.getattr(g).is_err());
     ws.commit(true).unwrap();
     assert_eq!(ws.counters().files, 1);

@@ -1,0 +1,224 @@
+"""Runs the data-path workloads on every target, interleaved per workload, and prints one table.
+
+Called by bench/datapath.sh, which mounts the targets:
+    python3 bench/datapath.py --work DIR --size-mib N --daemon-pid PID NAME=DIR...
+The first target is the baseline (native); every other figure is shown as a ratio to it,
+oriented so that higher is better for the target.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+
+
+def sh(*cmd, cwd=None):
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def fio(directory, *args):
+    out = subprocess.run(
+        ["fio", "--name=b", f"--directory={directory}", "--output-format=json", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out[out.index("{"):])["jobs"][0]
+
+
+def mbps(job):
+    return (job["read"]["bw_bytes"] + job["write"]["bw_bytes"]) / 1e6
+
+
+def iops(job):
+    return job["read"]["iops"] + job["write"]["iops"]
+
+
+def timed(fn):
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
+
+
+class PeakRss:
+    """The chaserfs daemon's peak RSS over a block (VmHWM, reset through clear_refs)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.peaks = {}
+
+    def reset(self):
+        with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+            f.write("5\n")
+
+    def read(self, label):
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    self.peaks[label] = int(line.split()[1]) // 1024
+                    return
+
+
+def small_files(d, n):
+    os.mkdir(d)
+    for i in range(n):
+        with open(os.path.join(d, f"f{i}"), "w") as f:
+            f.write("x")
+    for i in range(n):
+        os.stat(os.path.join(d, f"f{i}"))
+    for i in range(n):
+        os.unlink(os.path.join(d, f"f{i}"))
+    os.rmdir(d)
+
+
+def make_inputs(work):
+    """A tar of 20,000 tiny files, a tar of the Python standard library with site-packages,
+    and a 20,000-file git repository, all built once on the native disk."""
+    tiny = os.path.join(work, "tiny")
+    for d in range(100):
+        os.makedirs(os.path.join(tiny, f"d{d}"))
+        for f in range(200):
+            with open(os.path.join(tiny, f"d{d}", f"f{f}"), "w") as fh:
+                fh.write(f"{d} {f}\n")
+    sh("tar", "-cf", os.path.join(work, "tiny.tar"), "-C", tiny, ".")
+    stdlib = sysconfig.get_paths()["stdlib"]
+    sh("tar", "-cf", os.path.join(work, "tree.tar"), "-C", os.path.dirname(stdlib),
+       os.path.basename(stdlib))
+    tree_files = sum(len(fs) + len(ds) for _, ds, fs in os.walk(stdlib))
+    repo = os.path.join(work, "repo")
+    os.makedirs(repo)
+    for d in range(200):
+        os.makedirs(os.path.join(repo, f"dir{d}"))
+        for f in range(100):
+            with open(os.path.join(repo, f"dir{d}", f"file{f}.txt"), "w") as fh:
+                fh.write(f"{d}/{f}\n" * (1 + f % 7))
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
+    sh("git", "init", "-q", ".", cwd=repo)
+    sh("git", "add", ".", cwd=repo)
+    sh(*git, "commit", "-qm", "c", cwd=repo)
+    return stdlib, tree_files
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--size-mib", type=int, default=2048)
+    ap.add_argument("--daemon-pid", type=int, required=True)
+    ap.add_argument("targets", nargs="+")
+    a = ap.parse_args()
+    targets = [t.split("=", 1) for t in a.targets]
+    names = [n for n, _ in targets]
+    size = f"{a.size_mib}M"
+    rss = PeakRss(a.daemon_pid)
+    stdlib, tree_files = make_inputs(a.work)
+    results = {}  # workload -> {target: value}
+    rows = []  # (key, label, unit, higher_is_better)
+
+    def workload(key, label, unit, higher, fn, cold=False, rss_label=None):
+        rows.append((key, label, unit, higher))
+        results[key] = {}
+        for name, d in targets:
+            if cold:
+                drop_caches()
+            if rss_label and name == "chaserfs":
+                rss.reset()
+            results[key][name] = fn(d)
+            if rss_label and name == "chaserfs":
+                rss.read(rss_label)
+            print(f"  {label}: {name} {results[key][name]:.4g} {unit}", file=sys.stderr)
+
+    workload("seqw", f"sequential write {a.size_mib} MiB, 1 MiB blocks, fsync at end", "MB/s",
+             True, lambda d: mbps(fio(d, "--rw=write", "--bs=1M", f"--size={size}",
+                                      "--end_fsync=1", "--filename=seq")),
+             rss_label="sequential write")
+    workload("seqr_cold", "sequential read, cold", "MB/s", True,
+             lambda d: mbps(fio(d, "--rw=read", "--bs=1M", f"--size={size}", "--filename=seq")),
+             cold=True)
+    workload("seqr_warm", "sequential read, warm", "MB/s", True,
+             lambda d: mbps(fio(d, "--rw=read", "--bs=1M", f"--size={size}", "--filename=seq",
+                                "--invalidate=0")))
+    for _, d in targets:
+        os.unlink(os.path.join(d, "seq"))
+        fio(d, "--rw=write", "--bs=1M", "--size=512M", "--filename=rand", "--end_fsync=1")
+    workload("randr", "random 4 KiB read, 512 MiB file, 10 s", "IOPS", True,
+             lambda d: iops(fio(d, "--rw=randread", "--bs=4k", "--size=512M", "--filename=rand",
+                                "--runtime=10", "--time_based")))
+    workload("randw", "random 4 KiB write, 512 MiB file, 10 s", "IOPS", True,
+             lambda d: iops(fio(d, "--rw=randwrite", "--bs=4k", "--size=512M",
+                                "--filename=rand", "--runtime=10", "--time_based")))
+    for _, d in targets:
+        os.unlink(os.path.join(d, "rand"))
+        fio(d, "--rw=write", "--bs=1M", "--size=64M", "--filename=over", "--end_fsync=1")
+    workload("append", "4 KiB append + fdatasync, per op", "ms", False,
+             lambda d: 1000 / iops(fio(d, "--rw=write", "--bs=4k", "--size=1G",
+                                       "--filename=append", "--fdatasync=1", "--runtime=5")))
+    workload("overwrite", "4 KiB overwrite + fdatasync, per op", "ms", False,
+             lambda d: 1000 / iops(fio(d, "--rw=write", "--bs=4k", "--size=64M",
+                                       "--filename=over", "--overwrite=1", "--fdatasync=1",
+                                       "--runtime=5")))
+    for _, d in targets:
+        os.unlink(os.path.join(d, "append"))
+        os.unlink(os.path.join(d, "over"))
+    workload("small", "create + stat + unlink, 30,000 files", "s", False,
+             lambda d: timed(lambda: small_files(os.path.join(d, "small"), 30000)))
+    def untar(name, dest):
+        os.makedirs(dest, exist_ok=True)
+        return timed(lambda: sh("tar", "-xf", os.path.join(a.work, name), "-C", dest))
+
+    workload("tiny", "tar -x of 20,000 tiny files", "s", False,
+             lambda d: untar("tiny.tar", os.path.join(d, "tiny")))
+    workload("untar", f"untar of {tree_files:,} files (Python stdlib + site-packages)", "s",
+             False, lambda d: untar("tree.tar", d), rss_label="untar")
+    tree = os.path.basename(stdlib)
+    workload("find", "find over that tree, cold", "s", False,
+             lambda d: timed(lambda: sh("find", os.path.join(d, tree))), cold=True)
+    workload("clone", "git clone of a 20,000-file repository", "s", False,
+             lambda d: timed(lambda: sh("git", "clone", "-q", "--no-local",
+                                        os.path.join(a.work, "repo"), os.path.join(d, "repo"))))
+    for _, d in targets:
+        sh("git", "status", cwd=os.path.join(d, "repo"))  # warm the caches
+    workload("status", "git status in that clone, warm", "s", False,
+             lambda d: timed(lambda: sh("git", "status", cwd=os.path.join(d, "repo"))))
+    workload("rm", "rm -rf of the untarred tree", "s", False,
+             lambda d: timed(lambda: shutil.rmtree(os.path.join(d, tree))))
+
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    print(f"\n### Data path, same disk: {platform.node()}, {cpu}, {os.cpu_count()} vCPUs, "
+          f"Linux {platform.release()}\n")
+    print("Ratios are to native, oriented so that higher is better for the target.\n")
+    print("| workload | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    base = names[0]
+    for key, label, unit, higher in rows:
+        cells = []
+        for n in names:
+            v = results[key][n]
+            fig = f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+            if n == base:
+                cells.append(f"{fig} {unit}")
+            else:
+                r = v / results[key][base] if higher else results[key][base] / v
+                cells.append(f"{fig} ({r:.2f}x)")
+        print(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
+    print("\nchaserfs daemon peak RSS: " + ", ".join(
+        f"{k} {v} MiB" for k, v in rss.peaks.items()))
+
+
+if __name__ == "__main__":
+    main()
