@@ -145,9 +145,13 @@ def main():
     workload("seqr_cold", "sequential read, cold", "MB/s", True,
              lambda d: mbps(fio(d, "--rw=read", "--bs=1M", f"--size={size}", "--filename=seq")),
              cold=True)
-    workload("seqr_warm", "sequential read, warm", "MB/s", True,
-             lambda d: mbps(fio(d, "--rw=read", "--bs=1M", f"--size={size}", "--filename=seq",
-                                "--invalidate=0")))
+    def warm_read(d):
+        # The other targets' cold reads dropped every cache: one pass to fill it, then measure.
+        args = ["--rw=read", "--bs=1M", f"--size={size}", "--filename=seq", "--invalidate=0"]
+        fio(d, *args)
+        return mbps(fio(d, *args))
+
+    workload("seqr_warm", "sequential read, warm", "MB/s", True, warm_read)
     for _, d in targets:
         os.unlink(os.path.join(d, "seq"))
         fio(d, "--rw=write", "--bs=1M", "--size=512M", "--filename=rand", "--end_fsync=1")
