@@ -1,0 +1,352 @@
+//! File data in the overlay: chunk buffers, sealing (hash, pin, queue for the store),
+//! spilling sealed chunks to the store, reads that merge buffers with stored chunks, and
+//! size changes.
+
+use super::*;
+
+/// A stored chunk a read still has to fetch.
+pub(super) struct ChunkRead {
+    pub(super) at: usize,
+    pub(super) in_chunk: usize,
+    pub(super) len: usize,
+    pub(super) extent: Extent,
+}
+
+/// Copies `data[from..]` into `dst`; bytes past the end of `data` stay zero.
+fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
+    if from < data.len() {
+        let m = dst.len().min(data.len() - from);
+        dst[..m].copy_from_slice(&data[from..from + m]);
+    }
+}
+
+impl State {
+    pub(super) fn chunk_bytes(&self, ino: u64, idx: u64) -> FsResult<Option<Vec<u8>>> {
+        if let Some(b) = self.chunks.get(&(ino, idx)) {
+            return Ok(Some(b.clone()));
+        }
+        match self.extent(ino, idx)? {
+            Some(e) => Ok(Some(self.load_chunk(&e)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn load_chunk(&self, e: &Extent) -> FsResult<Vec<u8>> {
+        let data = match self.pending.get(&e.hash) {
+            Some(d) => d.clone(),
+            None => self.store.get_chunk(&e.hash)?,
+        };
+        if data.len() != e.len as usize {
+            return Err(FsError::corrupt(format!(
+                "chunk {} has the wrong length",
+                e.hash
+            )));
+        }
+        Ok(data)
+    }
+
+    /// The dirty buffer for a chunk, loading its current bytes unless `fresh`.
+    pub(super) fn buffer(&mut self, ino: u64, idx: u64, fresh: bool) -> FsResult<&mut Vec<u8>> {
+        if !self.chunks.contains_key(&(ino, idx)) {
+            let data = if fresh {
+                Vec::new()
+            } else {
+                self.chunk_bytes(ino, idx)?.unwrap_or_default()
+            };
+            self.dirty_bytes += CHUNK_SIZE;
+            self.chunks.insert((ino, idx), data);
+        }
+        Ok(self.chunks.get_mut(&(ino, idx)).expect("just inserted"))
+    }
+
+    pub(super) fn pin(&mut self, h: Hash) {
+        if self.pins.insert(h) {
+            self.store.pin([h]);
+        }
+    }
+
+    /// Points `EXTENT(ino, idx)` at `new` (or makes it a hole), keeping `alloc_bytes` right.
+    pub(super) fn set_extent(&mut self, ino: u64, idx: u64, new: Option<Extent>) -> FsResult<()> {
+        let old = self.extent(ino, idx)?;
+        let mut i = self.inode(ino)?;
+        i.alloc_bytes -= old.map_or(0, |e| e.len as u64);
+        if old.is_some_and(|o| new.is_none_or(|n| n.hash != o.hash)) {
+            self.released_bytes += old.map_or(0, |e| e.len as u64);
+        }
+        i.alloc_bytes += new.map_or(0, |e| e.len as u64);
+        self.save(ino, i);
+        match new {
+            Some(e) => {
+                self.pin(e.hash);
+                self.kv
+                    .insert(keys::extent(ino, idx), Some(records::encode(&e)));
+            }
+            None if old.is_some() => {
+                self.kv.insert(keys::extent(ino, idx), None);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Turns a dirty buffer into a stored chunk (or a hole, if it is all zeros).
+    pub(super) fn seal(&mut self, ino: u64, idx: u64) -> FsResult<()> {
+        let Some(mut data) = self.chunks.remove(&(ino, idx)) else {
+            return Ok(());
+        };
+        self.dirty_bytes -= CHUNK_SIZE;
+        let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        data.truncate(used);
+        if data.is_empty() {
+            return self.set_extent(ino, idx, None);
+        }
+        let hash = Hash::of(&data);
+        let len = data.len() as u32;
+        self.pin(hash);
+        if !self.pending.contains_key(&hash) && !self.store.chunk_exists(&hash)? {
+            self.pending_bytes += data.len();
+            self.pending.insert(hash, data);
+        }
+        self.set_extent(ino, idx, Some(Extent { hash, len }))?;
+        if self.pending_bytes > PENDING_LIMIT {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Writes sealed chunks to the store ahead of the commit (they stay pinned until then).
+    pub(super) fn spill(&mut self) -> FsResult<()> {
+        let chunks: Vec<(Hash, Vec<u8>)> = self.pending.drain().collect();
+        self.pending_bytes = 0;
+        if let Err(e) = self.store.put_chunks_unlogged(&chunks) {
+            for (h, d) in chunks {
+                self.pending_bytes += d.len();
+                self.pending.insert(h, d);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) fn seal_all(&mut self) -> FsResult<()> {
+        let keys: Vec<_> = self.chunks.keys().copied().collect();
+        for (ino, idx) in keys {
+            self.seal(ino, idx)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn regular(&self, ino: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
+        match i.kind {
+            FileKind::Regular => Ok(i),
+            FileKind::Directory => Err(FsError::IsDir),
+            _ => Err(FsError::Invalid("not a regular file")),
+        }
+    }
+
+    /// Fills what a read can take from memory (dirty buffers, sealed chunks not yet stored)
+    /// and lists the stored chunks still to fetch: (offset in `out`, offset in chunk, length,
+    /// extent). The caller fetches those without holding the workspace.
+    pub(super) fn read_plan(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: usize,
+    ) -> FsResult<(Vec<u8>, Vec<ChunkRead>)> {
+        let i = self.regular(ino)?;
+        if offset >= i.size {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let end = i.size.min(offset.saturating_add(len as u64));
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut fetch = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / CS;
+            let in_chunk = (pos % CS) as usize;
+            let n = ((CS - pos % CS).min(end - pos)) as usize;
+            let at = (pos - offset) as usize;
+            let memory = match self.chunks.get(&(ino, idx)) {
+                Some(b) => Some(b.as_slice()),
+                None => match self.extent(ino, idx)? {
+                    Some(e) => match self.pending.get(&e.hash) {
+                        Some(d) => Some(d.as_slice()),
+                        None => {
+                            fetch.push(ChunkRead {
+                                at,
+                                in_chunk,
+                                len: n,
+                                extent: e,
+                            });
+                            None
+                        }
+                    },
+                    None => None, // a hole
+                },
+            };
+            if let Some(data) = memory {
+                copy_span(&mut out[at..at + n], data, in_chunk);
+            }
+            pos += n as u64;
+        }
+        Ok((out, fetch))
+    }
+
+    pub(super) fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let (mut out, fetch) = self.read_plan(ino, offset, len)?;
+        for c in fetch {
+            let data = self.load_chunk(&c.extent)?;
+            copy_span(&mut out[c.at..c.at + c.len], &data, c.in_chunk);
+        }
+        Ok(out)
+    }
+
+    /// Refuses growth when the disk is down to its reserve, counting what this overlay holds
+    /// in memory and `more` bytes about to join it.
+    pub(super) fn check_space(&self, more: usize) -> FsResult<()> {
+        self.store
+            .check_space((self.dirty_bytes + self.pending_bytes + more) as u64)
+    }
+
+    /// Refuses (EDQUOT) growing the logical bytes by `growth` past the quota. Growth only:
+    /// a workspace over its quota can still shrink and overwrite.
+    pub(super) fn check_bytes_quota(&self, growth: u64) -> FsResult<()> {
+        match self.limits.bytes {
+            Some(q) if growth > 0 && self.sup.logical_bytes + growth > q => {
+                Err(FsError::QuotaExceeded)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let mut i = self.regular(ino)?;
+        if data.is_empty() {
+            return Ok(0); // a zero-length write changes nothing, not even the size
+        }
+        self.check_space(data.len())?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        self.check_bytes_quota(end.saturating_sub(i.size))?;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / CS;
+            let in_chunk = (pos % CS) as usize;
+            let n = ((CS - pos % CS).min(end - pos)) as usize;
+            // A write that covers a whole chunk, or everything of it up to EOF, need not read it.
+            let covers = in_chunk == 0 && (n == CHUNK_SIZE || pos + n as u64 >= i.size);
+            let src = &data[(pos - offset) as usize..][..n];
+            let buf = self.buffer(ino, idx, covers)?;
+            if buf.len() < in_chunk + n {
+                buf.resize(in_chunk + n, 0);
+            }
+            buf[in_chunk..in_chunk + n].copy_from_slice(src);
+            if in_chunk + n == CHUNK_SIZE {
+                self.seal(ino, idx)?;
+            }
+            pos += n as u64;
+        }
+        i = self.inode(ino)?; // sealing updated alloc_bytes
+        if end > i.size {
+            self.sup.logical_bytes += end - i.size;
+            i.size = end;
+        }
+        let now = Timespec::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.save(ino, i);
+        if self.dirty_bytes > DIRTY_LIMIT {
+            self.seal_all()?;
+        }
+        Ok(data.len())
+    }
+
+    /// Zeros `[start, end)` of a file: whole chunks become holes, partial ones are rewritten.
+    pub(super) fn zero_range(&mut self, ino: u64, start: u64, end: u64) -> FsResult<()> {
+        let mut pos = start;
+        while pos < end {
+            let idx = pos / CS;
+            let in_chunk = (pos % CS) as usize;
+            let n = ((CS - pos % CS).min(end - pos)) as usize;
+            if n == CHUNK_SIZE {
+                if self.chunks.remove(&(ino, idx)).is_some() {
+                    self.dirty_bytes -= CHUNK_SIZE;
+                }
+                self.set_extent(ino, idx, None)?;
+            } else if self.chunks.contains_key(&(ino, idx)) || self.extent(ino, idx)?.is_some() {
+                let buf = self.buffer(ino, idx, false)?;
+                let stop = (in_chunk + n).min(buf.len());
+                if in_chunk < stop {
+                    buf[in_chunk..stop].fill(0);
+                }
+            }
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_size(&mut self, ino: u64, size: u64) -> FsResult<()> {
+        let i = self.regular(ino)?;
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        self.check_bytes_quota(size.saturating_sub(i.size))?;
+        if size < i.size {
+            // Drop whole chunks past the new end, then cut the chunk it falls in.
+            let first_dead = size.div_ceil(CS);
+            let dead: Vec<_> = self
+                .chunks
+                .range((ino, first_dead)..=(ino, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in dead {
+                self.chunks.remove(&k);
+                self.dirty_bytes -= CHUNK_SIZE;
+            }
+            let (_, end) = keys::kind_range(ino, Kind::Extent);
+            for k in self.keys_in(&keys::extent(ino, first_dead), &end)? {
+                let idx = u64::from_be_bytes(k[9..17].try_into().expect("extent key"));
+                self.set_extent(ino, idx, None)?;
+            }
+            let keep = (size % CS) as usize;
+            if keep != 0 {
+                let idx = size / CS;
+                if self.chunks.contains_key(&(ino, idx)) || self.extent(ino, idx)?.is_some() {
+                    self.buffer(ino, idx, false)?.truncate(keep);
+                }
+            }
+        }
+        let mut i = self.inode(ino)?;
+        self.sup.logical_bytes = self.sup.logical_bytes - i.size + size;
+        i.size = size;
+        let now = Timespec::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.save(ino, i);
+        Ok(())
+    }
+
+    /// Chunk indexes from `from` on that hold data (stored or dirty), in order, up to `limit`.
+    pub(super) fn data_chunks(&self, ino: u64, from: u64, limit: u64) -> FsResult<Vec<u64>> {
+        let mut set: std::collections::BTreeSet<u64> = self
+            .chunks
+            .range((ino, from)..(ino, limit))
+            .filter(|(_, b)| b.iter().any(|x| *x != 0))
+            .map(|((_, i), _)| *i)
+            .collect();
+        let end = keys::extent(ino, limit);
+        self.scan(&keys::extent(ino, from), &end, |k, _| {
+            let idx = u64::from_be_bytes(k[9..17].try_into().expect("extent key"));
+            if !self.chunks.contains_key(&(ino, idx)) {
+                set.insert(idx);
+            }
+            Ok(true)
+        })?;
+        Ok(set.into_iter().collect())
+    }
+}
