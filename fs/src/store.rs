@@ -195,6 +195,14 @@ pub struct Store {
     blob_gc: AtomicBool,
 }
 
+/// Copies `data[from..]` into `dst`; bytes of `dst` past the end of `data` stay as they are.
+pub(crate) fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
+    if from < data.len() {
+        let m = dst.len().min(data.len() - from);
+        dst[..m].copy_from_slice(&data[from..from + m]);
+    }
+}
+
 impl Store {
     pub fn open(path: &Path) -> FsResult<Arc<Store>> {
         Self::open_with(path, StoreOptions::default())
@@ -356,10 +364,7 @@ impl Store {
             if data.len() != len {
                 return Err(wrong_length());
             }
-            if from < data.len() {
-                let n = dst.len().min(data.len() - from);
-                dst[..n].copy_from_slice(&data[from..from + n]);
-            }
+            copy_span(dst, data, from);
             Ok(())
         };
         match stored.split_first() {

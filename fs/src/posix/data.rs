@@ -3,6 +3,7 @@
 //! size changes.
 
 use super::*;
+use crate::store::copy_span;
 
 /// A stored chunk a read still has to fetch.
 pub(super) struct ChunkRead {
@@ -10,14 +11,6 @@ pub(super) struct ChunkRead {
     pub(super) in_chunk: usize,
     pub(super) len: usize,
     pub(super) extent: Extent,
-}
-
-/// Copies `data[from..]` into `dst`; bytes past the end of `data` stay zero.
-fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
-    if from < data.len() {
-        let m = dst.len().min(data.len() - from);
-        dst[..m].copy_from_slice(&data[from..from + m]);
-    }
 }
 
 impl State {
