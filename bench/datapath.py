@@ -129,8 +129,11 @@ def main():
         rows.append((key, label, unit, higher))
         results[key] = {}
         for name, d in targets:
+            # Each target starts with nothing of the previous one's left to write back.
             if cold:
                 drop_caches()
+            else:
+                os.sync()
             if rss_label and name == "chaserfs":
                 rss.reset()
             results[key][name] = fn(d)

@@ -235,10 +235,16 @@ impl State {
             let covers = in_chunk == 0 && (n == CHUNK_SIZE || pos + n as u64 >= i.size);
             let src = &data[(pos - offset) as usize..][..n];
             let buf = self.buffer(ino, idx, covers)?;
-            if buf.len() < in_chunk + n {
-                buf.resize(in_chunk + n, 0);
+            if buf.len() <= in_chunk {
+                // Appending: no zero fill of bytes about to be overwritten.
+                buf.resize(in_chunk, 0);
+                buf.extend_from_slice(src);
+            } else {
+                if buf.len() < in_chunk + n {
+                    buf.resize(in_chunk + n, 0);
+                }
+                buf[in_chunk..in_chunk + n].copy_from_slice(src);
             }
-            buf[in_chunk..in_chunk + n].copy_from_slice(src);
             if in_chunk + n == CHUNK_SIZE {
                 self.seal(ino, idx)?;
             }
