@@ -10,6 +10,7 @@
 //! This file holds the public operations, the overlay's reads and the commit; `dirs` the
 //! overlay's directory entries and link counts, `data` its chunk buffers and file data.
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -139,8 +140,16 @@ struct State {
     inodes: HashMap<u64, Inode>,
     chunks: BTreeMap<(u64, u64), Vec<u8>>,
     dirty_bytes: usize,
-    pending: HashMap<Hash, Vec<u8>>,
+    /// Sealed chunks not known to be in the store, shared with spills writing them.
+    pending: HashMap<Hash, Bytes>,
+    /// Bytes of `pending` no spill has taken yet.
     pending_bytes: usize,
+    /// Pending chunks a spill is writing outside the lock (see [`Workspace::write`]).
+    spilling: HashSet<Hash>,
+    /// Set by [`Workspace::write`]: spills go to `spill_queue`, written once the lock is
+    /// released, instead of under it.
+    defer_spills: bool,
+    spill_queue: Vec<(Hash, Bytes)>,
     /// Chunk hashes this overlay references that no committed root may reach yet.
     pins: HashSet<Hash>,
     /// References the kernel holds per inode (FUSE lookup counts: every entry it was handed,
@@ -321,6 +330,9 @@ impl Workspace {
                 dirty_bytes: 0,
                 pending: HashMap::new(),
                 pending_bytes: 0,
+                spilling: HashSet::new(),
+                defer_spills: false,
+                spill_queue: Vec::new(),
                 pins: HashSet::new(),
                 kernel_refs: HashMap::new(),
                 released_bytes: 0,
@@ -645,8 +657,33 @@ impl Workspace {
         fetched.map(|()| out)
     }
 
+    /// Writes into the overlay. Sealed chunks the write spills are stored after the lock is
+    /// released, so other requests (and other spills) go on meanwhile: under the lock, the
+    /// copies into RocksDB's memtable serialized a sequential write on one thread. They stay
+    /// in `pending` (reads and commits see them) until they are stored.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
-        self.state.lock().write(ino, offset, data)
+        let (written, queued) = {
+            let mut st = self.state.lock();
+            st.defer_spills = true;
+            let written = st.write(ino, offset, data);
+            st.defer_spills = false;
+            (written, std::mem::take(&mut st.spill_queue))
+        };
+        if !queued.is_empty() {
+            let stored = self.store.put_chunks_unlogged(&queued);
+            let mut st = self.state.lock();
+            for (h, d) in &queued {
+                st.spilling.remove(h);
+                // A commit meanwhile took what it found in `pending` and wrote it itself.
+                if stored.is_ok() {
+                    st.pending.remove(h);
+                } else if st.pending.contains_key(h) {
+                    st.pending_bytes += d.len();
+                }
+            }
+            stored?;
+        }
+        written
     }
 
     /// fallocate(2): allocate (sizes only: holes already read as zeros), `KEEP_SIZE`,
@@ -972,7 +1009,7 @@ impl Workspace {
         // Nothing is written unless all of it fits: RocksDB that meets a full disk stops
         // writing altogether until restarted. Nodes land twice (WAL, then their table), chunks
         // once (or twice, at most 1 MiB, in a small commit), plus room for WAL and manifest.
-        let chunk_bytes: usize = st.pending.values().map(Vec::len).sum();
+        let chunk_bytes: usize = st.pending.values().map(|d| d.len()).sum();
         let node_bytes: usize = nodes.iter().map(|(_, b)| b.len()).sum();
         let needed = (chunk_bytes + 2 * node_bytes) as u64 + (4 << 20);
         if self.store.disk_space()?.avail_bytes() < needed {
@@ -980,7 +1017,7 @@ impl Workspace {
         }
         let node_pins: Vec<Hash> = nodes.iter().map(|(h, _)| *h).chain([root]).collect();
         self.store.pin(node_pins.iter().copied());
-        let chunks: Vec<(Hash, Vec<u8>)> = st.pending.drain().collect();
+        let chunks: Vec<(Hash, Bytes)> = st.pending.drain().collect();
         let record = RootRecord {
             root,
             generation: st.generation + 1,

@@ -390,7 +390,7 @@ impl Store {
 
     /// Writes chunks without the WAL: the bytes go to disk once, into blob files, at the next
     /// flush. Callers pin them first; [`Store::commit`] flushes before any root refers to them.
-    pub fn put_chunks_unlogged(&self, chunks: &[(Hash, Vec<u8>)]) -> FsResult<()> {
+    pub fn put_chunks_unlogged<C: AsRef<[u8]>>(&self, chunks: &[(Hash, C)]) -> FsResult<()> {
         if chunks.is_empty() {
             return Ok(());
         }
@@ -401,7 +401,8 @@ impl Store {
         // pages (copies and page faults were a third of a sequential write's daemon CPU), and
         // unlogged chunk writes need no atomicity (they are pinned until a commit refers to them).
         for (h, data) in chunks {
-            self.db.put_cf_opt(cf, h.0, encode_chunk(data), &wo)?;
+            self.db
+                .put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo)?;
         }
         // Counted after the write: a flush that starts after this count covers these bytes.
         self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
@@ -551,22 +552,22 @@ impl Store {
     /// Writes a new root for `id` together with the nodes and chunks it introduces, in one
     /// batch. Chunks too large for the WAL are written unlogged and flushed first, so the root
     /// never becomes durable before the objects it references.
-    pub fn commit(
+    pub fn commit<C: AsRef<[u8]>>(
         &self,
         id: RootId,
         record: &RootRecord,
         nodes: &[(Hash, Vec<u8>)],
-        chunks: &[(Hash, Vec<u8>)],
+        chunks: &[(Hash, C)],
         sync: bool,
     ) -> FsResult<()> {
-        let chunk_bytes: usize = chunks.iter().map(|(_, c)| c.len()).sum();
+        let chunk_bytes: usize = chunks.iter().map(|(_, c)| c.as_ref().len()).sum();
         let mut batch = WriteBatch::default();
         if chunk_bytes > SMALL_COMMIT_BYTES {
             self.put_chunks_unlogged(chunks)?;
         } else {
             let cf = self.cf(CF_CHUNKS);
             for (h, data) in chunks {
-                batch.put_cf(cf, h.0, encode_chunk(data));
+                batch.put_cf(cf, h.0, encode_chunk(data.as_ref()));
             }
         }
         self.flush_chunks(false)?;
@@ -924,7 +925,7 @@ mod tests {
         );
         // A small commit (chunks through the WAL) whose root would refer to the racing chunk.
         store
-            .commit(RootId::Workspace(ws), &record, &[], &[], true)
+            .commit::<Vec<u8>>(RootId::Workspace(ws), &record, &[], &[], true)
             .unwrap();
         assert_eq!(
             memtable_entries(&store, CF_CHUNKS),

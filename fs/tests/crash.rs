@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chaserfs_fs::keys::ROOT_INO;
-use chaserfs_fs::{fsck, gc, roots, FileKind, NewNode, RootId, SetAttr, Store, Workspace};
-use common::noise;
+use chaserfs_fs::{fsck, gc, roots, RootId, SetAttr, Store, Workspace};
+use common::{noise, regular_file};
 use uuid::Uuid;
 
 const MAIN: Uuid = Uuid::from_u128(1);
@@ -60,15 +60,9 @@ fn put_file(ws: &Workspace, name: &str, data: &[u8]) {
     let ino = match lookup(ws, name) {
         Some(ino) => ino,
         None => {
-            let new = NewNode {
-                kind: FileKind::Regular,
-                perm: 0o644,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                target: b"",
-            };
-            ws.create(ROOT_INO, name.as_bytes(), new).unwrap().ino
+            ws.create(ROOT_INO, name.as_bytes(), regular_file())
+                .unwrap()
+                .ino
         }
     };
     ws.setattr(

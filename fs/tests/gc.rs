@@ -9,20 +9,9 @@ use std::sync::Arc;
 
 use chaserfs_fs::keys::ROOT_INO;
 use chaserfs_fs::posix::CHUNK_SIZE;
-use chaserfs_fs::{fsck, gc, roots, FileKind, NewNode, RootId, Store, Workspace};
-use common::noise;
+use chaserfs_fs::{fsck, gc, roots, RootId, Store, Workspace};
+use common::{noise, regular_file};
 use uuid::Uuid;
-
-fn file() -> NewNode<'static> {
-    NewNode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: b"",
-    }
-}
 
 #[test]
 fn collections_racing_writers_delete_nothing_live() {
@@ -43,7 +32,9 @@ fn collections_racing_writers_delete_nothing_live() {
                 let name = format!("f{}", round % 7);
                 let attr = match ws.lookup(ROOT_INO, name.as_bytes()) {
                     Ok(a) => a,
-                    Err(_) => ws.create(ROOT_INO, name.as_bytes(), file()).unwrap(),
+                    Err(_) => ws
+                        .create(ROOT_INO, name.as_bytes(), regular_file())
+                        .unwrap(),
                 };
                 // Large enough now and then to spill chunks before the commit; the same seed
                 // recurs, so writes often dedup against chunks the GC is deciding about.
@@ -64,7 +55,7 @@ fn collections_racing_writers_delete_nothing_live() {
                 ws.write(attr.ino, 0, &bytes).unwrap();
                 // A shared copy, then drop the source's old version.
                 let copy = ws
-                    .create(ROOT_INO, format!("c{round}").as_bytes(), file())
+                    .create(ROOT_INO, format!("c{round}").as_bytes(), regular_file())
                     .unwrap();
                 ws.copy_range(attr.ino, 0, copy.ino, 0, bytes.len() as u64)
                     .unwrap();

@@ -26,7 +26,7 @@ impl State {
 
     pub(super) fn load_chunk(&self, e: &Extent) -> FsResult<Vec<u8>> {
         let data = match self.pending.get(&e.hash) {
-            Some(d) => d.clone(),
+            Some(d) => d.to_vec(),
             None => self.store.get_chunk(&e.hash)?,
         };
         if data.len() != e.len as usize {
@@ -98,7 +98,7 @@ impl State {
         self.pin(hash);
         if !self.pending.contains_key(&hash) && !self.store.chunk_exists(&hash)? {
             self.pending_bytes += data.len();
-            self.pending.insert(hash, data);
+            self.pending.insert(hash, Bytes::from(data));
         }
         self.set_extent(ino, idx, Some(Extent { hash, len }))?;
         if self.pending_bytes > PENDING_LIMIT {
@@ -107,16 +107,27 @@ impl State {
         Ok(())
     }
 
-    /// Writes sealed chunks to the store ahead of the commit (they stay pinned until then).
+    /// Writes sealed chunks to the store ahead of the commit (they stay pinned until then),
+    /// or, inside [`Workspace::write`], queues them to be written once the lock is released.
     pub(super) fn spill(&mut self) -> FsResult<()> {
-        let chunks: Vec<(Hash, Vec<u8>)> = self.pending.drain().collect();
+        let chunks: Vec<(Hash, Bytes)> = self
+            .pending
+            .iter()
+            .filter(|(h, _)| !self.spilling.contains(*h))
+            .map(|(h, d)| (*h, d.clone()))
+            .collect();
         self.pending_bytes = 0;
+        if self.defer_spills {
+            self.spilling.extend(chunks.iter().map(|(h, _)| *h));
+            self.spill_queue.extend(chunks);
+            return Ok(());
+        }
         if let Err(e) = self.store.put_chunks_unlogged(&chunks) {
-            for (h, d) in chunks {
-                self.pending_bytes += d.len();
-                self.pending.insert(h, d);
-            }
+            self.pending_bytes = chunks.iter().map(|(_, d)| d.len()).sum();
             return Err(e);
+        }
+        for (h, _) in &chunks {
+            self.pending.remove(h);
         }
         Ok(())
     }
@@ -164,7 +175,7 @@ impl State {
                 Some(b) => Some(b.as_slice()),
                 None => match self.extent(ino, idx)? {
                     Some(e) => match self.pending.get(&e.hash) {
-                        Some(d) => Some(d.as_slice()),
+                        Some(d) => Some(d.as_ref()),
                         None => {
                             fetch.push(ChunkRead {
                                 at,

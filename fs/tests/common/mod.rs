@@ -1,6 +1,20 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+use chaserfs_fs::{FileKind, NewNode};
+
+/// A new regular file, mode 0644, owned by root.
+pub fn regular_file() -> NewNode<'static> {
+    NewNode {
+        kind: FileKind::Regular,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        target: b"",
+    }
+}
+
 /// Incompressible bytes that differ per seed (lz4 and dedup would hide what the disk holds).
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
