@@ -243,7 +243,7 @@ impl Store {
         db_opts.set_keep_log_file_num(4);
         // Flushes and compactions write their files with O_DIRECT where the disk allows it:
         // through the page cache, copying a sequential write's blob bytes into fresh cache
-        // pages was a fifth of the machine's CPU, and those pages are rarely read again (the
+        // pages was a sixth of the machine's CPU, and those pages are rarely read again (the
         // kernel keeps the session's own file pages). Reads stay buffered, for readahead.
         let direct = supports_direct_io(path);
         tracing::debug!(direct, "O_DIRECT for flushes and compactions");
