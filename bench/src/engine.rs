@@ -35,26 +35,12 @@ fn machine() -> String {
 }
 
 fn new_file(ws: &Workspace, parent: u64, name: &str) -> Result<u64> {
-    let n = NewNode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: b"",
-    };
+    let n = NewNode::owned_by_root(FileKind::Regular, 0o644);
     Ok(ws.create(parent, name.as_bytes(), n)?.ino)
 }
 
 fn new_dir(ws: &Workspace, parent: u64, name: &str) -> Result<u64> {
-    let n = NewNode {
-        kind: FileKind::Directory,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: b"",
-    };
+    let n = NewNode::owned_by_root(FileKind::Directory, 0o755);
     Ok(ws.create(parent, name.as_bytes(), n)?.ino)
 }
 

@@ -124,6 +124,20 @@ pub struct NewNode<'a> {
     pub target: &'a [u8],
 }
 
+impl NewNode<'static> {
+    /// A regular file or directory owned by root (what the engine's tests and benches make).
+    pub fn owned_by_root(kind: FileKind, perm: u32) -> Self {
+        NewNode {
+            kind,
+            perm,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: b"",
+        }
+    }
+}
+
 /// One open, writable workspace.
 pub struct Workspace {
     id: uuid::Uuid,

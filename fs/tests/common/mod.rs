@@ -5,14 +5,7 @@ use chaserfs_fs::{FileKind, NewNode};
 
 /// A new regular file, mode 0644, owned by root.
 pub fn regular_file() -> NewNode<'static> {
-    NewNode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: b"",
-    }
+    NewNode::owned_by_root(FileKind::Regular, 0o644)
 }
 
 /// Incompressible bytes that differ per seed (lz4 and dedup would hide what the disk holds).
