@@ -3,7 +3,8 @@
 set -euo pipefail
 
 need=()
-for pkg in build-essential clang libclang-dev pkg-config fuse3 git sqlite3 jq curl e2fsprogs util-linux; do
+# protobuf-compiler: etcd's client API is generated from its .proto files at build time.
+for pkg in build-essential clang libclang-dev pkg-config protobuf-compiler fuse3 git sqlite3 jq curl bc e2fsprogs util-linux; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

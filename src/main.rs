@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chaserfs_api::http;
 use chaserfs_api::service::{Config, Service};
-use chaserfs_fs::{fsck, gc, Store};
+use chaserfs_cluster::{Cluster, ClusterConfig};
+use chaserfs_fs::{fsck, gc, Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -48,6 +49,8 @@ enum Command {
         /// Seconds between periodic commits of mounted workspaces.
         #[arg(long, default_value_t = 5)]
         commit_interval: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Workspaces over the API (CHASER_API_URL, CHASER_API_KEY).
     Workspaces {
@@ -82,16 +85,141 @@ enum Command {
     },
     /// Print the `blake3:HEX` form of a key read from stdin, for a keys file.
     HashKey,
-    /// Verify every root, object hash and reference in a data dir (daemon stopped).
+    /// Verify every root, object hash and reference in a data dir (daemon stopped), or in a
+    /// cluster (with the cluster flags; DATA_DIR is then a scratch cache, emptied).
     Fsck {
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
-    /// Delete objects no workspace or snapshot reaches, then compact (daemon stopped).
+    /// Delete objects no workspace or snapshot reaches, then compact (daemon stopped); with
+    /// the cluster flags, one collection across the cluster (hosts keep running).
     Gc {
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
+}
+
+/// Joining a cluster: objects in an S3 bucket, roots and records in etcd (see the README's
+/// "Running a cluster"). Without these flags the daemon is one process on RocksDB.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// S3 endpoint URL of the object store, e.g. http://127.0.0.1:3900. Credentials come
+    /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "CHASER_S3_ENDPOINT", requires_all = ["s3_bucket", "etcd_endpoints"])]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "CHASER_S3_BUCKET", requires = "s3_endpoint")]
+    s3_bucket: Option<String>,
+    #[arg(long, default_value = "garage")]
+    s3_region: String,
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "CHASER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        requires = "s3_endpoint"
+    )]
+    etcd_endpoints: Option<Vec<String>>,
+    /// Prefix of this cluster's keys in etcd.
+    #[arg(long, default_value = "/chaserfs/")]
+    etcd_prefix: String,
+    /// This host's name in the cluster (default: the machine's hostname and the API port).
+    #[arg(long)]
+    host_name: Option<String>,
+    /// Most bytes of objects cached in the data dir, e.g. 512M or 20G.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    cache_size: u64,
+    /// Seconds a host's hold on its workspaces outlives its last lease renewal: after a
+    /// host is lost, its workspaces can be mounted elsewhere this long after.
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: u64,
+    /// Seconds any one request to S3 or etcd may take, retries included.
+    #[arg(long, default_value_t = 30)]
+    request_timeout: u64,
+    /// Seconds between collections of objects no root reaches (one host at a time collects
+    /// for the whole cluster); 0: never (run `chaserfs gc` with the cluster flags instead).
+    #[arg(long, default_value_t = 600)]
+    gc_interval: u64,
+    /// Seconds an unreachable object is kept after its upload (an upload whose commit is
+    /// still coming is not wasted).
+    #[arg(long, default_value_t = 3600)]
+    gc_grace: u64,
+}
+
+/// A cluster joined: this host's name and the cluster.
+type Joined = (String, Arc<Cluster>);
+
+impl ClusterArgs {
+    /// Joins the cluster the flags name, if they name one: (this host's name, the cluster).
+    fn join(&self, listen: &str) -> anyhow::Result<Option<Joined>> {
+        let Some(endpoint) = &self.s3_endpoint else {
+            return Ok(None);
+        };
+        let host = self.host_name.clone().unwrap_or_else(|| {
+            let port = listen.rsplit(':').next().unwrap_or("7878");
+            format!("{}:{port}", hostname())
+        });
+        let env = |name: &str| {
+            std::env::var(name).with_context(|| format!("{name} is needed to reach S3"))
+        };
+        let config = ClusterConfig {
+            s3_endpoint: endpoint.clone(),
+            s3_bucket: self.s3_bucket.clone().unwrap_or_default(),
+            s3_region: self.s3_region.clone(),
+            s3_access_key: env("AWS_ACCESS_KEY_ID")?,
+            s3_secret_key: env("AWS_SECRET_ACCESS_KEY")?,
+            etcd_endpoints: self.etcd_endpoints.clone().unwrap_or_default(),
+            etcd_prefix: self.etcd_prefix.clone(),
+            host: host.clone(),
+            lease_ttl: Duration::from_secs(self.lease_ttl.max(2)),
+            request_timeout: Duration::from_secs(self.request_timeout.max(1)),
+        };
+        let cluster =
+            Cluster::connect(&config).map_err(|e| anyhow::anyhow!("joining the cluster: {e}"))?;
+        Ok(Some((host, cluster)))
+    }
+
+    /// The store over `data_dir`: RocksDB alone, or a cluster host's cache of it.
+    fn open_store(
+        &self,
+        data_dir: &Path,
+        listen: &str,
+    ) -> anyhow::Result<(Arc<Store>, Option<Joined>)> {
+        match self.join(listen)? {
+            // Opening the store creates the data dir (durably) on first start.
+            None => Ok((Store::open(data_dir).context("opening the data dir")?, None)),
+            Some((host, cluster)) => {
+                std::fs::create_dir_all(data_dir)?;
+                let store = Store::open_cluster(
+                    &data_dir.join("cache"),
+                    StoreOptions::default(),
+                    cluster.clone(),
+                    self.cache_size,
+                )
+                .context("opening the object cache")?;
+                Ok((store, Some((host, cluster))))
+            }
+        }
+    }
+}
+
+/// `512M`, `20G`, `1T` (powers of 1024) or a plain byte count.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size like 512M or 20G"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             mount_root,
             github_url,
             commit_interval,
+            cluster,
         } => {
             serve(
                 data_dir,
@@ -119,6 +248,7 @@ fn main() -> anyhow::Result<()> {
                 mount_root,
                 github_url,
                 Duration::from_secs(commit_interval.max(1)),
+                cluster,
             )?;
         }
         Command::Workspaces { opts, cmd } => client::workspaces(opts, cmd)?,
@@ -135,8 +265,8 @@ fn main() -> anyhow::Result<()> {
             std::io::stdin().read_line(&mut key)?;
             println!("blake3:{}", blake3::hash(key.trim().as_bytes()).to_hex());
         }
-        Command::Fsck { data_dir } => {
-            let store = Store::open(&data_dir).context("opening the data dir")?;
+        Command::Fsck { data_dir, cluster } => {
+            let (store, _) = cluster.open_store(&data_dir, "fsck")?;
             let report = fsck::check(&store)?;
             println!(
                 "fsck: {} roots, {} nodes, {} chunks verified, {} problems",
@@ -152,14 +282,31 @@ fn main() -> anyhow::Result<()> {
                 bail!("fsck found problems");
             }
         }
-        Command::Gc { data_dir } => {
-            let store = Store::open(&data_dir).context("opening the data dir")?;
-            let r = gc::collect(&store, true)?;
-            println!(
-                "gc: {} roots; kept {} nodes and {} chunks; deleted {} nodes and {} chunks",
-                r.roots, r.live_nodes, r.live_chunks, r.deleted_nodes, r.deleted_chunks
-            );
-        }
+        Command::Gc { data_dir, cluster } => match cluster.open_store(&data_dir, "gc")? {
+            (store, None) => {
+                let r = gc::collect(&store, true)?;
+                println!(
+                    "gc: {} roots; kept {} nodes and {} chunks; deleted {} nodes and {} chunks",
+                    r.roots, r.live_nodes, r.live_chunks, r.deleted_nodes, r.deleted_chunks
+                );
+            }
+            (store, Some((_, c))) => {
+                let grace = Duration::from_secs(cluster.gc_grace);
+                let r = chaserfs_cluster::gc::collect(&store, &c, grace)?;
+                println!(
+                    "gc: {} roots, {} objects listed; kept {} nodes and {} chunks; deleted {} \
+                     nodes and {} chunks; sweep {:?} of {:?}",
+                    r.roots,
+                    r.listed,
+                    r.live_nodes,
+                    r.live_chunks,
+                    r.deleted_nodes,
+                    r.deleted_chunks,
+                    r.sweep,
+                    r.total
+                );
+            }
+        },
     }
     Ok(())
 }
@@ -242,9 +389,29 @@ fn serve(
     mount_root: PathBuf,
     github_url: String,
     commit_interval: Duration,
+    cluster: ClusterArgs,
 ) -> anyhow::Result<()> {
-    // Opening the store creates the data dir (durably) on first start.
-    let store = Store::open(&data_dir).context("opening the data dir")?;
+    let (store, joined) = cluster.open_store(&data_dir, &listen)?;
+    if let Some((host, c)) = &joined {
+        if api_keys_file.is_none() {
+            bail!("a cluster host needs --api-keys-file: every host serves the same keys");
+        }
+        tracing::info!(
+            "cluster host {host}: objects in {}, records in etcd, cache {} MiB",
+            cluster.s3_endpoint.as_deref().unwrap_or(""),
+            cluster.cache_size >> 20
+        );
+        spawn_cluster_stats(store.clone(), c.clone());
+        if cluster.gc_interval > 0 {
+            spawn_cluster_gc(
+                store.clone(),
+                c.clone(),
+                Duration::from_secs(cluster.gc_interval),
+                Duration::from_secs(cluster.gc_grace),
+            )?;
+        }
+    }
+    let host = joined.map(|(h, _)| h);
     let data_dir = data_dir.canonicalize()?;
     std::fs::create_dir_all(&mount_root)?;
     let keys = load_keys(&data_dir, api_keys_file.as_deref())?;
@@ -256,6 +423,7 @@ fn serve(
         github_token: std::env::var("CHASER_GITHUB_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        host,
     };
     let svc = Service::new(store, config, keys).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -286,6 +454,78 @@ fn serve(
         eprintln!("chaserfs: stopped");
         anyhow::Ok(())
     })
+}
+
+/// Logs the object traffic and cache figures every minute they changed.
+fn spawn_cluster_stats(store: Arc<Store>, cluster: Arc<Cluster>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::spawn(move || {
+        let mut last = None;
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+            let s = &cluster.objects.stats;
+            let c = store.cache_stats();
+            let now = (
+                s.fetched.load(Relaxed),
+                s.fetched_bytes.load(Relaxed),
+                s.uploaded.load(Relaxed),
+                s.uploaded_bytes.load(Relaxed),
+                s.deduplicated.load(Relaxed),
+                c,
+            );
+            if last.as_ref() != Some(&now) {
+                let reads = (c.hits + c.misses).max(1);
+                tracing::info!(
+                    "cluster objects: fetched {} ({} MiB), uploaded {} ({} MiB), {} chunks \
+                     found in S3 already; cache {} of {} MiB, {:.1}% of reads local",
+                    now.0,
+                    now.1 >> 20,
+                    now.2,
+                    now.3 >> 20,
+                    now.4,
+                    c.bytes >> 20,
+                    c.limit >> 20,
+                    100.0 * c.hits as f64 / reads as f64
+                );
+                last = Some(now);
+            }
+        }
+    });
+}
+
+/// Every `interval`, one collection across the cluster, if no other host is collecting.
+fn spawn_cluster_gc(
+    store: Arc<Store>,
+    cluster: Arc<Cluster>,
+    interval: Duration,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("cluster-gc".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            match chaserfs_cluster::gc::collect(&store, &cluster, grace) {
+                Ok(r) => tracing::info!(
+                    "cluster gc: {} roots, {} objects; deleted {} nodes and {} chunks; \
+                     commits waited {:?}; took {:?}",
+                    r.roots,
+                    r.listed,
+                    r.deleted_nodes,
+                    r.deleted_chunks,
+                    r.sweep,
+                    r.total
+                ),
+                Err(chaserfs_fs::FsError::Busy(_)) => {}
+                Err(e) => tracing::error!("cluster gc: {e}"),
+            }
+        })?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 pub(crate) async fn shutdown_signal() {

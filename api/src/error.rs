@@ -22,6 +22,8 @@ pub enum ErrorKind {
     /// The data dir's disk is full (507).
     InsufficientStorage,
     Internal,
+    /// Cluster mode: the object store or the metadata store cannot be reached (503).
+    Unavailable,
 }
 
 impl ApiError {
@@ -66,6 +68,15 @@ impl From<FsError> for ApiError {
         match e {
             FsError::NotFound => ApiError::not_found("not_found", "not found"),
             FsError::Busy(m) => ApiError::conflict("workspace_busy", m),
+            FsError::Stale => ApiError::conflict(
+                "records_changed",
+                "records changed on another host meanwhile; retry",
+            ),
+            FsError::Storage(m) => ApiError::new(
+                ErrorKind::Unavailable,
+                "storage_unavailable",
+                format!("storage error: {m}"),
+            ),
             FsError::NoSpace => ApiError::new(
                 ErrorKind::InsufficientStorage,
                 "no_space",

@@ -168,6 +168,9 @@ pub struct SessionRecord {
     /// Whether the mount serves extended attributes (records before the option: off).
     #[serde(default)]
     pub xattrs: bool,
+    /// Cluster mode: the host serving the mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// `active` while mounted; `ended` once unmounted and committed. `commit_failed`: unmounted,

@@ -34,6 +34,8 @@ pub struct Config {
     pub github_url: String,
     /// Sent to the GitHub base URL as HTTP credentials, for private repositories.
     pub github_token: Option<String>,
+    /// Cluster mode: this host's name, recorded in the sessions it serves.
+    pub host: Option<String>,
 }
 
 /// Names of workspaces: what `PUT .../name` and `POST /v1/workspaces` accept.
@@ -46,6 +48,8 @@ pub const BULK_DELETE_MAX: usize = 1000;
 /// Largest page of a listing.
 pub const LIST_LIMIT_MAX: usize = 1000;
 const LIST_LIMIT_DEFAULT: usize = 100;
+/// How often a write is decided again when records keep changing on other hosts under it.
+const STALE_RETRIES: u64 = 20;
 /// How long a call waits for a session start or end on its workspace before answering 409.
 pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(10);
 
@@ -134,7 +138,10 @@ impl Index {
     pub(crate) fn put_workspace(&mut self, rec: WorkspaceRecord) {
         if let Some(old) = self.workspaces.get(&rec.id) {
             if let Some(n) = &old.name {
-                self.names.remove(&name_key(&old.account, n));
+                let k = name_key(&old.account, n);
+                if self.names.get(&k) == Some(&rec.id) {
+                    self.names.remove(&k);
+                }
             }
         }
         if let Some(n) = &rec.name {
@@ -146,10 +153,50 @@ impl Index {
     fn remove_workspace(&mut self, id: Uuid) {
         if let Some(old) = self.workspaces.remove(&id) {
             if let Some(n) = &old.name {
-                self.names.remove(&name_key(&old.account, n));
+                let k = name_key(&old.account, n);
+                if self.names.get(&k) == Some(&id) {
+                    self.names.remove(&k);
+                }
             }
         }
         self.snapshots.remove(&id);
+    }
+
+    /// Applies a record another host wrote (cluster mode; `None`: deleted).
+    pub(crate) fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> ApiResult<()> {
+        fn json<T: for<'de> Deserialize<'de>>(v: &[u8]) -> ApiResult<T> {
+            serde_json::from_slice(v).map_err(|e| ApiError::internal(format!("record: {e}")))
+        }
+        let Some((&prefix, id)) = key.split_first() else {
+            return Ok(());
+        };
+        let Ok(id) = Uuid::from_slice(id) else {
+            return Ok(());
+        };
+        match (prefix, value) {
+            (WORKSPACE, Some(v)) => self.put_workspace(json(v)?),
+            (WORKSPACE, None) => self.remove_workspace(id),
+            (SNAPSHOT, Some(v)) => {
+                let snap: SnapshotRecord = json(v)?;
+                let list = self.snapshots.entry(snap.workspace_id).or_default();
+                list.retain(|s| s.id != snap.id);
+                list.push(snap);
+                list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            }
+            (SNAPSHOT, None) => {
+                for list in self.snapshots.values_mut() {
+                    list.retain(|s| s.id != id);
+                }
+            }
+            (SESSION, Some(v)) => {
+                self.sessions.insert(id, json(v)?);
+            }
+            (SESSION, None) => {
+                self.sessions.remove(&id);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// A name (case-insensitive) or UUID, inside the caller's account only.
@@ -313,12 +360,18 @@ impl Service {
         for s in scan::<SessionRecord>(&store, SESSION)? {
             index.sessions.insert(s.id, s);
         }
-        let (gc_wake, wakes) = mpsc::channel();
-        let collector = store.clone();
-        let gc_thread = std::thread::Builder::new()
-            .name("gc".into())
-            .spawn(move || collect_when_woken(&collector, wakes))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        // A cluster's objects are collected across the cluster, not by each host.
+        let gc = if store.is_cluster() {
+            None
+        } else {
+            let (gc_wake, wakes) = mpsc::channel();
+            let collector = store.clone();
+            let gc_thread = std::thread::Builder::new()
+                .name("gc".into())
+                .spawn(move || collect_when_woken(&collector, wakes))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Some((gc_wake, gc_thread))
+        };
         let svc = Arc::new(Service {
             store,
             config,
@@ -326,7 +379,7 @@ impl Service {
             index: Mutex::new(index),
             mounts: Mutex::new(HashMap::new()),
             idle: Condvar::new(),
-            gc: Mutex::new(Some((gc_wake, gc_thread))),
+            gc: Mutex::new(gc),
             imports: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
         });
@@ -357,8 +410,43 @@ impl Service {
         })
     }
 
+    /// The index, brought up to date with what other hosts wrote (cluster mode). If the
+    /// cluster cannot be reached, the index is served as last seen; writes then fail.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Index> {
-        self.index.lock()
+        let mut ix = self.index.lock();
+        if let Err(e) = self.sync(&mut ix) {
+            tracing::warn!("reading record changes: {}", e.message);
+        }
+        ix
+    }
+
+    /// Applies records other hosts changed since the last sync (none on a single host).
+    pub(crate) fn sync(&self, ix: &mut Index) -> ApiResult<()> {
+        for (key, value) in self.store.meta_changes()? {
+            ix.apply(&key, value.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Runs `decide` (which reads the index and writes) and, while records change on other
+    /// hosts between its reading and its writing (cluster mode), catches up and decides
+    /// again.
+    pub(crate) fn decide<T>(
+        &self,
+        ix: &mut Index,
+        mut decide: impl FnMut(&mut Index) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        let mut tries = 0;
+        loop {
+            match decide(ix) {
+                Err(e) if e.code == "records_changed" && tries < STALE_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(rand::random_range(1..=5 * tries)));
+                    self.sync(ix)?;
+                }
+                r => return r,
+            }
+        }
     }
 
     pub(crate) fn wake_gc(&self) {
@@ -466,14 +554,16 @@ impl Service {
         })?;
         check_image(&req.image, session_type)?;
         let mut ix = self.lock();
-        let name = ix.name_for(account, req.name)?;
-        let rec = WorkspaceRecord {
-            quota: req.quota.unwrap_or_default(),
-            ..WorkspaceRecord::new(account, name, session_type, req.image, req.template)
-        };
-        let id = rec.id;
-        roots::create_workspace(&self.store, id, &[put(WORKSPACE, id, &rec)])?;
-        ix.put_workspace(rec.clone());
+        let rec = self.decide(&mut ix, |ix| {
+            let name = ix.name_for(account, req.name.clone())?;
+            let rec = WorkspaceRecord {
+                quota: req.quota.unwrap_or_default(),
+                ..WorkspaceRecord::new(account, name, session_type, req.image.clone(), req.template)
+            };
+            roots::create_workspace(&self.store, rec.id, &[put(WORKSPACE, rec.id, &rec)])?;
+            ix.put_workspace(rec.clone());
+            Ok(rec)
+        })?;
         drop(ix);
         self.view(&rec, 0)
     }
@@ -505,22 +595,25 @@ impl Service {
                 "a clone inherits the source's image",
             ));
         }
-        let name = ix.name_for(account, req.name)?;
-        let rec = WorkspaceRecord {
-            cloned_from: Some(src.id),
-            github_repo: src.github_repo.clone(),
-            quota: req.quota.unwrap_or(src.quota),
-            ..WorkspaceRecord::new(
-                account,
-                name,
-                src.session_type,
-                src.image.clone(),
-                req.template,
-            )
-        };
-        let id = rec.id;
-        roots::clone_workspace(&self.store, src.id, id, &[put(WORKSPACE, id, &rec)])?;
-        ix.put_workspace(rec.clone());
+        let rec = self.decide(&mut ix, |ix| {
+            let name = ix.name_for(account, req.name.clone())?;
+            let rec = WorkspaceRecord {
+                cloned_from: Some(src.id),
+                github_repo: src.github_repo.clone(),
+                quota: req.quota.unwrap_or(src.quota),
+                ..WorkspaceRecord::new(
+                    account,
+                    name,
+                    src.session_type,
+                    src.image.clone(),
+                    req.template,
+                )
+            };
+            let id = rec.id;
+            roots::clone_workspace(&self.store, src.id, id, &[put(WORKSPACE, id, &rec)])?;
+            ix.put_workspace(rec.clone());
+            Ok(rec)
+        })?;
         drop(ix);
         self.view(&rec, 0)
     }
@@ -595,14 +688,17 @@ impl Service {
         &self,
         account: &str,
         selector: &str,
-        change: impl FnOnce(&Index, &mut WorkspaceRecord) -> ApiResult<()>,
+        change: impl Fn(&Index, &mut WorkspaceRecord) -> ApiResult<()>,
     ) -> ApiResult<WorkspaceView> {
         let mut ix = self.lock();
-        let mut rec = ix.resolve(account, selector)?.clone();
-        change(&ix, &mut rec)?;
-        rec.updated_at = now();
-        self.store.meta_write(&[put(WORKSPACE, rec.id, &rec)])?;
-        ix.put_workspace(rec.clone());
+        let rec = self.decide(&mut ix, |ix| {
+            let mut rec = ix.resolve(account, selector)?.clone();
+            change(ix, &mut rec)?;
+            rec.updated_at = now();
+            self.store.meta_write(&[put(WORKSPACE, rec.id, &rec)])?;
+            ix.put_workspace(rec.clone());
+            Ok(rec)
+        })?;
         let snaps = ix.snapshot_count(rec.id);
         drop(ix);
         self.view(&rec, snaps)
@@ -619,7 +715,7 @@ impl Service {
             if let Some(n) = &name {
                 ix.check_name(account, n, Some(rec.id))?;
             }
-            rec.name = name;
+            rec.name = name.clone();
             Ok(())
         })
     }
@@ -672,7 +768,26 @@ impl Service {
             let mut ix = self.lock();
             let ws = self.resolve_settled(&mut ix, account, selector)?;
             match ws.active_session_id {
-                None => return act(&mut ix, ws),
+                None => {
+                    let id = ws.id;
+                    let mut first = Some(ws);
+                    return self.decide(&mut ix, |ix| {
+                        // Decided again on the workspace as it is now.
+                        let ws = match first.take() {
+                            Some(ws) => ws,
+                            None => ix.workspaces.get(&id).cloned().ok_or_else(|| {
+                                ApiError::not_found("workspace_not_found", "deleted meanwhile")
+                            })?,
+                        };
+                        if let Some(session) = ws.active_session_id {
+                            return Err(ApiError::conflict(
+                                "session_active",
+                                format!("workspace has active session {session}"),
+                            ));
+                        }
+                        act(ix, ws)
+                    });
+                }
                 Some(session) if force => {
                     drop(ix);
                     self.end_session_by_id(session, deleting)?;
@@ -837,15 +952,18 @@ impl Service {
         {
             let mut ix = self.lock();
             let ws = ix.resolve(account, selector)?.clone();
-            let snap = ix.find_snapshot(&ws, snapshot)?.id;
-            roots::delete(
-                &self.store,
-                &[RootId::Snapshot(snap)],
-                &[(key(SNAPSHOT, snap), None)],
-            )?;
-            if let Some(list) = ix.snapshots.get_mut(&ws.id) {
-                list.retain(|s| s.id != snap);
-            }
+            self.decide(&mut ix, |ix| {
+                let snap = ix.find_snapshot(&ws, snapshot)?.id;
+                roots::delete(
+                    &self.store,
+                    &[RootId::Snapshot(snap)],
+                    &[(key(SNAPSHOT, snap), None)],
+                )?;
+                if let Some(list) = ix.snapshots.get_mut(&ws.id) {
+                    list.retain(|s| s.id != snap);
+                }
+                Ok(())
+            })?;
         }
         self.wake_gc();
         Ok(())

@@ -151,10 +151,14 @@ impl Service {
             let mut ix = self.lock();
             let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
             if let Some(active) = ws.active_session_id {
-                return Err(ApiError::conflict(
-                    "session_active",
-                    format!("workspace already has active session {active}"),
-                ));
+                // In a cluster, a session whose host is gone (its hold on the workspace
+                // expired with the host's lease) is over: a new one takes its place.
+                if !self.host_lost(active, ws.id) {
+                    return Err(ApiError::conflict(
+                        "session_active",
+                        format!("workspace already has active session {active}"),
+                    ));
+                }
             }
             ix.busy.insert(ws.id);
             ws.id
@@ -187,23 +191,46 @@ impl Service {
             ended_at: None,
             commit_error: None,
             xattrs: options.xattrs,
+            host: self.config.host.clone(),
         };
         let mut ix = self.lock();
-        // The workspace was busy, so nothing deleted or changed it meanwhile.
-        let mut rec = ix.workspaces[&ws_id].clone();
-        rec.active_session_id = Some(session.id);
-        rec.updated_at = t;
-        let written = self.store.meta_write(&[
-            put(SESSION, session.id, &session),
-            put(WORKSPACE, rec.id, &rec),
-        ]);
+        let written = self.decide(&mut ix, |ix| {
+            // The workspace was busy here, and held (opened) against other hosts, so nothing
+            // deleted it meanwhile.
+            let mut rec = ix.workspaces[&ws_id].clone();
+            let mut ops = vec![put(SESSION, session.id, &session)];
+            // A session whose host was lost ends now.
+            if let Some(mut lost) = rec
+                .active_session_id
+                .and_then(|old| ix.sessions.get(&old).cloned())
+            {
+                tracing::warn!(
+                    "session {} ended: its host {} was lost; its last commit stands",
+                    lost.id,
+                    lost.host.as_deref().unwrap_or("?")
+                );
+                lost.status = SessionStatus::Ended;
+                lost.ended_at = Some(t.clone());
+                lost.commit_error = Some(
+                    "its host was lost; changes after the session's last commit are gone".into(),
+                );
+                ops.push(put(SESSION, lost.id, &lost));
+                rec.last_session_id = Some(lost.id);
+            }
+            rec.active_session_id = Some(session.id);
+            rec.updated_at = t.clone();
+            ops.push(put(WORKSPACE, rec.id, &rec));
+            self.store.meta_write(&ops)?;
+            for (k, v) in &ops {
+                ix.apply(k, v.as_deref())?;
+            }
+            Ok(())
+        });
         if let Err(e) = written {
             drop(ix);
             let _ = mount.umount_and_join();
-            return Err(e.into());
+            return Err(e);
         }
-        ix.put_workspace(rec);
-        ix.sessions.insert(session.id, session.clone());
         self.mounts.lock().insert(
             session.id,
             Mounted {
@@ -279,8 +306,33 @@ impl Service {
         result.map(|_| s)
     }
 
+    /// Cluster mode: whether a session not mounted here is over because its host lost its
+    /// hold on the workspace (the host stopped renewing its lease). A single host's sessions
+    /// are all its own.
+    pub(crate) fn host_lost(&self, session: Uuid, ws: Uuid) -> bool {
+        self.store.is_cluster()
+            && !self.mounts.lock().contains_key(&session)
+            && !self.store.is_open(ws)
+    }
+
     fn unmount_and_record(&self, s: &mut SessionRecord, discard_failed: bool) -> ApiResult<()> {
+        if self.store.is_cluster()
+            && !self.mounts.lock().contains_key(&s.id)
+            && !self.host_lost(s.id, s.workspace_id)
+        {
+            return Err(ApiError::conflict(
+                "session_on_other_host",
+                format!(
+                    "session {} is served by host {}: end it there",
+                    s.id,
+                    s.host.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
         let mounted = self.mounts.lock().remove(&s.id);
+        // The workspace stays open (held, in a cluster) until the session is recorded ended,
+        // so no other host takes the session for lost meanwhile.
+        let mut closing = None;
         if let Some(mut m) = mounted {
             if let Some(mount) = m.mount.take() {
                 if let Err(e) = mount.umount_and_join() {
@@ -312,27 +364,32 @@ impl Service {
                 ix.sessions.insert(s.id, s.clone());
                 return Err(ApiError::commit_failed(e));
             }
+            closing = Some(m);
         }
         s.status = SessionStatus::Ended;
         s.ended_at = Some(now());
         s.commit_error = None;
         let mut ix = self.lock();
-        let mut ops = vec![put(SESSION, s.id, &*s)];
-        let ws = ix.workspaces.get(&s.workspace_id).cloned().map(|mut w| {
-            if w.active_session_id == Some(s.id) {
-                w.active_session_id = None;
+        let ended = s.clone();
+        let recorded = self.decide(&mut ix, |ix| {
+            let mut ops = vec![put(SESSION, ended.id, &ended)];
+            if let Some(mut w) = ix.workspaces.get(&ended.workspace_id).cloned() {
+                if w.active_session_id == Some(ended.id) {
+                    w.active_session_id = None;
+                }
+                w.last_session_id = Some(ended.id);
+                w.updated_at = now();
+                ops.push(put(WORKSPACE, w.id, &w));
             }
-            w.last_session_id = Some(s.id);
-            w.updated_at = now();
-            ops.push(put(WORKSPACE, w.id, &w));
-            w
+            self.store.meta_write(&ops)?;
+            for (k, v) in &ops {
+                ix.apply(k, v.as_deref())?;
+            }
+            Ok(())
         });
-        self.store.meta_write(&ops)?;
-        if let Some(w) = ws {
-            ix.put_workspace(w);
-        }
-        ix.sessions.insert(s.id, s.clone());
-        Ok(())
+        drop(ix);
+        drop(closing);
+        recorded
     }
 
     /// Commits every mounted workspace without syncing, and retries the final commit of
@@ -371,10 +428,15 @@ impl Service {
     /// workspaces' last commit stands) and imports that were running (marked failed).
     pub(crate) fn recover(&self) -> ApiResult<()> {
         let mut ix = self.lock();
+        let cluster = self.store.is_cluster();
         let stale: Vec<SessionRecord> = ix
             .sessions
             .values()
             .filter(|s| s.status != SessionStatus::Ended)
+            // In a cluster: only sessions of this host, or whose host is gone.
+            .filter(|s| {
+                !cluster || (s.host == self.config.host && !self.store.is_open(s.workspace_id))
+            })
             .cloned()
             .collect();
         for mut s in stale {

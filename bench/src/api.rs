@@ -4,8 +4,10 @@
 //! native copy of the same tree (`cp -a` on the same disk), which is what a clone costs
 //! without copy-on-write.
 //!
-//! `api-bench [--files N] [--ops N] [--chaserfs PATH]`
+//! `api-bench [--files N] [--ops N] [--chaserfs PATH] [--cluster DIR]`
 //! (defaults: 100000 files, 2000 operations per figure, the `chaserfs` next to this binary).
+//! With `--cluster DIR` (stores started by `scripts/cluster.sh start DIR`), the daemon is a
+//! cluster host: clones and snapshots are etcd transactions, objects go to Garage.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,17 +44,35 @@ fn agent() -> ureq::Agent {
 }
 
 impl Daemon {
-    fn start(bin: &Path, dir: &Path) -> Result<Daemon> {
+    fn start(bin: &Path, dir: &Path, cluster: Option<&Path>) -> Result<Daemon> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let log = std::fs::File::create(dir.join("daemon.log"))?;
-        let child = Command::new(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--mount-root")
-            .arg(dir.join("mnt"))
+            .arg(dir.join("mnt"));
+        let mut key = None;
+        if let Some(stores) = cluster {
+            let env = std::fs::read_to_string(stores.join("env"))
+                .context("reading the cluster's env (scripts/cluster.sh start DIR)")?;
+            for (k, v) in env
+                .lines()
+                .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            {
+                cmd.env(k, v);
+            }
+            let k = "chs_api_bench_cluster_key".to_string();
+            std::fs::write(dir.join("keys"), format!("default {k}\n"))?;
+            cmd.arg("--api-keys-file")
+                .arg(dir.join("keys"))
+                .args(["--etcd-prefix", &format!("/api-bench-{port}/")]);
+            key = Some(k);
+        }
+        let child = cmd
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -65,9 +85,12 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let key = std::fs::read_to_string(dir.join("data/api-key"))?
-            .trim()
-            .to_string();
+        let key = match key {
+            Some(k) => k,
+            None => std::fs::read_to_string(dir.join("data/api-key"))?
+                .trim()
+                .to_string(),
+        };
         Ok(Daemon {
             child,
             url,
@@ -173,19 +196,21 @@ fn main() -> Result<()> {
     let mut files = 100_000usize;
     let mut ops = 2000usize;
     let mut bin = std::env::current_exe()?.with_file_name("chaserfs");
+    let mut cluster = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--files" => files = args.next().context("--files N")?.parse()?,
             "--ops" => ops = args.next().context("--ops N")?.parse()?,
             "--chaserfs" => bin = args.next().context("--chaserfs PATH")?.into(),
+            "--cluster" => cluster = Some(PathBuf::from(args.next().context("--cluster DIR")?)),
             other => bail!("unknown argument {other}"),
         }
     }
     let work = tempfile::Builder::new()
         .prefix("chaserfs-api-bench")
         .tempdir_in("/var/tmp")?;
-    let d = Arc::new(Daemon::start(&bin, work.path())?);
+    let d = Arc::new(Daemon::start(&bin, work.path(), cluster.as_deref())?);
     let a = agent();
 
     // The two source workspaces, filled through a session.

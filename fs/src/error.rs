@@ -36,6 +36,9 @@ pub enum FsError {
     NoSuchOffset,
     #[error("busy: {0}")]
     Busy(String),
+    /// Cluster mode: records changed on another host since this host's view; decide again.
+    #[error("records changed on another host; retry")]
+    Stale,
     #[error("no space left on the data dir's disk")]
     NoSpace,
     #[error("the workspace's quota is exceeded")]
@@ -65,6 +68,7 @@ impl FsError {
             FsError::TooManyLinks => libc::EMLINK,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Busy(_) => libc::EBUSY,
+            FsError::Stale => libc::EAGAIN,
             FsError::NoSpace => libc::ENOSPC,
             FsError::QuotaExceeded => libc::EDQUOT,
             FsError::Corrupt(_) | FsError::Storage(_) => libc::EIO,

@@ -55,13 +55,18 @@ pub fn collect(store: &Store, compact: bool) -> FsResult<GcReport> {
 /// The first and last key a sweep deleted in a column family.
 pub type DeletedRange = (&'static str, Vec<u8>, Vec<u8>);
 
-struct Marks {
-    nodes: HashSet<Hash>,
-    chunks: HashSet<Hash>,
+/// What a collection found reachable. A cluster's collector (`chaserfs-cluster`) marks with
+/// it too.
+#[derive(Default)]
+pub struct Marks {
+    pub nodes: HashSet<Hash>,
+    pub chunks: HashSet<Hash>,
 }
 
 impl Marks {
-    fn walk(&mut self, store: &Store, root: Hash) -> FsResult<()> {
+    /// Marks every node and chunk reachable from `root`; subtrees already marked are skipped,
+    /// so walking many clones costs what they do not share.
+    pub fn walk(&mut self, store: &Store, root: Hash) -> FsResult<()> {
         let mut stack = vec![root];
         while let Some(h) = stack.pop() {
             if !self.nodes.insert(h) {

@@ -2,7 +2,8 @@
 //!
 //! Layers, bottom up: [`store`] (RocksDB, objects, root pointers, pins), [`tree`] (the
 //! persistent CoW B+tree of one state), [`posix`] (POSIX operations over a tree plus a dirty
-//! overlay, and commit), [`roots`] (clone, snapshot, restore, delete), [`gc`] and [`fsck`].
+//! overlay, and commit), [`roots`] (clone, snapshot, restore, delete), [`gc`] and [`fsck`];
+//! [`remote`] is what a store needs from a cluster when it is one host of many.
 //! Nothing here knows about FUSE or HTTP.
 
 pub mod error;
@@ -13,6 +14,7 @@ pub mod hash;
 pub mod keys;
 pub mod posix;
 pub mod records;
+pub mod remote;
 pub mod roots;
 pub mod store;
 pub mod tree;
@@ -21,4 +23,5 @@ pub use error::{FsError, FsResult};
 pub use hash::Hash;
 pub use posix::{Attr, DirEntry, Limits, NewNode, SetAttr, StatFs, TimeSet, Workspace};
 pub use records::{FileKind, Timespec};
-pub use store::{MetaOp, RootId, RootRecord, Store, StoreOptions};
+pub use remote::{CommitToken, MetaChange, ObjectKind, Remote};
+pub use store::{CacheStats, MetaOp, RootId, RootRecord, Store, StoreOptions};

@@ -146,6 +146,8 @@ pub struct Workspace {
 }
 
 struct State {
+    /// The workspace's id (cluster mode stages its chunks per workspace).
+    id: uuid::Uuid,
     store: Arc<Store>,
     root: Hash,
     generation: u64,
@@ -334,6 +336,7 @@ impl Workspace {
             let sup_bytes = tree::get(&store, &rec.root, &keys::super_key())?
                 .ok_or_else(|| FsError::corrupt("state without a super record"))?;
             let mut st = State {
+                id,
                 store: store.clone(),
                 root: rec.root,
                 generation: rec.generation,
@@ -684,7 +687,7 @@ impl Workspace {
             (written, std::mem::take(&mut st.spill_queue))
         };
         if !queued.is_empty() {
-            let stored = self.store.put_chunks_unlogged(&queued);
+            let stored = self.store.put_chunks_unlogged(Some(self.id), &queued);
             let mut st = self.state.lock();
             for (h, d) in &queued {
                 st.spilling.remove(h);

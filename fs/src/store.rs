@@ -24,6 +24,7 @@ use std::sync::Arc;
 use crate::error::{FsError, FsResult};
 use crate::hash::Hash;
 use crate::records::Timespec;
+use crate::remote::{CommitToken, MetaChange, ObjectKind, Remote};
 use crate::tree::{Node, NodeCache};
 
 pub const CF_CHUNKS: &str = "chunks";
@@ -193,6 +194,48 @@ pub struct Store {
     reserve_bytes: u64,
     /// Whether compactions relocate live blobs (blob GC) right now; see [`Store::compact_with`].
     blob_gc: AtomicBool,
+    /// Set when this host is one of a cluster (see `remote.rs`): roots and records live
+    /// there, objects are uploaded at commit and fetched on a miss, and RocksDB holds no
+    /// roots, only a cache of objects and the chunks not uploaded yet.
+    remote: Option<Arc<dyn Remote>>,
+    /// Cluster mode: per open workspace, the chunks its overlay wrote here that no committed
+    /// root refers to yet. Each commit uploads its workspace's (again, if a collection
+    /// started meanwhile) and only a successful commit clears them. A crash loses them with
+    /// the overlay they belong to, so they are not recorded on disk.
+    staged: Mutex<HashMap<uuid::Uuid, HashSet<Hash>>>,
+    /// Cluster mode: uploaded or fetched objects kept in RocksDB, bounded.
+    cache: Mutex<ObjectCache>,
+}
+
+/// A cluster host's object cache: bytes held, the bound, and reads served locally (`hits`)
+/// or fetched from the object store (`misses`) since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CacheStats {
+    pub bytes: u64,
+    pub limit: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Objects a cluster host keeps locally, least recently used first, and their bytes.
+struct ObjectCache {
+    lru: lru::LruCache<Hash, (ObjectKind, u32)>,
+    bytes: u64,
+    limit: u64,
+    /// Reads served here, and reads that fetched from the object store.
+    hits: u64,
+    misses: u64,
+}
+
+/// Objects per upload request batch: bounds the memory an upload of staged chunks takes.
+const UPLOAD_BATCH: usize = 256;
+
+/// Record keys may not collide with root pointers.
+fn check_meta(ops: &[MetaOp]) -> FsResult<()> {
+    if ops.iter().any(|(k, _)| k.first() == Some(&RootId::PREFIX)) {
+        return Err(FsError::Invalid("meta key collides with root pointers"));
+    }
+    Ok(())
 }
 
 /// Copies `data[from..]` into `dst`; bytes of `dst` past the end of `data` stay as they are.
@@ -209,6 +252,31 @@ impl Store {
     }
 
     pub fn open_with(path: &Path, opts: StoreOptions) -> FsResult<Arc<Store>> {
+        Self::open_inner(path, opts, None, 0)
+    }
+
+    /// Opens `path` as a cluster host's cache of objects (at most `cache_bytes` of them), with
+    /// roots, records and objects in `remote`. The directory is emptied first: it holds
+    /// nothing the cluster does not (what a crash left there was never acknowledged).
+    pub fn open_cluster(
+        path: &Path,
+        opts: StoreOptions,
+        remote: Arc<dyn Remote>,
+        cache_bytes: u64,
+    ) -> FsResult<Arc<Store>> {
+        if path.exists() {
+            std::fs::remove_dir_all(path)
+                .map_err(|e| FsError::Storage(format!("{}: {e}", path.display())))?;
+        }
+        Self::open_inner(path, opts, Some(remote), cache_bytes)
+    }
+
+    fn open_inner(
+        path: &Path,
+        opts: StoreOptions,
+        remote: Option<Arc<dyn Remote>>,
+        cache_bytes: u64,
+    ) -> FsResult<Arc<Store>> {
         let io = |e: std::io::Error| FsError::Storage(format!("{}: {e}", path.display()));
         if !path.exists() {
             std::fs::create_dir_all(path).map_err(io)?;
@@ -298,6 +366,15 @@ impl Store {
             released_bytes: AtomicU64::new(0),
             reserve_bytes: reserve_for(&disk_space(path)?),
             blob_gc: AtomicBool::new(false),
+            remote,
+            staged: Mutex::new(HashMap::new()),
+            cache: Mutex::new(ObjectCache {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+                limit: cache_bytes,
+                hits: 0,
+                misses: 0,
+            }),
         });
         Ok(store)
     }
@@ -323,18 +400,122 @@ impl Store {
         if let Some(n) = self.nodes.get(hash) {
             return Ok(n);
         }
-        let bytes = self
-            .db
-            .get_pinned_cf(self.cf(CF_NODES), hash.0)?
-            .ok_or_else(|| FsError::corrupt(format!("missing node {hash}")))?;
-        let node = Arc::new(Node::decode(&bytes)?);
-        self.nodes.insert(*hash, node.clone(), bytes.len());
+        let node = match self.db.get_pinned_cf(self.cf(CF_NODES), hash.0)? {
+            Some(bytes) => {
+                self.cache_touch(hash);
+                let node = Arc::new(Node::decode(&bytes)?);
+                self.nodes.insert(*hash, node.clone(), bytes.len());
+                node
+            }
+            None => {
+                let bytes = self
+                    .fetch(ObjectKind::Node, hash)?
+                    .ok_or_else(|| FsError::corrupt(format!("missing node {hash}")))?;
+                let node = Arc::new(Node::decode(&bytes)?);
+                self.nodes.insert(*hash, node.clone(), bytes.len());
+                node
+            }
+        };
         Ok(node)
     }
 
     /// The raw encoding of a node, for fsck.
     pub fn get_node_bytes(&self, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(CF_NODES), hash.0)?)
+        match self.db.get_cf(self.cf(CF_NODES), hash.0)? {
+            Some(b) => Ok(Some(b)),
+            None => self.fetch(ObjectKind::Node, hash),
+        }
+    }
+
+    /// Cluster mode: an object missing here, from the object store (checked against its
+    /// hash, then cached here). `None` without a cluster or if the object store lacks it.
+    fn fetch(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let Some(bytes) = remote.get_object(kind, hash)? else {
+            return Ok(None);
+        };
+        let (cf, matches) = match kind {
+            ObjectKind::Node => (CF_NODES, Hash::of(&bytes) == *hash),
+            ObjectKind::Chunk => (CF_CHUNKS, Hash::of(&decode_chunk(&bytes)?) == *hash),
+        };
+        if !matches {
+            return Err(FsError::corrupt(format!(
+                "object {hash} from the object store does not match its hash"
+            )));
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.put_cf_opt(self.cf(cf), hash.0, &bytes, &wo)?;
+        self.cache.lock().misses += 1;
+        self.cache_insert(kind, *hash, bytes.len());
+        Ok(Some(bytes))
+    }
+
+    /// Cluster mode: records an object as cached (uploaded or fetched) and evicts the least
+    /// recently used ones past the limit. Chunks not uploaded yet are never evicted.
+    fn cache_insert(&self, kind: ObjectKind, hash: Hash, len: usize) {
+        if self.remote.is_none() {
+            return;
+        }
+        let evicted = {
+            let mut c = self.cache.lock();
+            if let Some((_, old)) = c.lru.put(hash, (kind, len as u32)) {
+                c.bytes -= u64::from(old);
+            }
+            c.bytes += len as u64;
+            let mut out = Vec::new();
+            while c.bytes > c.limit {
+                let Some((h, (k, n))) = c.lru.pop_lru() else {
+                    break;
+                };
+                c.bytes -= u64::from(n);
+                out.push((h, k));
+            }
+            out
+        };
+        if evicted.is_empty() {
+            return;
+        }
+        let staged = self.staged.lock();
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        for (h, k) in evicted {
+            if staged.values().any(|s| s.contains(&h)) {
+                continue;
+            }
+            let cf = match k {
+                ObjectKind::Node => CF_NODES,
+                ObjectKind::Chunk => CF_CHUNKS,
+            };
+            if let Err(e) = self.db.delete_cf_opt(self.cf(cf), h.0, &wo) {
+                tracing::warn!("evicting {h} from the cache: {e}");
+            }
+        }
+    }
+
+    fn cache_touch(&self, hash: &Hash) {
+        if self.remote.is_some() {
+            let mut c = self.cache.lock();
+            c.lru.promote(hash);
+            c.hits += 1;
+        }
+    }
+
+    /// Cluster mode: the object cache's figures.
+    pub fn cache_stats(&self) -> CacheStats {
+        let c = self.cache.lock();
+        CacheStats {
+            bytes: c.bytes,
+            limit: c.limit,
+            hits: c.hits,
+            misses: c.misses,
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// Reads a chunk and verifies it against its BLAKE3 address. RocksDB's own CRC check is
@@ -343,11 +524,17 @@ impl Store {
     pub fn get_chunk(&self, hash: &Hash) -> FsResult<Vec<u8>> {
         let mut ro = ReadOptions::default();
         ro.set_verify_checksums(false);
-        let stored = self
-            .db
-            .get_pinned_cf_opt(self.cf(CF_CHUNKS), hash.0, &ro)?
-            .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
-        let data = decode_chunk(&stored)?;
+        let data = match self.db.get_pinned_cf_opt(self.cf(CF_CHUNKS), hash.0, &ro)? {
+            Some(stored) => {
+                self.cache_touch(hash);
+                decode_chunk(&stored)?
+            }
+            None => decode_chunk(
+                &self
+                    .fetch(ObjectKind::Chunk, hash)?
+                    .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?,
+            )?,
+        };
         if Hash::of(&data) != *hash {
             return Err(FsError::corrupt(format!(
                 "chunk {hash} does not match its hash"
@@ -362,10 +549,20 @@ impl Store {
     /// hardware, see `.cargo/config.toml`), which costs a fraction of rehashing the chunk
     /// with BLAKE3 on every read; [`Store::get_chunk`] (fsck, read-modify-write) still does.
     pub fn read_chunk(&self, hash: &Hash, len: usize, from: usize, dst: &mut [u8]) -> FsResult<()> {
-        let stored = self
-            .db
-            .get_pinned_cf(self.cf(CF_CHUNKS), hash.0)?
-            .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
+        let Some(stored) = self.db.get_pinned_cf(self.cf(CF_CHUNKS), hash.0)? else {
+            let stored = self
+                .fetch(ObjectKind::Chunk, hash)?
+                .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
+            let data = decode_chunk(&stored)?;
+            if data.len() != len {
+                return Err(FsError::corrupt(format!(
+                    "chunk {hash} has the wrong length"
+                )));
+            }
+            copy_span(dst, &data, from);
+            return Ok(());
+        };
+        self.cache_touch(hash);
         let wrong_length = || FsError::corrupt(format!("chunk {hash} has the wrong length"));
         let mut copy = |data: &[u8]| {
             if data.len() != len {
@@ -380,7 +577,14 @@ impl Store {
         }
     }
 
+    /// Whether a chunk needs no writing. In cluster mode, never: a chunk cached here may be
+    /// gone from the object store (collected) and another workspace's chunks may never be
+    /// committed, so each overlay uploads every chunk it seals, and the upload skips what the
+    /// object store holds.
     pub fn chunk_exists(&self, hash: &Hash) -> FsResult<bool> {
+        if self.remote.is_some() {
+            return Ok(false);
+        }
         let cf = self.cf(CF_CHUNKS);
         if !self.db.key_may_exist_cf(cf, hash.0) {
             return Ok(false);
@@ -390,7 +594,12 @@ impl Store {
 
     /// Writes chunks without the WAL: the bytes go to disk once, into blob files, at the next
     /// flush. Callers pin them first; [`Store::commit`] flushes before any root refers to them.
-    pub fn put_chunks_unlogged<C: AsRef<[u8]>>(&self, chunks: &[(Hash, C)]) -> FsResult<()> {
+    /// In cluster mode they are staged for upload with workspace `owner`'s next commit.
+    pub fn put_chunks_unlogged<C: AsRef<[u8]>>(
+        &self,
+        owner: Option<uuid::Uuid>,
+        chunks: &[(Hash, C)],
+    ) -> FsResult<()> {
         if chunks.is_empty() {
             return Ok(());
         }
@@ -406,6 +615,94 @@ impl Store {
         }
         // Counted after the write: a flush that starts after this count covers these bytes.
         self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
+        if let (Some(_), Some(ws)) = (&self.remote, owner) {
+            self.staged
+                .lock()
+                .entry(ws)
+                .or_default()
+                .extend(chunks.iter().map(|(h, _)| *h));
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: uploads `nodes` and every chunk staged for `owner`, in bounded batches,
+    /// before a root may refer to them. They stay staged until the commit succeeds.
+    fn upload(
+        &self,
+        remote: &dyn Remote,
+        owner: Option<uuid::Uuid>,
+        nodes: &[(Hash, Vec<u8>)],
+    ) -> FsResult<Vec<Hash>> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        for (h, bytes) in nodes {
+            self.db.put_cf_opt(self.cf(CF_NODES), h.0, bytes, &wo)?;
+        }
+        for batch in nodes.chunks(UPLOAD_BATCH) {
+            remote.put_objects(
+                batch
+                    .iter()
+                    .map(|(h, b)| (ObjectKind::Node, *h, b.clone()))
+                    .collect(),
+            )?;
+        }
+        for (h, b) in nodes {
+            self.cache_insert(ObjectKind::Node, *h, b.len());
+        }
+        let staged: Vec<Hash> = owner
+            .and_then(|ws| self.staged.lock().get(&ws).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for batch in staged.chunks(UPLOAD_BATCH) {
+            let mut objects = Vec::with_capacity(batch.len());
+            for h in batch {
+                let stored = self
+                    .db
+                    .get_cf(self.cf(CF_CHUNKS), h.0)?
+                    .ok_or_else(|| FsError::corrupt(format!("staged chunk {h} is missing")))?;
+                objects.push((ObjectKind::Chunk, *h, stored));
+            }
+            remote.put_objects(objects)?;
+        }
+        Ok(staged)
+    }
+
+    /// Cluster mode: uploads what a new root of `owner` refers to and then writes the root
+    /// with `write_root`, again from the upload if a collection started in between (its
+    /// sweep may have deleted an object the upload found present). A success unstages the
+    /// workspace's chunks, now in the object store and referenced.
+    fn upload_and_write_root(
+        &self,
+        remote: &dyn Remote,
+        owner: Option<uuid::Uuid>,
+        nodes: &[(Hash, Vec<u8>)],
+        write_root: impl Fn(CommitToken) -> FsResult<()>,
+    ) -> FsResult<()> {
+        let mut tries = 0;
+        let uploaded = loop {
+            let token = remote.begin_commit()?;
+            let uploaded = self.upload(remote, owner, nodes)?;
+            match write_root(token) {
+                Err(FsError::Stale) if tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+                Ok(()) => break uploaded,
+            }
+        };
+        if let Some(ws) = owner {
+            if let Some(set) = self.staged.lock().get_mut(&ws) {
+                for h in &uploaded {
+                    set.remove(h);
+                }
+            }
+            for h in uploaded {
+                let len = self
+                    .db
+                    .get_pinned_cf(self.cf(CF_CHUNKS), h.0)?
+                    .map_or(0, |v| v.len());
+                self.cache_insert(ObjectKind::Chunk, h, len);
+            }
+        }
         Ok(())
     }
 
@@ -527,6 +824,9 @@ impl Store {
     // ---- roots ----
 
     pub fn get_root(&self, id: RootId) -> FsResult<Option<RootRecord>> {
+        if let Some(remote) = &self.remote {
+            return remote.get_root(id);
+        }
         match self.db.get_pinned_cf(self.cf(CF_META), id.key())? {
             Some(v) => Ok(Some(crate::records::decode(&v)?)),
             None => Ok(None),
@@ -534,6 +834,9 @@ impl Store {
     }
 
     pub fn list_roots(&self) -> FsResult<Vec<(RootId, RootRecord)>> {
+        if let Some(remote) = &self.remote {
+            return remote.list_roots();
+        }
         let mut out = Vec::new();
         let iter = self
             .db
@@ -560,10 +863,19 @@ impl Store {
         chunks: &[(Hash, C)],
         sync: bool,
     ) -> FsResult<()> {
+        if let Some(remote) = &self.remote {
+            let RootId::Workspace(ws) = id else {
+                return Err(FsError::Invalid("only workspaces commit"));
+            };
+            self.put_chunks_unlogged(Some(ws), chunks)?;
+            return self.upload_and_write_root(remote.as_ref(), Some(ws), nodes, |token| {
+                remote.commit_root(ws, record, token)
+            });
+        }
         let chunk_bytes: usize = chunks.iter().map(|(_, c)| c.as_ref().len()).sum();
         let mut batch = WriteBatch::default();
         if chunk_bytes > SMALL_COMMIT_BYTES {
-            self.put_chunks_unlogged(chunks)?;
+            self.put_chunks_unlogged(None, chunks)?;
         } else {
             let cf = self.cf(CF_CHUNKS);
             for (h, data) in chunks {
@@ -609,6 +921,12 @@ impl Store {
         let hashes: Vec<Hash> = nodes.iter().map(|(h, _)| *h).chain([record.root]).collect();
         self.pin(hashes.iter().copied());
         let result = (|| {
+            if let Some(remote) = &self.remote {
+                check_meta(meta)?;
+                return self.upload_and_write_root(remote.as_ref(), None, nodes, |token| {
+                    remote.create_root(id, record, meta, token)
+                });
+            }
             let _roots = self.roots_lock.lock();
             if self.get_root(id)?.is_some() {
                 return Err(FsError::Exists);
@@ -634,6 +952,10 @@ impl Store {
         dst_exists: bool,
         meta: &[MetaOp],
     ) -> FsResult<RootRecord> {
+        if let Some(remote) = &self.remote {
+            check_meta(meta)?;
+            return remote.copy_root(src, dst, dst_exists, meta);
+        }
         let _roots = self.roots_lock.lock();
         let mut record = self.get_root(src)?.ok_or(FsError::NotFound)?;
         let old = self.get_root(dst)?;
@@ -658,6 +980,12 @@ impl Store {
     /// Starts a collection: from now on every pinned hash is also kept in the protect set,
     /// which starts with every hash pinned now. Returns the roots to mark from.
     pub(crate) fn begin_gc(&self) -> FsResult<Vec<(RootId, RootRecord)>> {
+        if self.remote.is_some() {
+            // Its roots are the cluster's: a local sweep would see none and free everything.
+            return Err(FsError::Busy(
+                "a cluster host's objects are collected across the cluster".into(),
+            ));
+        }
         let _roots = self.roots_lock.lock();
         {
             let mut p = self.pins.lock();
@@ -682,6 +1010,10 @@ impl Store {
 
     /// Deletes every root of `ids` and applies `meta`, all or nothing.
     pub(crate) fn delete_roots(&self, ids: &[RootId], meta: &[MetaOp]) -> FsResult<()> {
+        if let Some(remote) = &self.remote {
+            check_meta(meta)?;
+            return remote.delete_roots(ids, meta);
+        }
         let _roots = self.roots_lock.lock();
         let mut batch = WriteBatch::default();
         for id in ids {
@@ -696,40 +1028,59 @@ impl Store {
 
     // ---- open workspaces ----
 
+    /// One writer per workspace: on this host, and in cluster mode across hosts.
     pub(crate) fn mark_open(&self, id: uuid::Uuid) -> FsResult<()> {
         if !self.open.lock().insert(id) {
             return Err(FsError::Busy(format!("workspace {id} is already open")));
+        }
+        if let Some(remote) = &self.remote {
+            if let Err(e) = remote.acquire(id) {
+                self.open.lock().remove(&id);
+                return Err(e);
+            }
         }
         Ok(())
     }
 
     pub(crate) fn mark_closed(&self, id: uuid::Uuid) {
-        self.open.lock().remove(&id);
+        self.staged.lock().remove(&id);
+        if self.open.lock().remove(&id) {
+            if let Some(remote) = &self.remote {
+                remote.release(id);
+            }
+        }
     }
 
+    /// Whether the workspace is open here or, in cluster mode, on any host (an unreachable
+    /// cluster counts as open: nothing may move the root then).
     pub fn is_open(&self, id: uuid::Uuid) -> bool {
-        self.open.lock().contains(&id)
+        if self.open.lock().contains(&id) {
+            return true;
+        }
+        match &self.remote {
+            Some(remote) => remote.is_held(id).unwrap_or(true),
+            None => false,
+        }
     }
 
     // ---- metadata for upper layers ----
 
-    pub fn meta_get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(CF_META), key)?)
-    }
-
-    /// Applies puts (`Some`) and deletes (`None`) to `meta` atomically and durably.
+    /// Applies puts (`Some`) and deletes (`None`) to `meta` atomically and durably. In
+    /// cluster mode, refused (`Busy`) if records changed since the last [`Store::meta_changes`].
     pub fn meta_write(&self, ops: &[MetaOp]) -> FsResult<()> {
+        if let Some(remote) = &self.remote {
+            check_meta(ops)?;
+            return remote.meta_write(ops);
+        }
         let mut batch = WriteBatch::default();
         self.add_meta(&mut batch, ops)?;
         self.write(batch, true)
     }
 
     fn add_meta(&self, batch: &mut WriteBatch, ops: &[MetaOp]) -> FsResult<()> {
+        check_meta(ops)?;
         let cf = self.cf(CF_META);
         for (k, v) in ops {
-            if k.first() == Some(&RootId::PREFIX) {
-                return Err(FsError::Invalid("meta key collides with root pointers"));
-            }
             match v {
                 Some(v) => batch.put_cf(cf, k, v),
                 None => batch.delete_cf(cf, k),
@@ -738,7 +1089,19 @@ impl Store {
         Ok(())
     }
 
+    /// Cluster mode: records other hosts changed since the last call (see
+    /// [`Remote::meta_changes`]); a single host has none.
+    pub fn meta_changes(&self) -> FsResult<Vec<MetaChange>> {
+        match &self.remote {
+            Some(remote) => remote.meta_changes(),
+            None => Ok(Vec::new()),
+        }
+    }
+
     pub fn meta_scan(&self, prefix: &[u8]) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        if let Some(remote) = &self.remote {
+            return remote.meta_scan(prefix);
+        }
         let mut out = Vec::new();
         for item in self.db.prefix_iterator_cf(self.cf(CF_META), prefix) {
             let (k, v) = item?;
@@ -906,14 +1269,14 @@ mod tests {
         let ws = uuid::Uuid::from_u128(1);
         let record = crate::roots::create_workspace(&store, ws, &[]).unwrap();
         store
-            .put_chunks_unlogged(&[(Hash::of(b"early"), vec![1; 4096])])
+            .put_chunks_unlogged(None, &[(Hash::of(b"early"), vec![1; 4096])])
             .unwrap();
         let racing = vec![2u8; 4096];
         let writer = store.clone();
         let hook_chunk = racing.clone();
         *store.chunk_flushes.after_flush_hook.lock() = Some(Box::new(move || {
             writer
-                .put_chunks_unlogged(&[(Hash::of(&hook_chunk), hook_chunk.clone())])
+                .put_chunks_unlogged(None, &[(Hash::of(&hook_chunk), hook_chunk.clone())])
                 .unwrap();
         }));
         store.compact().unwrap();

@@ -1,0 +1,638 @@
+//! Cluster mode, end to end: 3 etcd members and 3 Garage nodes (`scripts/cluster.sh`) and
+//! two chaserfs hosts on loopback, all real processes. Each test has its own stores.
+//!
+//! Ignored for now: cluster hosts do not reach S3 yet (object_store's requests to Garage
+//! fail with reqwest's "builder error"; issue 10). Run them with
+//! `CHASERFS_CLUSTER_TESTS=1 bash scripts/test.sh` or `cargo test --release --test cluster --
+//! --ignored` once Garage and etcd are installed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Options};
+use serde_json::{json, Value};
+
+const KEY: &str = "chs_cluster_test_key";
+/// Short, so failover tests are quick; the default is 10 s.
+const LEASE_TTL: u64 = 3;
+
+/// The two stores of one test's cluster.
+struct Stores {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+    prefix: String,
+}
+
+static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
+
+impl Stores {
+    fn start() -> Stores {
+        let dir = tempfile::Builder::new()
+            .prefix("chaserfs-cluster")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        // Ports apart from other tests of this binary and of other runs.
+        let slot = NEXT_BASE.fetch_add(1, Ordering::SeqCst);
+        // Below the kernel's ephemeral range (32768 up), so no client socket takes them.
+        let base = 10000 + (std::process::id() % 50) as u16 * 400 + slot * 50;
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"))
+            .args(["start"])
+            .arg(dir.path())
+            .env("PORT_BASE", base.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster.sh start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.path().join("env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        std::fs::write(dir.path().join("keys"), format!("default {KEY}\n")).unwrap();
+        Stores {
+            prefix: format!("/test-{}-{slot}/", std::process::id()),
+            dir,
+            env,
+        }
+    }
+
+    fn var(&self, k: &str) -> &str {
+        &self.env[k]
+    }
+
+    /// A chaserfs host of this cluster.
+    fn host(&self, name: &str, extra: &[&str]) -> Daemon {
+        let mut args: Vec<String> = [
+            "--s3-endpoint",
+            self.var("CHASER_S3_ENDPOINT"),
+            "--s3-bucket",
+            self.var("CHASER_S3_BUCKET"),
+            "--etcd-endpoints",
+            self.var("CHASER_ETCD_ENDPOINTS"),
+            "--etcd-prefix",
+            &self.prefix,
+            "--host-name",
+            name,
+            "--lease-ttl",
+            &LEASE_TTL.to_string(),
+            "--api-keys-file",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(self.dir.path().join("keys").display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Daemon::start_with(Options {
+            args,
+            env: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+                .iter()
+                .map(|k| (k.to_string(), self.var(k).to_string()))
+                .collect(),
+            key: Some(KEY.into()),
+            data_dir: None,
+        })
+    }
+
+    fn pid(&self, name: &str) -> i32 {
+        self.var(name).parse().unwrap()
+    }
+
+    /// Bytes the bucket holds, as Garage counts them.
+    fn bucket_bytes(&self) -> u64 {
+        let out = Command::new(garage_bin())
+            .args(["-c"])
+            .arg(self.dir.path().join("garage1.toml"))
+            .args(["bucket", "info", "chaserfs"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_size_line(&text).unwrap_or_else(|| panic!("no size in:\n{text}"))
+    }
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        for (k, v) in &self.env {
+            if k.ends_with("_PID_1") || k.ends_with("_PID_2") || k.ends_with("_PID_3") {
+                if let Ok(pid) = v.parse::<i32>() {
+                    signal(pid, libc::SIGCONT);
+                }
+            }
+        }
+        let _ = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn garage_bin() -> String {
+    std::env::var("GARAGE_BIN").unwrap_or_else(|_| "/var/cache/chaserfs/garage/bin/garage".into())
+}
+
+/// The bytes in `garage bucket info`'s size line ("Size: 1.2 MiB (1.3 MB)" or similar).
+fn parse_size_line(text: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().to_lowercase().starts_with("size"))?;
+    let value = line.split_once(':')?.1.trim();
+    let mut parts = value.split_whitespace();
+    let n: f64 = parts.next()?.parse().ok()?;
+    let unit = parts.next().unwrap_or("B");
+    let mult = match unit.trim_matches(|c| c == '(' || c == ')') {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: signalling a process this test started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Writes `data` to `path` and fsyncs it: acknowledged once this returns.
+fn write_synced(path: &Path, data: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn start_session(d: &Daemon, ws: &str, sub: &str) -> (u16, Value, PathBuf) {
+    let path = d.mount_root().join(sub);
+    let (s, v) = d.call(
+        "POST",
+        "/v1/sessions",
+        Some(json!({"workspace": ws, "mountpoint": path})),
+    );
+    (s, v, path)
+}
+
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn hosts_serve_the_same_workspaces() {
+    let stores = Stores::start();
+    let a = stores.host("host-a", &[]);
+    let b = stores.host("host-b", &[]);
+
+    // Made on one host, seen and changed on the other.
+    a.create_workspace("alpha");
+    let (s, v) = b.call("GET", "/v1/workspaces/alpha", None);
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = b.call(
+        "POST",
+        "/v1/workspaces",
+        Some(json!({"clone_from": "alpha", "name": "alpha-clone"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a.call("GET", "/v1/workspaces/alpha-clone", None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["cloned_from"],
+        b.call("GET", "/v1/workspaces/alpha", None).1["id"]
+    );
+
+    // Names are unique across hosts.
+    let (s, v) = b.call(
+        "POST",
+        "/v1/workspaces",
+        Some(json!({"session_type": "sandbox", "name": "ALPHA"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("workspace_name_taken")),
+        "{v}"
+    );
+
+    // Files written through a session on A, snapshotted on B, restored on A.
+    let (sid, path) = a.mount("alpha", "alpha");
+    write_synced(&path.join("one.txt"), b"first version");
+    a.unmount(&sid);
+    let (s, v) = b.call(
+        "POST",
+        "/v1/workspaces/alpha/snapshots",
+        Some(json!({"name": "v1"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (sid, path) = b.mount("alpha", "alpha");
+    assert_eq!(
+        std::fs::read(path.join("one.txt")).unwrap(),
+        b"first version"
+    );
+    write_synced(&path.join("one.txt"), b"second version");
+    b.unmount(&sid);
+    let (s, v) = a.call("POST", "/v1/workspaces/alpha/snapshots/v1/restore", None);
+    assert_eq!(s, 200, "{v}");
+    let (sid, path) = a.mount("alpha", "alpha2");
+    assert_eq!(
+        std::fs::read(path.join("one.txt")).unwrap(),
+        b"first version"
+    );
+
+    // One writer per workspace: while A has it mounted, B can neither mount nor delete it.
+    let (s, v, _) = start_session(&b, "alpha", "alpha-b");
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = b.call("DELETE", "/v1/workspaces/alpha?force=true", None);
+    assert_eq!(s, 409, "{v}");
+    a.unmount(&sid);
+    let (s, v) = b.call("DELETE", "/v1/workspaces/alpha", None);
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = a.call("GET", "/v1/workspaces/alpha", None);
+    assert_eq!(s, 404);
+}
+
+/// SIGKILL the host in the middle of a session: after the lease TTL another host mounts the
+/// workspace at the last acknowledged commit, every fsynced file intact.
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn a_killed_host_s_workspace_moves_to_another_host() {
+    let stores = Stores::start();
+    let mut a = stores.host("host-a", &["--commit-interval", "3600"]);
+    let b = stores.host("host-b", &[]);
+    a.create_workspace("work");
+    let (_, path) = a.mount("work", "work");
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let data = common::noise(i, 100_000 + i as usize * 7919);
+        write_synced(&path.join(format!("f{i}")), &data);
+        acknowledged.push(data);
+    }
+    // Written but never synced (and no periodic commit): may be lost, must not corrupt.
+    std::fs::write(path.join("unsynced"), b"maybe").unwrap();
+
+    a.kill();
+    let killed = Instant::now();
+    let (s, v, _) = start_session(&b, "work", "work-b");
+    assert_eq!(
+        s, 409,
+        "the dead host's hold lasts until its lease expires: {v}"
+    );
+    let (session, path) = loop {
+        let (s, v, path) = start_session(&b, "work", "work-b");
+        if s == 201 {
+            break (v["id"].as_str().unwrap().to_string(), path);
+        }
+        assert_eq!(s, 409, "{v}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(LEASE_TTL * 4),
+            "no failover: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let failover = killed.elapsed();
+    println!("failover after SIGKILL: {failover:?} (lease TTL {LEASE_TTL} s)");
+    assert!(failover >= Duration::from_secs(LEASE_TTL) - Duration::from_millis(500));
+    for (i, data) in acknowledged.iter().enumerate() {
+        assert_eq!(
+            &std::fs::read(path.join(format!("f{i}"))).unwrap(),
+            data,
+            "f{i}"
+        );
+    }
+    // The lost session was ended, the new one is the workspace's.
+    let (_, ws) = b.call("GET", "/v1/workspaces/work", None);
+    assert_eq!(ws["active_session_id"], session.as_str());
+    let (_, sessions) = b.call("GET", "/v1/sessions", None);
+    let ended = sessions
+        .as_array()
+        .or_else(|| sessions["sessions"].as_array())
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "ended")
+        .count();
+    assert_eq!(ended, 1, "{sessions}");
+    b.unmount(&session);
+}
+
+/// Fencing: a host paused past its lease (as a partition would cut it off) loses the
+/// workspace to another host, and when it wakes its commits are refused (fsync answers EIO)
+/// instead of overwriting the new host's work.
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn a_host_that_lost_its_lease_cannot_commit() {
+    let stores = Stores::start();
+    let a = stores.host("host-a", &["--commit-interval", "3600"]);
+    let b = stores.host("host-b", &[]);
+    a.create_workspace("fenced");
+    let (_, path_a) = a.mount("fenced", "fenced");
+    write_synced(&path_a.join("before"), b"from A");
+    let mut open_on_a = std::fs::File::create(path_a.join("late")).unwrap();
+
+    signal(a.pid(), libc::SIGSTOP);
+    let paused = Instant::now();
+    let (session_b, path_b) = loop {
+        let (s, v, path) = start_session(&b, "fenced", "fenced-b");
+        if s == 201 {
+            break (v["id"].as_str().unwrap().to_string(), path);
+        }
+        assert!(paused.elapsed() < Duration::from_secs(LEASE_TTL * 4), "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    write_synced(&path_b.join("after"), b"from B");
+    signal(a.pid(), libc::SIGCONT);
+
+    // A wakes: its writes land in its overlay, but no commit of it can move the root now.
+    open_on_a.write_all(b"A's late write").unwrap();
+    let err = open_on_a
+        .sync_all()
+        .expect_err("a fenced host's fsync must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(std::fs::read(path_b.join("after")).unwrap(), b"from B");
+    assert_eq!(std::fs::read(path_b.join("before")).unwrap(), b"from A");
+    assert!(!path_b.join("late").exists());
+    b.unmount(&session_b);
+    let (_, ws) = a.call("GET", "/v1/workspaces/fenced", None);
+    assert_eq!(ws["active_session_id"], Value::Null, "{ws}");
+}
+
+/// A chunk is stored once in the bucket whichever host writes it.
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn identical_data_is_uploaded_once_across_hosts() {
+    let stores = Stores::start();
+    let a = stores.host("host-a", &[]);
+    let b = stores.host("host-b", &[]);
+    let data = common::noise(7, 8 << 20);
+    a.create_workspace("one");
+    b.create_workspace("two");
+    let (sa, pa) = a.mount("one", "one");
+    write_synced(&pa.join("big"), &data);
+    a.unmount(&sa);
+    let t = Instant::now();
+    let after_first = loop {
+        let n = stores.bucket_bytes();
+        if n >= 8 << 20 || t.elapsed() > Duration::from_secs(20) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(after_first >= 8 << 20, "{after_first}");
+    let (sb, pb) = b.mount("two", "two");
+    write_synced(&pb.join("copy"), &data);
+    b.unmount(&sb);
+    std::thread::sleep(Duration::from_secs(3));
+    let after_second = stores.bucket_bytes();
+    println!("bucket: {after_first} bytes after the first copy, {after_second} after the second");
+    assert!(
+        after_second < after_first + (1 << 20),
+        "the second copy was stored again: {after_first} -> {after_second}"
+    );
+    let (sb, pb) = b.mount("one", "one-on-b");
+    assert_eq!(std::fs::read(pb.join("big")).unwrap(), data);
+    b.unmount(&sb);
+}
+
+/// A Garage node down: reads and writes go on (every object is on all three nodes, writes
+/// need two). All of S3 unreachable: fsync fails with EIO after the request timeout instead
+/// of hanging, nothing is lost, and the next fsync once S3 is back succeeds.
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn object_store_faults() {
+    let stores = Stores::start();
+    let a = stores.host(
+        "host-a",
+        &["--commit-interval", "3600", "--request-timeout", "5"],
+    );
+    let b = stores.host("host-b", &[]);
+    a.create_workspace("faults");
+    let (sid, path) = a.mount("faults", "faults");
+    write_synced(&path.join("early"), &common::noise(1, 1 << 20));
+
+    let g3 = stores.pid("GARAGE_PID_3");
+    signal(g3, libc::SIGKILL);
+    let during = common::noise(2, 3 << 20);
+    write_synced(&path.join("during"), &during);
+
+    let (g1, g2) = (stores.pid("GARAGE_PID_1"), stores.pid("GARAGE_PID_2"));
+    signal(g1, libc::SIGSTOP);
+    signal(g2, libc::SIGSTOP);
+    let mut f = std::fs::File::create(path.join("stalled")).unwrap();
+    f.write_all(&common::noise(3, 1 << 20)).unwrap();
+    let t = Instant::now();
+    let err = f.sync_all().expect_err("fsync with S3 gone must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    println!("fsync with S3 stopped failed after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(60));
+    signal(g1, libc::SIGCONT);
+    signal(g2, libc::SIGCONT);
+    f.sync_all().expect("fsync once S3 is back");
+    drop(f);
+    a.unmount(&sid);
+
+    // Another host, cold, reads everything back with one Garage node still down.
+    let (sid, path) = b.mount("faults", "faults-b");
+    assert_eq!(std::fs::read(path.join("during")).unwrap(), during);
+    assert_eq!(
+        std::fs::read(path.join("stalled")).unwrap(),
+        common::noise(3, 1 << 20)
+    );
+    b.unmount(&sid);
+}
+
+/// The etcd leader killed: the API answers again once the other two members elect one.
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn etcd_leader_loss() {
+    let stores = Stores::start();
+    let a = stores.host("host-a", &[]);
+    a.create_workspace("before");
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", stores.var("CHASER_ETCD_ENDPOINTS")])
+        .args(["endpoint", "status", "-w", "json"])
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let leader_id = status[0]["Status"]["leader"].as_u64().unwrap();
+    let leader = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|m| m["Status"]["header"]["member_id"].as_u64() == Some(leader_id))
+        .unwrap();
+    signal(
+        stores.pid(&format!("ETCD_PID_{}", leader + 1)),
+        libc::SIGKILL,
+    );
+    let killed = Instant::now();
+    loop {
+        let (s, v) = a.call(
+            "POST",
+            "/v1/workspaces",
+            Some(json!({"session_type": "sandbox", "name": "after"})),
+        );
+        if s == 201 {
+            break;
+        }
+        assert!(matches!(s, 503 | 409), "{s} {v}");
+        assert!(killed.elapsed() < Duration::from_secs(30), "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "API writes again {:?} after the etcd leader was killed",
+        killed.elapsed()
+    );
+    let (s, _) = a.call("GET", "/v1/workspaces/before", None);
+    assert_eq!(s, 200);
+}
+
+/// A host that never saw a workspace mounts it at once and reads it lazily.
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn cold_start_on_another_host() {
+    let stores = Stores::start();
+    let a = stores.host("host-a", &[]);
+    let b = stores.host("host-b", &[]);
+    a.create_workspace("tree");
+    let (sid, path) = a.mount("tree", "tree");
+    for d in 0..20 {
+        std::fs::create_dir(path.join(format!("d{d}"))).unwrap();
+        for f in 0..100 {
+            std::fs::write(
+                path.join(format!("d{d}/f{f}")),
+                format!("file {d}/{f}\n").repeat(f + 1),
+            )
+            .unwrap();
+        }
+    }
+    a.unmount(&sid);
+    let t = Instant::now();
+    let (sid, path) = b.mount("tree", "tree-b");
+    let mounted = t.elapsed();
+    let mut n = 0;
+    for d in 0..20 {
+        for f in 0..100 {
+            let text = std::fs::read_to_string(path.join(format!("d{d}/f{f}"))).unwrap();
+            assert_eq!(text, format!("file {d}/{f}\n").repeat(f + 1));
+            n += 1;
+        }
+    }
+    println!(
+        "cold mount {mounted:?}; {n} files read cold in {:?}",
+        t.elapsed() - mounted
+    );
+    assert!(mounted < Duration::from_secs(5), "{mounted:?}");
+    b.unmount(&sid);
+}
+
+impl Stores {
+    /// Runs `chaserfs ARGS` with this cluster's flags (a maintenance command).
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let scratch = self.dir.path().join(format!("cli-{}", rand_suffix()));
+        let out = Command::new(common::bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&scratch)
+            .args(["--s3-endpoint", self.var("CHASER_S3_ENDPOINT")])
+            .args(["--s3-bucket", self.var("CHASER_S3_BUCKET")])
+            .args(["--etcd-endpoints", self.var("CHASER_ETCD_ENDPOINTS")])
+            .args(["--etcd-prefix", &self.prefix])
+            .args(["--lease-ttl", &LEASE_TTL.to_string()])
+            .envs(
+                ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+                    .iter()
+                    .map(|k| (k.to_string(), self.var(k).to_string())),
+            )
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    static N: AtomicU16 = AtomicU16::new(0);
+    u64::from(N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Collections across hosts while another host keeps committing: the deleted workspace's
+/// data leaves the bucket, and every object every root refers to stays (a cluster fsck reads
+/// every root's every node and chunk back from S3). A collection that deleted a commit's
+/// freshly uploaded chunks before its root landed would fail the fsck.
+#[test]
+#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+fn collection_across_hosts_keeps_what_roots_reach() {
+    let stores = Stores::start();
+    let a = stores.host("host-a", &["--gc-interval", "0"]);
+    let b = stores.host(
+        "host-b",
+        &["--gc-interval", "0", "--commit-interval", "3600"],
+    );
+    a.create_workspace("doomed");
+    let (sid, path) = a.mount("doomed", "doomed");
+    write_synced(&path.join("big"), &common::noise(11, 16 << 20));
+    a.unmount(&sid);
+    b.create_workspace("live");
+    let (sid, live) = b.mount("live", "live");
+    let before = stores.bucket_bytes();
+
+    let writer = {
+        let live = live.clone();
+        std::thread::spawn(move || {
+            let mut last = HashMap::new();
+            for i in 0..60u64 {
+                let data = common::noise(1000 + i, 200_000 + (i as usize % 7) * 65_536);
+                write_synced(&live.join(format!("f{}", i % 5)), &data);
+                last.insert(i % 5, data);
+            }
+            last
+        })
+    };
+    let (s, v) = a.call("DELETE", "/v1/workspaces/doomed", None);
+    assert_eq!(s, 200, "{v}");
+    let mut runs = Vec::new();
+    while !writer.is_finished() {
+        let (ok, out) = stores.cli(&["gc", "--gc-grace", "0"]);
+        assert!(ok, "{out}");
+        runs.push(out);
+    }
+    let last = writer.join().unwrap();
+    let (ok, out) = stores.cli(&["gc", "--gc-grace", "0"]);
+    assert!(ok, "{out}");
+    println!("{} collections during the writes; last: {out}", runs.len());
+    assert!(!runs.is_empty());
+    for (i, data) in &last {
+        assert_eq!(&std::fs::read(live.join(format!("f{i}"))).unwrap(), data);
+    }
+    b.unmount(&sid);
+    let (ok, out) = stores.cli(&["fsck"]);
+    assert!(ok, "cluster fsck: {out}");
+    // Garage updates its bucket counters shortly after the deletes.
+    let t = Instant::now();
+    let after = loop {
+        let after = stores.bucket_bytes();
+        if after + (8 << 20) <= before || t.elapsed() > Duration::from_secs(20) {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("bucket {before} -> {after} bytes");
+    assert!(after + (8 << 20) <= before, "{before} -> {after}");
+}
