@@ -56,9 +56,11 @@ impl Objects {
             .with_region(&config.s3_region)
             .with_access_key_id(&config.s3_access_key)
             .with_secret_access_key(&config.s3_secret_key)
-            .with_allow_http(true)
+            // Client options replace the builder's own (`with_allow_http` among them), so
+            // plain-HTTP endpoints are allowed here.
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(true)
                     .with_connect_timeout(Duration::from_secs(5))
                     .with_timeout(config.request_timeout),
             )
