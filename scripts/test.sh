@@ -16,7 +16,7 @@ done
 
 # The cluster tests' stores: etcd from Debian, Garage (S3) built from crates.io once per
 # machine (~15 minutes on 2 cores), kept outside the checkout like the build. Only with
-# CHASERFS_CLUSTER_TESTS=1: the cluster tests are ignored until cluster hosts reach S3.
+# CHASERFS_CLUSTER_TESTS=1: the cluster tests are ignored until every scenario passes.
 cluster_tests="${CHASERFS_CLUSTER_TESTS:-0}"
 if [ "$cluster_tests" = 1 ] && { ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; }; then
     echo "setup: installing etcd"

@@ -1,8 +1,7 @@
 //! Cluster mode, end to end: 3 etcd members and 3 Garage nodes (`scripts/cluster.sh`) and
 //! two chaserfs hosts on loopback, all real processes. Each test has its own stores.
 //!
-//! Ignored for now: cluster hosts do not reach S3 yet (object_store's requests to Garage
-//! fail with reqwest's "builder error"; issue 10). Run them with
+//! Ignored in CI until every scenario passes (issue 10). Run them with
 //! `CHASERFS_CLUSTER_TESTS=1 bash scripts/test.sh` or `cargo test --release --test cluster --
 //! --ignored` once Garage and etcd are installed.
 
@@ -192,7 +191,7 @@ fn start_session(d: &Daemon, ws: &str, sub: &str) -> (u16, Value, PathBuf) {
 }
 
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn hosts_serve_the_same_workspaces() {
     let stores = Stores::start();
     let a = stores.host("host-a", &[]);
@@ -267,7 +266,7 @@ fn hosts_serve_the_same_workspaces() {
 /// SIGKILL the host in the middle of a session: after the lease TTL another host mounts the
 /// workspace at the last acknowledged commit, every fsynced file intact.
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn a_killed_host_s_workspace_moves_to_another_host() {
     let stores = Stores::start();
     let mut a = stores.host("host-a", &["--commit-interval", "3600"]);
@@ -331,7 +330,7 @@ fn a_killed_host_s_workspace_moves_to_another_host() {
 /// workspace to another host, and when it wakes its commits are refused (fsync answers EIO)
 /// instead of overwriting the new host's work.
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn a_host_that_lost_its_lease_cannot_commit() {
     let stores = Stores::start();
     let a = stores.host("host-a", &["--commit-interval", "3600"]);
@@ -370,7 +369,7 @@ fn a_host_that_lost_its_lease_cannot_commit() {
 
 /// A chunk is stored once in the bucket whichever host writes it.
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn identical_data_is_uploaded_once_across_hosts() {
     let stores = Stores::start();
     let a = stores.host("host-a", &[]);
@@ -409,7 +408,7 @@ fn identical_data_is_uploaded_once_across_hosts() {
 /// need two). All of S3 unreachable: fsync fails with EIO after the request timeout instead
 /// of hanging, nothing is lost, and the next fsync once S3 is back succeeds.
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn object_store_faults() {
     let stores = Stores::start();
     let a = stores.host(
@@ -454,7 +453,7 @@ fn object_store_faults() {
 
 /// The etcd leader killed: the API answers again once the other two members elect one.
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn etcd_leader_loss() {
     let stores = Stores::start();
     let a = stores.host("host-a", &[]);
@@ -501,7 +500,7 @@ fn etcd_leader_loss() {
 
 /// A host that never saw a workspace mounts it at once and reads it lazily.
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn cold_start_on_another_host() {
     let stores = Stores::start();
     let a = stores.host("host-a", &[]);
@@ -577,7 +576,7 @@ fn rand_suffix() -> u64 {
 /// every root's every node and chunk back from S3). A collection that deleted a commit's
 /// freshly uploaded chunks before its root landed would fail the fsck.
 #[test]
-#[ignore = "cluster hosts do not reach S3 yet (issue 10)"]
+#[ignore = "cluster mode in progress (issue 10)"]
 fn collection_across_hosts_keeps_what_roots_reach() {
     let stores = Stores::start();
     let a = stores.host("host-a", &["--gc-interval", "0"]);
