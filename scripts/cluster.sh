@@ -40,7 +40,7 @@ if [ "$cmd" = stop ]; then
     exit 0
 fi
 [ "$cmd" = start ] || { echo "usage: cluster.sh start|stop DIR" >&2; exit 2; }
-[ -x "$garage" ] || { echo "cluster.sh: garage not found (scripts/setup-cluster.sh installs it)" >&2; exit 1; }
+[ -x "$garage" ] || { echo "cluster.sh: garage not found (scripts/install-cluster-stores.sh installs it)" >&2; exit 1; }
 [ -x "$etcd" ] || { echo "cluster.sh: etcd not found (apt-get install etcd-server)" >&2; exit 1; }
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
@@ -87,7 +87,7 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:$((base + 40 + i))"
 admin_token = "chaserfs-test-admin"
 EOF
-    RUST_LOG=warn "$garage" -c "$dir/garage$i.toml" server >"$dir/garage$i.log" 2>&1 &
+    RUST_LOG=${GARAGE_LOG:-warn} "$garage" -c "$dir/garage$i.toml" server >"$dir/garage$i.log" 2>&1 &
     echo $! >"$dir/garage$i.pid"
 done
 for i in 1 2 3; do

@@ -14,22 +14,12 @@ for tool in pjdfstest@0.2.2 fsx@0.3.2; do
     fi
 done
 
-# The cluster tests' stores: etcd from Debian, Garage (S3) built from crates.io once per
-# machine (~15 minutes on 2 cores), kept outside the checkout like the build. Only with
-# CHASERFS_CLUSTER_TESTS=1: the cluster tests are ignored until every scenario passes.
-cluster_tests="${CHASERFS_CLUSTER_TESTS:-0}"
-if [ "$cluster_tests" = 1 ] && { ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; }; then
-    echo "setup: installing etcd"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
-fi
-garage_version=2.1.0
+# The cluster tests' stores (etcd, and Garage built once per machine): installed in the
+# background while the rest builds and tests; the cluster step waits for them.
+stores_log="$(mktemp)"
+nice -n 10 bash scripts/install-cluster-stores.sh >"$stores_log" 2>&1 &
+stores_pid=$!
 export GARAGE_BIN=/var/cache/chaserfs/garage/bin/garage
-if [ "$cluster_tests" = 1 ] && ! "$GARAGE_BIN" --version 2>/dev/null | grep -q "$garage_version"; then
-    echo "setup: building Garage $garage_version"
-    CARGO_TARGET_DIR=/var/cache/chaserfs/garage-target \
-        cargo install --quiet --locked "garage@$garage_version" --root /var/cache/chaserfs/garage
-fi
 
 # Schemathesis, from PyPI, in its own virtualenv (tests/schemathesis.rs runs it).
 venv=/var/cache/chaserfs/venv
@@ -59,10 +49,14 @@ echo "== engine tests with overflow checks and debug assertions"
 cargo test --release -p chaserfs-fs --test model --test crash \
     --config 'profile.release.package.chaserfs-fs.overflow-checks=true' \
     --config 'profile.release.package.chaserfs-fs.debug-assertions=true' 2>&1 | tee -a "$log"
-if [ "$cluster_tests" = 1 ]; then
-    echo "== cluster tests"
-    cargo test --release -p chaserfs --test cluster -- --ignored 2>&1 | tee -a "$log"
+echo "== cluster tests (3 etcd members, 3 Garage nodes, two or three hosts per test)"
+if ! wait "$stores_pid"; then
+    cat "$stores_log"
+    echo "installing the cluster stores failed" >&2
+    exit 1
 fi
+cat "$stores_log"
+cargo test --release -p chaserfs --test cluster -- --ignored 2>&1 | tee -a "$log"
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-rm -f "$log"
+rm -f "$log" "$stores_log"

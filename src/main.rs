@@ -411,6 +411,7 @@ fn serve(
             )?;
         }
     }
+    let stats = joined.as_ref().map(|(_, c)| (store.clone(), c.clone()));
     let host = joined.map(|(h, _)| h);
     let data_dir = data_dir.canonicalize()?;
     std::fs::create_dir_all(&mount_root)?;
@@ -451,6 +452,9 @@ fn serve(
         // SIGTERM: commit every session durably and unmount before exiting 0.
         let s: Arc<Service> = svc.clone();
         tokio::task::spawn_blocking(move || s.shutdown()).await?;
+        if let Some((store, cluster)) = stats {
+            tracing::info!("{}", cluster_stats(&store, &cluster));
+        }
         eprintln!("chaserfs: stopped");
         anyhow::Ok(())
     })
@@ -458,39 +462,40 @@ fn serve(
 
 /// Logs the object traffic and cache figures every minute they changed.
 fn spawn_cluster_stats(store: Arc<Store>, cluster: Arc<Cluster>) {
-    use std::sync::atomic::Ordering::Relaxed;
     std::thread::spawn(move || {
-        let mut last = None;
+        let mut last = String::new();
         loop {
             std::thread::sleep(Duration::from_secs(60));
-            let s = &cluster.objects.stats;
-            let c = store.cache_stats();
-            let now = (
-                s.fetched.load(Relaxed),
-                s.fetched_bytes.load(Relaxed),
-                s.uploaded.load(Relaxed),
-                s.uploaded_bytes.load(Relaxed),
-                s.deduplicated.load(Relaxed),
-                c,
-            );
-            if last.as_ref() != Some(&now) {
-                let reads = (c.hits + c.misses).max(1);
-                tracing::info!(
-                    "cluster objects: fetched {} ({} MiB), uploaded {} ({} MiB), {} chunks \
-                     found in S3 already; cache {} of {} MiB, {:.1}% of reads local",
-                    now.0,
-                    now.1 >> 20,
-                    now.2,
-                    now.3 >> 20,
-                    now.4,
-                    c.bytes >> 20,
-                    c.limit >> 20,
-                    100.0 * c.hits as f64 / reads as f64
-                );
-                last = Some(now);
+            let now = cluster_stats(&store, &cluster);
+            if now != last {
+                tracing::info!("{now}");
+                last = now;
             }
         }
     });
+}
+
+/// A cluster host's object traffic and cache figures since start.
+fn cluster_stats(store: &Store, cluster: &Cluster) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &cluster.objects.stats;
+    let c = store.cache_stats();
+    // Reads that fetched for themselves; prefetched objects count as local.
+    let reads = (c.hits + c.misses - c.prefetched).max(1);
+    format!(
+        "cluster objects: fetched {} ({} MiB, {} ahead of reads), uploaded {} ({} MiB), {} \
+         chunks found in S3 already; cache {} of {} MiB, {:.1}% of {} reads local",
+        s.fetched.load(Relaxed),
+        s.fetched_bytes.load(Relaxed) >> 20,
+        c.prefetched,
+        s.uploaded.load(Relaxed),
+        s.uploaded_bytes.load(Relaxed) >> 20,
+        s.deduplicated.load(Relaxed),
+        c.bytes >> 20,
+        c.limit >> 20,
+        100.0 * c.hits as f64 / reads as f64,
+        reads
+    )
 }
 
 /// Every `interval`, one collection across the cluster, if no other host is collecting.

@@ -6,78 +6,10 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{checksum, noise, sh, Daemon, Options};
-
-/// A small ext4 filesystem in an image file, loop-mounted; unmounted and removed on drop.
-struct LoopDisk {
-    dir: tempfile::TempDir,
-}
-
-impl LoopDisk {
-    fn new(size: &str) -> LoopDisk {
-        let dir = tempfile::Builder::new()
-            .prefix("chaserfs-fulldisk")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let img = dir.path().join("disk.img");
-        let mnt = dir.path().join("disk");
-        std::fs::create_dir(&mnt).unwrap();
-        sh(
-            &format!(
-                "truncate -s {size} {img} && mkfs.ext4 -q -m 0 -F {img} && mount -o loop {img} {mnt}",
-                img = img.display(),
-                mnt = mnt.display()
-            ),
-            Path::new("/"),
-        );
-        LoopDisk { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("disk")
-    }
-
-    fn avail(&self) -> u64 {
-        sh(
-            &format!("df --output=avail -B1 {} | tail -1", self.path().display()),
-            Path::new("/"),
-        )
-        .trim()
-        .parse()
-        .unwrap()
-    }
-}
-
-impl Drop for LoopDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.path()).status();
-    }
-}
-
-/// Writes `path` in 1 MiB pieces of fresh bytes (nothing to deduplicate), fdatasync every
-/// 16 MiB, until an error; returns it.
-fn fill(path: &Path) -> std::io::Error {
-    let mut f = match std::fs::File::create(path) {
-        Ok(f) => f,
-        Err(e) => return e, // full already
-    };
-    for i in 1u64.. {
-        if let Err(e) = f.write_all(&noise(i * 1000 + path.as_os_str().len() as u64, 1 << 20)) {
-            return e;
-        }
-        if i % 16 == 0 {
-            if let Err(e) = f.sync_data() {
-                return e;
-            }
-        }
-        assert!(i < 4096, "4 GiB written to a 1 GiB disk without an error");
-    }
-    unreachable!()
-}
+use common::{checksum, fill_until_error, noise, sh, Daemon, LoopDisk, Options};
 
 /// Writes and fsyncs a file; the error if any.
 fn try_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -108,7 +40,7 @@ fn a_full_disk_answers_enospc_and_recovers_without_a_restart() {
 
     // Fill the disk through a session: the answer is ENOSPC, not EIO, and it comes.
     let started = Instant::now();
-    let e = fill(&filler.join("fill.bin"));
+    let e = fill_until_error(&filler.join("fill.bin"));
     assert_eq!(
         e.raw_os_error(),
         Some(libc::ENOSPC),
@@ -117,7 +49,7 @@ fn a_full_disk_answers_enospc_and_recovers_without_a_restart() {
     );
     assert!(started.elapsed() < Duration::from_secs(120));
     // Another workspace's writer meets the same wall.
-    let e = fill(&keep.join("more.bin"));
+    let e = fill_until_error(&keep.join("more.bin"));
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
 
     // The daemon is healthy, the API works, fsynced data is intact.
@@ -151,7 +83,7 @@ fn a_full_disk_answers_enospc_and_recovers_without_a_restart() {
 
     // Fill again, then end the sessions and delete a workspace with its snapshot: all work
     // on a full disk, and the space comes back.
-    let e = fill(&filler.join("fill2.bin"));
+    let e = fill_until_error(&filler.join("fill2.bin"));
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     d.unmount(&filler_sid);
     d.unmount(&keep_sid);

@@ -122,6 +122,14 @@ impl chaserfs_fs::Remote for Cluster {
         self.objects.get(kind, hash)
     }
 
+    fn get_objects(
+        &self,
+        kind: chaserfs_fs::ObjectKind,
+        hashes: &[chaserfs_fs::Hash],
+    ) -> FsResult<Vec<Option<Vec<u8>>>> {
+        self.objects.get_many(kind, hashes)
+    }
+
     fn put_objects(
         &self,
         objects: Vec<(chaserfs_fs::ObjectKind, chaserfs_fs::Hash, Vec<u8>)>,

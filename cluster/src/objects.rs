@@ -62,7 +62,9 @@ impl Objects {
                 ClientOptions::new()
                     .with_allow_http(true)
                     .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(config.request_timeout),
+                    // One attempt gets a third of the budget: a request stalled on a dying
+                    // node (Garage takes seconds to notice one) is retried, not waited out.
+                    .with_timeout((config.request_timeout / 3).max(Duration::from_secs(1))),
             )
             .with_retry(RetryConfig {
                 max_retries: 5,
@@ -89,21 +91,32 @@ impl Objects {
         })
     }
 
-    pub fn get(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
-        let path = key(kind, hash);
-        self.runtime.block("S3 get", async {
-            match self.s3.get(&path).await {
-                Ok(r) => {
-                    let bytes = r.bytes().await.map_err(|e| s3_error("get", e))?;
-                    self.stats.fetched.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .fetched_bytes
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    Ok(Some(bytes.to_vec()))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(s3_error("get", e)),
+    async fn get_one(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+        match self.s3.get(&key(kind, hash)).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| s3_error("get", e))?;
+                self.stats.fetched.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .fetched_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(Some(bytes.to_vec()))
             }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_error("get", e)),
+        }
+    }
+
+    pub fn get(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+        self.runtime.block("S3 get", self.get_one(kind, hash))
+    }
+
+    /// Objects in the order asked, [`PARALLEL`] requests at a time.
+    pub fn get_many(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>> {
+        self.runtime.block("S3 get", async {
+            futures::stream::iter(hashes.iter().map(|h| self.get_one(kind, h)))
+                .buffered(PARALLEL)
+                .try_collect()
+                .await
         })
     }
 

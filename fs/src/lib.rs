@@ -13,6 +13,7 @@ pub mod gc;
 pub mod hash;
 pub mod keys;
 pub mod posix;
+mod prefetch;
 pub mod records;
 pub mod remote;
 pub mod roots;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::error::{FsError, FsResult};
 use crate::hash::Hash;
 use crate::keys::{self, Kind, ROOT_INO};
+use crate::prefetch::{Job, READ_AHEAD};
 use crate::records::{self, DirSeq, Dirent, Extent, FileKind, Inode, Super, Timespec};
 use crate::store::{RootId, RootRecord, Store};
 use crate::tree::{self, Changes, TreeIter};
@@ -176,7 +177,23 @@ struct State {
     /// Bytes of stored chunks this overlay stopped referencing (an upper bound of what the
     /// next collection can free: another root may share them). Reported at commit.
     released_bytes: u64,
+    /// Cluster mode: per file read, where its reader is and how far chunks were fetched
+    /// ahead of it (see `prefetch.rs`).
+    read_ahead: HashMap<u64, ReadAhead>,
+    /// Cluster mode: directories whose children were fetched ahead (see `prefetch.rs`).
+    prefetched_dirs: HashSet<u64>,
 }
+
+#[derive(Clone, Copy, Default)]
+struct ReadAhead {
+    /// End of the last read.
+    at: u64,
+    /// Chunks up to this offset were asked for.
+    fetched_to: u64,
+}
+
+/// Files whose readers are followed; past this, the oldest positions are forgotten.
+const READ_AHEAD_FILES: usize = 1024;
 
 fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
@@ -193,6 +210,16 @@ fn is_dot(name: &[u8]) -> bool {
 }
 
 impl State {
+    /// Cluster mode: the first lookup or listing in a directory fetches its children ahead.
+    fn prefetch_dir(&mut self, dir: u64) {
+        if self.store.is_cluster() && self.prefetched_dirs.insert(dir) {
+            self.store.prefetch_later(Job::Dir {
+                root: self.root,
+                dir,
+            });
+        }
+    }
+
     // ---- reading through the overlay ----
 
     fn get(&self, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
@@ -354,6 +381,8 @@ impl Workspace {
                 kernel_refs: HashMap::new(),
                 released_bytes: 0,
                 limits: Limits::default(),
+                read_ahead: HashMap::new(),
+                prefetched_dirs: HashSet::new(),
             };
             // Files unlinked while open when the last session ended are freed now.
             let (start, end) = keys::kind_range(keys::SUPER_INO, Kind::Orphan);
@@ -399,8 +428,9 @@ impl Workspace {
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         st.dir(parent)?;
+        st.prefetch_dir(parent);
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -657,8 +687,13 @@ impl Workspace {
         // Plan under the lock, fetch stored chunks outside it so reads run in parallel. The
         // chunks are pinned meanwhile: a commit racing this read cannot let the GC take them.
         let (mut out, fetch) = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             let plan = st.read_plan(ino, offset, len)?;
+            if self.store.is_cluster() {
+                if let Some(ahead) = st.read_ahead(ino, offset, len)? {
+                    self.store.prefetch_later(Job::Chunks(ahead));
+                }
+            }
             if plan.1.is_empty() {
                 return Ok(plan.0); // all in memory, or holes
             }
@@ -842,8 +877,9 @@ impl Workspace {
         offset: u64,
         mut f: impl FnMut(DirEntry) -> bool,
     ) -> FsResult<()> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         let dir = st.dir(ino)?;
+        st.prefetch_dir(ino);
         if offset < 1
             && !f(DirEntry {
                 name: b".".to_vec(),

@@ -30,6 +30,9 @@ pub trait Remote: Send + Sync {
     /// in its own), or `None` if the object store does not have it.
     fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>>;
 
+    /// Several objects at once, in the order asked, fetched in parallel (prefetch).
+    fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>>;
+
     /// Uploads objects. Chunks the object store already holds are not sent again.
     fn put_objects(&self, objects: Vec<(ObjectKind, Hash, Vec<u8>)>) -> FsResult<()>;
 

@@ -10,7 +10,7 @@
 //! Objects are immutable. Anything that is about to make a root reference an object pins it
 //! first ([`Store::pin`]); the garbage collector never deletes a pinned object (see `gc.rs`).
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::error::{FsError, FsResult};
 use crate::hash::Hash;
+use crate::prefetch::{Job, Prefetcher};
 use crate::records::Timespec;
 use crate::remote::{CommitToken, MetaChange, ObjectKind, Remote};
 use crate::tree::{Node, NodeCache};
@@ -205,6 +207,11 @@ pub struct Store {
     staged: Mutex<HashMap<uuid::Uuid, HashSet<Hash>>>,
     /// Cluster mode: uploaded or fetched objects kept in RocksDB, bounded.
     cache: Mutex<ObjectCache>,
+    /// Cluster mode: objects a prefetch is fetching; a read that misses one waits for it
+    /// (`fetched`) instead of asking the object store again.
+    in_flight: Mutex<HashSet<Hash>>,
+    fetched: Condvar,
+    prefetcher: OnceLock<Prefetcher>,
 }
 
 /// A cluster host's object cache: bytes held, the bound, and reads served locally (`hits`)
@@ -215,6 +222,8 @@ pub struct CacheStats {
     pub limit: u64,
     pub hits: u64,
     pub misses: u64,
+    /// Of the misses, objects fetched ahead of a read (see `prefetch.rs`).
+    pub prefetched: u64,
 }
 
 /// Objects a cluster host keeps locally, least recently used first, and their bytes.
@@ -222,13 +231,26 @@ struct ObjectCache {
     lru: lru::LruCache<Hash, (ObjectKind, u32)>,
     bytes: u64,
     limit: u64,
-    /// Reads served here, and reads that fetched from the object store.
+    /// Reads served here, and objects fetched from the object store (ahead of reads, or
+    /// for them).
     hits: u64,
     misses: u64,
+    prefetched: u64,
 }
+
+/// Cluster mode: how long a commit uploads again while collections keep starting sweeps
+/// during its upload, before it fails.
+const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// Objects per upload request batch: bounds the memory an upload of staged chunks takes.
 const UPLOAD_BATCH: usize = 256;
+
+fn kind_cf(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Node => CF_NODES,
+        ObjectKind::Chunk => CF_CHUNKS,
+    }
+}
 
 /// Record keys may not collide with root pointers.
 fn check_meta(ops: &[MetaOp]) -> FsResult<()> {
@@ -268,7 +290,11 @@ impl Store {
             std::fs::remove_dir_all(path)
                 .map_err(|e| FsError::Storage(format!("{}: {e}", path.display())))?;
         }
-        Self::open_inner(path, opts, Some(remote), cache_bytes)
+        let store = Self::open_inner(path, opts, Some(remote), cache_bytes)?;
+        let _ = store
+            .prefetcher
+            .set(Prefetcher::start(Arc::downgrade(&store)));
+        Ok(store)
     }
 
     fn open_inner(
@@ -374,7 +400,11 @@ impl Store {
                 limit: cache_bytes,
                 hits: 0,
                 misses: 0,
+                prefetched: 0,
             }),
+            in_flight: Mutex::new(HashSet::new()),
+            fetched: Condvar::new(),
+            prefetcher: OnceLock::new(),
         });
         Ok(store)
     }
@@ -433,24 +463,122 @@ impl Store {
         let Some(remote) = &self.remote else {
             return Ok(None);
         };
+        if self.wait_in_flight(hash) {
+            if let Some(bytes) = self.db.get_cf(self.cf(kind_cf(kind)), hash.0)? {
+                self.cache_touch(hash);
+                return Ok(Some(bytes));
+            }
+        }
         let Some(bytes) = remote.get_object(kind, hash)? else {
             return Ok(None);
         };
-        let (cf, matches) = match kind {
-            ObjectKind::Node => (CF_NODES, Hash::of(&bytes) == *hash),
-            ObjectKind::Chunk => (CF_CHUNKS, Hash::of(&decode_chunk(&bytes)?) == *hash),
+        self.admit(kind, hash, &bytes)?;
+        self.cache.lock().misses += 1;
+        Ok(Some(bytes))
+    }
+
+    /// Waits while a prefetch fetches `hash`; whether it did.
+    fn wait_in_flight(&self, hash: &Hash) -> bool {
+        let mut in_flight = self.in_flight.lock();
+        if !in_flight.contains(hash) {
+            return false;
+        }
+        while in_flight.contains(hash) {
+            if self
+                .fetched
+                .wait_for(&mut in_flight, Duration::from_secs(60))
+                .timed_out()
+            {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Checks an object from the object store against its hash and caches it here.
+    fn admit(&self, kind: ObjectKind, hash: &Hash, bytes: &[u8]) -> FsResult<()> {
+        let matches = match kind {
+            ObjectKind::Node => Hash::of(bytes) == *hash,
+            ObjectKind::Chunk => Hash::of(&decode_chunk(bytes)?) == *hash,
         };
         if !matches {
             return Err(FsError::corrupt(format!(
                 "object {hash} from the object store does not match its hash"
             )));
         }
+        // The cache leaves twice the reserve free, so it never takes the room writes need.
+        // Past that it only costs the copy: the read goes on from memory, and the cache
+        // shrinks to what it holds, so later objects take the place of older ones.
+        if let Err(FsError::NoSpace) = self.check_space(bytes.len() as u64 + self.reserve_bytes) {
+            let mut c = self.cache.lock();
+            if c.limit > c.bytes {
+                tracing::warn!(
+                    "the cache disk is full: the object cache shrinks to {} MiB",
+                    c.bytes >> 20
+                );
+                c.limit = c.bytes;
+            }
+            return Ok(());
+        }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        self.db.put_cf_opt(self.cf(cf), hash.0, &bytes, &wo)?;
-        self.cache.lock().misses += 1;
+        self.db
+            .put_cf_opt(self.cf(kind_cf(kind)), hash.0, bytes, &wo)?;
         self.cache_insert(kind, *hash, bytes.len());
-        Ok(Some(bytes))
+        Ok(())
+    }
+
+    /// Cluster mode: fetches, in parallel, the objects of `hashes` not held here (see
+    /// `prefetch.rs`). Errors are left to the reads that need the objects.
+    pub(crate) fn prefetch(&self, kind: ObjectKind, hashes: &[Hash]) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let cf = self.cf(kind_cf(kind));
+        let wanted: Vec<Hash> = {
+            let mut in_flight = self.in_flight.lock();
+            hashes
+                .iter()
+                .filter(|h| {
+                    let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
+                        || (self.db.key_may_exist_cf(cf, h.0)
+                            && matches!(self.db.get_pinned_cf(cf, h.0), Ok(Some(_))));
+                    !cached && in_flight.insert(**h)
+                })
+                .copied()
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        match remote.get_objects(kind, &wanted) {
+            Ok(objects) => {
+                let mut n = 0;
+                for (h, bytes) in wanted.iter().zip(objects) {
+                    let Some(bytes) = bytes else { continue };
+                    match self.admit(kind, h, &bytes) {
+                        Ok(()) => n += 1,
+                        Err(e) => tracing::warn!("prefetch: {e}"),
+                    }
+                }
+                let mut c = self.cache.lock();
+                c.misses += n;
+                c.prefetched += n;
+            }
+            Err(e) => tracing::debug!("prefetch: {e}"),
+        }
+        let mut in_flight = self.in_flight.lock();
+        for h in &wanted {
+            in_flight.remove(h);
+        }
+        self.fetched.notify_all();
+    }
+
+    /// Cluster mode: queues a prefetch for the background thread.
+    pub(crate) fn prefetch_later(&self, job: Job) {
+        if let Some(p) = self.prefetcher.get() {
+            p.send(job);
+        }
     }
 
     /// Cluster mode: records an object as cached (uploaded or fetched) and evicts the least
@@ -485,11 +613,7 @@ impl Store {
             if staged.values().any(|s| s.contains(&h)) {
                 continue;
             }
-            let cf = match k {
-                ObjectKind::Node => CF_NODES,
-                ObjectKind::Chunk => CF_CHUNKS,
-            };
-            if let Err(e) = self.db.delete_cf_opt(self.cf(cf), h.0, &wo) {
+            if let Err(e) = self.db.delete_cf_opt(self.cf(kind_cf(k)), h.0, &wo) {
                 tracing::warn!("evicting {h} from the cache: {e}");
             }
         }
@@ -511,6 +635,7 @@ impl Store {
             limit: c.limit,
             hits: c.hits,
             misses: c.misses,
+            prefetched: c.prefetched,
         }
     }
 
@@ -679,12 +804,22 @@ impl Store {
         nodes: &[(Hash, Vec<u8>)],
         write_root: impl Fn(CommitToken) -> FsResult<()>,
     ) -> FsResult<()> {
-        let mut tries = 0;
+        // Each refusal means a sweep started during the upload; sweeps are rare (one per
+        // `--gc-interval`), so this gives up only if collections run back to back.
+        let started = std::time::Instant::now();
         let uploaded = loop {
             let token = remote.begin_commit()?;
             let uploaded = self.upload(remote, owner, nodes)?;
             match write_root(token) {
-                Err(FsError::Stale) if tries < 3 => tries += 1,
+                Err(FsError::Stale) if started.elapsed() < STALE_RETRY_FOR => {
+                    tracing::info!("a collection started during the upload: uploading again");
+                }
+                Err(FsError::Stale) => {
+                    return Err(FsError::Storage(format!(
+                        "collections kept starting during this commit's upload for {:?}",
+                        STALE_RETRY_FOR
+                    )))
+                }
                 Err(e) => return Err(e),
                 Ok(()) => break uploaded,
             }

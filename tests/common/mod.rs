@@ -2,6 +2,7 @@
 //! mount root, driven over real HTTP.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -249,6 +250,73 @@ pub fn sh(cmd: &str, dir: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A small ext4 filesystem in an image file, loop-mounted; unmounted and removed on drop.
+pub struct LoopDisk {
+    dir: tempfile::TempDir,
+}
+
+impl LoopDisk {
+    pub fn new(size: &str) -> LoopDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("chaserfs-fulldisk")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let img = dir.path().join("disk.img");
+        let mnt = dir.path().join("disk");
+        std::fs::create_dir(&mnt).unwrap();
+        sh(
+            &format!(
+                "truncate -s {size} {img} && mkfs.ext4 -q -m 0 -F {img} && mount -o loop {img} {mnt}",
+                img = img.display(),
+                mnt = mnt.display()
+            ),
+            Path::new("/"),
+        );
+        LoopDisk { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("disk")
+    }
+
+    pub fn avail(&self) -> u64 {
+        sh(
+            &format!("df --output=avail -B1 {} | tail -1", self.path().display()),
+            Path::new("/"),
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path()).status();
+    }
+}
+
+/// Writes `path` in 1 MiB pieces of fresh bytes (nothing to deduplicate), fdatasync every
+/// 16 MiB, until an error; returns it.
+pub fn fill_until_error(path: &Path) -> std::io::Error {
+    let mut f = match std::fs::File::create(path) {
+        Ok(f) => f,
+        Err(e) => return e, // full already
+    };
+    for i in 1u64.. {
+        if let Err(e) = f.write_all(&noise(i * 1000 + path.as_os_str().len() as u64, 1 << 20)) {
+            return e;
+        }
+        if i % 16 == 0 {
+            if let Err(e) = f.sync_data() {
+                return e;
+            }
+        }
+        assert!(i < 4096, "4 GiB written to a small disk without an error");
+    }
+    unreachable!()
 }
 
 pub fn checksum(path: &Path) -> String {

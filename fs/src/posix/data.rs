@@ -152,6 +152,42 @@ impl State {
     /// Fills what a read can take from memory (dirty buffers, sealed chunks not yet stored)
     /// and lists the stored chunks still to fetch: (offset in `out`, offset in chunk, length,
     /// extent). The caller fetches those without holding the workspace.
+    /// Cluster mode: when a read follows the last one of `ino` (give or take the kernel's
+    /// reordering), the chunks of the next [`READ_AHEAD`] bytes not fetched ahead yet.
+    pub(super) fn read_ahead(
+        &mut self,
+        ino: u64,
+        offset: u64,
+        len: usize,
+    ) -> FsResult<Option<Vec<Hash>>> {
+        if self.read_ahead.len() > READ_AHEAD_FILES {
+            self.read_ahead.clear();
+        }
+        let end = offset.saturating_add(len as u64);
+        let r = self.read_ahead.entry(ino).or_default();
+        let sequential = offset.abs_diff(r.at) <= 1 << 20;
+        r.at = if sequential { r.at.max(end) } else { end };
+        if !sequential || r.fetched_to >= end + READ_AHEAD / 2 {
+            return Ok(None);
+        }
+        let from = r.fetched_to.max(end);
+        let to = end + READ_AHEAD;
+        r.fetched_to = to;
+        let size = self.regular(ino)?.size;
+        let mut ahead = Vec::new();
+        for idx in from / CS..to.min(size).div_ceil(CS) {
+            if self.chunks.contains_key(&(ino, idx)) {
+                continue;
+            }
+            if let Some(e) = self.extent(ino, idx)? {
+                if !self.pending.contains_key(&e.hash) {
+                    ahead.push(e.hash);
+                }
+            }
+        }
+        Ok((!ahead.is_empty()).then_some(ahead))
+    }
+
     pub(super) fn read_plan(
         &self,
         ino: u64,
