@@ -57,6 +57,7 @@ if ! wait "$stores_pid"; then
 fi
 cat "$stores_log"
 cargo test --release -p chaserfs --test cluster -- --ignored 2>&1 | tee -a "$log"
+cargo test --release -p chaserfs-fs --test model -- --ignored 2>&1 | tee -a "$log"
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log" "$stores_log"

@@ -5,9 +5,19 @@
 //!
 //! Fixed seeds run every time, plus one random seed that is printed; replay a failure with
 //! `CHASERFS_MODEL_SEED=<seed> cargo test --release -p chaserfs-fs --test model`.
+//!
+//! The same operations run on a cluster host's store too (objects in Garage, roots and
+//! records in etcd, collections across the cluster, every reopen starting from an empty
+//! cache): ignored by a plain `cargo test`, run by `scripts/test.sh` with the cluster tests.
+
+#[path = "../../tests/common/stores.rs"]
+mod stores;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
+
+use chaserfs_cluster::{Cluster, ClusterConfig};
 
 use chaserfs_fs::keys::ROOT_INO;
 use chaserfs_fs::posix::{CHUNK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE};
@@ -280,6 +290,49 @@ struct World {
     current: Uuid,
     next_id: u128,
     options: StoreOptions,
+    /// Set when the store is a cluster host's.
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// A cluster for the worlds of one test: its stores, and a count that gives each world a
+/// prefix of its own in etcd (worlds share the bucket; each collection marks only its own
+/// world's roots, so it also collects what earlier worlds left).
+struct ClusterStores {
+    stores: stores::Stores,
+    worlds: std::sync::atomic::AtomicU32,
+}
+
+impl ClusterStores {
+    fn start() -> ClusterStores {
+        ClusterStores {
+            stores: stores::Stores::start(),
+            worlds: Default::default(),
+        }
+    }
+
+    fn connect(&self) -> Arc<Cluster> {
+        let n = self
+            .worlds
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let s = &self.stores;
+        Cluster::connect(&ClusterConfig {
+            s3_endpoint: s.var("CHASER_S3_ENDPOINT").into(),
+            s3_bucket: s.var("CHASER_S3_BUCKET").into(),
+            s3_region: "garage".into(),
+            s3_access_key: s.var("AWS_ACCESS_KEY_ID").into(),
+            s3_secret_key: s.var("AWS_SECRET_ACCESS_KEY").into(),
+            etcd_endpoints: s
+                .var("CHASER_ETCD_ENDPOINTS")
+                .split(',')
+                .map(String::from)
+                .collect(),
+            etcd_prefix: format!("{}world-{n}/", s.prefix),
+            host: format!("model-{n}"),
+            lease_ttl: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        })
+        .unwrap()
+    }
 }
 
 fn pick<T: Clone>(items: &[T], i: usize) -> Option<T> {
@@ -308,9 +361,9 @@ fn pattern(fill: u8, len: u64, off: u64) -> Vec<u8> {
 }
 
 impl World {
-    fn new(options: StoreOptions) -> World {
+    fn new(options: StoreOptions, cluster: Option<Arc<Cluster>>) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(dir.path(), options.clone()).unwrap();
+        let store = open(dir.path(), &options, &cluster).unwrap();
         let id = Uuid::from_u128(1);
         roots::create_workspace(&store, id, &[]).unwrap();
         let ws = Workspace::open(store.clone(), id).unwrap();
@@ -323,7 +376,18 @@ impl World {
             current: id,
             next_id: 2,
             options,
+            cluster,
         }
+    }
+
+    /// One collection: the store's own, or the cluster's (no grace: nothing uploads
+    /// concurrently here).
+    fn collect(&self, compact: bool) -> Result<(), String> {
+        match &self.cluster {
+            None => gc::collect(self.store(), compact).map(|_| ()),
+            Some(c) => chaserfs_cluster::gc::collect(self.store(), c, Duration::ZERO).map(|_| ()),
+        }
+        .map_err(|e| format!("gc: {e}"))
     }
 
     fn store(&self) -> &Arc<Store> {
@@ -678,9 +742,7 @@ impl World {
                 self.snaps.remove(&id);
             }
             Op::Reopen => self.reopen()?,
-            Op::Gc => {
-                gc::collect(self.store(), false).map_err(|e| format!("gc: {e}"))?;
-            }
+            Op::Gc => self.collect(false)?,
             Op::Check => self.check_current()?,
         }
         Ok(())
@@ -691,7 +753,7 @@ impl World {
         self.open.clear();
         self.store = None;
         let store =
-            Store::open_with(self.dir.path(), self.options.clone()).map_err(|e| e.to_string())?;
+            open(self.dir.path(), &self.options, &self.cluster).map_err(|e| e.to_string())?;
         for (id, (committed, live)) in self.models.iter_mut() {
             *live = committed.clone();
             self.open.insert(
@@ -709,7 +771,7 @@ impl World {
 
     /// Final check: every workspace and snapshot against its model, and fsck.
     fn check_all(&mut self) -> Result<(), String> {
-        gc::collect(self.store(), true).map_err(|e| format!("gc: {e}"))?;
+        self.collect(true)?;
         for (id, ws) in &self.open {
             ws.commit(false).map_err(|e| e.to_string())?;
             check_tree(ws, &self.models[id].1)?;
@@ -890,7 +952,36 @@ fn check_tree(ws: &Workspace, m: &MFs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_seed(seed: u64, cases: u32, ops_per_case: usize, options: &StoreOptions) {
+/// A store on `dir`: RocksDB alone, or a cluster host's cache there (a new one at each open,
+/// so a reopen reads everything back from the object store).
+fn open(
+    dir: &std::path::Path,
+    options: &StoreOptions,
+    cluster: &Option<Arc<Cluster>>,
+) -> FsResult<Arc<Store>> {
+    match cluster {
+        None => Store::open_with(dir, options.clone()),
+        Some(c) => {
+            // A cache dir of its own, as on a host started afresh (a prefetch of the store
+            // before may still hold the last one for a moment).
+            static OPENS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = OPENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let cache = dir.join(format!("cache-{n}"));
+            let store = Store::open_cluster(&cache, options.clone(), c.clone(), 1 << 30)?;
+            // Root writes check records against a view; reading them starts it.
+            store.meta_scan(&[])?;
+            Ok(store)
+        }
+    }
+}
+
+fn run_seed(
+    seed: u64,
+    cases: u32,
+    ops_per_case: usize,
+    options: &StoreOptions,
+    cluster: Option<&ClusterStores>,
+) {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let config = Config {
@@ -901,7 +992,7 @@ fn run_seed(seed: u64, cases: u32, ops_per_case: usize, options: &StoreOptions) 
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
     let result = runner.run(&prop::collection::vec(op(), ops_per_case), |ops| {
-        let mut w = World::new(options.clone());
+        let mut w = World::new(options.clone(), cluster.map(|c| c.connect()));
         for (n, op) in ops.iter().enumerate() {
             w.run(op)
                 .map_err(|e| TestCaseError::fail(format!("op {n}: {e}")))?;
@@ -941,7 +1032,7 @@ fn engine_matches_the_model() {
     };
     // 4 seeds x 8 cases x 400 operations = 12,800 operations.
     for seed in seeds {
-        run_seed(seed, 8, 400, &StoreOptions::default());
+        run_seed(seed, 8, 400, &StoreOptions::default(), None);
     }
     let ops = OPS_RUN.load(std::sync::atomic::Ordering::Relaxed);
     let errors = EXPECTED_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
@@ -958,6 +1049,29 @@ fn engine_matches_the_model_with_a_tiny_node_cache() {
         ..StoreOptions::default()
     };
     for seed in [11, 12] {
-        run_seed(seed, 8, 400, &options);
+        run_seed(seed, 8, 400, &options, None);
     }
+}
+
+/// The same operations on a cluster host's store: a fixed seed and a printed random one,
+/// 2 x 6 cases x 250 operations.
+#[test]
+#[ignore = "needs etcd and Garage (scripts/install-cluster-stores.sh); scripts/test.sh runs it"]
+fn cluster_store_matches_the_model() {
+    let cluster = ClusterStores::start();
+    let seeds: Vec<u64> = match std::env::var("CHASERFS_MODEL_SEED") {
+        Ok(s) => vec![s.parse().expect("CHASERFS_MODEL_SEED is a number")],
+        Err(_) => {
+            let random = rand::random::<u64>();
+            println!("cluster model test: random seed {random} (replay with CHASERFS_MODEL_SEED={random})");
+            vec![21, random]
+        }
+    };
+    let before = OPS_RUN.load(std::sync::atomic::Ordering::Relaxed);
+    for seed in seeds {
+        run_seed(seed, 6, 250, &StoreOptions::default(), Some(&cluster));
+    }
+    let ops = OPS_RUN.load(std::sync::atomic::Ordering::Relaxed) - before;
+    println!("cluster model test: {ops} operations checked");
+    assert!(ops >= 1_000);
 }

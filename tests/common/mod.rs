@@ -2,6 +2,8 @@
 //! mount root, driven over real HTTP.
 #![allow(dead_code)]
 
+pub mod stores;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
