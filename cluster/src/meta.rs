@@ -4,12 +4,13 @@
 //! |---|---|
 //! | `P r/w/<uuid>`, `P r/s/<uuid>` | a workspace's or snapshot's root pointer (`RootRecord`, postcard) |
 //! | `P m/<hex of the record key>` | a service record (JSON); empty: deleted (a tombstone) |
+//! | `P mrev` | empty; rewritten by every transaction that writes records |
 //! | `P h/<uuid>` | `host lease nonce` of the host holding the workspace open, on its lease |
 //! | `P gc/count` | bumped as each collection starts its sweep |
 //! | `P gc/sweep` | the host sweeping, on its lease: exists while a collection deletes |
 //!
 //! Every change is one transaction. Record writes carry "no record changed since this host's
-//! view" (a compare over the whole `m/` range), so hosts decide on current records or retry;
+//! view" (a compare of `P mrev`'s revision), so hosts decide on current records or retry;
 //! deletes leave tombstones so a host catching up (`changes`: keys modified since its view)
 //! sees them. A commit carries "this host still holds the workspace, and its root is the one
 //! this host last wrote" (fencing): a host whose lease expired can no longer move a root,
@@ -135,6 +136,12 @@ impl Meta {
         k
     }
 
+    /// Bumped by every transaction that writes records: "no record changed since the view"
+    /// is one key's revision to compare, whatever the number of records.
+    fn records_rev_key(&self) -> Vec<u8> {
+        format!("{}mrev", self.prefix).into_bytes()
+    }
+
     fn parse_record_key(&self, key: &[u8]) -> Option<Vec<u8>> {
         hex::decode(key.strip_prefix(self.records_prefix().as_slice())?).ok()
     }
@@ -193,7 +200,11 @@ impl Meta {
             .view
             .lock()
             .ok_or_else(|| FsError::Storage("records were never read".into()))?;
-        Ok(Compare::mod_revision(self.records_prefix(), CompareOp::Less, view + 1).with_prefix())
+        Ok(Compare::mod_revision(
+            self.records_rev_key(),
+            CompareOp::Less,
+            view + 1,
+        ))
     }
 
     /// After a transaction that held "no record changed since the view" at revision `rev`,
@@ -203,10 +214,17 @@ impl Meta {
         *v = Some(v.map_or(rev, |v| v.max(rev)));
     }
 
+    /// The puts of a transaction's record changes (one call per transaction: it bumps
+    /// [`Meta::records_rev_key`]).
     fn record_ops(&self, meta: &[MetaOp]) -> Vec<TxnOp> {
-        meta.iter()
+        let mut ops: Vec<TxnOp> = meta
+            .iter()
             .map(|(k, v)| TxnOp::put(self.record_key(k), v.clone().unwrap_or_default(), None))
-            .collect()
+            .collect();
+        if !ops.is_empty() {
+            ops.push(TxnOp::put(self.records_rev_key(), [], None));
+        }
+        ops
     }
 
     async fn txn(&self, what: &str, txn: Txn) -> FsResult<etcd_client::TxnResponse> {
@@ -536,6 +554,16 @@ impl Meta {
             return Ok(Vec::new());
         };
         let r = self.runtime.block("etcd record changes", async {
+            // The common case, nothing changed: one key read instead of a range.
+            let rev = self
+                .etcd
+                .clone()
+                .get(self.records_rev_key(), None)
+                .await
+                .map_err(|e| etcd_error("record changes", e))?;
+            if rev.kvs().first().is_none_or(|kv| kv.mod_revision() <= view) {
+                return Ok(rev);
+            }
             self.etcd
                 .clone()
                 .get(
