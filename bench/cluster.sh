@@ -10,7 +10,7 @@
 # that never saw the workspace), cold and warm sequential read and tree read on B, the time
 # for another host to take a workspace over after SIGKILL, and B's cache figures. Clone and
 # snapshot throughput on the cluster: `api-bench --cluster DIR` (bench/src/api.rs).
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 SIZE_MIB=1024
@@ -34,6 +34,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+failed() { echo "bench/cluster.sh: failed at line $1; daemon logs:" >&2; tail -n 20 "$WORK"/*.log >&2; }
+trap 'failed $LINENO' ERR
 PORT_BASE=$((10000 + RANDOM % 5000)) bash scripts/cluster.sh start "$WORK/stores" >/dev/null
 source "$WORK/stores/env"
 KEY=chs_cluster_bench_key
@@ -48,14 +50,16 @@ start() {
             --etcd-endpoints "$CHASER_ETCD_ENDPOINTS" --host-name "$name"
             --lease-ttl "$LEASE_TTL" --commit-interval 3600)
     fi
-    "$BIN" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" --mount-root "$WORK/$name-mnt" \
+    # (The single host must not see the cluster's variables: the flags read them too.)
+    env -u CHASER_S3_ENDPOINT -u CHASER_S3_BUCKET -u CHASER_ETCD_ENDPOINTS \
+        "$BIN" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" --mount-root "$WORK/$name-mnt" \
         --api-keys-file "$WORK/keys" "${args[@]}" >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     eval "PID_$name=$!"
     until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.1; done
 }
 api() { # api PORT METHOD PATH [BODY]
-    curl -sf -X "$2" "http://127.0.0.1:$1$3" -H "Authorization: Bearer $KEY" \
+    curl -sSf -X "$2" "http://127.0.0.1:$1$3" -H "Authorization: Bearer $KEY" \
         -H "Content-Type: application/json" ${4:+-d "$4"}
 }
 now() { date +%s.%N; }

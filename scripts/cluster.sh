@@ -9,7 +9,8 @@
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, CHASER_ETCD_ENDPOINTS, and each process's pid
 # (ETCD_PID_1.., GARAGE_PID_1..) for fault tests. PORT_BASE (default 24000) moves the ports:
 # etcd clients BASE+1..3, etcd peers BASE+11..13, Garage S3 BASE+21..23, RPC BASE+31..33,
-# admin BASE+41..43.
+# admin BASE+41..43. GARAGE_FSYNC=false turns Garage's data and metadata fsync off (to tell
+# its cost apart in benchmarks; default on).
 set -euo pipefail
 
 cmd="${1:?usage: cluster.sh start|stop DIR}"
@@ -71,8 +72,8 @@ for i in 1 2 3; do
 metadata_dir = "$dir/garage$i/meta"
 data_dir = "$dir/garage$i/data"
 db_engine = "sqlite"
-metadata_fsync = true
-data_fsync = true
+metadata_fsync = ${GARAGE_FSYNC:-true}
+data_fsync = ${GARAGE_FSYNC:-true}
 replication_factor = 3
 rpc_bind_addr = "127.0.0.1:$((base + 30 + i))"
 rpc_public_addr = "127.0.0.1:$((base + 30 + i))"
