@@ -293,18 +293,7 @@ fn main() -> anyhow::Result<()> {
             (store, Some((_, c))) => {
                 let grace = Duration::from_secs(cluster.gc_grace);
                 let r = chaserfs_cluster::gc::collect(&store, &c, grace)?;
-                println!(
-                    "gc: {} roots, {} objects listed; kept {} nodes and {} chunks; deleted {} \
-                     nodes and {} chunks; sweep {:?} of {:?}",
-                    r.roots,
-                    r.listed,
-                    r.live_nodes,
-                    r.live_chunks,
-                    r.deleted_nodes,
-                    r.deleted_chunks,
-                    r.sweep,
-                    r.total
-                );
+                println!("gc: {r}");
             }
         },
     }
@@ -483,14 +472,18 @@ fn cluster_stats(store: &Store, cluster: &Cluster) -> String {
     // Reads that fetched for themselves; prefetched objects count as local.
     let reads = (c.hits + c.misses - c.prefetched).max(1);
     format!(
-        "cluster objects: fetched {} ({} MiB, {} ahead of reads), uploaded {} ({} MiB), {} \
-         chunks found in S3 already; cache {} of {} MiB, {:.1}% of {} reads local",
+        "cluster objects: fetched {} in {} requests ({} MiB, {} ahead of reads), uploaded {} \
+         in {} packs ({} MiB), {} chunks found in S3 already; {} objects indexed; cache {} of \
+         {} MiB, {:.1}% of {} reads local",
         s.fetched.load(Relaxed),
+        s.get_requests.load(Relaxed),
         s.fetched_bytes.load(Relaxed) >> 20,
         c.prefetched,
         s.uploaded.load(Relaxed),
+        s.packs_uploaded.load(Relaxed),
         s.uploaded_bytes.load(Relaxed) >> 20,
         s.deduplicated.load(Relaxed),
+        cluster.index.len(),
         c.bytes >> 20,
         c.limit >> 20,
         100.0 * c.hits as f64 / reads as f64,
@@ -510,16 +503,7 @@ fn spawn_cluster_gc(
         .spawn(move || loop {
             std::thread::sleep(interval);
             match chaserfs_cluster::gc::collect(&store, &cluster, grace) {
-                Ok(r) => tracing::info!(
-                    "cluster gc: {} roots, {} objects; deleted {} nodes and {} chunks; \
-                     commits waited {:?}; took {:?}",
-                    r.roots,
-                    r.listed,
-                    r.deleted_nodes,
-                    r.deleted_chunks,
-                    r.sweep,
-                    r.total
-                ),
+                Ok(r) => tracing::info!("cluster gc: {r}"),
                 Err(chaserfs_fs::FsError::Busy(_)) => {}
                 Err(e) => tracing::error!("cluster gc: {e}"),
             }

@@ -1,6 +1,6 @@
 //! Many chaserfs hosts serving one fleet of workspaces, the way git separates objects from
 //! refs: everything a tree references (chunks, nodes) is immutable and named by its hash, so
-//! it lives in an S3 bucket ([`objects`]); the little that changes (root pointers, records,
+//! it lives in an S3 bucket ([`objects`], in packs: [`packs`]); the little that changes (root pointers, records,
 //! which host writes which workspace) lives in etcd ([`meta`]), where transactions make every
 //! change atomic and fenced. [`Cluster`] implements the engine's [`Remote`] over both.
 //!
@@ -11,14 +11,18 @@
 pub mod gc;
 mod meta;
 mod objects;
+pub mod packs;
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chaserfs_fs::{FsError, FsResult};
+use chaserfs_fs::{CommitToken, FsError, FsResult, Hash, ObjectKind};
+use packs::{Index, Refresh};
 
-pub use meta::Meta;
+pub use meta::{Fence, Meta};
 pub use objects::{ObjectStats, Objects};
 
 /// Where the cluster's two stores are and how this host takes part.
@@ -48,6 +52,8 @@ pub struct Cluster {
     runtime: Arc<Runtime>,
     pub objects: Objects,
     pub meta: Meta,
+    /// Which pack holds each object.
+    pub index: Index,
 }
 
 impl Cluster {
@@ -60,15 +66,126 @@ impl Cluster {
         let objects = Objects::new(config, runtime.clone())?;
         let meta = Meta::connect(config, runtime.clone())?;
         objects.check()?;
-        Ok(Arc::new(Cluster {
+        let cluster = Cluster {
             runtime,
             objects,
             meta,
-        }))
+            index: Index::default(),
+        };
+        cluster.refresh(Refresh::Full)?;
+        Ok(Arc::new(cluster))
     }
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    pub(crate) fn refresh(&self, how: Refresh) -> FsResult<()> {
+        self.index.refresh(how, |since| self.meta.scan_packs(since))
+    }
+
+    /// Objects in the order asked (`None`: in no pack), nearby ones of a pack in one request.
+    /// An object missing from this host's index may be in a pack another host wrote since it
+    /// last looked, and one in a pack gone from the bucket may have been repacked by a
+    /// collection: both read the index again, then try once more.
+    fn fetch(&self, wanted: &[(ObjectKind, Hash)]) -> FsResult<Vec<Option<Vec<u8>>>> {
+        let mut out = vec![None; wanted.len()];
+        let mut todo: Vec<usize> = (0..wanted.len()).collect();
+        let mut pack_gone = false;
+        for round in 0..3 {
+            match round {
+                0 => {}
+                1 if !pack_gone => self.refresh(Refresh::CatchUp)?,
+                _ => self.refresh(Refresh::Full)?,
+            }
+            let mut located = Vec::new();
+            let mut missing = Vec::new();
+            for i in todo {
+                let (kind, hash) = &wanted[i];
+                match self.index.locate(*kind, hash) {
+                    Some(l) => located.push((i, l)),
+                    None => missing.push(i),
+                }
+            }
+            let reads = packs::plan_reads(&located);
+            for (read, bytes) in reads.iter().zip(self.objects.get_reads(&reads)?) {
+                let Some(bytes) = bytes else {
+                    pack_gone = true;
+                    missing.extend(read.parts.iter().map(|p| p.0));
+                    continue;
+                };
+                for &(i, at, len) in &read.parts {
+                    let part = bytes.get(at..at + len).ok_or_else(|| {
+                        FsError::corrupt(format!("pack {} is shorter than its index", read.pack))
+                    })?;
+                    out[i] = Some(part.to_vec());
+                }
+            }
+            todo = missing;
+            if todo.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Uploads the objects no pack holds yet, in packs, then their indexes (fenced by
+    /// `token`: `Stale` if a collection started sweeping since).
+    fn upload(
+        &self,
+        objects: Vec<(ObjectKind, Hash, Vec<u8>)>,
+        token: CommitToken,
+    ) -> FsResult<()> {
+        // An index read before the last sweep may name packs it deleted.
+        self.refresh(if self.index.current_for(token) {
+            Refresh::CatchUp
+        } else {
+            Refresh::Full
+        })?;
+        let mut seen = HashSet::new();
+        let mut known = 0;
+        let fresh: Vec<_> = objects
+            .into_iter()
+            .filter(|(kind, hash, _)| {
+                if self.index.contains(*kind, hash) {
+                    known += u64::from(*kind == ObjectKind::Chunk);
+                    return false;
+                }
+                seen.insert((*kind, *hash))
+            })
+            .collect();
+        self.objects
+            .stats
+            .deduplicated
+            .fetch_add(known, Ordering::Relaxed);
+        self.store_packs(fresh, Fence::Commit(token))
+    }
+
+    /// Packs `objects`, uploads the packs, then records their indexes under `fence`: a pack
+    /// becomes reachable only once the S3 object it names exists.
+    fn store_packs(&self, objects: Vec<(ObjectKind, Hash, Vec<u8>)>, fence: Fence) -> FsResult<()> {
+        let packs = packs::build(objects);
+        if packs.is_empty() {
+            return Ok(());
+        }
+        self.objects.put_packs(&packs)?;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let indexes: Vec<_> = packs
+            .iter()
+            .map(|p| {
+                (
+                    self.meta.pack_key(ms, &p.name),
+                    packs::encode_entries(&p.entries),
+                )
+            })
+            .collect();
+        self.meta.put_packs(&indexes, fence)?;
+        for p in &packs {
+            self.index.add(p.name, &p.entries);
+        }
+        Ok(())
     }
 }
 
@@ -114,27 +231,21 @@ impl Runtime {
 }
 
 impl chaserfs_fs::Remote for Cluster {
-    fn get_object(
-        &self,
-        kind: chaserfs_fs::ObjectKind,
-        hash: &chaserfs_fs::Hash,
-    ) -> FsResult<Option<Vec<u8>>> {
-        self.objects.get(kind, hash)
+    fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+        Ok(self.fetch(&[(kind, *hash)])?.pop().flatten())
     }
 
-    fn get_objects(
-        &self,
-        kind: chaserfs_fs::ObjectKind,
-        hashes: &[chaserfs_fs::Hash],
-    ) -> FsResult<Vec<Option<Vec<u8>>>> {
-        self.objects.get_many(kind, hashes)
+    fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>> {
+        let wanted: Vec<_> = hashes.iter().map(|h| (kind, *h)).collect();
+        self.fetch(&wanted)
     }
 
     fn put_objects(
         &self,
-        objects: Vec<(chaserfs_fs::ObjectKind, chaserfs_fs::Hash, Vec<u8>)>,
+        objects: Vec<(ObjectKind, Hash, Vec<u8>)>,
+        token: CommitToken,
     ) -> FsResult<()> {
-        self.objects.put_all(objects)
+        self.upload(objects, token)
     }
 
     fn get_root(&self, id: chaserfs_fs::RootId) -> FsResult<Option<chaserfs_fs::RootRecord>> {

@@ -8,6 +8,7 @@
 //! | `P h/<uuid>` | `host lease nonce` of the host holding the workspace open, on its lease |
 //! | `P gc/count` | bumped as each collection starts its sweep |
 //! | `P gc/sweep` | the host sweeping, on its lease: exists while a collection deletes |
+//! | `P p/<ms>-<pack>` | a pack's index (see `packs.rs`): written in ms since the epoch, hash hex |
 //!
 //! Every change is one transaction. Record writes carry "no record changed since this host's
 //! view" (a compare of `P mrev`'s revision), so hosts decide on current records or retry;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaserfs_fs::{
-    records, CommitToken, FsError, FsResult, MetaChange, MetaOp, RootId, RootRecord,
+    records, CommitToken, FsError, FsResult, Hash, MetaChange, MetaOp, RootId, RootRecord,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
@@ -56,8 +57,58 @@ struct Held {
     root_rev: i64,
 }
 
+/// Pack index writes or deletes per transaction (etcd allows 128 operations, 1.5 MiB).
+const PACK_TXN: usize = 8;
+/// Pack indexes per page of a scan (each at most ~84 KiB; gRPC answers are limited to 4 MiB).
+const PACK_PAGE: i64 = 16;
+
+/// What a pack index write is conditional on.
+#[derive(Clone, Copy, Debug)]
+pub enum Fence {
+    /// A commit's: no collection started sweeping since its token.
+    Commit(CommitToken),
+    /// The collector's: its sweep is still on.
+    Sweep,
+}
+
+/// Pack indexes read at one etcd revision, with the collections' state at that revision.
+pub struct PackScan {
+    /// (etcd key, pack name, encoded index).
+    pub packs: Vec<(Vec<u8>, Hash, Vec<u8>)>,
+    pub revision: i64,
+    /// `P gc/count`'s revision (0: no collection ever swept).
+    pub gc_count: i64,
+    /// A collection was sweeping (deleting packs) at that revision.
+    pub sweeping: bool,
+}
+
 fn etcd_error(what: &str, e: etcd_client::Error) -> FsError {
     FsError::Storage(format!("etcd {what}: {e}"))
+}
+
+/// A request whose connection was refused is tried again this many times (each pick of the
+/// client's rotation over the members may land on a dead one).
+const RETRIES: u32 = 8;
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Whether a request failed before reaching any member (its connection could not be made),
+/// so sending it again cannot apply it twice.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    // hyper's connector names the connect step in its error; a reset or refused connect.
+    if status.message().contains("connect error") {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn revision(h: Option<&etcd_client::ResponseHeader>) -> i64 {
@@ -169,14 +220,12 @@ impl Meta {
         self.runtime.block("etcd begin commit", async {
             loop {
                 let r = self
-                    .etcd
-                    .clone()
                     .get(
+                        "begin commit",
                         format!("{}gc/", self.prefix),
                         Some(GetOptions::new().with_prefix()),
                     )
-                    .await
-                    .map_err(|e| etcd_error("begin commit", e))?;
+                    .await?;
                 let sweeping = r.kvs().iter().any(|kv| kv.key() == self.gc_sweep_key());
                 if !sweeping {
                     return Ok(r
@@ -186,6 +235,130 @@ impl Meta {
                         .map_or(0, |kv| kv.mod_revision()));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    fn packs_prefix(&self) -> Vec<u8> {
+        format!("{}p/", self.prefix).into_bytes()
+    }
+
+    /// A pack index's key: the time it was written first, so a host catching up reads only
+    /// the recent end of the range.
+    pub(crate) fn pack_key(&self, written_ms: u64, pack: &Hash) -> Vec<u8> {
+        format!("{}p/{written_ms:016x}-{}", self.prefix, pack.to_hex()).into_bytes()
+    }
+
+    pub(crate) fn parse_pack_key(&self, key: &[u8]) -> Option<Hash> {
+        let rest = key.strip_prefix(self.packs_prefix().as_slice())?;
+        Hash::from_hex(std::str::from_utf8(rest).ok()?.split_once('-')?.1)
+    }
+
+    /// Writes pack indexes (at most [`PACK_TXN`] at a time), refused as `fence` says.
+    pub fn put_packs(&self, packs: &[(Vec<u8>, Vec<u8>)], fence: Fence) -> FsResult<()> {
+        for batch in packs.chunks(PACK_TXN) {
+            let when: Vec<Compare> = match fence {
+                Fence::Commit(token) => self.no_sweep_since(token).to_vec(),
+                Fence::Sweep => vec![Compare::value(
+                    self.gc_sweep_key(),
+                    CompareOp::Equal,
+                    self.host.clone(),
+                )],
+            };
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None))
+                .collect();
+            let txn = Txn::new().when(when).and_then(ops);
+            let r = self
+                .runtime
+                .block("etcd put packs", self.txn("put packs", txn))?;
+            if !r.succeeded() {
+                return Err(match fence {
+                    Fence::Commit(_) => FsError::Stale,
+                    Fence::Sweep => FsError::Storage("the collection's sweep ended".into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The collector deletes pack indexes (while it sweeps).
+    pub fn delete_packs(&self, keys: &[Vec<u8>]) -> FsResult<()> {
+        for batch in keys.chunks(PACK_TXN) {
+            let txn = Txn::new()
+                .when([Compare::value(
+                    self.gc_sweep_key(),
+                    CompareOp::Equal,
+                    self.host.clone(),
+                )])
+                .and_then(
+                    batch
+                        .iter()
+                        .map(|k| TxnOp::delete(k.clone(), None))
+                        .collect::<Vec<_>>(),
+                );
+            let r = self
+                .runtime
+                .block("etcd delete packs", self.txn("delete packs", txn))?;
+            if !r.succeeded() {
+                return Err(FsError::Storage("the collection's sweep ended".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pack indexes at one revision: all of them (`since` `None`), or those written since
+    /// revision `since.0`, looking only at keys from time `since.1` (ms) on.
+    pub fn scan_packs(&self, since: Option<(i64, u64)>) -> FsResult<PackScan> {
+        let prefix = self.packs_prefix();
+        let mut end = prefix.clone();
+        *end.last_mut().unwrap() += 1;
+        let mut start = match since {
+            Some((_, ms)) => format!("{}p/{ms:016x}", self.prefix).into_bytes(),
+            None => prefix.clone(),
+        };
+        self.runtime.block("etcd scan packs", async {
+            let gc = self
+                .get(
+                    "scan packs",
+                    format!("{}gc/", self.prefix),
+                    Some(GetOptions::new().with_prefix()),
+                )
+                .await?;
+            let rev = revision(gc.header());
+            let mut scan = PackScan {
+                packs: Vec::new(),
+                revision: rev,
+                gc_count: gc
+                    .kvs()
+                    .iter()
+                    .find(|kv| kv.key() == self.gc_count_key())
+                    .map_or(0, |kv| kv.mod_revision()),
+                sweeping: gc.kvs().iter().any(|kv| kv.key() == self.gc_sweep_key()),
+            };
+            loop {
+                let mut options = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(PACK_PAGE)
+                    .with_revision(rev);
+                if let Some((since, _)) = since {
+                    options = options.with_min_mod_revision(since + 1);
+                }
+                let r = self.get("scan packs", start.clone(), Some(options)).await?;
+                for kv in r.kvs() {
+                    if let Some(pack) = self.parse_pack_key(kv.key()) {
+                        scan.packs
+                            .push((kv.key().to_vec(), pack, kv.value().to_vec()));
+                    }
+                }
+                match r.kvs().last() {
+                    Some(last) if r.more() => {
+                        start = last.key().to_vec();
+                        start.push(0);
+                    }
+                    _ => return Ok(scan),
+                }
             }
         })
     }
@@ -228,20 +401,35 @@ impl Meta {
     }
 
     async fn txn(&self, what: &str, txn: Txn) -> FsResult<etcd_client::TxnResponse> {
-        self.etcd
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|e| etcd_error(what, e))
+        let mut attempt = 0;
+        loop {
+            match self.etcd.clone().txn(txn.clone()).await {
+                Err(e) if never_sent(&e) && attempt < RETRIES => attempt += 1,
+                r => return r.map_err(|e| etcd_error(what, e)),
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn get(
+        &self,
+        what: &str,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> FsResult<etcd_client::GetResponse> {
+        let key = key.into();
+        let mut attempt = 0;
+        loop {
+            match self.etcd.clone().get(key.clone(), options.clone()).await {
+                Err(e) if never_sent(&e) && attempt < RETRIES => attempt += 1,
+                r => return r.map_err(|e| etcd_error(what, e)),
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 
     async fn get_kv(&self, key: Vec<u8>) -> FsResult<Option<etcd_client::KeyValue>> {
-        let mut r = self
-            .etcd
-            .clone()
-            .get(key, None)
-            .await
-            .map_err(|e| etcd_error("get", e))?;
+        let mut r = self.get("get", key, None).await?;
         Ok(r.take_kvs().into_iter().next())
     }
 
@@ -278,11 +466,8 @@ impl Meta {
         self.runtime.block("etcd list roots", async {
             let prefix = format!("{}r/", self.prefix);
             let r = self
-                .etcd
-                .clone()
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(|e| etcd_error("list roots", e))?;
+                .get("list roots", prefix, Some(GetOptions::new().with_prefix()))
+                .await?;
             let mut out = Vec::new();
             for kv in r.kvs() {
                 let id = self
@@ -532,14 +717,12 @@ impl Meta {
 
     pub fn scan(&self, prefix: &[u8]) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let r = self.runtime.block("etcd scan records", async {
-            self.etcd
-                .clone()
-                .get(
-                    self.record_key(prefix),
-                    Some(GetOptions::new().with_prefix()),
-                )
-                .await
-                .map_err(|e| etcd_error("scan records", e))
+            self.get(
+                "scan records",
+                self.record_key(prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
         })?;
         self.view.lock().get_or_insert(revision(r.header()));
         Ok(r.kvs()
@@ -556,26 +739,21 @@ impl Meta {
         let r = self.runtime.block("etcd record changes", async {
             // The common case, nothing changed: one key read instead of a range.
             let rev = self
-                .etcd
-                .clone()
-                .get(self.records_rev_key(), None)
-                .await
-                .map_err(|e| etcd_error("record changes", e))?;
+                .get("record changes", self.records_rev_key(), None)
+                .await?;
             if rev.kvs().first().is_none_or(|kv| kv.mod_revision() <= view) {
                 return Ok(rev);
             }
-            self.etcd
-                .clone()
-                .get(
-                    self.records_prefix(),
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_min_mod_revision(view + 1),
-                    ),
-                )
-                .await
-                .map_err(|e| etcd_error("record changes", e))
+            self.get(
+                "record changes",
+                self.records_prefix(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_min_mod_revision(view + 1),
+                ),
+            )
+            .await
         })?;
         let mut kvs: Vec<&etcd_client::KeyValue> = r.kvs().iter().collect();
         kvs.sort_by_key(|kv| kv.mod_revision());

@@ -1,25 +1,28 @@
-//! Objects in an S3 bucket, one per chunk or node, named by kind and hash:
-//! `chunks/<blake3 hex>` (the chunk's stored encoding: codec byte, then raw or lz4 bytes) and
-//! `nodes/<blake3 hex>` (the node's encoding). Names are content hashes, so a write of an
-//! existing name writes the same bytes, and a chunk the bucket already holds is not sent
-//! again (dedup across hosts).
+//! The S3 bucket: packs of objects (see `packs.rs`), `packs/<blake3 hex of the pack>`. An
+//! object in a pack is stored as the local store keeps it: a chunk as its codec byte then raw
+//! or lz4 bytes, a node as its encoding. Names are content hashes, so a write of an existing
+//! name writes the same bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chaserfs_fs::{FsError, FsResult, Hash, ObjectKind};
+use bytes::Bytes;
+use chaserfs_fs::{FsError, FsResult, Hash};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
+use crate::packs::{Pack, Read};
 use crate::{ClusterConfig, Runtime};
 
-/// Requests in flight per upload, fetch batch or delete batch: each object costs Garage a
-/// round of RPCs and fsyncs, so throughput follows requests in flight (16 -> 64: cold reads
-/// 21 -> 39 MiB/s, uploads 9 -> 12 MiB/s in `bench/cluster.sh`).
+/// Requests in flight per fetch batch or delete batch: each costs Garage a round of RPCs, so
+/// throughput follows requests in flight (16 -> 64: cold reads 21 -> 39 MiB/s of single
+/// chunks in `bench/cluster.sh`).
 const PARALLEL: usize = 64;
+/// Packs in flight per upload (up to 8 MiB each).
+const PACKS_IN_FLIGHT: usize = 8;
 
 pub struct Objects {
     s3: Arc<AmazonS3>,
@@ -30,20 +33,22 @@ pub struct Objects {
 /// Counters since start, for logs and benchmarks.
 #[derive(Default, Debug)]
 pub struct ObjectStats {
+    /// Objects fetched, in how many requests, and the bytes those requests read.
     pub fetched: AtomicU64,
+    pub get_requests: AtomicU64,
     pub fetched_bytes: AtomicU64,
+    /// Objects uploaded, in how many packs, and their bytes.
     pub uploaded: AtomicU64,
+    pub packs_uploaded: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     /// Chunks not sent because the bucket held them already.
     pub deduplicated: AtomicU64,
 }
 
-pub(crate) fn key(kind: ObjectKind, hash: &Hash) -> Path {
-    let dir = match kind {
-        ObjectKind::Chunk => "chunks",
-        ObjectKind::Node => "nodes",
-    };
-    Path::from(format!("{dir}/{}", hash.to_hex()))
+const PACKS: &str = "packs";
+
+fn pack_key(pack: &Hash) -> Path {
+    Path::from(format!("{PACKS}/{}", pack.to_hex()))
 }
 
 fn s3_error(what: &str, e: object_store::Error) -> FsError {
@@ -85,7 +90,7 @@ impl Objects {
     /// Fails clearly if the bucket cannot be listed (wrong endpoint, bucket or key).
     pub(crate) fn check(&self) -> FsResult<()> {
         self.runtime.block("S3 bucket check", async {
-            let mut list = self.s3.list(Some(&Path::from("nodes")));
+            let mut list = self.s3.list(Some(&Path::from(PACKS)));
             match list.next().await {
                 Some(Err(e)) => Err(s3_error("listing the bucket", e)),
                 _ => Ok(()),
@@ -93,99 +98,75 @@ impl Objects {
         })
     }
 
-    async fn get_one(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
-        match self.s3.get(&key(kind, hash)).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| s3_error("get", e))?;
-                self.stats.fetched.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .fetched_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(Some(bytes.to_vec()))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(s3_error("get", e)),
-        }
-    }
-
-    pub fn get(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
-        self.runtime.block("S3 get", self.get_one(kind, hash))
-    }
-
-    /// Objects in the order asked, [`PARALLEL`] requests at a time.
-    pub fn get_many(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>> {
+    /// The bytes of each read (`None`: its pack is gone), [`PARALLEL`] requests at a time.
+    pub fn get_reads(&self, reads: &[Read]) -> FsResult<Vec<Option<Bytes>>> {
         self.runtime.block("S3 get", async {
-            futures::stream::iter(hashes.iter().map(|h| self.get_one(kind, h)))
-                .buffered(PARALLEL)
-                .try_collect()
-                .await
+            futures::stream::iter(reads.iter().map(|r| async move {
+                match self.s3.get_range(&pack_key(&r.pack), r.range.clone()).await {
+                    Ok(bytes) => {
+                        let s = &self.stats;
+                        s.get_requests.fetch_add(1, Ordering::Relaxed);
+                        s.fetched.fetch_add(r.parts.len() as u64, Ordering::Relaxed);
+                        s.fetched_bytes
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        Ok(Some(bytes))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(s3_error("get", e)),
+                }
+            }))
+            .buffered(PARALLEL)
+            .try_collect()
+            .await
         })
     }
 
-    /// Uploads objects, [`PARALLEL`] at a time. A chunk the bucket holds is skipped (one HEAD
-    /// request instead of the bytes); nodes are small and almost always new, so they are
-    /// written without asking.
-    pub fn put_all(&self, objects: Vec<(ObjectKind, Hash, Vec<u8>)>) -> FsResult<()> {
-        if objects.is_empty() {
-            return Ok(());
-        }
+    /// Uploads packs, [`PACKS_IN_FLIGHT`] at a time.
+    pub fn put_packs(&self, packs: &[Pack]) -> FsResult<()> {
         self.runtime.block("S3 upload", async {
-            futures::stream::iter(objects.into_iter().map(|(kind, hash, bytes)| {
-                let s3 = self.s3.clone();
-                let stats = &self.stats;
-                async move {
-                    let path = key(kind, &hash);
-                    if kind == ObjectKind::Chunk {
-                        match s3.head(&path).await {
-                            Ok(_) => {
-                                stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                                return Ok(());
-                            }
-                            Err(object_store::Error::NotFound { .. }) => {}
-                            Err(e) => return Err(s3_error("head", e)),
-                        }
-                    }
-                    let n = bytes.len() as u64;
-                    s3.put(&path, PutPayload::from(bytes))
-                        .await
-                        .map_err(|e| s3_error("put", e))?;
-                    stats.uploaded.fetch_add(1, Ordering::Relaxed);
-                    stats.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
-                    Ok::<(), FsError>(())
-                }
+            futures::stream::iter(packs.iter().map(|p| async move {
+                self.s3
+                    .put(&pack_key(&p.name), PutPayload::from(p.bytes.clone()))
+                    .await
+                    .map_err(|e| s3_error("put", e))?;
+                let s = &self.stats;
+                s.packs_uploaded.fetch_add(1, Ordering::Relaxed);
+                s.uploaded
+                    .fetch_add(p.entries.len() as u64, Ordering::Relaxed);
+                s.uploaded_bytes
+                    .fetch_add(p.bytes.len() as u64, Ordering::Relaxed);
+                Ok::<(), FsError>(())
             }))
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(PACKS_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await
             .map(|_| ())
         })
     }
 
-    /// Every object in the bucket: (kind, hash, last modified), for the collector.
-    pub fn list(&self) -> FsResult<Vec<(ObjectKind, Hash, std::time::SystemTime)>> {
+    /// Every pack in the bucket: (name, size, last modified), for the collector.
+    pub fn list_packs(&self) -> FsResult<Vec<(Hash, u64, std::time::SystemTime)>> {
         self.runtime.block("S3 list", async {
             let mut out = Vec::new();
-            for (dir, kind) in [("chunks", ObjectKind::Chunk), ("nodes", ObjectKind::Node)] {
-                let mut list = self.s3.list(Some(&Path::from(dir)));
-                while let Some(meta) = list.next().await {
-                    let meta = meta.map_err(|e| s3_error("list", e))?;
-                    let Some(hash) = meta.location.filename().and_then(Hash::from_hex) else {
-                        continue;
-                    };
-                    out.push((kind, hash, meta.last_modified.into()));
-                }
+            let mut list = self.s3.list(Some(&Path::from(PACKS)));
+            while let Some(meta) = list.next().await {
+                let meta = meta.map_err(|e| s3_error("list", e))?;
+                let Some(hash) = meta.location.filename().and_then(Hash::from_hex) else {
+                    continue;
+                };
+                out.push((hash, meta.size, meta.last_modified.into()));
             }
             Ok(out)
         })
     }
 
-    /// Deletes objects, [`PARALLEL`] at a time.
-    pub fn delete_all(&self, objects: &[(ObjectKind, Hash)]) -> FsResult<()> {
+    /// Deletes packs, [`PARALLEL`] at a time.
+    pub fn delete_packs(&self, packs: &[Hash]) -> FsResult<()> {
         self.runtime.block("S3 delete", async {
-            futures::stream::iter(objects.iter().map(|(kind, hash)| {
+            futures::stream::iter(packs.iter().map(|pack| {
                 let s3 = self.s3.clone();
                 async move {
-                    match s3.delete(&key(*kind, hash)).await {
+                    match s3.delete(&pack_key(pack)).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                         Err(e) => Err(s3_error("delete", e)),
                     }

@@ -75,7 +75,7 @@ impl FsError {
         }
     }
 
-    pub(crate) fn corrupt(what: impl fmt::Display) -> Self {
+    pub fn corrupt(what: impl fmt::Display) -> Self {
         FsError::Corrupt(what.to_string())
     }
 }

@@ -33,8 +33,14 @@ pub trait Remote: Send + Sync {
     /// Several objects at once, in the order asked, fetched in parallel (prefetch).
     fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>>;
 
-    /// Uploads objects. Chunks the object store already holds are not sent again.
-    fn put_objects(&self, objects: Vec<(ObjectKind, Hash, Vec<u8>)>) -> FsResult<()>;
+    /// Uploads objects for a commit that began with `token` ([`Remote::begin_commit`]):
+    /// `Stale` if a collection started since (the caller begins again). Objects the object
+    /// store already holds are not sent again.
+    fn put_objects(
+        &self,
+        objects: Vec<(ObjectKind, Hash, Vec<u8>)>,
+        token: CommitToken,
+    ) -> FsResult<()>;
 
     fn get_root(&self, id: RootId) -> FsResult<Option<RootRecord>>;
     fn list_roots(&self) -> FsResult<Vec<(RootId, RootRecord)>>;

@@ -242,8 +242,9 @@ struct ObjectCache {
 /// during its upload, before it fails.
 const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// Objects per upload request batch: bounds the memory an upload of staged chunks takes.
-const UPLOAD_BATCH: usize = 256;
+/// Bytes per upload request batch: bounds the memory an upload of staged chunks takes (the
+/// object store packs a batch into a few objects and sends them in parallel).
+const UPLOAD_BATCH_BYTES: usize = 32 << 20;
 
 fn kind_cf(kind: ObjectKind) -> &'static str {
     match kind {
@@ -750,45 +751,53 @@ impl Store {
         Ok(())
     }
 
-    /// Cluster mode: uploads `nodes` and every chunk staged for `owner`, in bounded batches,
-    /// before a root may refer to them. They stay staged until the commit succeeds.
+    /// Cluster mode: uploads `nodes` and every chunk staged for `owner`, in batches of about
+    /// [`UPLOAD_BATCH_BYTES`], before a root may refer to them. They stay staged until the
+    /// commit succeeds.
     fn upload(
         &self,
         remote: &dyn Remote,
         owner: Option<uuid::Uuid>,
         nodes: &[(Hash, Vec<u8>)],
+        token: CommitToken,
     ) -> FsResult<Vec<Hash>> {
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         for (h, bytes) in nodes {
             self.db.put_cf_opt(self.cf(CF_NODES), h.0, bytes, &wo)?;
         }
-        for batch in nodes.chunks(UPLOAD_BATCH) {
-            remote.put_objects(
-                batch
-                    .iter()
-                    .map(|(h, b)| (ObjectKind::Node, *h, b.clone()))
-                    .collect(),
-            )?;
-        }
-        for (h, b) in nodes {
-            self.cache_insert(ObjectKind::Node, *h, b.len());
-        }
         let staged: Vec<Hash> = owner
             .and_then(|ws| self.staged.lock().get(&ws).cloned())
             .unwrap_or_default()
             .into_iter()
             .collect();
-        for batch in staged.chunks(UPLOAD_BATCH) {
-            let mut objects = Vec::with_capacity(batch.len());
-            for h in batch {
+        // Nodes and chunks share batches: a small commit is one upload.
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let nodes_then_chunks = nodes
+            .iter()
+            .map(|(h, b)| FsResult::Ok((ObjectKind::Node, *h, b.clone())))
+            .chain(staged.iter().map(|h| {
                 let stored = self
                     .db
                     .get_cf(self.cf(CF_CHUNKS), h.0)?
                     .ok_or_else(|| FsError::corrupt(format!("staged chunk {h} is missing")))?;
-                objects.push((ObjectKind::Chunk, *h, stored));
+                Ok((ObjectKind::Chunk, *h, stored))
+            }));
+        for object in nodes_then_chunks {
+            let object: (ObjectKind, Hash, Vec<u8>) = object?;
+            batch_bytes += object.2.len();
+            batch.push(object);
+            if batch_bytes >= UPLOAD_BATCH_BYTES {
+                remote.put_objects(std::mem::take(&mut batch), token)?;
+                batch_bytes = 0;
             }
-            remote.put_objects(objects)?;
+        }
+        if !batch.is_empty() {
+            remote.put_objects(batch, token)?;
+        }
+        for (h, b) in nodes {
+            self.cache_insert(ObjectKind::Node, *h, b.len());
         }
         Ok(staged)
     }
@@ -809,8 +818,10 @@ impl Store {
         let started = std::time::Instant::now();
         let uploaded = loop {
             let token = remote.begin_commit()?;
-            let uploaded = self.upload(remote, owner, nodes)?;
-            match write_root(token) {
+            let written = self
+                .upload(remote, owner, nodes, token)
+                .and_then(|uploaded| write_root(token).map(|()| uploaded));
+            match written {
                 Err(FsError::Stale) if started.elapsed() < STALE_RETRY_FOR => {
                     tracing::info!("a collection started during the upload: uploading again");
                 }
@@ -821,7 +832,7 @@ impl Store {
                     )))
                 }
                 Err(e) => return Err(e),
-                Ok(()) => break uploaded,
+                Ok(uploaded) => break uploaded,
             }
         };
         if let Some(ws) = owner {

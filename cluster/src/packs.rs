@@ -1,0 +1,356 @@
+//! Packs: the objects of a commit (chunks and nodes), concatenated into S3 objects of up to
+//! [`PACK_BYTES`], so an upload or a cold read costs one request per few MiB instead of one
+//! per 64 KiB chunk (Garage here: ~150 PUTs/s of 64 KiB, 9 MiB/s; 95 MiB/s in 4 MiB objects).
+//!
+//! A pack is `packs/<blake3 hex of its bytes>` in the bucket, with no header: its index (which
+//! object is where) is one etcd key, `P p/<ms>-<pack>`, written after the pack is uploaded and
+//! before any root refers to it, fenced like the commit (see `gc.rs`). Each host keeps every
+//! index in memory ([`Index`]): ~70 bytes per object, and 41 in etcd.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chaserfs_fs::{FsError, FsResult, Hash, ObjectKind};
+use parking_lot::Mutex;
+
+use crate::meta::PackScan;
+
+/// A pack is closed at this size, or at [`PACK_OBJECTS`] objects (so its index stays a
+/// small etcd value: 2048 x 41 bytes).
+pub const PACK_BYTES: usize = 8 << 20;
+pub const PACK_OBJECTS: usize = 2048;
+/// A read of several objects of one pack fetches the gaps between them up to this size
+/// rather than making another request.
+const READ_GAP: u32 = 256 << 10;
+const READ_MAX: u32 = 16 << 20;
+/// A host catching up on new pack indexes reads keys written from this long before its
+/// last scan on: a write takes at most the request timeout to land, clocks differ a little.
+/// A later one is still found, by a full scan when an object is missing.
+const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
+
+/// One object in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: ObjectKind,
+    pub hash: Hash,
+    pub offset: u32,
+    pub len: u32,
+}
+
+const ENTRY_BYTES: usize = 1 + 32 + 4 + 4;
+
+/// An index: per object, kind (0 chunk, 1 node), hash, offset and length (little endian).
+pub fn encode_entries(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY_BYTES);
+    for e in entries {
+        out.push(match e.kind {
+            ObjectKind::Chunk => 0,
+            ObjectKind::Node => 1,
+        });
+        out.extend_from_slice(&e.hash.0);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.len.to_le_bytes());
+    }
+    out
+}
+
+pub fn decode_entries(bytes: &[u8]) -> FsResult<Vec<Entry>> {
+    if !bytes.len().is_multiple_of(ENTRY_BYTES) {
+        return Err(FsError::corrupt("a pack index in etcd has a partial entry"));
+    }
+    bytes
+        .chunks_exact(ENTRY_BYTES)
+        .map(|b| {
+            let kind = match b[0] {
+                0 => ObjectKind::Chunk,
+                1 => ObjectKind::Node,
+                k => return Err(FsError::corrupt(format!("object kind {k} in a pack index"))),
+            };
+            Ok(Entry {
+                kind,
+                hash: Hash::from_slice(&b[1..33]).unwrap(),
+                offset: u32::from_le_bytes(b[33..37].try_into().unwrap()),
+                len: u32::from_le_bytes(b[37..41].try_into().unwrap()),
+            })
+        })
+        .collect()
+}
+
+/// A pack ready to upload.
+pub struct Pack {
+    pub name: Hash,
+    pub bytes: Vec<u8>,
+    pub entries: Vec<Entry>,
+}
+
+/// Objects, in order, into packs of at most [`PACK_BYTES`] (or one larger object) and
+/// [`PACK_OBJECTS`].
+pub fn build(objects: impl IntoIterator<Item = (ObjectKind, Hash, Vec<u8>)>) -> Vec<Pack> {
+    let mut packs = Vec::new();
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut entries = Vec::new();
+    let mut close = |bytes: &mut Vec<u8>, entries: &mut Vec<Entry>| {
+        if !entries.is_empty() {
+            let bytes = std::mem::take(bytes);
+            packs.push(Pack {
+                name: Hash::of(&bytes),
+                bytes,
+                entries: std::mem::take(entries),
+            });
+        }
+    };
+    for (kind, hash, object) in objects {
+        if !entries.is_empty()
+            && (bytes.len() + object.len() > PACK_BYTES || entries.len() == PACK_OBJECTS)
+        {
+            close(&mut bytes, &mut entries);
+        }
+        entries.push(Entry {
+            kind,
+            hash,
+            offset: bytes.len() as u32,
+            len: object.len() as u32,
+        });
+        bytes.extend_from_slice(&object);
+    }
+    close(&mut bytes, &mut entries);
+    packs
+}
+
+/// Where an object is.
+#[derive(Clone, Copy, Debug)]
+pub struct Location {
+    pub pack: Hash,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// One ranged GET: a span of a pack and the objects in it (index in the caller's list,
+/// offset in the span, length).
+#[derive(Debug)]
+pub struct Read {
+    pub pack: Hash,
+    pub range: Range<u64>,
+    pub parts: Vec<(usize, usize, usize)>,
+}
+
+/// Reads for objects at `locations` (by position in the caller's list): objects of one
+/// pack close to each other share a read.
+pub fn plan_reads(locations: &[(usize, Location)]) -> Vec<Read> {
+    let mut sorted: Vec<&(usize, Location)> = locations.iter().collect();
+    sorted.sort_by_key(|(_, l)| (l.pack, l.offset));
+    let mut reads: Vec<Read> = Vec::new();
+    for (i, l) in sorted {
+        let (start, end) = (u64::from(l.offset), u64::from(l.offset) + u64::from(l.len));
+        if let Some(r) = reads.last_mut() {
+            if r.pack == l.pack
+                && start <= r.range.end + u64::from(READ_GAP)
+                && end.max(r.range.end) - r.range.start <= u64::from(READ_MAX)
+            {
+                r.range.end = r.range.end.max(end);
+                r.parts
+                    .push((*i, (start - r.range.start) as usize, l.len as usize));
+                continue;
+            }
+        }
+        reads.push(Read {
+            pack: l.pack,
+            range: start..end,
+            parts: vec![(*i, 0, l.len as usize)],
+        });
+    }
+    reads
+}
+
+/// Every pack index this host has read: which pack holds each object.
+#[derive(Default)]
+pub struct Index {
+    state: Mutex<IndexState>,
+    /// Held while a scan runs, so concurrent misses wait for one scan instead of each
+    /// making their own.
+    scanning: Mutex<()>,
+}
+
+#[derive(Default)]
+struct IndexState {
+    packs: Vec<Hash>,
+    objects: HashMap<(ObjectKind, Hash), (u32, u32, u32)>,
+    /// Every pack index written up to this etcd revision is here (0: never scanned).
+    revision: i64,
+    /// When that scan started (ms since the epoch), for the next catch-up's key range.
+    scanned_ms: u64,
+    /// `P gc/count`'s revision at the last full scan, if no sweep ran then: no pack was
+    /// deleted since as long as the count has not moved. `None`: a full scan is due.
+    gc_count: Option<i64>,
+}
+
+/// How much of the pack indexes a refresh reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// Those written since the last scan.
+    CatchUp,
+    /// All of them, forgetting packs deleted since.
+    Full,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Index {
+    pub fn locate(&self, kind: ObjectKind, hash: &Hash) -> Option<Location> {
+        let s = self.state.lock();
+        s.objects
+            .get(&(kind, *hash))
+            .map(|&(pack, offset, len)| Location {
+                pack: s.packs[pack as usize],
+                offset,
+                len,
+            })
+    }
+
+    pub fn contains(&self, kind: ObjectKind, hash: &Hash) -> bool {
+        self.state.lock().objects.contains_key(&(kind, *hash))
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a commit carrying collection token `token` may trust this index to name no
+    /// deleted pack (else it must refresh in full first).
+    pub fn current_for(&self, token: i64) -> bool {
+        self.state.lock().gc_count == Some(token)
+    }
+
+    /// Reads pack indexes from etcd with `scan` (given what to read since: `None` for all).
+    pub fn refresh(
+        &self,
+        how: Refresh,
+        scan: impl FnOnce(Option<(i64, u64)>) -> FsResult<PackScan>,
+    ) -> FsResult<()> {
+        let _one = self.scanning.lock();
+        let since = {
+            let s = self.state.lock();
+            match how {
+                Refresh::CatchUp if s.revision > 0 => Some((
+                    s.revision,
+                    s.scanned_ms
+                        .saturating_sub(CATCH_UP_MARGIN.as_millis() as u64),
+                )),
+                _ => None,
+            }
+        };
+        let started_ms = now_ms();
+        let scan = scan(since)?;
+        let mut decoded = Vec::with_capacity(scan.packs.len());
+        for (_, pack, value) in &scan.packs {
+            decoded.push((*pack, decode_entries(value)?));
+        }
+        let mut s = self.state.lock();
+        if since.is_none() {
+            s.packs.clear();
+            s.objects.clear();
+            s.gc_count = (!scan.sweeping).then_some(scan.gc_count);
+        }
+        for (pack, entries) in decoded {
+            s.add(pack, &entries);
+        }
+        s.revision = scan.revision;
+        s.scanned_ms = started_ms;
+        Ok(())
+    }
+
+    /// Packs this host wrote (their indexes are in etcd).
+    pub fn add(&self, pack: Hash, entries: &[Entry]) {
+        self.state.lock().add(pack, entries);
+    }
+
+    /// Forgets what the last full scan saw of collections: the next commit scans in full
+    /// (this host just deleted packs).
+    pub fn invalidate(&self) {
+        self.state.lock().gc_count = None;
+    }
+}
+
+impl IndexState {
+    fn add(&mut self, pack: Hash, entries: &[Entry]) {
+        let id = self.packs.len() as u32;
+        self.packs.push(pack);
+        for e in entries {
+            self.objects.insert((e.kind, e.hash), (id, e.offset, e.len));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(i: u8, len: usize) -> (ObjectKind, Hash, Vec<u8>) {
+        let bytes = vec![i; len];
+        (ObjectKind::Chunk, Hash::of(&bytes), bytes)
+    }
+
+    #[test]
+    fn packs_close_at_their_size_and_count_and_index_every_byte() {
+        let objects: Vec<_> = (0..200).map(|i| object(i as u8, 65536)).collect();
+        let packs = build(objects.clone());
+        assert_eq!(packs.len(), 2, "200 x 64 KiB in 8 MiB packs");
+        assert_eq!(packs[0].entries.len(), 128);
+        let mut seen = 0;
+        for p in &packs {
+            assert_eq!(p.name, Hash::of(&p.bytes));
+            let decoded = decode_entries(&encode_entries(&p.entries)).unwrap();
+            assert_eq!(decoded, p.entries);
+            for e in &p.entries {
+                let (_, hash, bytes) = &objects[seen];
+                assert_eq!(e.hash, *hash);
+                let at = e.offset as usize;
+                assert_eq!(&p.bytes[at..at + e.len as usize], &bytes[..]);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 200);
+        let small = build((0..5000).map(|i| object(i as u8, 10)));
+        assert_eq!(
+            small.iter().map(|p| p.entries.len()).collect::<Vec<_>>(),
+            [2048, 2048, 904]
+        );
+        let big = build([object(1, PACK_BYTES + 1), object(2, 1)]);
+        assert_eq!(
+            big.len(),
+            2,
+            "an object larger than a pack gets one of its own"
+        );
+        assert!(decode_entries(&[0; 40]).is_err());
+    }
+
+    #[test]
+    fn reads_of_nearby_objects_share_a_request() {
+        let (a, b) = (Hash::of(b"a"), Hash::of(b"b"));
+        let at = |pack, offset, len| Location { pack, offset, len };
+        let reads = plan_reads(&[
+            (0, at(a, 100_000, 10)),
+            (1, at(a, 0, 100)),
+            (2, at(b, 0, 5)),
+            (3, at(a, 100 + READ_GAP + 1_000_000, 7)),
+            (4, at(a, 50, 100)),
+        ]);
+        let spans: Vec<_> = reads.iter().map(|r| (r.pack, r.range.clone())).collect();
+        assert_eq!(reads.len(), 3, "{spans:?}");
+        let first = reads
+            .iter()
+            .find(|r| r.range.start == 0 && r.parts.len() == 3);
+        let first = first.expect("objects 1, 4 and 0 in one read");
+        assert_eq!(first.range, 0..100_010);
+        assert_eq!(first.parts, [(1, 0, 100), (4, 50, 100), (0, 100_000, 10)]);
+    }
+}
