@@ -21,37 +21,23 @@ use clap::{Parser, Subcommand};
     about = "Copy-on-write workspace storage for agent sandboxes"
 )]
 struct Cli {
+    /// Log as text lines, or as one JSON object per line. `RUST_LOG` sets the levels.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CHASER_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: the HTTP API, and a FUSE mount per session.
-    Serve {
-        /// RocksDB data dir (created if missing).
-        #[arg(long, default_value = "/var/lib/chaserfs")]
-        data_dir: PathBuf,
-        /// Address the HTTP API listens on.
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        listen: String,
-        /// `ACCOUNT KEY` or `ACCOUNT blake3:HEX` per line (`#` comments). Without it, the
-        /// account `default` gets a random key, printed once and written to DATA_DIR/api-key.
-        #[arg(long)]
-        api_keys_file: Option<PathBuf>,
-        /// Sessions may mount below this directory, and below /workspace.
-        #[arg(long, default_value = "/run/chaserfs")]
-        mount_root: PathBuf,
-        /// Base URL that `owner/repo` imports are cloned from. A token for private
-        /// repositories is read from CHASER_GITHUB_TOKEN.
-        #[arg(long, default_value = "https://github.com")]
-        github_url: String,
-        /// Seconds between periodic commits of mounted workspaces.
-        #[arg(long, default_value_t = 5)]
-        commit_interval: u64,
-        #[command(flatten)]
-        cluster: ClusterArgs,
-    },
+    Serve(ServeArgs),
     /// Workspaces over the API (CHASER_API_URL, CHASER_API_KEY).
     Workspaces {
         #[command(flatten)]
@@ -101,6 +87,36 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+}
+
+/// `chaserfs serve`'s flags.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// RocksDB data dir (created if missing).
+    #[arg(long, default_value = "/var/lib/chaserfs")]
+    data_dir: PathBuf,
+    /// Address the HTTP API listens on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// `ACCOUNT KEY` or `ACCOUNT blake3:HEX` per line (`#` comments). Without it, the
+    /// account `default` gets a random key, printed once and written to DATA_DIR/api-key.
+    #[arg(long)]
+    api_keys_file: Option<PathBuf>,
+    /// Sessions may mount below this directory, and below /workspace.
+    #[arg(long, default_value = "/run/chaserfs")]
+    mount_root: PathBuf,
+    /// Base URL that `owner/repo` imports are cloned from. A token for private
+    /// repositories is read from CHASER_GITHUB_TOKEN.
+    #[arg(long, default_value = "https://github.com")]
+    github_url: String,
+    /// Seconds between periodic commits of mounted workspaces.
+    #[arg(long, default_value_t = 5)]
+    commit_interval: u64,
+    /// Serve `GET /metrics` on this address instead of on `--listen`.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// Joining a cluster: objects in an S3 bucket, roots and records in etcd (see the README's
@@ -223,34 +239,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // `info` unless RUST_LOG says otherwise: collections and session ends are worth seeing.
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let cli = Cli::parse();
+    // `info` unless RUST_LOG says otherwise: requests, sessions and collections are worth seeing.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Serve {
-            data_dir,
-            listen,
-            api_keys_file,
-            mount_root,
-            github_url,
-            commit_interval,
-            cluster,
-        } => {
-            serve(
-                data_dir,
-                listen,
-                api_keys_file,
-                mount_root,
-                github_url,
-                Duration::from_secs(commit_interval.max(1)),
-                cluster,
-            )?;
-        }
+        // Colours for a terminal only, not for a log file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match cli.command {
+        Command::Serve(args) => serve(args)?,
         Command::Workspaces { opts, cmd } => client::workspaces(opts, cmd)?,
         Command::Snapshots { opts, cmd } => client::snapshots(opts, cmd)?,
         Command::Sessions { opts, cmd } => client::sessions(opts, cmd)?,
@@ -371,15 +374,19 @@ fn hex_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn serve(
-    data_dir: PathBuf,
-    listen: String,
-    api_keys_file: Option<PathBuf>,
-    mount_root: PathBuf,
-    github_url: String,
-    commit_interval: Duration,
-    cluster: ClusterArgs,
-) -> anyhow::Result<()> {
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        data_dir,
+        listen,
+        api_keys_file,
+        mount_root,
+        github_url,
+        commit_interval,
+        metrics_listen,
+        cluster,
+    } = args;
+    let commit_interval = Duration::from_secs(commit_interval.max(1));
+    chaserfs_api::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let (store, joined) = cluster.open_store(&data_dir, &listen)?;
     if let Some((host, c)) = &joined {
         if api_keys_file.is_none() {
@@ -435,7 +442,19 @@ fn serve(
                 let _ = tokio::task::spawn_blocking(move || s.commit_all()).await;
             }
         });
-        axum::serve(listener, http::router(svc.clone()))
+        let mut app = http::router(svc.clone());
+        match metrics_listen {
+            Some(addr) => {
+                let metrics = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (--metrics-listen)"))?;
+                tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
+                let routes = http::metrics_router(svc.clone());
+                tokio::spawn(async move { axum::serve(metrics, routes).await });
+            }
+            None => app = app.merge(http::metrics_router(svc.clone())),
+        }
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         // SIGTERM: commit every session durably and unmount before exiting 0.
@@ -502,8 +521,16 @@ fn spawn_cluster_gc(
         .name("cluster-gc".into())
         .spawn(move || loop {
             std::thread::sleep(interval);
+            let started = std::time::Instant::now();
             match chaserfs_cluster::gc::collect(&store, &cluster, grace) {
-                Ok(r) => tracing::info!("cluster gc: {r}"),
+                Ok(r) => {
+                    chaserfs_api::metrics::record_gc(
+                        started.elapsed(),
+                        r.deleted_packs as u64,
+                        r.freed_bytes,
+                    );
+                    tracing::info!("cluster gc: {r}")
+                }
                 Err(chaserfs_fs::FsError::Busy(_)) => {}
                 Err(e) => tracing::error!("cluster gc: {e}"),
             }

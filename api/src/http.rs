@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
+use crate::metrics;
 use crate::model::*;
 use crate::service::{ApiError, ErrorKind, ListQuery, Service};
 
@@ -188,7 +189,16 @@ pub fn router(svc: Arc<Service>) -> Router {
                 "this endpoint does not take that method",
             )
         })
+        .route_layer(axum::middleware::from_fn(metrics::tag_route))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(metrics::track))
+        .with_state(svc)
+}
+
+/// `GET /metrics` alone: merged into [`router`]'s routes, or served on `--metrics-listen`.
+pub fn metrics_router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
         .with_state(svc)
 }
 
@@ -203,6 +213,7 @@ pub fn router(svc: Arc<Service>) -> Router {
     ),
     paths(
         healthz,
+        metrics_text,
         openapi_json,
         list_workspaces,
         create_workspace,
@@ -246,6 +257,27 @@ impl Modify for BearerAuth {
     responses((status = 200, description = "ready", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Prometheus metrics of this host: FUSE requests, commits, fsyncs, chunks, store size,
+/// collections, sessions, API requests, imports. No key needed: no label names a workspace,
+/// snapshot or session. Served on `--metrics-listen` instead when that is given.
+#[utoipa::path(get, path = "/metrics", security(()), responses(
+    (status = 200, description = "Prometheus text format", body = String,
+     content_type = "text/plain"),
+    (status = 404, description = "metrics are not enabled in this process", body = String,
+     content_type = "text/plain")))]
+async fn metrics_text(State(svc): State<Arc<Service>>) -> Response {
+    match tokio::task::spawn_blocking(move || metrics::render(&svc)).await {
+        Ok(Some(text)) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process\n",
+        )
+            .into_response(),
+    }
 }
 
 /// This document.

@@ -95,9 +95,15 @@ impl Service {
     }
 
     fn run_import(&self, id: Uuid, url: &str) {
+        let started = std::time::Instant::now();
         let outcome = self.clone_into(id, url);
-        if let Err(e) = &outcome {
-            tracing::warn!("import of {url} into {id} failed: {e}");
+        let took = started.elapsed();
+        let result = if outcome.is_ok() { "ready" } else { "failed" };
+        metrics::histogram!(crate::metrics::IMPORT_SECONDS, "result" => result)
+            .record(took.as_secs_f64());
+        match &outcome {
+            Ok(()) => tracing::info!("import of {url} into {id} done in {took:?}"),
+            Err(e) => tracing::warn!("import of {url} into {id} failed after {took:?}: {e}"),
         }
         let mut ix = self.lock();
         // Deletes are refused while importing, so the record is still there.

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod http;
 pub mod import;
+pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod sessions;

@@ -391,6 +391,23 @@ impl Service {
         &self.config
     }
 
+    /// The figures `/metrics` reads when scraped. Logical bytes come from each workspace's
+    /// root (one cached node read each), so a scrape costs about one read per workspace.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let ids: Vec<Uuid> = self.lock().workspaces.keys().copied().collect();
+        let logical_bytes = ids
+            .iter()
+            .filter_map(|id| roots::stats(&self.store, RootId::Workspace(*id)).ok())
+            .map(|(_, sup)| sup.logical_bytes)
+            .sum();
+        crate::metrics::Gauges {
+            sessions: self.mounts.lock().len(),
+            workspaces: ids.len(),
+            logical_bytes,
+            disk_bytes: self.store.dir_bytes(),
+        }
+    }
+
     /// The account a bearer key belongs to. Compares the key's hash with every known hash in
     /// constant time (`blake3::Hash` equality), without stopping at a match.
     pub fn authenticate(&self, key: &str) -> ApiResult<String> {
@@ -1026,7 +1043,16 @@ fn collect_when_woken(store: &Store, wakes: mpsc::Receiver<()>) {
         let released = store.released_bytes();
         let before = store.disk_usage().unwrap_or(0);
         let started = std::time::Instant::now();
-        match gc::collect(store, true) {
+        let collected = gc::collect(store, true);
+        let after = store.disk_usage().unwrap_or(0);
+        crate::metrics::record_gc(
+            started.elapsed(),
+            collected
+                .as_ref()
+                .map_or(0, |r| (r.deleted_nodes + r.deleted_chunks) as u64),
+            before.saturating_sub(after),
+        );
+        match collected {
             Ok(r) => tracing::info!(
                 "gc ({trigger}, {} MiB released by commits): deleted {} nodes and {} chunks; \
                  store {} -> {} MiB in {:?}",
@@ -1034,7 +1060,7 @@ fn collect_when_woken(store: &Store, wakes: mpsc::Receiver<()>) {
                 r.deleted_nodes,
                 r.deleted_chunks,
                 before >> 20,
-                store.disk_usage().unwrap_or(0) >> 20,
+                after >> 20,
                 started.elapsed()
             ),
             Err(e) => tracing::error!("gc: {e}"),

@@ -8,6 +8,7 @@ use chaserfs_fs::fuse::{FuseAdapter, MountOptions};
 use chaserfs_fs::Workspace;
 use uuid::Uuid;
 
+use crate::metrics as m;
 use crate::model::*;
 use crate::service::{
     now, put, ApiError, ApiResult, ErrorKind, Service, BUSY_WAIT, SESSION, WORKSPACE,
@@ -163,8 +164,22 @@ impl Service {
             ix.busy.insert(ws.id);
             ws.id
         };
+        let started = std::time::Instant::now();
         let result = self.mount_session(account, ws_id, &req.mountpoint, options);
         self.release(&mut self.lock(), ws_id);
+        if let Ok(v) = &result {
+            let took = started.elapsed();
+            metrics::counter!(m::SESSIONS_STARTED).increment(1);
+            metrics::histogram!(m::SESSION_START_SECONDS).record(took.as_secs_f64());
+            tracing::info!(
+                target: "chaserfs::session",
+                session = %v.id,
+                workspace = %ws_id,
+                mountpoint = %v.mountpoint.display(),
+                ms = m::millis(took),
+                "session started"
+            );
+        }
         result
     }
 
@@ -389,6 +404,20 @@ impl Service {
         });
         drop(ix);
         drop(closing);
+        if recorded.is_ok() {
+            metrics::counter!(m::SESSIONS_ENDED).increment(1);
+            let lasted = humantime::parse_rfc3339_weak(&s.created_at)
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            tracing::info!(
+                target: "chaserfs::session",
+                session = %s.id,
+                workspace = %s.workspace_id,
+                lasted_s = m::millis(lasted) / 1e3,
+                "session ended"
+            );
+        }
         recorded
     }
 

@@ -15,6 +15,7 @@ use fuser::{
 };
 
 use crate::error::FsError;
+use crate::metrics::{FuseOp, FUSE_IO_ERRORS};
 use crate::posix::{Attr, NewNode, SetAttr, TimeSet, Workspace};
 use crate::records::{FileKind, Timespec};
 
@@ -59,6 +60,7 @@ impl FuseAdapter {
 fn errno(e: FsError) -> Errno {
     if matches!(e, FsError::Storage(_) | FsError::Corrupt(_)) {
         tracing::error!("I/O error: {e}");
+        metrics::counter!(FUSE_IO_ERRORS).increment(1);
     }
     Errno::from_i32(e.errno())
 }
@@ -187,10 +189,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = FuseOp::start("lookup");
         self.entry(reply, self.ws.lookup(parent.0, name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = FuseOp::start("getattr");
         attr(reply, self.ws.getattr(ino.0));
     }
 
@@ -212,6 +216,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = FuseOp::start("setattr");
         let set = SetAttr {
             mode,
             uid,
@@ -224,6 +229,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = FuseOp::start("readlink");
         data(reply, self.ws.readlink(ino.0));
     }
 
@@ -237,6 +243,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _op = FuseOp::start("mknod");
         let Some(kind) = FileKind::from_mode(mode)
             .filter(|k| !matches!(k, FileKind::Directory | FileKind::Symlink))
         else {
@@ -261,6 +268,7 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _op = FuseOp::start("mkdir");
         self.entry(
             reply,
             self.ws.create(
@@ -272,10 +280,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = FuseOp::start("unlink");
         empty(reply, self.ws.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = FuseOp::start("rmdir");
         empty(reply, self.ws.rmdir(parent.0, name.as_bytes()));
     }
 
@@ -287,6 +297,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _op = FuseOp::start("symlink");
         let target = target.as_os_str().as_bytes();
         self.entry(
             reply,
@@ -308,6 +319,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = FuseOp::start("rename");
         empty(
             reply,
             self.ws.rename(
@@ -328,10 +340,12 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _op = FuseOp::start("link");
         self.entry(reply, self.ws.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = FuseOp::start("open");
         // ENOSYS: the kernel stops sending OPEN and RELEASE for files (FUSE_NO_OPEN_SUPPORT)
         // and keeps their cached pages, as FOPEN_KEEP_CACHE would: two round trips less per
         // file. Nothing is lost: handles carry no state here, and an unlinked file's lifetime
@@ -350,6 +364,7 @@ impl Filesystem for FuseAdapter {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = FuseOp::start("read");
         data(reply, self.ws.read(ino.0, offset, size as usize));
     }
 
@@ -365,6 +380,7 @@ impl Filesystem for FuseAdapter {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = FuseOp::start("write");
         match self.ws.write(ino.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -379,6 +395,7 @@ impl Filesystem for FuseAdapter {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _op = FuseOp::start("flush");
         // Nothing to do at close: no POSIX locks here, and the kernel writes back dirty pages
         // before it would send FLUSH. ENOSYS makes it stop sending FLUSH at all (one round
         // trip less per close(2)); writeback errors still reach close through the kernel.
@@ -395,11 +412,13 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = FuseOp::start("release");
         // Only files made by CREATE before the first OPEN was refused get here.
         reply.ok();
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _op = FuseOp::start("forget");
         if let Err(e) = self.ws.release(ino.0, nlookup) {
             tracing::error!("forget of inode {}: {e}", ino.0);
         }
@@ -413,11 +432,13 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = FuseOp::start("fsync");
         // Durable means committed: the whole workspace's overlay becomes a synced root.
-        empty(reply, self.ws.commit(true).map(|_| ()));
+        empty(reply, self.ws.fsync());
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = FuseOp::start("opendir");
         // As for files (FUSE_NO_OPENDIR_SUPPORT): no OPENDIR and RELEASEDIR round trips; the
         // kernel checks the inode is a directory itself.
         reply.error(Errno::ENOSYS);
@@ -431,6 +452,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = FuseOp::start("readdir");
         let r = self.ws.readdir(ino.0, offset, |e| {
             !reply.add(
                 INodeNo(e.ino),
@@ -453,6 +475,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _op = FuseOp::start("readdirplus");
         // Collect first: attributes cannot be read while the listing holds the workspace.
         let mut entries = Vec::new();
         if let Err(e) = self.ws.readdir(ino.0, offset, |e| {
@@ -491,10 +514,12 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.ws.commit(true).map(|_| ()));
+        let _op = FuseOp::start("fsyncdir");
+        empty(reply, self.ws.fsync());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = FuseOp::start("statfs");
         match self.ws.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -520,6 +545,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _op = FuseOp::start("setxattr");
         if !self.options.xattrs {
             return reply.error(Errno::ENOSYS);
         }
@@ -530,6 +556,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = FuseOp::start("getxattr");
         if !self.options.xattrs {
             return reply.error(Errno::ENOSYS);
         }
@@ -540,6 +567,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = FuseOp::start("listxattr");
         if !self.options.xattrs {
             return reply.error(Errno::ENOSYS);
         }
@@ -557,6 +585,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = FuseOp::start("removexattr");
         if !self.options.xattrs {
             return reply.error(Errno::ENOSYS);
         }
@@ -564,6 +593,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _op = FuseOp::start("access");
         // Permission checks are the kernel's (default_permissions); this only confirms the inode.
         empty(reply, self.ws.getattr(ino.0).map(|_| ()));
     }
@@ -578,6 +608,7 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = FuseOp::start("create");
         // ENOSYS: the kernel makes new files with MKNOD instead (remembering the answer) and
         // then opens them itself, since OPEN is refused too. CREATE would hand out a file
         // handle whose RELEASE costs a round trip at every close. The kernel still marks the
@@ -595,6 +626,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _op = FuseOp::start("fallocate");
         empty(reply, self.ws.fallocate(ino.0, offset, length, mode));
     }
 
@@ -607,6 +639,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _op = FuseOp::start("lseek");
         if offset < 0 {
             return reply.error(Errno::EINVAL);
         }
@@ -629,6 +662,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _op = FuseOp::start("copy_file_range");
         // Whole aligned chunks are shared, not copied. One reply carries at most u32::MAX.
         let len = len.min(u32::MAX as u64 & !0xffff);
         match self

@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod gc;
 pub mod hash;
 pub mod keys;
+pub mod metrics;
 pub mod posix;
 mod prefetch;
 pub mod records;

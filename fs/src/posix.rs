@@ -14,10 +14,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::{FsError, FsResult};
 use crate::hash::Hash;
 use crate::keys::{self, Kind, ROOT_INO};
+use crate::metrics as m;
 use crate::prefetch::{Job, READ_AHEAD};
 use crate::records::{self, DirSeq, Dirent, Extent, FileKind, Inode, Super, Timespec};
 use crate::store::{RootId, RootRecord, Store};
@@ -1041,9 +1043,18 @@ impl Workspace {
         Ok(())
     }
 
+    /// fsync(2) of anything in the workspace: a durable commit of the whole overlay.
+    pub fn fsync(&self) -> FsResult<()> {
+        let started = Instant::now();
+        let r = self.commit(true);
+        metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        r.map(|_| ())
+    }
+
     /// Commits the overlay as the workspace's new root in one batch; with `sync`, durable
     /// (WAL fsynced) before it returns. Returns the committed root.
     pub fn commit(&self, sync: bool) -> FsResult<Hash> {
+        let started = Instant::now();
         let mut st = self.state.lock();
         st.seal_all()?;
         for (ino, inode) in std::mem::take(&mut st.inodes) {
@@ -1080,8 +1091,10 @@ impl Workspace {
             .store
             .commit(RootId::Workspace(self.id), &record, &nodes, &chunks, sync);
         self.store.unpin(node_pins);
+        metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
+                metrics::counter!(m::COMMIT_BYTES).increment((chunk_bytes + node_bytes) as u64);
                 st.root = root;
                 st.generation += 1;
                 st.kv.clear();
@@ -1093,6 +1106,7 @@ impl Workspace {
                 Ok(root)
             }
             Err(e) => {
+                metrics::counter!(m::COMMIT_ERRORS).increment(1);
                 st.pending.extend(chunks);
                 Err(e)
             }

@@ -1259,6 +1259,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Bytes of every file in the data dir (tables, blobs, WAL, manifest): what the store
+    /// takes on disk now. Files RocksDB deletes meanwhile count as nothing.
+    pub fn dir_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(self.path())
+    }
+
     /// Bytes RocksDB reports for live SST and blob files, per column family.
     pub fn disk_usage(&self) -> FsResult<u64> {
         let mut total = 0;

@@ -97,8 +97,12 @@ impl State {
         let len = data.len() as u32;
         self.pin(hash);
         if !self.pending.contains_key(&hash) && !self.store.chunk_exists(&hash)? {
+            metrics::counter!(m::CHUNKS_WRITTEN).increment(1);
+            metrics::counter!(m::CHUNK_BYTES_WRITTEN).increment(data.len() as u64);
             self.pending_bytes += data.len();
             self.pending.insert(hash, Bytes::from(data));
+        } else {
+            metrics::counter!(m::CHUNKS_DEDUPLICATED).increment(1);
         }
         self.set_extent(ino, idx, Some(Extent { hash, len }))?;
         if self.pending_bytes > PENDING_LIMIT {
