@@ -60,6 +60,7 @@ for i in 1 2 3; do
         --initial-advertise-peer-urls "http://127.0.0.1:$((base + 10 + i))" \
         --initial-cluster "$initial" --initial-cluster-state new \
         --initial-cluster-token chaserfs-test --log-level error \
+        --max-txn-ops 1024 \
         >"$dir/etcd$i.log" 2>&1 &
     echo $! >"$dir/etcd$i.pid"
 done

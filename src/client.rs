@@ -62,6 +62,20 @@ pub enum WorkspacesCmd {
         #[command(flatten)]
         quota: QuotaArgs,
     },
+    /// Fork N: COUNT clones in one call, all or none, named PREFIX-1, PREFIX-2, ...
+    Fork {
+        source: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Name prefix (default: the source's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        template: bool,
+        /// Limits of the clones (default: the source's).
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
     /// Set a workspace's quota; a limit not given is lifted. Sessions enforce it at once.
     Quota {
         workspace: String,
@@ -137,6 +151,9 @@ pub enum SessionsCmd {
         /// Serve extended attributes (off by default: each write costs an extra round trip).
         #[arg(long)]
         xattrs: bool,
+        /// Mount this snapshot of the workspace instead, read-only.
+        #[arg(long)]
+        snapshot: Option<String>,
     },
     List,
     /// Commit, unmount and end a session.
@@ -428,6 +445,20 @@ pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
             let w = c.call("POST", "/v1/workspaces", Some(body))?;
             c.print(&w, workspace_detail);
         }
+        WorkspacesCmd::Fork {
+            source,
+            count,
+            name,
+            template,
+            quota,
+        } => {
+            let path = format!("/v1/workspaces/{}/clone", seg(&source));
+            let body = json!({"count": count, "name": name, "template": template,
+                              "quota": quota.given()});
+            let forks = c.call("POST", &path, Some(body))?;
+            let list = forks["workspaces"].as_array().cloned().unwrap_or_default();
+            c.print(&forks, |_| workspace_rows(&list));
+        }
         WorkspacesCmd::Quota { workspace, quota } => {
             let path = format!("/v1/workspaces/{}/quota", seg(&workspace));
             let w = c.call("PUT", &path, Some(quota.json()))?;
@@ -559,8 +590,10 @@ pub fn sessions(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
             workspace,
             mountpoint,
             xattrs,
+            snapshot,
         } => {
-            let body = json!({"workspace": workspace, "mountpoint": mountpoint, "xattrs": xattrs});
+            let body = json!({"workspace": workspace, "mountpoint": mountpoint, "xattrs": xattrs,
+                              "snapshot": snapshot});
             let sess = c.call("POST", "/v1/sessions", Some(body))?;
             c.print(&sess, |v| session_rows(std::slice::from_ref(v)));
         }

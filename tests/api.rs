@@ -328,6 +328,107 @@ fn clones_templates_and_listing() {
     assert_error(s, &e, 400, "invalid_query");
 }
 
+/// Fork N: one call makes COUNT clones, named PREFIX-1.. with the lowest numbers free, each
+/// with the source's state and changes of its own; refused whole (nothing made) while the
+/// source has a session, and for counts outside 1..=100.
+#[test]
+fn fork_makes_many_clones_in_one_call() {
+    let d = Daemon::start();
+    let src = d.create_workspace("base");
+    with_mount(&d, "base", |p| {
+        std::fs::write(p.join("seed.txt"), "from base").unwrap()
+    });
+    let fork =
+        |ws: &str, body: Value| d.call("POST", &format!("/v1/workspaces/{ws}/clone"), Some(body));
+    let (s, v) = fork("base", json!({"count": 5}));
+    assert_eq!(s, 201, "{v}");
+    let made = v["workspaces"].as_array().unwrap();
+    let made_names: Vec<&str> = made.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        made_names,
+        ["base-1", "base-2", "base-3", "base-4", "base-5"]
+    );
+    let (_, base) = d.call("GET", "/v1/workspaces/base", None);
+    for w in made {
+        assert_eq!(w["cloned_from"], src["id"]);
+        assert_eq!(
+            w["persistence"]["root_hash"],
+            base["persistence"]["root_hash"]
+        );
+        assert_eq!(w["persistence"]["files"], base["persistence"]["files"]);
+    }
+    // The lowest numbers free: a deleted clone's number is taken again, then the next ones.
+    let (s, _) = d.call("DELETE", "/v1/workspaces/base-2", None);
+    assert_eq!(s, 204);
+    let (s, v) = fork("base", json!({"count": 3}));
+    assert_eq!(s, 201, "{v}");
+    let again: Vec<&str> = v["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(again, ["base-2", "base-6", "base-7"]);
+    // A hundred at once, with a prefix of their own, a template flag and a quota.
+    let (s, v) = fork(
+        "base",
+        json!({"count": 100, "name": "agent", "template": true, "quota": {"inodes": 1000}}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let hundred = v["workspaces"].as_array().unwrap();
+    assert_eq!(hundred.len(), 100);
+    assert_eq!(hundred[99]["name"], "agent-100");
+    assert!(hundred
+        .iter()
+        .all(|w| w["template"] == true && w["quota"]["inodes"] == 1000));
+    // Each clone's changes are its own.
+    with_mount(&d, "agent-7", |p| {
+        assert_eq!(
+            std::fs::read_to_string(p.join("seed.txt")).unwrap(),
+            "from base"
+        );
+        std::fs::write(p.join("seed.txt"), "agent 7 was here").unwrap();
+    });
+    with_mount(&d, "agent-8", |p| {
+        assert_eq!(
+            std::fs::read_to_string(p.join("seed.txt")).unwrap(),
+            "from base"
+        );
+    });
+    with_mount(&d, "base", |p| {
+        assert_eq!(
+            std::fs::read_to_string(p.join("seed.txt")).unwrap(),
+            "from base"
+        );
+    });
+    // No body: one clone.
+    let (s, v) = d.call_raw(
+        "POST",
+        "/v1/workspaces/base/clone",
+        &[("Authorization", &format!("Bearer {}", d.key))],
+        b"",
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["workspaces"][0]["name"], "base-8");
+    // Refusals make nothing.
+    let before = names(&d).len();
+    let (s, v) = fork("base", json!({"count": 0}));
+    assert_error(s, &v, 400, "invalid_count");
+    let (s, v) = fork("base", json!({"count": 101}));
+    assert_error(s, &v, 400, "invalid_count");
+    let (s, v) = fork("base", json!({"count": 2, "name": "x".repeat(57)}));
+    assert_error(s, &v, 400, "invalid_name");
+    let (s, v) = fork("base", json!({"count": 2, "colour": "red"}));
+    assert_error(s, &v, 400, "invalid_body");
+    let (s, v) = fork("nope", json!({"count": 2}));
+    assert_error(s, &v, 404, "workspace_not_found");
+    let (session, _) = d.mount("base", "busy");
+    let (s, v) = fork("base", json!({"count": 10}));
+    assert_error(s, &v, 409, "session_active");
+    d.unmount(&session);
+    assert_eq!(names(&d).len(), before);
+}
+
 #[test]
 fn snapshots_create_list_restore_delete_and_force() {
     let d = Daemon::start();
@@ -1286,6 +1387,8 @@ fn openapi_document_matches_the_routes() {
         "DELETE /v1/workspaces/{workspace}",
         "POST /v1/workspaces/bulk-delete",
         "GET /v1/workspaces/{workspace}",
+        "POST /v1/workspaces/{workspace}/clone",
+        "GET /metrics",
         "POST /v1/sessions",
         "GET /v1/sessions",
         "GET /v1/sessions/{id}",

@@ -95,6 +95,31 @@ fn workspaces_snapshots_and_sessions_from_the_cli() {
     assert_eq!(snap["name"], "v1");
     let list = ok(&d, &["snapshots", "list", "proj"]);
     assert!(list.lines().nth(1).unwrap().starts_with("v1 "), "{list}");
+    // The snapshot mounted read-only, and a fork of three.
+    let ro_mnt = d.mount_root().join("cli-v1").display().to_string();
+    let ro = json(
+        &d,
+        &["sessions", "start", "proj", &ro_mnt, "--snapshot", "v1"],
+    );
+    assert_eq!(ro["read_only"], true, "{ro}");
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(&ro_mnt).join("f.txt")).unwrap(),
+        "cli\n"
+    );
+    json(&d, &["sessions", "end", ro["id"].as_str().unwrap()]);
+    let forks = json(&d, &["workspaces", "fork", "proj", "--count", "3"]);
+    let names: Vec<&str> = forks["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["proj-1", "proj-2", "proj-3"]);
+    let table = ok(&d, &["workspaces", "fork", "proj", "--name", "t"]);
+    assert!(table.lines().nth(1).unwrap().starts_with("t-1 "), "{table}");
+    for w in ["proj-1", "proj-2", "proj-3", "t-1"] {
+        ok(&d, &["workspaces", "delete", w]);
+    }
     let r = json(&d, &["snapshots", "restore", "proj", "v1", "--force"]);
     assert_eq!(r["persistence"]["root_hash"], snap["root_hash"]);
     ok(&d, &["snapshots", "delete", "proj", "v1"]);

@@ -191,6 +191,37 @@ fn hosts_serve_the_same_workspaces() {
         b"first version"
     );
 
+    // A snapshot mounted read-only on B while A writes the workspace; held on B's lease, so
+    // A cannot delete it meanwhile.
+    let ro = b.mount_root().join("alpha-v1");
+    let (s, v) = b.call(
+        "POST",
+        "/v1/sessions",
+        Some(json!({"workspace": "alpha", "snapshot": "v1", "mountpoint": ro})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let ro_session = v["id"].as_str().unwrap().to_string();
+    assert_eq!(std::fs::read(ro.join("one.txt")).unwrap(), b"first version");
+    let err = std::fs::write(ro.join("one.txt"), b"no").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let (s, v) = a.call("DELETE", "/v1/workspaces/alpha/snapshots/v1", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("snapshot_mounted")),
+        "{v}"
+    );
+    b.unmount(&ro_session);
+
+    // Fork N from B of a workspace A has not mounted: all at once, seen on A.
+    let (s, v) = b.call(
+        "POST",
+        "/v1/workspaces/alpha-clone/clone",
+        Some(json!({"count": 40})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a.call("GET", "/v1/workspaces/alpha-clone-40", None);
+    assert_eq!(s, 200, "{v}");
+
     // One writer per workspace: while A has it mounted, B can neither mount nor delete it.
     let (s, v, _) = start_session(&b, "alpha", "alpha-b");
     assert_eq!(s, 409, "{v}");

@@ -270,3 +270,111 @@ fn an_unlinked_open_file_stays_readable_until_closed_then_is_freed() {
     d.unmount(&sid);
     assert_eq!(committed_files(&d, "w"), 2);
 }
+
+/// A snapshot mounted read-only while its workspace has a session of its own: it shows the
+/// snapshot's state, every change answers EROFS, it cannot be deleted (nor its workspace,
+/// without force) while mounted, and ending it leaves the workspace's record alone.
+#[test]
+fn a_snapshot_mounts_read_only_beside_its_workspace() {
+    let mut d = Daemon::start();
+    d.create_workspace("proj");
+    let (sid, live) = d.mount("proj", "live");
+    std::fs::create_dir(live.join("src")).unwrap();
+    std::fs::write(live.join("src/main.rs"), b"fn main() {}\n").unwrap();
+    d.unmount(&sid);
+    let (s, v) = d.call(
+        "POST",
+        "/v1/workspaces/proj/snapshots",
+        Some(json!({"name": "v1"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (sid, live) = d.mount("proj", "live");
+    std::fs::write(live.join("src/main.rs"), b"fn main() { changed() }\n").unwrap();
+
+    let ro_path = d.mount_root().join("v1");
+    let body = json!({"workspace": "proj", "snapshot": "v1", "mountpoint": ro_path});
+    let (s, ro) = d.call("POST", "/v1/sessions", Some(body.clone()));
+    assert_eq!(s, 201, "{ro}");
+    assert_eq!(ro["read_only"], true);
+    assert_eq!(ro["snapshot_id"], v["id"]);
+    let rid = ro["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read(ro_path.join("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+    let erofs = |r: std::io::Result<()>| {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    };
+    erofs(std::fs::write(ro_path.join("new"), b"x"));
+    erofs(std::fs::write(ro_path.join("src/main.rs"), b"x"));
+    erofs(std::fs::remove_file(ro_path.join("src/main.rs")));
+    erofs(std::fs::create_dir(ro_path.join("d")));
+    erofs(std::fs::rename(ro_path.join("src"), ro_path.join("src2")));
+    erofs(std::os::unix::fs::symlink("x", ro_path.join("l")));
+    erofs(std::fs::set_permissions(
+        ro_path.join("src/main.rs"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    ));
+    // The live workspace goes on writing meanwhile.
+    std::fs::write(live.join("after"), b"still writable").unwrap();
+
+    // One session per snapshot; the snapshot and its workspace are kept while it is mounted.
+    let other = json!({"workspace": "proj", "snapshot": "v1",
+                       "mountpoint": d.mount_root().join("v1-again")});
+    let (s, v) = d.call("POST", "/v1/sessions", Some(other));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("snapshot_mounted")),
+        "{v}"
+    );
+    let (s, v) = d.call("DELETE", "/v1/workspaces/proj/snapshots/v1", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("snapshot_mounted")),
+        "{v}"
+    );
+    let missing = json!({"workspace": "proj", "snapshot": "nope",
+                         "mountpoint": d.mount_root().join("nope")});
+    let (s, v) = d.call("POST", "/v1/sessions", Some(missing));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("snapshot_not_found")),
+        "{v}"
+    );
+
+    let (s, v) = d.call("DELETE", &format!("/v1/sessions/{rid}"), None);
+    assert_eq!(s, 200, "{v}");
+    assert!(!is_mounted(&ro_path));
+    let (_, w) = d.call("GET", "/v1/workspaces/proj", None);
+    assert_eq!(w["active_session_id"], sid.as_str());
+    d.unmount(&sid);
+    let (_, w) = d.call("GET", "/v1/workspaces/proj", None);
+    assert_eq!(w["last_session_id"], sid.as_str());
+
+    // Mounted again after a restart; a forced workspace delete ends it first.
+    d.stop();
+    d.restart();
+    let (s, ro) = d.call("POST", "/v1/sessions", Some(body));
+    assert_eq!(s, 201, "{ro}");
+    assert_eq!(
+        std::fs::read(ro_path.join("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+    let (s, v) = d.call("DELETE", "/v1/workspaces/proj", None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("snapshot_mounted")),
+        "{v}"
+    );
+    let (s, v) = d.call("DELETE", "/v1/workspaces/proj?force=true", None);
+    assert_eq!(s, 204, "{v}");
+    assert!(!is_mounted(&ro_path));
+    let (_, v) = d.call(
+        "GET",
+        &format!("/v1/sessions/{}", ro["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(v["status"], "ended");
+    d.stop();
+    common::fsck(&d.data_dir()).unwrap();
+}

@@ -162,6 +162,7 @@ pub fn router(svc: Arc<Service>) -> Router {
             "/v1/workspaces/{workspace}",
             get(get_workspace).delete(delete_workspace),
         )
+        .route("/v1/workspaces/{workspace}/clone", post(fork_workspace))
         .route("/v1/workspaces/{workspace}/name", put(set_name))
         .route("/v1/workspaces/{workspace}/template", put(set_template))
         .route("/v1/workspaces/{workspace}/quota", put(set_quota))
@@ -221,6 +222,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
         bulk_delete,
         get_workspace,
         delete_workspace,
+        fork_workspace,
         set_name,
         set_template,
         set_quota,
@@ -295,6 +297,12 @@ pub struct WorkspaceList {
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceForks {
+    /// The clones, in name order.
+    pub workspaces: Vec<WorkspaceView>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SnapshotList {
     pub snapshots: Vec<SnapshotRecord>,
 }
@@ -352,6 +360,27 @@ async fn create_workspace(
 ) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
     let rec = blocking(move || svc.create_workspace(&a, req)).await?;
     Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// Fork N: `count` clones of the workspace (1 to 100) made in one write, all or none, named
+/// PREFIX-1, PREFIX-2, ... with the lowest numbers free. Refused while the workspace has an
+/// active session. Each clone is O(1), whatever the workspace's size.
+#[utoipa::path(post, path = "/v1/workspaces/{workspace}/clone",
+    params(("workspace" = String, Path, description = "name or id")),
+    request_body = Option<ForkWorkspace>, responses(
+    (status = 201, body = WorkspaceForks),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+async fn fork_workspace(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    p: Result<Path<String>, PathRejection>,
+    JsonBody(req): JsonBody<Option<ForkWorkspace>>,
+) -> Result<(StatusCode, Json<WorkspaceForks>), ApiError> {
+    let Path(ws) = p.map_err(path_error)?;
+    let workspaces = blocking(move || svc.fork_workspace(&a, &ws, req.unwrap_or_default())).await?;
+    Ok((StatusCode::CREATED, Json(WorkspaceForks { workspaces })))
 }
 
 /// Import a GitHub repository: answers at once with the workspace `importing`; it turns

@@ -171,6 +171,16 @@ pub struct SessionRecord {
     /// Cluster mode: the host serving the mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// A read-only session of this snapshot (of `workspace_id`) instead of the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<Uuid>,
+}
+
+impl SessionRecord {
+    /// What the session holds open: its snapshot, or its workspace.
+    pub fn held_id(&self) -> Uuid {
+        self.snapshot_id.unwrap_or(self.workspace_id)
+    }
 }
 
 /// `active` while mounted; `ended` once unmounted and committed. `commit_failed`: unmounted,
@@ -239,6 +249,10 @@ pub struct SessionView {
     pub commit_error: Option<String>,
     /// Whether the mount serves extended attributes.
     pub xattrs: bool,
+    /// The snapshot mounted read-only, for a snapshot's session.
+    pub snapshot_id: Option<Uuid>,
+    /// A snapshot's session: every change answers EROFS.
+    pub read_only: bool,
 }
 
 impl From<&SessionRecord> for SessionView {
@@ -252,6 +266,8 @@ impl From<&SessionRecord> for SessionView {
             ended_at: s.ended_at.clone(),
             commit_error: s.commit_error.clone(),
             xattrs: s.xattrs,
+            snapshot_id: s.snapshot_id,
+            read_only: s.snapshot_id.is_some(),
         }
     }
 }
@@ -277,6 +293,27 @@ pub struct CreateWorkspace {
     pub clone_from: Option<String>,
     /// Limits; a clone inherits its source's unless this is given.
     pub quota: Option<Quota>,
+}
+
+/// `POST /v1/workspaces/{workspace}/clone`: fork N.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkWorkspace {
+    /// How many clones, 1 to 100 (default 1).
+    #[schema(minimum = 1, maximum = 100)]
+    pub count: Option<usize>,
+    /// Name prefix, at most 56 characters: the clones are named PREFIX-1, PREFIX-2, ...
+    /// (the lowest numbers free). Defaults to the source's name.
+    #[schema(schema_with = fork_prefix_schema)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub template: bool,
+    /// Limits; the clones inherit the source's unless this is given.
+    pub quota: Option<Quota>,
+}
+
+fn fork_prefix_schema() -> utoipa::openapi::schema::Object {
+    optional_name_schema(56)
 }
 
 /// `POST /v1/workspaces/import`.
@@ -310,11 +347,15 @@ pub struct SetName {
 
 /// The schema of an optional workspace or snapshot name.
 fn name_schema() -> utoipa::openapi::schema::Object {
+    optional_name_schema(64)
+}
+
+fn optional_name_schema(max_length: usize) -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
         .min_length(Some(1))
-        .max_length(Some(64))
+        .max_length(Some(max_length))
         .pattern(Some(NAME_PATTERN))
         .build()
 }
@@ -410,6 +451,10 @@ pub struct StartSession {
     /// on, every `write(2)` costs the kernel an extra round trip to the daemon.
     #[serde(default)]
     pub xattrs: bool,
+    /// Mount this snapshot (name or id) of the workspace instead, read-only: writes answer
+    /// EROFS. Allowed while the workspace has a session of its own; one session per snapshot.
+    #[schema(min_length = 1)]
+    pub snapshot: Option<String>,
 }
 
 /// Every error: `{"error": {"code", "message"}}`.

@@ -43,6 +43,10 @@ pub const NAME_RULE: &str = "names are 1 to 64 characters, without control chara
      without leading or trailing whitespace, and not '.' or '..'";
 /// Names the API's own paths use under /v1/workspaces/.
 const RESERVED_NAMES: [&str; 2] = ["import", "bulk-delete"];
+/// Most workspaces one fork makes (as E2B allows).
+pub const FORK_MAX: usize = 100;
+/// Longest name prefix of a fork: room is left for the `-N` suffix.
+const FORK_PREFIX_MAX: usize = 56;
 /// Most selectors one bulk delete takes.
 pub const BULK_DELETE_MAX: usize = 1000;
 /// Largest page of a listing.
@@ -274,7 +278,11 @@ impl Index {
         self.snapshots.get(&ws).map_or(0, |s| s.len() as u64)
     }
 
-    fn find_snapshot(&self, ws: &WorkspaceRecord, selector: &str) -> ApiResult<&SnapshotRecord> {
+    pub(crate) fn find_snapshot(
+        &self,
+        ws: &WorkspaceRecord,
+        selector: &str,
+    ) -> ApiResult<&SnapshotRecord> {
         let list = self.snapshots.get(&ws.id).map(Vec::as_slice).unwrap_or(&[]);
         let id = Uuid::parse_str(selector).ok();
         list.iter()
@@ -304,6 +312,24 @@ impl Index {
         }
         Ok(())
     }
+}
+
+/// What [`Service::copies`] makes: a clone, or a fork of many.
+struct Copies {
+    count: usize,
+    names: CopyNames,
+    template: bool,
+    quota: Option<Quota>,
+    /// Given by a clone request: must match the source's.
+    session_type: Option<SessionType>,
+    image: Option<String>,
+}
+
+enum CopyNames {
+    /// The name given, or a generated one.
+    Exact(Option<String>),
+    /// PREFIX-1, PREFIX-2, ...: the lowest numbers free.
+    Numbered(Option<String>),
 }
 
 /// `GET /v1/workspaces` filters and page.
@@ -592,6 +618,55 @@ impl Service {
         source: &str,
         req: CreateWorkspace,
     ) -> ApiResult<WorkspaceView> {
+        let copies = Copies {
+            count: 1,
+            names: CopyNames::Exact(req.name),
+            template: req.template,
+            quota: req.quota,
+            session_type: req.session_type,
+            image: req.image,
+        };
+        let mut views = self.copies(account, source, copies)?;
+        Ok(views.remove(0))
+    }
+
+    /// Fork N: `count` clones of a workspace made in one write, all or none, named
+    /// `PREFIX-1`, `PREFIX-2`, ... (the lowest numbers free; PREFIX defaults to the source's
+    /// name).
+    pub fn fork_workspace(
+        &self,
+        account: &str,
+        source: &str,
+        req: ForkWorkspace,
+    ) -> ApiResult<Vec<WorkspaceView>> {
+        let count = req.count.unwrap_or(1);
+        if !(1..=FORK_MAX).contains(&count) {
+            return Err(ApiError::bad(
+                "invalid_count",
+                format!("count is 1 to {FORK_MAX}"),
+            ));
+        }
+        if let Some(prefix) = &req.name {
+            check_name_format(prefix)?;
+            if prefix.chars().count() > FORK_PREFIX_MAX {
+                return Err(ApiError::bad(
+                    "invalid_name",
+                    format!("a fork's name prefix is at most {FORK_PREFIX_MAX} characters"),
+                ));
+            }
+        }
+        let copies = Copies {
+            count,
+            names: CopyNames::Numbered(req.name),
+            template: req.template,
+            quota: req.quota,
+            session_type: None,
+            image: None,
+        };
+        self.copies(account, source, copies)
+    }
+
+    fn copies(&self, account: &str, source: &str, req: Copies) -> ApiResult<Vec<WorkspaceView>> {
         let mut ix = self.lock();
         let src = self.resolve_settled(&mut ix, account, source)?;
         if let Some(active) = src.active_session_id {
@@ -612,27 +687,47 @@ impl Service {
                 "a clone inherits the source's image",
             ));
         }
-        let rec = self.decide(&mut ix, |ix| {
-            let name = ix.name_for(account, req.name.clone())?;
-            let rec = WorkspaceRecord {
-                cloned_from: Some(src.id),
-                github_repo: src.github_repo.clone(),
-                quota: req.quota.unwrap_or(src.quota),
-                ..WorkspaceRecord::new(
-                    account,
-                    name,
-                    src.session_type,
-                    src.image.clone(),
-                    req.template,
-                )
+        let recs = self.decide(&mut ix, |ix| {
+            let names = match &req.names {
+                CopyNames::Exact(name) => vec![ix.name_for(account, name.clone())?],
+                CopyNames::Numbered(prefix) => {
+                    let base: String = match prefix {
+                        Some(p) => p.clone(),
+                        None => src.name.clone().unwrap_or_else(|| "ws".into()),
+                    };
+                    let base: String = base.chars().take(FORK_PREFIX_MAX).collect();
+                    (1..)
+                        .map(|i| format!("{base}-{i}"))
+                        .filter(|n| ix.check_name(account, n, None).is_ok())
+                        .take(req.count)
+                        .collect()
+                }
             };
-            let id = rec.id;
-            roots::clone_workspace(&self.store, src.id, id, &[put(WORKSPACE, id, &rec)])?;
-            ix.put_workspace(rec.clone());
-            Ok(rec)
+            let recs: Vec<WorkspaceRecord> = names
+                .into_iter()
+                .map(|name| WorkspaceRecord {
+                    cloned_from: Some(src.id),
+                    github_repo: src.github_repo.clone(),
+                    quota: req.quota.unwrap_or(src.quota),
+                    ..WorkspaceRecord::new(
+                        account,
+                        name,
+                        src.session_type,
+                        src.image.clone(),
+                        req.template,
+                    )
+                })
+                .collect();
+            let ids: Vec<Uuid> = recs.iter().map(|r| r.id).collect();
+            let meta: Vec<MetaOp> = recs.iter().map(|r| put(WORKSPACE, r.id, r)).collect();
+            roots::fork_workspace(&self.store, src.id, &ids, &meta)?;
+            for rec in &recs {
+                ix.put_workspace(rec.clone());
+            }
+            Ok(recs)
         })?;
         drop(ix);
-        self.view(&rec, 0)
+        recs.iter().map(|rec| self.view(rec, 0)).collect()
     }
 
     /// One page of the account's workspaces, oldest first, and the cursor of the next page.
@@ -827,8 +922,31 @@ impl Service {
 
     /// Deletes a workspace and its snapshots in one batch; GC frees their data.
     pub fn delete_workspace(&self, account: &str, selector: &str, force: bool) -> ApiResult<Uuid> {
+        if force {
+            // Sessions of its snapshots end first, as its own session does.
+            let read_only: Vec<Uuid> = {
+                let ix = self.lock();
+                let ws = ix.resolve(account, selector)?.id;
+                ix.sessions
+                    .values()
+                    .filter(|s| s.workspace_id == ws && s.snapshot_id.is_some())
+                    .filter(|s| s.status != SessionStatus::Ended)
+                    .map(|s| s.id)
+                    .collect()
+            };
+            for id in read_only {
+                self.end_session_by_id(id, true)?;
+            }
+        }
         let id = self.with_idle_workspace(account, selector, force, true, |ix, ws| {
             let snaps = ix.snapshots.get(&ws.id).cloned().unwrap_or_default();
+            if snaps.iter().any(|s| self.store.is_open(s.id)) {
+                return Err(ApiError::conflict(
+                    "snapshot_mounted",
+                    "a snapshot of the workspace is mounted by a session; end it or pass \
+                     force=true",
+                ));
+            }
             let mut ids = vec![RootId::Workspace(ws.id)];
             let mut meta: Vec<MetaOp> = vec![(key(WORKSPACE, ws.id), None)];
             for s in &snaps {
@@ -971,6 +1089,12 @@ impl Service {
             let ws = ix.resolve(account, selector)?.clone();
             self.decide(&mut ix, |ix| {
                 let snap = ix.find_snapshot(&ws, snapshot)?.id;
+                if self.store.is_open(snap) {
+                    return Err(ApiError::conflict(
+                        "snapshot_mounted",
+                        format!("snapshot {snap} is mounted by a session; end it first"),
+                    ));
+                }
                 roots::delete(
                     &self.store,
                     &[RootId::Snapshot(snap)],

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::metrics as m;
 use crate::model::*;
 use crate::service::{
-    now, put, ApiError, ApiResult, ErrorKind, Service, BUSY_WAIT, SESSION, WORKSPACE,
+    now, put, ApiError, ApiResult, ErrorKind, Index, Service, BUSY_WAIT, SESSION, WORKSPACE,
 };
 
 pub(crate) struct Mounted {
@@ -147,7 +147,33 @@ impl Service {
     }
 
     pub fn start_session(&self, account: &str, req: &StartSession) -> ApiResult<SessionView> {
-        let options = MountOptions { xattrs: req.xattrs };
+        let started = std::time::Instant::now();
+        let result = match &req.snapshot {
+            Some(snapshot) => self.start_snapshot_session(account, req, snapshot),
+            None => self.start_workspace_session(account, req),
+        };
+        if let Ok(v) = &result {
+            let took = started.elapsed();
+            metrics::counter!(m::SESSIONS_STARTED).increment(1);
+            metrics::histogram!(m::SESSION_START_SECONDS).record(took.as_secs_f64());
+            tracing::info!(
+                target: "chaserfs::session",
+                session = %v.id,
+                workspace = %v.workspace_id,
+                snapshot = ?v.snapshot_id,
+                mountpoint = %v.mountpoint.display(),
+                ms = m::millis(took),
+                "session started"
+            );
+        }
+        result
+    }
+
+    fn start_workspace_session(&self, account: &str, req: &StartSession) -> ApiResult<SessionView> {
+        let options = MountOptions {
+            xattrs: req.xattrs,
+            read_only: false,
+        };
         let ws_id = {
             let mut ix = self.lock();
             let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
@@ -164,23 +190,97 @@ impl Service {
             ix.busy.insert(ws.id);
             ws.id
         };
-        let started = std::time::Instant::now();
         let result = self.mount_session(account, ws_id, &req.mountpoint, options);
         self.release(&mut self.lock(), ws_id);
-        if let Ok(v) = &result {
-            let took = started.elapsed();
-            metrics::counter!(m::SESSIONS_STARTED).increment(1);
-            metrics::histogram!(m::SESSION_START_SECONDS).record(took.as_secs_f64());
-            tracing::info!(
-                target: "chaserfs::session",
-                session = %v.id,
-                workspace = %ws_id,
-                mountpoint = %v.mountpoint.display(),
-                ms = m::millis(took),
-                "session started"
-            );
-        }
         result
+    }
+
+    /// A snapshot mounted read-only. The snapshot is held open (like a workspace) until the
+    /// session ends, so it cannot be deleted meanwhile; its workspace stays free.
+    fn start_snapshot_session(
+        &self,
+        account: &str,
+        req: &StartSession,
+        selector: &str,
+    ) -> ApiResult<SessionView> {
+        let (ws_id, snap_id) = {
+            let mut ix = self.lock();
+            let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
+            (ws.id, ix.find_snapshot(&ws, selector)?.id)
+        };
+        let path = self.prepare_mountpoint(&req.mountpoint)?;
+        let snap = Workspace::open_snapshot(self.store.clone(), snap_id).map_err(|e| match e {
+            chaserfs_fs::FsError::Busy(_) => ApiError::conflict(
+                "snapshot_mounted",
+                format!("snapshot {snap_id} is mounted by another session"),
+            ),
+            other => other.into(),
+        })?;
+        let snap = Arc::new(snap);
+        let options = MountOptions {
+            xattrs: req.xattrs,
+            read_only: true,
+        };
+        let mount = self.mount(snap.clone(), &path, options)?;
+        let session = SessionRecord {
+            id: Uuid::now_v7(),
+            account: account.to_string(),
+            workspace_id: ws_id,
+            mountpoint: path,
+            status: SessionStatus::Active,
+            created_at: now(),
+            ended_at: None,
+            commit_error: None,
+            xattrs: req.xattrs,
+            host: self.config.host.clone(),
+            snapshot_id: Some(snap_id),
+        };
+        self.record_session(&session, snap, mount, |ix| {
+            let mut ops = vec![put(SESSION, session.id, &session)];
+            // Sessions of this snapshot whose host was lost (it held the snapshot) are over.
+            for lost in ix.sessions.values() {
+                if lost.snapshot_id == Some(snap_id) && lost.status != SessionStatus::Ended {
+                    let mut lost = lost.clone();
+                    lost.status = SessionStatus::Ended;
+                    lost.ended_at = Some(now());
+                    ops.push(put(SESSION, lost.id, &lost));
+                }
+            }
+            Ok(ops)
+        })
+    }
+
+    /// Records a mounted session with the writes `ops` decides (again, if records changed
+    /// on other hosts meanwhile), or unmounts it if they cannot be made.
+    fn record_session(
+        &self,
+        session: &SessionRecord,
+        ws: Arc<Workspace>,
+        mount: fuser::BackgroundSession,
+        mut ops: impl FnMut(&Index) -> ApiResult<Vec<chaserfs_fs::MetaOp>>,
+    ) -> ApiResult<SessionView> {
+        let mut ix = self.lock();
+        let written = self.decide(&mut ix, |ix| {
+            let ops = ops(ix)?;
+            self.store.meta_write(&ops)?;
+            for (k, v) in &ops {
+                ix.apply(k, v.as_deref())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            drop(ix);
+            let _ = mount.umount_and_join();
+            return Err(e);
+        }
+        self.mounts.lock().insert(
+            session.id,
+            Mounted {
+                ws,
+                mount: Some(mount),
+            },
+        );
+        Ok(SessionView::from(session))
     }
 
     fn mount_session(
@@ -207,9 +307,9 @@ impl Service {
             commit_error: None,
             xattrs: options.xattrs,
             host: self.config.host.clone(),
+            snapshot_id: None,
         };
-        let mut ix = self.lock();
-        let written = self.decide(&mut ix, |ix| {
+        self.record_session(&session, ws, mount, |ix| {
             // The workspace was busy here, and held (opened) against other hosts, so nothing
             // deleted it meanwhile.
             let mut rec = ix.workspaces[&ws_id].clone();
@@ -235,25 +335,8 @@ impl Service {
             rec.active_session_id = Some(session.id);
             rec.updated_at = t.clone();
             ops.push(put(WORKSPACE, rec.id, &rec));
-            self.store.meta_write(&ops)?;
-            for (k, v) in &ops {
-                ix.apply(k, v.as_deref())?;
-            }
-            Ok(())
-        });
-        if let Err(e) = written {
-            drop(ix);
-            let _ = mount.umount_and_join();
-            return Err(e);
-        }
-        self.mounts.lock().insert(
-            session.id,
-            Mounted {
-                ws,
-                mount: Some(mount),
-            },
-        );
-        Ok(SessionView::from(&session))
+            Ok(ops)
+        })
     }
 
     pub fn list_sessions(&self, account: &str) -> ApiResult<Vec<SessionView>> {
@@ -302,7 +385,7 @@ impl Service {
             let mut ix = self.lock();
             // Another call may be ending it right now: wait for that, then answer its result.
             let deadline = std::time::Instant::now() + BUSY_WAIT;
-            while ix.busy.contains(&s.workspace_id) {
+            while ix.busy.contains(&s.held_id()) {
                 if self.idle.wait_until(&mut ix, deadline).timed_out() {
                     return Err(ApiError::conflict(
                         "workspace_busy",
@@ -314,10 +397,10 @@ impl Service {
                 Some(c) if c.status != SessionStatus::Ended => s = c.clone(),
                 current => return Ok(current.cloned().unwrap_or(s)),
             }
-            ix.busy.insert(s.workspace_id);
+            ix.busy.insert(s.held_id());
         }
         let result = self.unmount_and_record(&mut s, discard_failed);
-        self.release(&mut self.lock(), s.workspace_id);
+        self.release(&mut self.lock(), s.held_id());
         result.map(|_| s)
     }
 
@@ -333,7 +416,7 @@ impl Service {
     fn unmount_and_record(&self, s: &mut SessionRecord, discard_failed: bool) -> ApiResult<()> {
         if self.store.is_cluster()
             && !self.mounts.lock().contains_key(&s.id)
-            && !self.host_lost(s.id, s.workspace_id)
+            && !self.host_lost(s.id, s.held_id())
         {
             return Err(ApiError::conflict(
                 "session_on_other_host",
@@ -388,7 +471,12 @@ impl Service {
         let ended = s.clone();
         let recorded = self.decide(&mut ix, |ix| {
             let mut ops = vec![put(SESSION, ended.id, &ended)];
-            if let Some(mut w) = ix.workspaces.get(&ended.workspace_id).cloned() {
+            // A snapshot's session leaves its workspace's record as it is.
+            let workspace = ix
+                .workspaces
+                .get(&ended.workspace_id)
+                .filter(|_| ended.snapshot_id.is_none());
+            if let Some(mut w) = workspace.cloned() {
                 if w.active_session_id == Some(ended.id) {
                     w.active_session_id = None;
                 }
@@ -464,7 +552,7 @@ impl Service {
             .filter(|s| s.status != SessionStatus::Ended)
             // In a cluster: only sessions of this host, or whose host is gone.
             .filter(|s| {
-                !cluster || (s.host == self.config.host && !self.store.is_open(s.workspace_id))
+                !cluster || (s.host == self.config.host && !self.store.is_open(s.held_id()))
             })
             .cloned()
             .collect();
@@ -474,7 +562,11 @@ impl Service {
             s.status = SessionStatus::Ended;
             s.ended_at = Some(now());
             let mut ops = vec![put(SESSION, s.id, &s)];
-            if let Some(w) = ix.workspaces.get(&s.workspace_id) {
+            let workspace = ix
+                .workspaces
+                .get(&s.workspace_id)
+                .filter(|_| s.snapshot_id.is_none());
+            if let Some(w) = workspace {
                 let mut w = w.clone();
                 if w.active_session_id == Some(s.id) {
                     w.active_session_id = None;

@@ -273,11 +273,11 @@ impl chaserfs_fs::Remote for Cluster {
     fn copy_root(
         &self,
         src: chaserfs_fs::RootId,
-        dst: chaserfs_fs::RootId,
+        dsts: &[chaserfs_fs::RootId],
         dst_exists: bool,
         meta: &[chaserfs_fs::MetaOp],
     ) -> FsResult<chaserfs_fs::RootRecord> {
-        self.meta.copy_root(src, dst, dst_exists, meta)
+        self.meta.copy_root(src, dsts, dst_exists, meta)
     }
 
     fn delete_roots(

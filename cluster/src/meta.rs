@@ -516,25 +516,23 @@ impl Meta {
         })
     }
 
+    /// Every `dsts` root gets `src`'s root in one transaction, all or none. A fork of N
+    /// puts 2N+1 keys in it: etcd's `--max-txn-ops` (128 by default) must allow that.
     pub fn copy_root(
         &self,
         src: RootId,
-        dst: RootId,
+        dsts: &[RootId],
         dst_exists: bool,
         meta: &[MetaOp],
     ) -> FsResult<RootRecord> {
         let records_unchanged = self.records_unchanged()?;
         self.runtime.block("etcd copy root", async {
-            // Both pointers in one round trip.
-            let r = self
-                .txn(
-                    "read roots",
-                    Txn::new().and_then([
-                        TxnOp::get(self.root_key(src), None),
-                        TxnOp::get(self.root_key(dst), None),
-                    ]),
-                )
-                .await?;
+            // Every pointer in one round trip.
+            let reads: Vec<TxnOp> = std::iter::once(src)
+                .chain(dsts.iter().copied())
+                .map(|id| TxnOp::get(self.root_key(id), None))
+                .collect();
+            let r = self.txn("read roots", Txn::new().and_then(reads)).await?;
             let mut found = Vec::new();
             for op in r.op_responses() {
                 if let TxnOpResponse::Get(g) = op {
@@ -547,45 +545,44 @@ impl Meta {
                     });
                 }
             }
-            let [src_found, old] = <[_; 2]>::try_from(found)
-                .map_err(|_| FsError::Storage("etcd answered a short transaction".into()))?;
-            let (mut record, src_rev) = src_found.ok_or(FsError::NotFound)?;
-            if old.is_some() != dst_exists {
-                return Err(if dst_exists {
-                    FsError::NotFound
-                } else {
-                    FsError::Exists
-                });
+            if found.len() != dsts.len() + 1 {
+                return Err(FsError::Storage("etcd answered a short transaction".into()));
             }
-            let dst_key = self.root_key(dst);
+            let mut found = found.into_iter();
+            let (mut record, src_rev) = found.next().flatten().ok_or(FsError::NotFound)?;
             let mut when = vec![
                 Compare::mod_revision(self.root_key(src), CompareOp::Equal, src_rev),
                 records_unchanged,
             ];
-            match &old {
-                Some((old, rev)) => {
-                    record.generation = record.generation.max(old.generation) + 1;
-                    when.push(Compare::mod_revision(
-                        dst_key.clone(),
-                        CompareOp::Equal,
-                        *rev,
-                    ));
-                    if let RootId::Workspace(ws) = dst {
-                        when.push(Compare::create_revision(
-                            self.hold_key(ws),
-                            CompareOp::Equal,
-                            0,
-                        ));
-                    }
+            for (dst, old) in dsts.iter().zip(found) {
+                if old.is_some() != dst_exists {
+                    return Err(if dst_exists {
+                        FsError::NotFound
+                    } else {
+                        FsError::Exists
+                    });
                 }
-                None => when.push(Compare::create_revision(
-                    dst_key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )),
+                let dst_key = self.root_key(*dst);
+                match &old {
+                    Some((old, rev)) => {
+                        record.generation = record.generation.max(old.generation) + 1;
+                        when.push(Compare::mod_revision(dst_key, CompareOp::Equal, *rev));
+                        if let RootId::Workspace(ws) = dst {
+                            when.push(Compare::create_revision(
+                                self.hold_key(*ws),
+                                CompareOp::Equal,
+                                0,
+                            ));
+                        }
+                    }
+                    None => when.push(Compare::create_revision(dst_key, CompareOp::Equal, 0)),
+                }
             }
             record.committed_at = chaserfs_fs::Timespec::now();
-            let mut ops = vec![TxnOp::put(dst_key, records::encode(&record), None)];
+            let mut ops: Vec<TxnOp> = dsts
+                .iter()
+                .map(|d| TxnOp::put(self.root_key(*d), records::encode(&record), None))
+                .collect();
             ops.extend(self.record_ops(meta));
             let r = self
                 .txn("copy root", Txn::new().when(when).and_then(ops))
@@ -594,7 +591,7 @@ impl Meta {
                 self.advance_view(revision(r.header()));
                 Ok(record)
             } else {
-                Err(self.refusal(&[dst]).await)
+                Err(self.refusal(dsts).await)
             }
         })
     }
@@ -773,7 +770,7 @@ impl Meta {
         let lease = self.live_lease()?;
         let token = format!("{} {lease:x} {:016x}", self.host, rand::random::<u64>()).into_bytes();
         let hold = self.hold_key(ws);
-        let root = self.root_key(RootId::Workspace(ws));
+        // A workspace, or a snapshot mounted read-only (ids are unique across both).
         let txn = Txn::new()
             .when([Compare::create_revision(hold.clone(), CompareOp::Equal, 0)])
             .and_then([
@@ -782,7 +779,8 @@ impl Meta {
                     token.clone(),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
-                TxnOp::get(root, None),
+                TxnOp::get(self.root_key(RootId::Workspace(ws)), None),
+                TxnOp::get(self.root_key(RootId::Snapshot(ws)), None),
             ])
             .or_else([TxnOp::get(hold.clone(), None)]);
         let r = self

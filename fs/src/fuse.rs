@@ -33,6 +33,9 @@ pub struct MountOptions {
     /// the kernel's "no security xattrs here" flag (SB_NOSEC), so with xattrs on, every
     /// write(2) first asks the daemon for `security.capability`, a round trip per write.
     pub xattrs: bool,
+    /// A snapshot's mount: every change answers EROFS (the kernel refuses most first, the
+    /// mount being read-only).
+    pub read_only: bool,
 }
 
 pub struct FuseAdapter {
@@ -217,6 +220,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let _op = FuseOp::start("setattr");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         let set = SetAttr {
             mode,
             uid,
@@ -244,6 +250,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _op = FuseOp::start("mknod");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         let Some(kind) = FileKind::from_mode(mode)
             .filter(|k| !matches!(k, FileKind::Directory | FileKind::Symlink))
         else {
@@ -269,6 +278,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _op = FuseOp::start("mkdir");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         self.entry(
             reply,
             self.ws.create(
@@ -281,11 +293,17 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = FuseOp::start("unlink");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         empty(reply, self.ws.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = FuseOp::start("rmdir");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         empty(reply, self.ws.rmdir(parent.0, name.as_bytes()));
     }
 
@@ -298,6 +316,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _op = FuseOp::start("symlink");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         let target = target.as_os_str().as_bytes();
         self.entry(
             reply,
@@ -320,6 +341,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _op = FuseOp::start("rename");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         empty(
             reply,
             self.ws.rename(
@@ -341,6 +365,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let _op = FuseOp::start("link");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         self.entry(reply, self.ws.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
@@ -381,6 +408,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let _op = FuseOp::start("write");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         match self.ws.write(ino.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -546,6 +576,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _op = FuseOp::start("setxattr");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         if !self.options.xattrs {
             return reply.error(Errno::ENOSYS);
         }
@@ -586,6 +619,9 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = FuseOp::start("removexattr");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         if !self.options.xattrs {
             return reply.error(Errno::ENOSYS);
         }
@@ -609,6 +645,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let _op = FuseOp::start("create");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         // ENOSYS: the kernel makes new files with MKNOD instead (remembering the answer) and
         // then opens them itself, since OPEN is refused too. CREATE would hand out a file
         // handle whose RELEASE costs a round trip at every close. The kernel still marks the
@@ -627,6 +666,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _op = FuseOp::start("fallocate");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         empty(reply, self.ws.fallocate(ino.0, offset, length, mode));
     }
 
@@ -663,6 +705,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let _op = FuseOp::start("copy_file_range");
+        if self.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
         // Whole aligned chunks are shared, not copied. One reply carries at most u32::MAX.
         let len = len.min(u32::MAX as u64 & !0xffff);
         match self

@@ -146,6 +146,8 @@ pub struct Workspace {
     id: uuid::Uuid,
     store: Arc<Store>,
     state: Mutex<State>,
+    /// A snapshot's state: never committed (its mount answers EROFS to writes).
+    read_only: bool,
 }
 
 struct State {
@@ -354,57 +356,91 @@ impl State {
     }
 }
 
+impl State {
+    /// The committed state of `root`, with an empty overlay.
+    fn load(store: &Arc<Store>, root: RootId, id: uuid::Uuid) -> FsResult<State> {
+        let rec = store.get_root(root)?.ok_or(FsError::NotFound)?;
+        let sup_bytes = tree::get(store, &rec.root, &keys::super_key())?
+            .ok_or_else(|| FsError::corrupt("state without a super record"))?;
+        Ok(State {
+            id,
+            store: store.clone(),
+            root: rec.root,
+            generation: rec.generation,
+            sup: records::decode(&sup_bytes)?,
+            kv: Changes::new(),
+            inodes: HashMap::new(),
+            chunks: BTreeMap::new(),
+            dirty_bytes: 0,
+            pending: HashMap::new(),
+            pending_bytes: 0,
+            spilling: HashSet::new(),
+            defer_spills: false,
+            spill_queue: Vec::new(),
+            pins: HashSet::new(),
+            kernel_refs: HashMap::new(),
+            released_bytes: 0,
+            limits: Limits::default(),
+            read_ahead: HashMap::new(),
+            prefetched_dirs: HashSet::new(),
+        })
+    }
+
+    /// Frees the files a previous session left unlinked but open.
+    fn purge_orphans(&mut self) -> FsResult<()> {
+        let (start, end) = keys::kind_range(keys::SUPER_INO, Kind::Orphan);
+        for k in self.keys_in(&start, &end)? {
+            let ino = u64::from_be_bytes(k[9..17].try_into().expect("orphan key"));
+            self.purge(ino)?;
+        }
+        Ok(())
+    }
+}
+
 impl Workspace {
     /// Opens a workspace for reading and writing. Only one handle per workspace at a time.
     pub fn open(store: Arc<Store>, id: uuid::Uuid) -> FsResult<Workspace> {
         store.mark_open(id)?;
-        let opened = (|| {
-            let rec = store
-                .get_root(RootId::Workspace(id))?
-                .ok_or(FsError::NotFound)?;
-            let sup_bytes = tree::get(&store, &rec.root, &keys::super_key())?
-                .ok_or_else(|| FsError::corrupt("state without a super record"))?;
-            let mut st = State {
-                id,
-                store: store.clone(),
-                root: rec.root,
-                generation: rec.generation,
-                sup: records::decode(&sup_bytes)?,
-                kv: Changes::new(),
-                inodes: HashMap::new(),
-                chunks: BTreeMap::new(),
-                dirty_bytes: 0,
-                pending: HashMap::new(),
-                pending_bytes: 0,
-                spilling: HashSet::new(),
-                defer_spills: false,
-                spill_queue: Vec::new(),
-                pins: HashSet::new(),
-                kernel_refs: HashMap::new(),
-                released_bytes: 0,
-                limits: Limits::default(),
-                read_ahead: HashMap::new(),
-                prefetched_dirs: HashSet::new(),
-            };
+        let loaded = State::load(&store, RootId::Workspace(id), id).and_then(|mut st| {
             // Files unlinked while open when the last session ended are freed now.
-            let (start, end) = keys::kind_range(keys::SUPER_INO, Kind::Orphan);
-            for k in st.keys_in(&start, &end)? {
-                let ino = u64::from_be_bytes(k[9..17].try_into().expect("orphan key"));
-                st.purge(ino)?;
-            }
+            st.purge_orphans()?;
             Ok(st)
-        })();
-        match opened {
+        });
+        match loaded {
             Ok(st) => Ok(Workspace {
                 id,
                 store,
                 state: Mutex::new(st),
+                read_only: false,
             }),
             Err(e) => {
                 store.mark_closed(id);
                 Err(e)
             }
         }
+    }
+
+    /// Opens a snapshot read-only, while its workspace may be open too. Held open like a
+    /// workspace (one handle at a time; in a cluster, on this host's lease), so it cannot be
+    /// deleted meanwhile. Commits do nothing; callers refuse writes (its mount answers EROFS).
+    pub fn open_snapshot(store: Arc<Store>, snapshot: uuid::Uuid) -> FsResult<Workspace> {
+        store.mark_open(snapshot)?;
+        match State::load(&store, RootId::Snapshot(snapshot), snapshot) {
+            Ok(st) => Ok(Workspace {
+                id: snapshot,
+                store,
+                state: Mutex::new(st),
+                read_only: true,
+            }),
+            Err(e) => {
+                store.mark_closed(snapshot);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn id(&self) -> uuid::Uuid {
@@ -1054,6 +1090,9 @@ impl Workspace {
     /// Commits the overlay as the workspace's new root in one batch; with `sync`, durable
     /// (WAL fsynced) before it returns. Returns the committed root.
     pub fn commit(&self, sync: bool) -> FsResult<Hash> {
+        if self.read_only {
+            return Ok(self.state.lock().root);
+        }
         let started = Instant::now();
         let mut st = self.state.lock();
         st.seal_all()?;

@@ -59,12 +59,12 @@ pub trait Remote: Send + Sync {
         meta: &[MetaOp],
         token: CommitToken,
     ) -> FsResult<()>;
-    /// Clone, snapshot, restore: `dst` gets `src`'s root. A restored workspace (`dst_exists`)
-    /// must not be open on any host.
+    /// Clone, snapshot, restore: every `dsts` root gets `src`'s root, all or none. A restored
+    /// workspace (`dst_exists`) must not be open on any host.
     fn copy_root(
         &self,
         src: RootId,
-        dst: RootId,
+        dsts: &[RootId],
         dst_exists: bool,
         meta: &[MetaOp],
     ) -> FsResult<RootRecord>;

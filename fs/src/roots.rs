@@ -61,7 +61,18 @@ pub fn clone_workspace(
     dst: uuid::Uuid,
     meta: &[MetaOp],
 ) -> FsResult<RootRecord> {
-    store.copy_root(RootId::Workspace(src), RootId::Workspace(dst), false, meta)
+    fork_workspace(store, src, &[dst], meta)
+}
+
+/// Many clones of `src` in one write, all or none (fork N).
+pub fn fork_workspace(
+    store: &Store,
+    src: uuid::Uuid,
+    dsts: &[uuid::Uuid],
+    meta: &[MetaOp],
+) -> FsResult<RootRecord> {
+    let dsts: Vec<RootId> = dsts.iter().map(|d| RootId::Workspace(*d)).collect();
+    store.copy_root(RootId::Workspace(src), &dsts, false, meta)
 }
 
 /// An immutable snapshot `snap` of workspace `ws`'s committed state.
@@ -71,7 +82,12 @@ pub fn snapshot(
     snap: uuid::Uuid,
     meta: &[MetaOp],
 ) -> FsResult<RootRecord> {
-    store.copy_root(RootId::Workspace(ws), RootId::Snapshot(snap), false, meta)
+    store.copy_root(
+        RootId::Workspace(ws),
+        &[RootId::Snapshot(snap)],
+        false,
+        meta,
+    )
 }
 
 /// Points workspace `ws` back at snapshot `snap`. Refused while the workspace is open.
@@ -84,7 +100,7 @@ pub fn restore(
     if store.is_open(ws) {
         return Err(FsError::Busy(format!("workspace {ws} is open")));
     }
-    store.copy_root(RootId::Snapshot(snap), RootId::Workspace(ws), true, meta)
+    store.copy_root(RootId::Snapshot(snap), &[RootId::Workspace(ws)], true, meta)
 }
 
 /// Deletes workspaces' and snapshots' root pointers, all or none; their data goes at the next

@@ -1089,35 +1089,38 @@ impl Store {
         result
     }
 
-    /// Points `dst` at `src`'s root: clone, snapshot and restore. One small write (with
-    /// `meta`), and atomic with respect to a collection's start (see `gc.rs`).
+    /// Points every `dsts` root at `src`'s root: clone (of one or many), snapshot and
+    /// restore. One small write (with `meta`), all or none, and atomic with respect to a
+    /// collection's start (see `gc.rs`).
     pub(crate) fn copy_root(
         &self,
         src: RootId,
-        dst: RootId,
+        dsts: &[RootId],
         dst_exists: bool,
         meta: &[MetaOp],
     ) -> FsResult<RootRecord> {
         if let Some(remote) = &self.remote {
             check_meta(meta)?;
-            return remote.copy_root(src, dst, dst_exists, meta);
+            return remote.copy_root(src, dsts, dst_exists, meta);
         }
         let _roots = self.roots_lock.lock();
         let mut record = self.get_root(src)?.ok_or(FsError::NotFound)?;
-        let old = self.get_root(dst)?;
-        if old.is_some() != dst_exists {
-            return Err(if dst_exists {
-                FsError::NotFound
-            } else {
-                FsError::Exists
-            });
-        }
-        if let Some(old) = old {
-            record.generation = record.generation.max(old.generation) + 1;
-        }
         record.committed_at = Timespec::now();
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), dst.key(), crate::records::encode(&record));
+        for dst in dsts {
+            let old = self.get_root(*dst)?;
+            if old.is_some() != dst_exists {
+                return Err(if dst_exists {
+                    FsError::NotFound
+                } else {
+                    FsError::Exists
+                });
+            }
+            if let Some(old) = old {
+                record.generation = record.generation.max(old.generation) + 1;
+            }
+            batch.put_cf(self.cf(CF_META), dst.key(), crate::records::encode(&record));
+        }
         self.add_meta(&mut batch, meta)?;
         self.write(batch, true)?;
         Ok(record)
