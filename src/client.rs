@@ -76,6 +76,15 @@ pub enum WorkspacesCmd {
         #[command(flatten)]
         quota: QuotaArgs,
     },
+    /// What changed between two states: `+`, `-` or `M` and the path, a line each.
+    Diff {
+        workspace: String,
+        /// A snapshot, or `current` (the last commit).
+        #[arg(long)]
+        from: String,
+        #[arg(long, default_value = "current")]
+        to: String,
+    },
     /// Set a workspace's quota; a limit not given is lifted. Sessions enforce it at once.
     Quota {
         workspace: String,
@@ -458,6 +467,32 @@ pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
             let forks = c.call("POST", &path, Some(body))?;
             let list = forks["workspaces"].as_array().cloned().unwrap_or_default();
             c.print(&forks, |_| workspace_rows(&list));
+        }
+        WorkspacesCmd::Diff {
+            workspace,
+            from,
+            to,
+        } => {
+            let path = format!(
+                "/v1/workspaces/{}/diff?from={}&to={}&limit=100000",
+                seg(&workspace),
+                seg(&from),
+                seg(&to)
+            );
+            let d = c.call("GET", &path, None)?;
+            c.print(&d, |d| {
+                for ch in d["changes"].as_array().into_iter().flatten() {
+                    let mark = match ch["change"].as_str() {
+                        Some("added") => "+",
+                        Some("removed") => "-",
+                        _ => "M",
+                    };
+                    println!("{mark} {}", s(&ch["path"]));
+                }
+                if d["truncated"] == true {
+                    println!("(more than 100000 changes; the rest left out)");
+                }
+            });
         }
         WorkspacesCmd::Quota { workspace, quota } => {
             let path = format!("/v1/workspaces/{}/quota", seg(&workspace));

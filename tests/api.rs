@@ -429,6 +429,80 @@ fn fork_makes_many_clones_in_one_call() {
     assert_eq!(names(&d).len(), before);
 }
 
+/// The diff of two snapshots, and of a snapshot and the current state, through real mounts.
+#[test]
+fn diff_lists_the_paths_that_changed() {
+    let d = Daemon::start();
+    d.create_workspace("w");
+    with_mount(&d, "w", |p| {
+        std::fs::create_dir(p.join("src")).unwrap();
+        std::fs::write(p.join("src/a.rs"), "a").unwrap();
+        std::fs::write(p.join("src/b.rs"), "b").unwrap();
+        std::fs::write(p.join("gone.txt"), "x").unwrap();
+    });
+    let snap = |name: &str| {
+        let (s, v) = d.call(
+            "POST",
+            "/v1/workspaces/w/snapshots",
+            Some(json!({"name": name})),
+        );
+        assert_eq!(s, 201, "{v}");
+    };
+    snap("one");
+    with_mount(&d, "w", |p| {
+        std::fs::write(p.join("src/a.rs"), "a, longer").unwrap();
+        std::fs::remove_file(p.join("gone.txt")).unwrap();
+        std::fs::write(p.join("src/c.rs"), "c").unwrap();
+    });
+    snap("two");
+    with_mount(&d, "w", |p| {
+        std::fs::write(p.join("late.txt"), "l").unwrap()
+    });
+    let changes = |q: &str| {
+        let (s, v) = d.call("GET", &format!("/v1/workspaces/w/diff?{q}"), None);
+        assert_eq!(s, 200, "{v}");
+        v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} {}",
+                    c["change"].as_str().unwrap(),
+                    c["path"].as_str().unwrap(),
+                    c["kind"].as_str().unwrap(),
+                    c["size"]
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        changes("from=one&to=two"),
+        [
+            "modified / directory 0",
+            "removed /gone.txt file 1",
+            "modified /src directory 0",
+            "modified /src/a.rs file 9",
+            "added /src/c.rs file 1",
+        ]
+    );
+    assert_eq!(
+        changes("from=two"),
+        ["modified / directory 0", "added /late.txt file 1"]
+    );
+    assert!(changes("from=two&to=two").is_empty());
+    let (s, v) = d.call("GET", "/v1/workspaces/w/diff?from=one&to=two&limit=2", None);
+    assert_eq!(s, 200);
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["changes"].as_array().unwrap().len(), 2);
+    let (s, v) = d.call("GET", "/v1/workspaces/w/diff?from=nope", None);
+    assert_error(s, &v, 404, "snapshot_not_found");
+    let (s, v) = d.call("GET", "/v1/workspaces/w/diff", None);
+    assert_error(s, &v, 400, "invalid_query");
+    let (s, v) = d.call("GET", "/v1/workspaces/w/diff?from=one&limit=0", None);
+    assert_error(s, &v, 400, "invalid_limit");
+}
+
 #[test]
 fn snapshots_create_list_restore_delete_and_force() {
     let d = Daemon::start();
@@ -1388,6 +1462,7 @@ fn openapi_document_matches_the_routes() {
         "POST /v1/workspaces/bulk-delete",
         "GET /v1/workspaces/{workspace}",
         "POST /v1/workspaces/{workspace}/clone",
+        "GET /v1/workspaces/{workspace}/diff",
         "GET /metrics",
         "POST /v1/sessions",
         "GET /v1/sessions",

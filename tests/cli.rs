@@ -107,6 +107,11 @@ fn workspaces_snapshots_and_sessions_from_the_cli() {
         "cli\n"
     );
     json(&d, &["sessions", "end", ro["id"].as_str().unwrap()]);
+    let s = json(&d, &["sessions", "start", "proj", &mnt_s]);
+    std::fs::write(mnt.join("new.txt"), "n\n").unwrap();
+    json(&d, &["sessions", "end", s["id"].as_str().unwrap()]);
+    let diff = ok(&d, &["workspaces", "diff", "proj", "--from", "v1"]);
+    assert_eq!(diff, "M /\n+ /new.txt\n");
     let forks = json(&d, &["workspaces", "fork", "proj", "--count", "3"]);
     let names: Vec<&str> = forks["workspaces"]
         .as_array()

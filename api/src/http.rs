@@ -18,7 +18,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::metrics;
 use crate::model::*;
-use crate::service::{ApiError, ErrorKind, ListQuery, Service};
+use crate::service::{ApiError, DiffQuery, ErrorKind, ListQuery, Service};
 
 /// Request bodies larger than this answer 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -163,6 +163,7 @@ pub fn router(svc: Arc<Service>) -> Router {
             get(get_workspace).delete(delete_workspace),
         )
         .route("/v1/workspaces/{workspace}/clone", post(fork_workspace))
+        .route("/v1/workspaces/{workspace}/diff", get(diff_workspace))
         .route("/v1/workspaces/{workspace}/name", put(set_name))
         .route("/v1/workspaces/{workspace}/template", put(set_template))
         .route("/v1/workspaces/{workspace}/quota", put(set_quota))
@@ -223,6 +224,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
         get_workspace,
         delete_workspace,
         fork_workspace,
+        diff_workspace,
         set_name,
         set_template,
         set_quota,
@@ -381,6 +383,25 @@ async fn fork_workspace(
     let Path(ws) = p.map_err(path_error)?;
     let workspaces = blocking(move || svc.fork_workspace(&a, &ws, req.unwrap_or_default())).await?;
     Ok((StatusCode::CREATED, Json(WorkspaceForks { workspaces })))
+}
+
+/// What changed between two committed states of the workspace (`from`, `to`: snapshots or
+/// `current`): paths added, removed and modified, in path order. Subtrees both states share
+/// are skipped unread, so the cost follows the size of the change.
+#[utoipa::path(get, path = "/v1/workspaces/{workspace}/diff",
+    params(("workspace" = String, Path, description = "name or id"), DiffQuery), responses(
+    (status = 200, body = WorkspaceDiff),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn diff_workspace(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Json<WorkspaceDiff>, ApiError> {
+    let Path(ws) = p.map_err(path_error)?;
+    let Query(q) = q.map_err(query_error)?;
+    Ok(Json(blocking(move || svc.diff(&a, &ws, &q)).await?))
 }
 
 /// Import a GitHub repository: answers at once with the workspace `importing`; it turns

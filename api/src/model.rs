@@ -316,6 +316,37 @@ fn fork_prefix_schema() -> utoipa::openapi::schema::Object {
     optional_name_schema(56)
 }
 
+/// `GET /v1/workspaces/{workspace}/diff`: what changed from one state to another.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceDiff {
+    /// Root hashes of the two states compared.
+    pub from_root: String,
+    pub to_root: String,
+    /// In path order.
+    pub changes: Vec<PathChange>,
+    /// More changes than `limit` were left out.
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PathChange {
+    /// From the workspace's root (`/`); names that are not UTF-8 are shown lossily.
+    pub path: String,
+    pub change: ChangeKind,
+    /// `file`, `directory`, `symlink`, `fifo`, `socket`, `char_device` or `block_device`.
+    pub kind: String,
+    /// Bytes, in `to` (in `from` for a removed path).
+    pub size: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    Modified,
+}
+
 /// `POST /v1/workspaces/import`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -86,6 +86,19 @@ fn short_id() -> String {
     Uuid::new_v4().simple().to_string()[..8].to_string()
 }
 
+fn kind_name(k: chaserfs_fs::FileKind) -> &'static str {
+    use chaserfs_fs::FileKind::*;
+    match k {
+        Regular => "file",
+        Directory => "directory",
+        Symlink => "symlink",
+        Fifo => "fifo",
+        Socket => "socket",
+        CharDevice => "char_device",
+        BlockDevice => "block_device",
+    }
+}
+
 /// Checks a workspace or snapshot name against [`NAME_RULE`].
 pub fn check_name_format(name: &str) -> ApiResult<()> {
     let n = name.chars().count();
@@ -313,6 +326,24 @@ impl Index {
         Ok(())
     }
 }
+
+/// `GET /v1/workspaces/{workspace}/diff` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DiffQuery {
+    /// A snapshot (name or id), or `current`: the workspace's last commit.
+    pub from: String,
+    /// As `from`; default `current`.
+    pub to: Option<String>,
+    /// Most changes listed, 1 to 100000 (default 10000).
+    #[param(minimum = 1, maximum = 100000)]
+    pub limit: Option<usize>,
+}
+
+/// Most changes one diff lists.
+pub const DIFF_LIMIT_MAX: usize = 100_000;
+const DIFF_LIMIT_DEFAULT: usize = 10_000;
 
 /// What [`Service::copies`] makes: a clone, or a fork of many.
 struct Copies {
@@ -628,6 +659,60 @@ impl Service {
         };
         let mut views = self.copies(account, source, copies)?;
         Ok(views.remove(0))
+    }
+
+    /// The paths added, removed and modified from one committed state of a workspace to
+    /// another (snapshots, or `current`), found by skipping the subtrees both share.
+    pub fn diff(&self, account: &str, selector: &str, q: &DiffQuery) -> ApiResult<WorkspaceDiff> {
+        let limit = q.limit.unwrap_or(DIFF_LIMIT_DEFAULT);
+        if !(1..=DIFF_LIMIT_MAX).contains(&limit) {
+            return Err(ApiError::bad(
+                "invalid_limit",
+                format!("limit is 1 to {DIFF_LIMIT_MAX}"),
+            ));
+        }
+        let (from, to) = {
+            let mut ix = self.lock();
+            let ws = self.resolve_settled(&mut ix, account, selector)?;
+            let state = |sel: &str| -> ApiResult<RootId> {
+                if sel == "current" {
+                    return Ok(RootId::Workspace(ws.id));
+                }
+                Ok(RootId::Snapshot(ix.find_snapshot(&ws, sel)?.id))
+            };
+            (
+                state(&q.from)?,
+                state(q.to.as_deref().unwrap_or("current"))?,
+            )
+        };
+        let root = |id: RootId| -> ApiResult<chaserfs_fs::Hash> {
+            Ok(self
+                .store
+                .get_root(id)?
+                .ok_or_else(|| ApiError::not_found("snapshot_not_found", "deleted meanwhile"))?
+                .root)
+        };
+        let (from, to) = (root(from)?, root(to)?);
+        let (changes, truncated) = chaserfs_fs::diff::diff(&self.store, &from, &to, limit)?;
+        let changes = changes
+            .into_iter()
+            .map(|c| PathChange {
+                path: String::from_utf8_lossy(&c.path).into_owned(),
+                change: match c.change {
+                    chaserfs_fs::diff::Change::Added => ChangeKind::Added,
+                    chaserfs_fs::diff::Change::Removed => ChangeKind::Removed,
+                    chaserfs_fs::diff::Change::Modified => ChangeKind::Modified,
+                },
+                kind: kind_name(c.kind).into(),
+                size: c.size,
+            })
+            .collect();
+        Ok(WorkspaceDiff {
+            from_root: from.to_hex(),
+            to_root: to.to_hex(),
+            changes,
+            truncated,
+        })
     }
 
     /// Fork N: `count` clones of a workspace made in one write, all or none, named

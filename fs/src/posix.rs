@@ -538,7 +538,7 @@ impl Workspace {
             ctime: now,
             crtime: now,
             rdev: new.rdev,
-            parent: if is_dir { parent } else { 0 },
+            parent,
             next_cookie: if is_dir { FIRST_COOKIE } else { 0 },
             alloc_bytes: 0,
             target: new.target.to_vec(),
@@ -677,9 +677,7 @@ impl Workspace {
         st.add_entry(new_parent, new_name, src.ino, src.kind)?;
         let mut moved = st.inode(src.ino)?;
         moved.ctime = Timespec::now();
-        if src_dir {
-            moved.parent = new_parent;
-        }
+        moved.parent = new_parent;
         st.save(src.ino, moved);
         Ok(())
     }

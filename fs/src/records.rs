@@ -122,7 +122,9 @@ pub struct Inode {
     pub ctime: Timespec,
     pub crtime: Timespec,
     pub rdev: u32,
-    /// Directories: the parent directory (a directory has exactly one).
+    /// Directories: the parent directory (a directory has exactly one). Other inodes: the
+    /// directory they were created or last renamed into (0 in stores from before), a hint
+    /// for finding a name (`diff`) that an unlink of that hard link leaves stale.
     pub parent: u64,
     /// Directories: the next readdir cookie to hand out.
     pub next_cookie: u64,

@@ -525,3 +525,85 @@ fn identical_data_is_stored_once_and_deleting_everything_frees_it() {
     drop(store);
     drop(dir);
 }
+
+fn diff_of(store: &Store, from: chaserfs_fs::Hash, to: chaserfs_fs::Hash) -> Vec<(String, char)> {
+    let (entries, truncated) = chaserfs_fs::diff::diff(store, &from, &to, 10_000).unwrap();
+    assert!(!truncated);
+    entries
+        .into_iter()
+        .map(|e| {
+            let c = match e.change {
+                chaserfs_fs::diff::Change::Added => '+',
+                chaserfs_fs::diff::Change::Removed => '-',
+                chaserfs_fs::diff::Change::Modified => 'M',
+            };
+            (String::from_utf8(e.path).unwrap(), c)
+        })
+        .collect()
+}
+
+/// `diff` names exactly what changed between two states: added, removed, renamed (removed
+/// and added), written, chmodded and hard-linked paths, with their parents modified, and
+/// nothing else (3,000 untouched files beside them); equal states differ in nothing.
+#[test]
+fn diff_lists_what_changed_between_two_states() {
+    let (_d, store, ws) = setup();
+    let src = dir(&ws, ROOT_INO, "src");
+    let big = dir(&ws, ROOT_INO, "big");
+    for i in 0..3000 {
+        let f = file(&ws, big, &format!("f{i}"));
+        ws.write(f, 0, format!("file {i}").as_bytes()).unwrap();
+    }
+    let main = file(&ws, src, "main.rs");
+    ws.write(main, 0, b"fn main() {}").unwrap();
+    let lib = file(&ws, src, "lib.rs");
+    ws.write(lib, 0, b"pub fn f() {}").unwrap();
+    let old = file(&ws, ROOT_INO, "old.txt");
+    ws.write(old, 0, b"old").unwrap();
+    let mode = file(&ws, ROOT_INO, "mode.sh");
+    let before = ws.commit(true).unwrap();
+    assert!(diff_of(&store, before, before).is_empty());
+
+    ws.write(main, 0, b"fn main() { changed() }").unwrap();
+    ws.unlink(ROOT_INO, b"old.txt").unwrap();
+    ws.rename(src, b"lib.rs", src, b"lib2.rs", 0).unwrap();
+    file(&ws, src, "new.rs");
+    dir(&ws, ROOT_INO, "docs");
+    ws.link(main, ROOT_INO, b"main-link.rs").unwrap();
+    let set = SetAttr {
+        mode: Some(0o755),
+        ..Default::default()
+    };
+    ws.setattr(mode, &set).unwrap();
+    let after = ws.commit(true).unwrap();
+
+    let want = [
+        ("/", 'M'),
+        ("/docs", '+'),
+        ("/main-link.rs", '+'),
+        ("/mode.sh", 'M'),
+        ("/old.txt", '-'),
+        ("/src", 'M'),
+        ("/src/lib.rs", '-'),
+        ("/src/lib2.rs", '+'),
+        ("/src/main.rs", 'M'),
+        ("/src/new.rs", '+'),
+    ];
+    let got = diff_of(&store, before, after);
+    let got: Vec<(&str, char)> = got.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    assert_eq!(got, want);
+    // Backwards, additions are removals and the other way round.
+    let back = diff_of(&store, after, before);
+    assert!(back.contains(&("/old.txt".into(), '+')));
+    assert!(back.contains(&("/src/new.rs".into(), '-')));
+    assert!(back.contains(&("/src/main.rs".into(), 'M')));
+    // Sizes are the newer state's.
+    let (entries, _) = chaserfs_fs::diff::diff(&store, &before, &after, 10_000).unwrap();
+    let main_entry = entries.iter().find(|e| e.path == b"/src/main.rs").unwrap();
+    assert_eq!(main_entry.size, b"fn main() { changed() }".len() as u64);
+    assert_eq!(main_entry.kind, FileKind::Regular);
+    // A limit keeps the first paths and says so.
+    let (first, truncated) = chaserfs_fs::diff::diff(&store, &before, &after, 3).unwrap();
+    assert!(truncated);
+    assert_eq!(first.len(), 3);
+}

@@ -80,17 +80,17 @@ impl State {
         for (moved, from, to) in [(d1, p1, p2), (d2, p2, p1)] {
             let mut i = self.inode(moved.ino)?;
             i.ctime = now;
-            if moved.kind == FileKind::Directory && from != to {
+            if from != to {
                 i.parent = to;
-                self.save(moved.ino, i);
+            }
+            self.save(moved.ino, i);
+            if moved.kind == FileKind::Directory && from != to {
                 let mut f = self.inode(from)?;
                 f.nlink -= 1;
                 self.save(from, f);
                 let mut t = self.inode(to)?;
                 t.nlink += 1;
                 self.save(to, t);
-            } else {
-                self.save(moved.ino, i);
             }
         }
         for p in [p1, p2] {
