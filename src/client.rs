@@ -17,13 +17,13 @@ pub struct ClientOpts {
         default_value = "http://127.0.0.1:7878",
         global = true
     )]
-    api_url: String,
+    pub(crate) api_url: String,
     /// API key (Bearer).
     #[arg(long, env = "CHASER_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -171,13 +171,13 @@ pub enum SessionsCmd {
     },
 }
 
-struct Client {
-    opts: ClientOpts,
+pub(crate) struct Client {
+    pub(crate) opts: ClientOpts,
     agent: ureq::Agent,
 }
 
 /// Percent-encodes a path segment (names may hold spaces, '?', '#', ...).
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -189,7 +189,7 @@ fn seg(s: &str) -> String {
 }
 
 impl Client {
-    fn new(opts: ClientOpts) -> Client {
+    pub(crate) fn new(opts: ClientOpts) -> Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -198,7 +198,12 @@ impl Client {
     }
 
     /// Calls the API; a non-2xx answer becomes an error carrying its code and message.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.opts.api_url.trim_end_matches('/'));
         let auth = format!("Bearer {}", self.opts.api_key.as_deref().unwrap_or(""));
         let a = &self.agent;
@@ -264,7 +269,7 @@ fn s(v: &Value) -> String {
 }
 
 /// Prints rows under headers, columns padded to their widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {

@@ -1,6 +1,7 @@
 //! The `chaserfs` binary: the daemon (`serve`), maintenance commands over a data dir, and
-//! the API client (`workspaces`, `snapshots`, `sessions`, `mount`).
+//! the API client (`workspaces`, `snapshots`, `sessions`, `mount`, `bench`).
 
+mod bench;
 mod client;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,14 @@ enum Command {
         /// Serve extended attributes (off by default: each write costs an extra round trip).
         #[arg(long)]
         xattrs: bool,
+    },
+    /// Benchmark clone, snapshot, restore, create, delete and session start/end against a
+    /// running daemon (on workspaces it makes and deletes).
+    Bench {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(flatten)]
+        args: bench::BenchArgs,
     },
     /// Print the `blake3:HEX` form of a key read from stdin, for a keys file.
     HashKey,
@@ -263,6 +272,7 @@ fn main() -> anyhow::Result<()> {
             path,
             xattrs,
         } => client::mount(opts, workspace, path, xattrs)?,
+        Command::Bench { opts, args } => bench::run(opts, args)?,
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;
