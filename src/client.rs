@@ -122,6 +122,26 @@ pub enum WorkspacesCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Write the workspace's last commit, or a snapshot, to FILE as tar (tar.zst if FILE
+    /// ends in .zst; `-` for stdout).
+    Export {
+        workspace: String,
+        file: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// A new workspace from a tar or tar.zst file.
+    ImportArchive {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_parser = ["sandbox", "browser"])]
+        session_type: Option<String>,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        template: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,7 +225,7 @@ impl Client {
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.opts.api_url.trim_end_matches('/'));
-        let auth = format!("Bearer {}", self.opts.api_key.as_deref().unwrap_or(""));
+        let auth = self.auth();
         let a = &self.agent;
         let resp = match (method, body) {
             ("GET", _) => a.get(&url).header("Authorization", &auth).call(),
@@ -220,7 +240,46 @@ impl Client {
                 .send_json(b.unwrap_or(json!({}))),
             (m, _) => bail!("unsupported method {m}"),
         };
-        let mut resp = resp.with_context(|| format!("calling {url}"))?;
+        Self::answer(resp.with_context(|| format!("calling {url}"))?)
+    }
+
+    /// Sends the file at `from` as the body, streamed.
+    fn upload(&self, path: &str, media: &str, from: &std::path::Path) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.opts.api_url.trim_end_matches('/'));
+        let mut file =
+            std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+        let resp = self
+            .agent
+            .post(&url)
+            .header("Authorization", &self.auth())
+            .header("Content-Type", media)
+            .send(ureq::SendBody::from_reader(&mut file))
+            .with_context(|| format!("calling {url}"))?;
+        Self::answer(resp)
+    }
+
+    /// Copies a 2xx answer's body into `to`, streamed; returns the bytes copied.
+    fn download(&self, path: &str, to: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+        let url = format!("{}{path}", self.opts.api_url.trim_end_matches('/'));
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.auth())
+            .call()
+            .with_context(|| format!("calling {url}"))?;
+        if !resp.status().is_success() {
+            return Self::answer(resp).map(|_| 0);
+        }
+        let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut body, to).context("reading the archive (cut off?)")
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.opts.api_key.as_deref().unwrap_or(""))
+    }
+
+    /// The answer's JSON; a non-2xx answer becomes an error carrying its code and message.
+    fn answer(mut resp: ureq::http::Response<ureq::Body>) -> anyhow::Result<Value> {
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string()?;
         let value: Value = if text.is_empty() {
@@ -544,6 +603,70 @@ pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
                     bail!("not every workspace was deleted");
                 }
             }
+        }
+        WorkspacesCmd::Export {
+            workspace,
+            file,
+            snapshot,
+        } => {
+            let zst = file.ends_with(".zst");
+            let mut path = format!(
+                "/v1/workspaces/{}/archive?format={}",
+                seg(&workspace),
+                if zst { "tar.zst" } else { "tar" }
+            );
+            if let Some(snap) = &snapshot {
+                path += &format!("&snapshot={}", seg(snap));
+            }
+            let bytes = if file == "-" {
+                c.download(&path, &mut std::io::stdout().lock())?
+            } else {
+                // Into a temporary name, so a cut transfer never leaves a short FILE.
+                let part = format!("{file}.part");
+                let mut out =
+                    std::fs::File::create(&part).with_context(|| format!("creating {part}"))?;
+                let n = c.download(&path, &mut out).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&part);
+                })?;
+                out.sync_all()?;
+                std::fs::rename(&part, &file)?;
+                n
+            };
+            if file != "-" {
+                c.print(&json!({"file": file, "bytes": bytes}), |_| {
+                    println!("wrote {file} ({})", human_bytes(bytes))
+                });
+            }
+        }
+        WorkspacesCmd::ImportArchive {
+            file,
+            name,
+            session_type,
+            image,
+            template,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [
+                ("name", name),
+                ("session_type", session_type),
+                ("image", image),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", seg(&v)));
+                }
+            }
+            if template {
+                query.push("template=true".into());
+            }
+            let zst = file.extension().is_some_and(|e| e == "zst");
+            let media = if zst {
+                "application/zstd"
+            } else {
+                "application/x-tar"
+            };
+            let path = format!("/v1/workspaces/import?{}", query.join("&"));
+            let w = c.upload(&path, media, &file)?;
+            c.print(&w, workspace_detail);
         }
         WorkspacesCmd::Import {
             repo,

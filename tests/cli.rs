@@ -112,6 +112,51 @@ fn workspaces_snapshots_and_sessions_from_the_cli() {
     json(&d, &["sessions", "end", s["id"].as_str().unwrap()]);
     let diff = ok(&d, &["workspaces", "diff", "proj", "--from", "v1"]);
     assert_eq!(diff, "M /\n+ /new.txt\n");
+    // Out as tar and tar.zst, and back in as new workspaces with the same contents.
+    let tar = d.dir.path().join("proj.tar");
+    let tar_s = tar.display().to_string();
+    assert!(ok(&d, &["workspaces", "export", "proj", &tar_s]).starts_with("wrote "));
+    let zst_s = d.dir.path().join("v1.tar.zst").display().to_string();
+    ok(
+        &d,
+        &["workspaces", "export", "proj", &zst_s, "--snapshot", "v1"],
+    );
+    let back = json(
+        &d,
+        &["workspaces", "import-archive", &tar_s, "--name", "back"],
+    );
+    assert_eq!(back["status"], "ready", "{back}");
+    let again = d.dir.path().join("back.tar");
+    ok(
+        &d,
+        &["workspaces", "export", "back", &again.display().to_string()],
+    );
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&tar).unwrap());
+    let old = json(
+        &d,
+        &["workspaces", "import-archive", &zst_s, "--name", "old"],
+    );
+    assert_eq!(old["persistence"]["files"], 2, "{old}");
+    let missing = d.dir.path().join("missing.tar").display().to_string();
+    let out = cli(
+        &d,
+        &[
+            "workspaces",
+            "export",
+            "proj",
+            &missing,
+            "--snapshot",
+            "nope",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("snapshot_not_found"));
+    assert!(
+        !std::path::Path::new(&missing).exists(),
+        "no file for a failed export"
+    );
+    assert!(!std::path::Path::new(&format!("{missing}.part")).exists());
+    ok(&d, &["workspaces", "delete", "back", "old"]);
     let forks = json(&d, &["workspaces", "fork", "proj", "--count", "3"]);
     let names: Vec<&str> = forks["workspaces"]
         .as_array()

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
+use crate::archive;
 use crate::metrics;
 use crate::model::*;
 use crate::service::{ApiError, DiffQuery, ErrorKind, ListQuery, Service};
@@ -164,6 +165,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         )
         .route("/v1/workspaces/{workspace}/clone", post(fork_workspace))
         .route("/v1/workspaces/{workspace}/diff", get(diff_workspace))
+        .route("/v1/workspaces/{workspace}/archive", get(workspace_archive))
         .route("/v1/workspaces/{workspace}/name", put(set_name))
         .route("/v1/workspaces/{workspace}/template", put(set_template))
         .route("/v1/workspaces/{workspace}/quota", put(set_quota))
@@ -225,6 +227,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
         delete_workspace,
         fork_workspace,
         diff_workspace,
+        workspace_archive,
         set_name,
         set_template,
         set_quota,
@@ -237,7 +240,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
         get_session,
         end_session,
     ),
-    components(schemas(ErrorResponse, ErrorBody)),
+    components(schemas(ErrorResponse, ErrorBody, ArchiveFormat)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -404,20 +407,109 @@ async fn diff_workspace(
     Ok(Json(blocking(move || svc.diff(&a, &ws, &q)).await?))
 }
 
-/// Import a GitHub repository: answers at once with the workspace `importing`; it turns
-/// `ready` once cloned, or `failed` with `import_error`.
-#[utoipa::path(post, path = "/v1/workspaces/import", request_body = ImportWorkspace, responses(
-    (status = 202, body = WorkspaceView),
+/// Stream a tar (or tar.zst) of the workspace's last commit or of a snapshot.
+#[utoipa::path(get, path = "/v1/workspaces/{workspace}/archive",
+    params(("workspace" = String, Path, description = "name or id"), ArchiveQuery),
+    responses(
+    (status = 200, description = "the archive, streamed",
+        content(("application/x-tar"), ("application/zstd"))),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn workspace_archive(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<ArchiveQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(ws) = p.map_err(path_error)?;
+    let Query(q) = q.map_err(query_error)?;
+    let zst = q.format == Some(ArchiveFormat::TarZst);
+    let src = blocking(move || svc.archive_source(&a, &ws, q.snapshot.as_deref())).await?;
+    let file: String = src
+        .name
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .collect();
+    let (media, file) = if zst {
+        ("application/zstd", format!("{file}.tar.zst"))
+    } else {
+        ("application/x-tar", format!("{file}.tar"))
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(archive::QUEUE);
+    tokio::task::spawn_blocking(move || {
+        archive::write_archive(&src, archive::BodyWriter::new(tx), zst)
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
+    let disposition = format!("attachment; filename=\"{file}\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, media.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Import a GitHub repository (a JSON body): answers at once with the workspace
+/// `importing`; it turns `ready` once cloned, or `failed` with `import_error`. Or import a
+/// tar archive (a `application/x-tar` body, or `application/zstd` for tar.zst; the new
+/// workspace's fields in the query): answers 201 once the workspace is ready.
+#[utoipa::path(post, path = "/v1/workspaces/import", params(ArchiveImport),
+    request_body(content((ImportWorkspace = "application/json"), ("application/x-tar"), ("application/zstd"))),
+    responses(
+    (status = 201, body = WorkspaceView, description = "a tar archive, imported"),
+    (status = 202, body = WorkspaceView, description = "a GitHub import, started"),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
     (status = 409, body = ErrorResponse),
-    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+    (status = 507, body = ErrorResponse)))]
 async fn import_workspace(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
-    JsonBody(req): JsonBody<ImportWorkspace>,
+    q: Result<Query<ArchiveImport>, QueryRejection>,
+    req: Request,
 ) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
-    let rec = blocking(move || svc.import_workspace(&a, req)).await?;
-    Ok((StatusCode::ACCEPTED, Json(rec)))
+    let media = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let zst = match media.as_str() {
+        "application/x-tar" | "application/tar" => false,
+        "application/zstd" | "application/x-zstd" => true,
+        _ => {
+            // The query is for tar uploads; a GitHub import's fields are in its body.
+            let Query(q) = q.map_err(query_error)?;
+            if q.name.is_some() || q.session_type.is_some() || q.image.is_some() || q.template {
+                return Err(ApiError::bad(
+                    "invalid_query",
+                    "query parameters describe a tar upload; a GitHub import's fields go in \
+                     its JSON body",
+                ));
+            }
+            let JsonBody(body) = JsonBody::<ImportWorkspace>::from_request(req, &svc).await?;
+            let rec = blocking(move || svc.import_workspace(&a, body)).await?;
+            return Ok((StatusCode::ACCEPTED, Json(rec)));
+        }
+    };
+    let Query(q) = q.map_err(query_error)?;
+    // Streamed, not buffered: tar bodies are not held to the JSON size limit.
+    use futures_util::TryStreamExt;
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let view = blocking(move || svc.import_archive(&a, q, reader, zst)).await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// Delete many workspaces; each is deleted wholly or not at all, with a result per selector.

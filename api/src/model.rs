@@ -367,6 +367,39 @@ pub struct ImportWorkspace {
     pub quota: Option<Quota>,
 }
 
+/// `GET /v1/workspaces/{workspace}/archive` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveQuery {
+    /// A snapshot (name or id); without it, the workspace's last commit.
+    pub snapshot: Option<String>,
+    /// `tar` (default) or `tar.zst`.
+    pub format: Option<ArchiveFormat>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+pub enum ArchiveFormat {
+    #[serde(rename = "tar")]
+    Tar,
+    #[serde(rename = "tar.zst")]
+    TarZst,
+}
+
+/// `POST /v1/workspaces/import` with a tar body: the new workspace's fields, in the query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveImport {
+    /// Auto-generated when absent.
+    pub name: Option<String>,
+    /// Defaults to `sandbox`.
+    pub session_type: Option<SessionType>,
+    pub image: Option<String>,
+    #[serde(default)]
+    pub template: bool,
+}
+
 /// `PUT /v1/workspaces/{workspace}/name`: a string sets the name, `null` clears it. The
 /// field must be present, so that a forgotten field is an error rather than a silent clear.
 #[derive(Debug, Deserialize)]

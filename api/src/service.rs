@@ -167,7 +167,7 @@ impl Index {
         self.workspaces.insert(rec.id, rec);
     }
 
-    fn remove_workspace(&mut self, id: Uuid) {
+    pub(crate) fn remove_workspace(&mut self, id: Uuid) {
         if let Some(old) = self.workspaces.remove(&id) {
             if let Some(n) = &old.name {
                 let k = name_key(&old.account, n);

@@ -6,6 +6,7 @@
 //! [`remote`] is what a store needs from a cluster when it is one host of many.
 //! Nothing here knows about FUSE or HTTP.
 
+pub mod archive;
 pub mod diff;
 pub mod error;
 pub mod fsck;

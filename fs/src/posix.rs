@@ -360,13 +360,18 @@ impl State {
     /// The committed state of `root`, with an empty overlay.
     fn load(store: &Arc<Store>, root: RootId, id: uuid::Uuid) -> FsResult<State> {
         let rec = store.get_root(root)?.ok_or(FsError::NotFound)?;
-        let sup_bytes = tree::get(store, &rec.root, &keys::super_key())?
+        State::at(store, rec.root, rec.generation, id)
+    }
+
+    /// The state whose tree is `root`, with an empty overlay.
+    fn at(store: &Arc<Store>, root: Hash, generation: u64, id: uuid::Uuid) -> FsResult<State> {
+        let sup_bytes = tree::get(store, &root, &keys::super_key())?
             .ok_or_else(|| FsError::corrupt("state without a super record"))?;
         Ok(State {
             id,
             store: store.clone(),
-            root: rec.root,
-            generation: rec.generation,
+            root,
+            generation,
             sup: records::decode(&sup_bytes)?,
             kv: Changes::new(),
             inodes: HashMap::new(),
@@ -437,6 +442,18 @@ impl Workspace {
                 Err(e)
             }
         }
+    }
+
+    /// A read-only view of the state whose tree is `root`, not held open: the caller keeps
+    /// the tree from being collected meanwhile (a pin, or a root that cannot change).
+    pub fn at_root(store: Arc<Store>, root: Hash) -> FsResult<Workspace> {
+        let st = State::at(&store, root, 0, uuid::Uuid::nil())?;
+        Ok(Workspace {
+            id: uuid::Uuid::nil(),
+            store,
+            state: Mutex::new(st),
+            read_only: true,
+        })
     }
 
     pub fn is_read_only(&self) -> bool {

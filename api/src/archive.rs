@@ -1,0 +1,303 @@
+//! Workspaces as tar archives over the API: `GET .../archive` streams one committed state
+//! (the workspace's last commit or a snapshot) as tar or tar.zst, and a tar upload to
+//! `POST /v1/workspaces/import` becomes a new workspace. The format work is the engine's
+//! (`chaserfs_fs::archive`); this file moves bytes between it and HTTP with bounded buffers.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use chaserfs_fs::archive::{self, ArchiveError};
+use chaserfs_fs::{roots, Hash, RootId, Store, Workspace};
+use tokio::sync::mpsc;
+
+use crate::model::*;
+use crate::service::{check_image, now, put, ApiError, ApiResult, Service, WORKSPACE};
+
+/// The archive's bytes go out in pieces of this size, at most `QUEUE` of them waiting.
+const PIECE: usize = 256 * 1024;
+pub const QUEUE: usize = 8;
+/// An import commits after this many bytes, so its overlay stays bounded.
+const IMPORT_COMMIT_BYTES: u64 = 256 << 20;
+
+/// A committed state held for an export: its tree is pinned against collection until drop.
+pub struct ArchiveSource {
+    pub view: Workspace,
+    /// For the download's file name.
+    pub name: String,
+    store: Arc<Store>,
+    root: Hash,
+}
+
+impl Drop for ArchiveSource {
+    fn drop(&mut self) {
+        self.store.unpin([self.root]);
+    }
+}
+
+/// The writer an export fills: full pieces go to the HTTP body; a reader that went away
+/// makes writes fail, which stops the export.
+pub struct BodyWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl BodyWriter {
+    pub fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>) -> Self {
+        BodyWriter {
+            tx,
+            buf: Vec::with_capacity(PIECE),
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+
+    /// Ends the body with an error, so the client sees a cut transfer, not a short archive.
+    pub fn fail(self, e: String) {
+        let _ = self.tx.blocking_send(Err(std::io::Error::other(e)));
+    }
+}
+
+impl Write for BodyWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(PIECE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == PIECE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Writes the tar of `src` to `out`, zstd-compressed if `zst`.
+pub fn write_archive(src: &ArchiveSource, mut out: BodyWriter, zst: bool) {
+    let result = if zst {
+        compress_export(src, &mut out)
+    } else {
+        archive::export(&src.view, &mut out).map(|_| ())
+    };
+    match result {
+        Ok(()) => {}
+        Err(ArchiveError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            tracing::warn!("archive of {}: {e}", src.name);
+            out.fail(e.to_string());
+        }
+    }
+}
+
+/// The encoder reads what it compresses, so the export writes into a pipe that it reads on
+/// this thread. When the client goes away the encoder is shown the end of its input, and
+/// the export then fails on the closed pipe.
+fn compress_export(src: &ArchiveSource, out: &mut BodyWriter) -> Result<(), ArchiveError> {
+    let (reader, writer) = std::io::pipe().map_err(ArchiveError::Io)?;
+    let gone = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let export = s.spawn(|| {
+            let mut w = writer;
+            let r = archive::export(&src.view, &mut w);
+            drop(w);
+            r
+        });
+        let source = UntilGone {
+            inner: reader,
+            gone: &gone,
+        };
+        let drain = Drain {
+            inner: &mut *out,
+            gone: &gone,
+        };
+        let mut enc =
+            ruzstd::encoding::FrameCompressor::new(ruzstd::encoding::CompressionLevel::Fastest);
+        enc.set_source(source);
+        enc.set_drain(drain);
+        enc.compress();
+        // The encoder's source must close before the export can see a closed pipe.
+        drop(enc);
+        let exported = export.join().expect("export thread");
+        if gone.load(Ordering::SeqCst) {
+            return Err(ArchiveError::Io(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client went away",
+            )));
+        }
+        exported?;
+        out.flush().map_err(ArchiveError::Io)
+    })
+}
+
+struct UntilGone<'a, R> {
+    inner: R,
+    gone: &'a AtomicBool,
+}
+
+impl<R: Read> Read for UntilGone<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.gone.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// The encoder's output; it cannot take a write error, so a failure is noted instead.
+struct Drain<'a, W> {
+    inner: W,
+    gone: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Drain<'_, W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if !self.gone.load(Ordering::SeqCst) && self.inner.write_all(data).is_err() {
+            self.gone.store(true, Ordering::SeqCst);
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Service {
+    /// The committed state to export: the workspace's last commit, or one of its snapshots.
+    pub fn archive_source(
+        &self,
+        account: &str,
+        selector: &str,
+        snapshot: Option<&str>,
+    ) -> ApiResult<ArchiveSource> {
+        let (id, name) = {
+            let mut ix = self.lock();
+            let ws = self.resolve_settled(&mut ix, account, selector)?;
+            let base = ws.name.clone().unwrap_or_else(|| ws.id.to_string());
+            match snapshot {
+                Some(s) => {
+                    let snap = ix.find_snapshot(&ws, s)?;
+                    let label = snap.name.clone();
+                    (RootId::Snapshot(snap.id), format!("{base}-{label}"))
+                }
+                None => (RootId::Workspace(ws.id), base),
+            }
+        };
+        // Pin, then check the pointer still names the pinned tree: a collection that began
+        // before the pin then marked it from the pointer, and one after it keeps the pin.
+        loop {
+            let root = self
+                .store
+                .get_root(id)?
+                .ok_or_else(|| ApiError::not_found("workspace_not_found", "deleted meanwhile"))?
+                .root;
+            self.store.pin([root]);
+            if self.store.get_root(id)?.map(|r| r.root) == Some(root) {
+                let view = Workspace::at_root(self.store.clone(), root).inspect_err(|_| {
+                    self.store.unpin([root]);
+                })?;
+                return Ok(ArchiveSource {
+                    view,
+                    name,
+                    store: self.store.clone(),
+                    root,
+                });
+            }
+            self.store.unpin([root]);
+        }
+    }
+
+    /// A new workspace holding what the tar archive `input` holds (zstd-compressed if
+    /// `zst`), ready when this returns; an invalid archive leaves nothing behind.
+    pub fn import_archive(
+        &self,
+        account: &str,
+        req: ArchiveImport,
+        input: impl Read,
+        zst: bool,
+    ) -> ApiResult<WorkspaceView> {
+        let session_type = req.session_type.unwrap_or(SessionType::Sandbox);
+        check_image(&req.image, session_type)?;
+        let rec = {
+            let mut ix = self.lock();
+            let name = match req.name {
+                Some(n) => ix.name_for(account, Some(n))?,
+                None => ix.pick_name(account, None),
+            };
+            let rec = WorkspaceRecord {
+                status: WorkspaceStatus::Importing,
+                ..WorkspaceRecord::new(account, name, session_type, req.image, req.template)
+            };
+            roots::create_workspace(&self.store, rec.id, &[put(WORKSPACE, rec.id, &rec)])?;
+            ix.put_workspace(rec.clone());
+            rec
+        };
+        let started = std::time::Instant::now();
+        let filled = self.fill_from_archive(rec.id, input, zst);
+        let result = if filled.is_ok() { "ready" } else { "failed" };
+        metrics::histogram!(crate::metrics::IMPORT_SECONDS, "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        let mut ix = self.lock();
+        match filled {
+            Ok(report) => {
+                tracing::info!(
+                    "archive import into {}: {} entries, {} bytes in {:?}",
+                    rec.id,
+                    report.entries,
+                    report.bytes,
+                    started.elapsed()
+                );
+                let mut done = ix.workspaces.get(&rec.id).cloned().unwrap_or(rec);
+                done.status = WorkspaceStatus::Ready;
+                done.updated_at = now();
+                self.store.meta_write(&[put(WORKSPACE, done.id, &done)])?;
+                ix.put_workspace(done.clone());
+                drop(ix);
+                self.view(&done, 0)
+            }
+            Err(e) => {
+                let meta = [(crate::service::key(WORKSPACE, rec.id), None)];
+                if let Err(d) = roots::delete(&self.store, &[RootId::Workspace(rec.id)], &meta) {
+                    tracing::error!("removing the failed import {}: {d}", rec.id);
+                } else {
+                    ix.remove_workspace(rec.id);
+                }
+                drop(ix);
+                self.wake_gc();
+                Err(e)
+            }
+        }
+    }
+
+    fn fill_from_archive(
+        &self,
+        id: uuid::Uuid,
+        input: impl Read,
+        zst: bool,
+    ) -> ApiResult<archive::ArchiveReport> {
+        let ws = Workspace::open(self.store.clone(), id)?;
+        let bad = |e: ArchiveError| match e {
+            ArchiveError::Invalid(m) => ApiError::bad("invalid_archive", m),
+            ArchiveError::Fs(e) => e.into(),
+            ArchiveError::Io(e) => ApiError::bad("invalid_archive", e.to_string()),
+        };
+        let report = if zst {
+            let decoder = ruzstd::decoding::StreamingDecoder::new(input)
+                .map_err(|e| ApiError::bad("invalid_archive", format!("not zstd: {e}")))?;
+            archive::import(&ws, decoder, IMPORT_COMMIT_BYTES)
+        } else {
+            archive::import(&ws, input, IMPORT_COMMIT_BYTES)
+        }
+        .map_err(bad)?;
+        ws.commit(true)?;
+        Ok(report)
+    }
+}

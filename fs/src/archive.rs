@@ -1,0 +1,472 @@
+//! Workspaces as tar archives: `export` writes one committed state as a tar stream, `import`
+//! builds a state from one. Both stream: memory holds one piece of one file at a time (and,
+//! for import, the overlay between periodic commits), whatever the archive's size.
+//!
+//! What a round trip keeps: the tree, file contents, modes (setuid, setgid and sticky bits
+//! included), owners, modification times to the nanosecond (PAX `mtime`), symlinks, hard
+//! links (an inode's second and later names are tar link entries), device numbers, FIFOs,
+//! and extended attributes (PAX `SCHILY.xattr.NAME`, as GNU tar and bsdtar write them).
+//! Sockets are left out, as tar does.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use crate::error::FsError;
+use crate::keys::ROOT_INO;
+use crate::posix::{NewNode, SetAttr, TimeSet, Workspace};
+use crate::records::{FileKind, Timespec};
+
+/// A file's data moves in pieces of this size.
+const PIECE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The archive is malformed or holds something a workspace cannot (`..` in a path, ...).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// Writing the stream failed (the reader went away).
+    #[error("writing the archive: {0}")]
+    Io(std::io::Error),
+}
+
+pub type ArchiveResult<T> = Result<T, ArchiveError>;
+
+fn invalid(what: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Invalid(what.to_string())
+}
+
+/// What an export or import went through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveReport {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Entries of kinds a workspace does not keep (sockets on export; on import, tar
+    /// extensions such as GNU sparse files).
+    pub skipped: u64,
+}
+
+/// Writes the state `ws` (a view, [`Workspace::at_root`]) to `out` as a tar archive, paths
+/// relative (`./` for the root directory), parents before children.
+pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
+    let mut tar = tar::Builder::new(out);
+    let mut report = ArchiveReport::default();
+    // Inodes with several names: the first path written, for the later link entries.
+    let mut linked: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut stack: Vec<(u64, Vec<u8>)> = vec![(ROOT_INO, b".".to_vec())];
+    while let Some((ino, path)) = stack.pop() {
+        let attr = ws.getattr(ino)?;
+        let mut pax: Vec<(String, Vec<u8>)> = vec![(
+            "mtime".into(),
+            format!("{}.{:09}", attr.mtime.sec, attr.mtime.nsec).into_bytes(),
+        )];
+        for name in ws.listxattr(ino)? {
+            let value = ws.getxattr(ino, &name)?;
+            match String::from_utf8(name) {
+                Ok(name) => pax.push((format!("SCHILY.xattr.{name}"), value)),
+                Err(_) => report.skipped += 1,
+            }
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(attr.perm);
+        header.set_uid(attr.uid.into());
+        header.set_gid(attr.gid.into());
+        header.set_mtime(attr.mtime.sec.max(0) as u64);
+        header.set_size(0);
+        let path_os = os_path(path.clone());
+        let io = ArchiveError::Io;
+        if attr.kind != FileKind::Directory && attr.nlink > 1 {
+            if let Some(first) = linked.get(&ino) {
+                header.set_entry_type(tar::EntryType::Link);
+                let target = os_path(first.clone());
+                tar.append_link(&mut header, &path_os, &target)
+                    .map_err(io)?;
+                report.entries += 1;
+                continue;
+            }
+            linked.insert(ino, path.clone());
+        }
+        let pax_refs = pax.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        tar.append_pax_extensions(pax_refs).map_err(io)?;
+        match attr.kind {
+            FileKind::Directory => {
+                header.set_entry_type(tar::EntryType::Directory);
+                tar.append_data(&mut header, &path_os, std::io::empty())
+                    .map_err(io)?;
+                let mut children = Vec::new();
+                ws.readdir(ino, 0, |e| {
+                    if e.name != b"." && e.name != b".." {
+                        children.push((e.ino, e.name));
+                    }
+                    true
+                })?;
+                // Popped in name order.
+                children.sort_by(|a, b| b.1.cmp(&a.1));
+                for (child, name) in children {
+                    let mut p = if path == b"." {
+                        Vec::new()
+                    } else {
+                        path.clone()
+                    };
+                    if !p.is_empty() {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(&name);
+                    stack.push((child, p));
+                }
+            }
+            FileKind::Regular => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(attr.size);
+                let data = FileReader {
+                    ws,
+                    ino,
+                    offset: 0,
+                    size: attr.size,
+                };
+                tar.append_data(&mut header, &path_os, data).map_err(io)?;
+                report.bytes += attr.size;
+            }
+            FileKind::Symlink => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                let target = ws.readlink(ino)?;
+                let target = os_path(target);
+                tar.append_link(&mut header, &path_os, &target)
+                    .map_err(io)?;
+            }
+            FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice => {
+                header.set_entry_type(match attr.kind {
+                    FileKind::Fifo => tar::EntryType::Fifo,
+                    FileKind::CharDevice => tar::EntryType::Char,
+                    _ => tar::EntryType::Block,
+                });
+                header
+                    .set_device_major(libc::major(attr.rdev.into()))
+                    .map_err(io)?;
+                header
+                    .set_device_minor(libc::minor(attr.rdev.into()))
+                    .map_err(io)?;
+                tar.append_data(&mut header, &path_os, std::io::empty())
+                    .map_err(io)?;
+            }
+            FileKind::Socket => {
+                report.skipped += 1;
+                continue;
+            }
+        }
+        report.entries += 1;
+    }
+    tar.into_inner()
+        .map_err(ArchiveError::Io)?
+        .flush()
+        .map_err(ArchiveError::Io)?;
+    Ok(report)
+}
+
+fn os_path(bytes: Vec<u8>) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(bytes).into()
+}
+
+/// A file's contents from the engine, a piece at a time.
+struct FileReader<'a> {
+    ws: &'a Workspace,
+    ino: u64,
+    offset: u64,
+    size: u64,
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.offset >= self.size {
+            return Ok(0);
+        }
+        let want = buf.len().min(PIECE).min((self.size - self.offset) as usize);
+        let data = self
+            .ws
+            .read(self.ino, self.offset, want)
+            .map_err(std::io::Error::other)?;
+        if data.is_empty() {
+            return Err(std::io::Error::other("file shorter than its size"));
+        }
+        buf[..data.len()].copy_from_slice(&data);
+        self.offset += data.len() as u64;
+        Ok(data.len())
+    }
+}
+
+/// Fills the empty workspace `ws` from the tar archive `input`, committing every
+/// `commit_every` bytes so the overlay stays bounded. A path with `..`, or a hard link to a
+/// path not yet in the archive, makes the archive invalid; the caller throws the workspace
+/// away then.
+pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveResult<ArchiveReport> {
+    let mut archive = tar::Archive::new(input);
+    let mut report = ArchiveReport::default();
+    // Directory inodes by path, and directories' times, set last (their entries change them).
+    let mut dirs: HashMap<Vec<u8>, u64> = HashMap::from([(Vec::new(), ROOT_INO)]);
+    let mut dir_times: Vec<(u64, Timespec)> = Vec::new();
+    let mut since_commit = 0u64;
+    let entries = archive.entries().map_err(invalid)?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| invalid(format!("reading the archive: {e}")))?;
+        let path = clean_path(&entry.path_bytes())?;
+        let h = entry.header();
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => FileKind::Regular,
+            tar::EntryType::Directory => FileKind::Directory,
+            tar::EntryType::Symlink => FileKind::Symlink,
+            tar::EntryType::Link => FileKind::Regular,
+            tar::EntryType::Char => FileKind::CharDevice,
+            tar::EntryType::Block => FileKind::BlockDevice,
+            tar::EntryType::Fifo => FileKind::Fifo,
+            _ => {
+                report.skipped += 1;
+                continue;
+            }
+        };
+        let is_link = h.entry_type() == tar::EntryType::Link;
+        let perm = h.mode().map_err(invalid)? & 0o7777;
+        let uid = h.uid().map_err(invalid)? as u32;
+        let gid = h.gid().map_err(invalid)? as u32;
+        let mut mtime = Timespec {
+            sec: h.mtime().map_err(invalid)? as i64,
+            nsec: 0,
+        };
+        let rdev = match kind {
+            FileKind::CharDevice | FileKind::BlockDevice => libc::makedev(
+                h.device_major().map_err(invalid)?.unwrap_or(0),
+                h.device_minor().map_err(invalid)?.unwrap_or(0),
+            ) as u32,
+            _ => 0,
+        };
+        let link_name = entry.link_name_bytes().map(|l| l.into_owned());
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry.pax_extensions().map_err(invalid)? {
+            for ext in pax {
+                let ext = ext.map_err(invalid)?;
+                let key = ext.key().map_err(invalid)?;
+                if key == "mtime" {
+                    mtime = parse_pax_time(ext.value_bytes()).unwrap_or(mtime);
+                } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    xattrs.push((name.as_bytes().to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+
+        if path.is_empty() {
+            // The root directory itself: only its attributes.
+            if kind == FileKind::Directory {
+                set_owner_mode(ws, ROOT_INO, perm, uid, gid)?;
+                set_xattrs(ws, ROOT_INO, &xattrs)?;
+                dir_times.push((ROOT_INO, mtime));
+            }
+            continue;
+        }
+        let (parent_path, name) = split(&path);
+        let parent = ensure_dir(ws, &mut dirs, parent_path)?;
+        // A later entry for a path replaces the earlier one, as tar does; a directory that
+        // meets a directory keeps its contents.
+        if let Ok(existing) = ws.lookup(parent, name) {
+            if existing.kind == FileKind::Directory {
+                if kind == FileKind::Directory && !is_link {
+                    set_owner_mode(ws, existing.ino, perm, uid, gid)?;
+                    set_xattrs(ws, existing.ino, &xattrs)?;
+                    dir_times.push((existing.ino, mtime));
+                    report.entries += 1;
+                    continue;
+                }
+                ws.rmdir(parent, name)
+                    .map_err(|e| invalid(format!("{}: {e}", show(&path))))?;
+                dirs.remove(&path);
+            } else {
+                ws.unlink(parent, name)?;
+            }
+        }
+        if is_link {
+            let target = clean_path(link_name.as_deref().unwrap_or_default())?;
+            let (tp, tn) = split(&target);
+            let target_ino = dirs
+                .get(tp)
+                .and_then(|d| ws.lookup(*d, tn).ok())
+                .filter(|a| a.kind != FileKind::Directory)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{}: hard link to {}, which is not an earlier file of the archive",
+                        show(&path),
+                        show(&target)
+                    ))
+                })?;
+            ws.link(target_ino.ino, parent, name)?;
+            report.entries += 1;
+            continue;
+        }
+        let target = match kind {
+            FileKind::Symlink => link_name.unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let attr = ws.create(
+            parent,
+            name,
+            NewNode {
+                kind,
+                perm,
+                uid,
+                gid,
+                rdev,
+                target: &target,
+            },
+        )?;
+        if kind == FileKind::Regular {
+            let mut buf = vec![0u8; PIECE];
+            let mut offset = 0u64;
+            loop {
+                let n = read_full(&mut entry, &mut buf)
+                    .map_err(|e| invalid(format!("{}: {e}", show(&path))))?;
+                if n == 0 {
+                    break;
+                }
+                ws.write(attr.ino, offset, &buf[..n])?;
+                offset += n as u64;
+            }
+            report.bytes += offset;
+            since_commit += offset;
+        }
+        set_owner_mode(ws, attr.ino, perm, uid, gid)?;
+        set_xattrs(ws, attr.ino, &xattrs)?;
+        if kind == FileKind::Directory {
+            dirs.insert(path.clone(), attr.ino);
+            dir_times.push((attr.ino, mtime));
+        } else {
+            set_mtime(ws, attr.ino, mtime)?;
+        }
+        report.entries += 1;
+        since_commit += 512;
+        if since_commit >= commit_every {
+            ws.commit(false)?;
+            since_commit = 0;
+        }
+    }
+    // Deepest last-created first does not matter: setting a time changes no parent's time.
+    for (ino, t) in dir_times {
+        set_mtime(ws, ino, t)?;
+    }
+    Ok(report)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Owner first, then mode: a change of owner may clear setuid and setgid bits.
+fn set_owner_mode(ws: &Workspace, ino: u64, perm: u32, uid: u32, gid: u32) -> ArchiveResult<()> {
+    let owner = SetAttr {
+        uid: Some(uid),
+        gid: Some(gid),
+        ..Default::default()
+    };
+    ws.setattr(ino, &owner)?;
+    let mode = SetAttr {
+        mode: Some(perm),
+        ..Default::default()
+    };
+    ws.setattr(ino, &mode)?;
+    Ok(())
+}
+
+fn set_mtime(ws: &Workspace, ino: u64, t: Timespec) -> ArchiveResult<()> {
+    let times = SetAttr {
+        atime: Some(TimeSet::At(t)),
+        mtime: Some(TimeSet::At(t)),
+        ..Default::default()
+    };
+    ws.setattr(ino, &times)?;
+    Ok(())
+}
+
+fn set_xattrs(ws: &Workspace, ino: u64, xattrs: &[(Vec<u8>, Vec<u8>)]) -> ArchiveResult<()> {
+    for (name, value) in xattrs {
+        ws.setxattr(ino, name, value, 0)?;
+    }
+    Ok(())
+}
+
+/// The directory at `path`, made (mode 0755, owned by root) with its parents if missing.
+fn ensure_dir(ws: &Workspace, dirs: &mut HashMap<Vec<u8>, u64>, path: &[u8]) -> ArchiveResult<u64> {
+    if let Some(ino) = dirs.get(path) {
+        return Ok(*ino);
+    }
+    let (parent_path, name) = split(path);
+    let parent = ensure_dir(ws, dirs, parent_path)?;
+    let ino = match ws.lookup(parent, name) {
+        Ok(a) if a.kind == FileKind::Directory => a.ino,
+        Ok(_) => {
+            return Err(invalid(format!(
+                "{} is used as a directory but is not one",
+                show(path)
+            )))
+        }
+        Err(FsError::NotFound) => {
+            ws.create(
+                parent,
+                name,
+                NewNode::owned_by_root(FileKind::Directory, 0o755),
+            )?
+            .ino
+        }
+        Err(e) => return Err(e.into()),
+    };
+    dirs.insert(path.to_vec(), ino);
+    Ok(ino)
+}
+
+/// A relative path without `.` components, leading `/` or trailing `/`; `..` is refused.
+fn clean_path(raw: &[u8]) -> ArchiveResult<Vec<u8>> {
+    let mut out: Vec<u8> = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err(invalid(format!("{}: `..` in a path", show(raw)))),
+            p => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (parent path, last name) of a non-empty clean path.
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// `SEC[.FRACTION]` as PAX writes times.
+fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec: i64 = sec.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nsec = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
+    Some(Timespec { sec, nsec })
+}
