@@ -99,6 +99,14 @@ fn kind_name(k: chaserfs_fs::FileKind) -> &'static str {
     }
 }
 
+/// Whether `name` is `lowercase` case-insensitively, without allocating: a workspace may
+/// hold thousands of snapshots, and lookups compare against each.
+fn named(name: &str, lowercase: &str) -> bool {
+    name.chars()
+        .flat_map(char::to_lowercase)
+        .eq(lowercase.chars())
+}
+
 /// Checks a workspace or snapshot name against [`NAME_RULE`].
 pub fn check_name_format(name: &str) -> ApiResult<()> {
     let n = name.chars().count();
@@ -298,8 +306,9 @@ impl Index {
     ) -> ApiResult<&SnapshotRecord> {
         let list = self.snapshots.get(&ws.id).map(Vec::as_slice).unwrap_or(&[]);
         let id = Uuid::parse_str(selector).ok();
+        let wanted = selector.to_lowercase();
         list.iter()
-            .find(|s| s.name.to_lowercase() == selector.to_lowercase())
+            .find(|s| named(&s.name, &wanted))
             .or_else(|| list.iter().find(|s| Some(s.id) == id))
             .ok_or_else(|| {
                 ApiError::not_found(
@@ -1101,9 +1110,8 @@ impl Service {
         self.with_idle_workspace(account, selector, req.force, false, |ix, ws| {
             let existing = ix.snapshots.get(&ws.id).map(Vec::as_slice).unwrap_or(&[]);
             let taken = |n: &str| {
-                existing
-                    .iter()
-                    .any(|s| s.name.to_lowercase() == n.to_lowercase())
+                let wanted = n.to_lowercase();
+                existing.iter().any(|s| named(&s.name, &wanted))
             };
             let name = match &req.name {
                 Some(n) if taken(n) => {
