@@ -10,4 +10,3 @@ pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod sessions;
-pub mod takeover;
