@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::stores::{signal, Stores};
@@ -706,34 +707,54 @@ fn collectors_killed_mid_collection_lose_nothing() {
     );
     b.create_workspace("live");
     let (sid, live) = b.mount("live", "live");
+    // The writer keeps committing until the collectors have been killed often enough.
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let live = live.clone();
+        let stop = stop.clone();
         std::thread::spawn(move || {
             let mut last = HashMap::new();
-            for i in 0..100u64 {
+            let mut i = 0u64;
+            while i < 100 || !stop.load(Ordering::SeqCst) {
                 // Overwrites leave the previous versions for the collectors.
                 let data = common::noise(2000 + i, 150_000 + (i as usize % 5) * 65_536);
                 write_synced(&live.join(format!("f{}", i % 4)), &data);
                 last.insert(i % 4, data);
+                i += 1;
             }
             last
         })
     };
     let mut kills = 0;
-    while !writer.is_finished() {
+    // Spread over startup, listing, marking and sweeping; a collector that finished before
+    // its kill halves the spread so the kills happen however fast collections are.
+    let mut spread_ms = 1200;
+    for attempt in 0.. {
+        if kills >= 3 && writer.is_finished() {
+            break;
+        }
+        if kills >= 3 {
+            stop.store(true, Ordering::SeqCst);
+        }
+        assert!(attempt < 200, "{kills} kills in {attempt} collections");
         let mut gc = stores.cli_command(&["gc", "--gc-grace", "0"]);
         let mut child = gc
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Spread over startup, listing, marking and sweeping (0 to 1.2 s).
-        std::thread::sleep(Duration::from_millis(rand_suffix() * 151 % 1200));
-        if child.try_wait().unwrap().is_none() {
-            signal(child.id() as i32, libc::SIGKILL);
-            kills += 1;
+        std::thread::sleep(Duration::from_millis(rand_suffix() * 151 % spread_ms));
+        match child.try_wait().unwrap() {
+            None => {
+                signal(child.id() as i32, libc::SIGKILL);
+                kills += 1;
+                child.wait().unwrap();
+            }
+            // A collection that completed; one refused by a killed collector's lock does not
+            // count.
+            Some(status) if status.success() => spread_ms = (spread_ms / 2).max(1),
+            Some(_) => {}
         }
-        child.wait().unwrap();
     }
     let last = writer.join().unwrap();
     // The last killed collector's lock goes with its lease.
