@@ -4,13 +4,15 @@
 mod bench;
 mod client;
 
+use std::future::IntoFuture;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chaserfs_api::http;
 use chaserfs_api::service::{Config, Service};
+use chaserfs_api::{http, takeover};
 use chaserfs_cluster::{Cluster, ClusterConfig};
 use chaserfs_fs::{fsck, gc, Store, StoreOptions};
 use clap::{Parser, Subcommand};
@@ -124,6 +126,11 @@ struct ServeArgs {
     /// Serve `GET /metrics` on this address instead of on `--listen`.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Take over from the daemon running on this data dir, without unmounting its sessions:
+    /// it commits, hands its mounts and listening sockets over, and exits (for upgrades).
+    /// `--listen` and `--metrics-listen` are the old daemon's sockets then.
+    #[arg(long)]
+    takeover: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -393,11 +400,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         github_url,
         commit_interval,
         metrics_listen,
+        takeover,
         cluster,
     } = args;
     let commit_interval = Duration::from_secs(commit_interval.max(1));
     chaserfs_api::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    let (store, joined) = cluster.open_store(&data_dir, &listen)?;
+    // Taking over: the running daemon hands over its sessions and sockets, then exits,
+    // leaving the store to this process.
+    let inherited = if takeover {
+        if cluster.s3_endpoint.is_some() {
+            bail!("--takeover is not supported for cluster hosts");
+        }
+        let started = std::time::Instant::now();
+        let (handover, fds, conn) = takeover::request(&data_dir).map_err(anyhow::Error::msg)?;
+        takeover::acknowledge(conn).map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            "took over {} sessions from process {} in {:.0} ms",
+            handover.sessions.len(),
+            handover.pid,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Some((handover, fds))
+    } else {
+        None
+    };
+    let (store, joined) = open_store(&cluster, &data_dir, &listen, takeover)?;
     if let Some((host, c)) = &joined {
         if api_keys_file.is_none() {
             bail!("a cluster host needs --api-keys-file: every host serves the same keys");
@@ -423,7 +450,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&mount_root)?;
     let keys = load_keys(&data_dir, api_keys_file.as_deref())?;
     let config = Config {
-        data_dir,
+        data_dir: data_dir.clone(),
         mount_root: mount_root.canonicalize()?,
         commit_interval,
         github_url,
@@ -432,16 +459,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|t| !t.is_empty()),
         host,
     };
-    let svc = Service::new(store, config, keys).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let (svc, listeners) = match inherited {
+        None => {
+            let svc =
+                Service::new(store, config, keys).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let bind = |addr: &str, what: &str| -> anyhow::Result<OwnedFd> {
+                let l = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("binding {addr}{what}"))?;
+                Ok(l.into())
+            };
+            let listeners = takeover::Listeners {
+                api: bind(&listen, "")?,
+                metrics: match &metrics_listen {
+                    Some(addr) => Some(bind(addr, " (--metrics-listen)")?),
+                    None => None,
+                },
+            };
+            (svc, listeners)
+        }
+        Some((handover, fds)) => {
+            let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+            let api = fds[handover.api_listener].take().context("no API socket")?;
+            let metrics = handover.metrics_listener.and_then(|i| fds[i].take());
+            let svc = Service::taking_over(store, config, keys, &handover, &mut fds)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            (svc, takeover::Listeners { api, metrics })
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        tracing::info!("listening on {}", listener.local_addr()?);
-        eprintln!("chaserfs: listening on http://{}", listener.local_addr()?);
+        let (requests, mut successor) = tokio::sync::mpsc::channel(1);
+        takeover::listen(&data_dir, requests).context("listening for a successor")?;
         let committer = svc.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(committer.config().commit_interval);
@@ -453,20 +503,54 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
         let mut app = http::router(svc.clone());
-        match metrics_listen {
-            Some(addr) => {
-                let metrics = tokio::net::TcpListener::bind(&addr)
-                    .await
-                    .with_context(|| format!("binding {addr} (--metrics-listen)"))?;
+        match &listeners.metrics {
+            Some(fd) => {
+                let metrics = tcp_listener(fd)?;
                 tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
                 let routes = http::metrics_router(svc.clone());
                 tokio::spawn(async move { axum::serve(metrics, routes).await });
             }
             None => app = app.merge(http::metrics_router(svc.clone())),
         }
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let listeners = Arc::new(listeners);
+        // Serves HTTP until SIGTERM, or until a successor takes over.
+        loop {
+            let listener = tcp_listener(&listeners.api)?;
+            tracing::info!("listening on {}", listener.local_addr()?);
+            eprintln!("chaserfs: listening on http://{}", listener.local_addr()?);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let mut server = tokio::spawn(
+                axum::serve(listener, app.clone())
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .into_future(),
+            );
+            let request = tokio::select! {
+                _ = shutdown_signal() => None,
+                r = successor.recv() => r,
+            };
+            let _ = stop.send(());
+            let Some(request) = request else {
+                server.await??;
+                break;
+            };
+            // Requests being served finish first; new connections wait in the backlog.
+            if tokio::time::timeout(DRAIN_WAIT, &mut server).await.is_err() {
+                let why = format!("requests still running after {} s", DRAIN_WAIT.as_secs());
+                tracing::warn!("takeover refused: {why}");
+                takeover::refuse(request, &why);
+                continue;
+            }
+            let (s, l) = (svc.clone(), listeners.clone());
+            match tokio::task::spawn_blocking(move || takeover::answer(&s, request, &l)).await? {
+                Ok(()) => {
+                    eprintln!("chaserfs: handed over to a successor");
+                    std::process::exit(0);
+                }
+                Err(e) => tracing::warn!("takeover failed: {e}; serving again"),
+            }
+        }
         // SIGTERM: commit every session durably and unmount before exiting 0.
         let s: Arc<Service> = svc.clone();
         tokio::task::spawn_blocking(move || s.shutdown()).await?;
@@ -476,6 +560,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("chaserfs: stopped");
         anyhow::Ok(())
     })
+}
+
+/// How long a takeover waits for the requests being served to finish.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the store; when taking over, as soon as the old daemon's exit has released it.
+fn open_store(
+    cluster: &ClusterArgs,
+    data_dir: &Path,
+    listen: &str,
+    takeover: bool,
+) -> anyhow::Result<(Arc<Store>, Option<Joined>)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match cluster.open_store(data_dir, listen) {
+            Err(e) if takeover && std::time::Instant::now() < deadline => {
+                tracing::debug!("store not free yet: {e:#}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A tokio listener on another descriptor of `fd`'s socket: the socket outlives it.
+fn tcp_listener(fd: &OwnedFd) -> anyhow::Result<tokio::net::TcpListener> {
+    let l = std::net::TcpListener::from(fd.try_clone()?);
+    l.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(l)?)
 }
 
 /// Logs the object traffic and cache figures every minute they changed.

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod sessions;
+pub mod takeover;

@@ -414,6 +414,32 @@ impl Service {
         config: Config,
         keys: Vec<(String, blake3::Hash)>,
     ) -> ApiResult<Arc<Service>> {
+        let svc = Self::load(store, config, keys)?;
+        svc.recover(&HashSet::new())?;
+        Ok(svc)
+    }
+
+    /// As [`Service::new`], serving the sessions a running daemon handed over (see
+    /// `takeover.rs`) instead of ending them.
+    pub fn taking_over(
+        store: Arc<Store>,
+        config: Config,
+        keys: Vec<(String, blake3::Hash)>,
+        handover: &crate::takeover::Handover,
+        fds: &mut [Option<std::os::fd::OwnedFd>],
+    ) -> ApiResult<Arc<Service>> {
+        let svc = Self::load(store, config, keys)?;
+        svc.adopt(handover, fds);
+        let served: HashSet<Uuid> = svc.mounts.lock().keys().copied().collect();
+        svc.recover(&served)?;
+        Ok(svc)
+    }
+
+    fn load(
+        store: Arc<Store>,
+        config: Config,
+        keys: Vec<(String, blake3::Hash)>,
+    ) -> ApiResult<Arc<Service>> {
         let mut index = Index::default();
         for w in scan::<WorkspaceRecord>(&store, WORKSPACE)? {
             index.put_workspace(w);
@@ -438,7 +464,7 @@ impl Service {
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             Some((gc_wake, gc_thread))
         };
-        let svc = Arc::new(Service {
+        Ok(Arc::new(Service {
             store,
             config,
             keys: keys.into_iter().map(|(a, h)| (h, a)).collect(),
@@ -448,9 +474,7 @@ impl Service {
             gc: Mutex::new(gc),
             imports: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
-        });
-        svc.recover()?;
-        Ok(svc)
+        }))
     }
 
     pub fn config(&self) -> &Config {

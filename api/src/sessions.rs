@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use chaserfs_fs::fuse::{FuseAdapter, MountOptions};
+use chaserfs_fs::mount::FuseMount;
 use chaserfs_fs::Workspace;
 use uuid::Uuid;
 
@@ -18,7 +19,7 @@ pub(crate) struct Mounted {
     pub(crate) ws: Arc<Workspace>,
     /// `None` once unmounted while the final commit has not succeeded: the overlay stays here,
     /// and the workspace open, until a retry commits it.
-    pub(crate) mount: Option<fuser::BackgroundSession>,
+    pub(crate) mount: Option<FuseMount>,
 }
 
 /// Tunes the mount's writeback and readahead (its backing device info in sysfs) the way a
@@ -29,7 +30,7 @@ pub(crate) struct Mounted {
 ///   4 KiB writes ran at 6,800 IOPS instead of 235,000). This daemon writes back promptly.
 /// - `read_ahead_kb` 1024: the bdi starts at 128 KiB whatever `max_readahead` says, so
 ///   sequential reads came as 128 KiB requests (cold reads 436 MB/s; 1 MiB: 620-640 MB/s).
-fn tune_bdi(mountpoint: &Path) {
+pub(crate) fn tune_bdi(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(mountpoint) else {
         return;
@@ -46,6 +47,25 @@ fn tune_bdi(mountpoint: &Path) {
     }
 }
 
+/// How every session's FUSE connection is mounted and served.
+pub(crate) fn fuse_config(ws: &Workspace) -> fuser::Config {
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName(format!("chaserfs:{}", ws.id())),
+        fuser::MountOption::Subtype("chaserfs".into()),
+        // The kernel checks permissions from our modes, so sessions can run as any user.
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::RW,
+        fuser::MountOption::Dev,
+        fuser::MountOption::Suid,
+    ];
+    cfg.acl = fuser::SessionACL::All;
+    // Four dispatch threads: measured 2x a single thread on tar -x; more gain nothing on
+    // two cores, and the workspace orders operations itself.
+    cfg.n_threads = Some(4);
+    cfg
+}
+
 impl Service {
     /// Mounts an open workspace at `path` (an existing empty directory).
     pub(crate) fn mount(
@@ -53,31 +73,17 @@ impl Service {
         ws: Arc<Workspace>,
         path: &Path,
         options: MountOptions,
-    ) -> ApiResult<fuser::BackgroundSession> {
-        let mut cfg = fuser::Config::default();
-        cfg.mount_options = vec![
-            fuser::MountOption::FSName(format!("chaserfs:{}", ws.id())),
-            fuser::MountOption::Subtype("chaserfs".into()),
-            // The kernel checks permissions from our modes, so sessions can run as any user.
-            fuser::MountOption::DefaultPermissions,
-            fuser::MountOption::RW,
-            fuser::MountOption::Dev,
-            fuser::MountOption::Suid,
-        ];
-        cfg.acl = fuser::SessionACL::All;
-        // Four dispatch threads: measured 2x a single thread on tar -x; more gain nothing on
-        // two cores, and the workspace orders operations itself.
-        cfg.n_threads = Some(4);
-        let session =
-            fuser::spawn_mount(FuseAdapter::new(ws, options), path, &cfg).map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Internal,
-                    "mount_failed",
-                    format!("mount failed: {e}"),
-                )
-            })?;
+    ) -> ApiResult<FuseMount> {
+        let cfg = fuse_config(&ws);
+        let mount = FuseMount::mount(FuseAdapter::new(ws, options), path, &cfg).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                "mount_failed",
+                format!("mount failed: {e}"),
+            )
+        })?;
         tune_bdi(path);
-        Ok(session)
+        Ok(mount)
     }
 
     /// Checks a requested mountpoint and creates it if missing. Refuses anything outside the
@@ -256,7 +262,7 @@ impl Service {
         &self,
         session: &SessionRecord,
         ws: Arc<Workspace>,
-        mount: fuser::BackgroundSession,
+        mount: FuseMount,
         mut ops: impl FnMut(&Index) -> ApiResult<Vec<chaserfs_fs::MetaOp>>,
     ) -> ApiResult<SessionView> {
         let mut ix = self.lock();
@@ -543,13 +549,13 @@ impl Service {
 
     /// What a crashed run left: sessions still active (their mounts are detached, their
     /// workspaces' last commit stands) and imports that were running (marked failed).
-    pub(crate) fn recover(&self) -> ApiResult<()> {
+    pub(crate) fn recover(&self, served: &std::collections::HashSet<Uuid>) -> ApiResult<()> {
         let mut ix = self.lock();
         let cluster = self.store.is_cluster();
         let stale: Vec<SessionRecord> = ix
             .sessions
             .values()
-            .filter(|s| s.status != SessionStatus::Ended)
+            .filter(|s| s.status != SessionStatus::Ended && !served.contains(&s.id))
             // In a cluster: only sessions of this host, or whose host is gone.
             .filter(|s| {
                 !cluster || (s.host == self.config.host && !self.store.is_open(s.held_id()))

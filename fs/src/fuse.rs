@@ -16,6 +16,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::metrics::{FuseOp, FUSE_IO_ERRORS};
+use crate::mount::{KernelOffer, OfferSlot};
 use crate::posix::{Attr, NewNode, SetAttr, TimeSet, Workspace};
 use crate::records::{FileKind, Timespec};
 
@@ -41,11 +42,21 @@ pub struct MountOptions {
 pub struct FuseAdapter {
     ws: Arc<Workspace>,
     options: MountOptions,
+    /// What the kernel offered at INIT, kept for a successor (see `mount.rs`).
+    offer: OfferSlot,
 }
 
 impl FuseAdapter {
     pub fn new(ws: Arc<Workspace>, options: MountOptions) -> Self {
-        FuseAdapter { ws, options }
+        FuseAdapter {
+            ws,
+            options,
+            offer: OfferSlot::default(),
+        }
+    }
+
+    pub(crate) fn offer_slot(&self) -> OfferSlot {
+        self.offer.clone()
     }
 
     /// Replies with an entry the kernel will hold a reference to (until it forgets it).
@@ -186,8 +197,16 @@ impl Filesystem for FuseAdapter {
         // Not requested: FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS. Without them the kernel keeps
         // fcntl and flock locks itself, which is right for processes sharing this mount.
         let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
+        let max_readahead = match config.set_max_readahead(MAX_WRITE) {
+            Ok(_) => MAX_WRITE,
+            Err(kernel_max) => kernel_max,
+        };
         let _ = config.set_time_granularity(Duration::from_nanos(1));
+        *self.offer.lock().expect("offer") = Some(KernelOffer {
+            minor: config.kernel_abi().1,
+            flags: config.capabilities().bits(),
+            max_readahead,
+        });
         Ok(())
     }
 

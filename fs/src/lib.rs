@@ -15,6 +15,7 @@ pub mod gc;
 pub mod hash;
 pub mod keys;
 pub mod metrics;
+pub mod mount;
 pub mod posix;
 mod prefetch;
 pub mod records;

@@ -391,12 +391,15 @@ impl State {
         })
     }
 
-    /// Frees the files a previous session left unlinked but open.
+    /// Frees the files a previous session left unlinked but open, except those the kernel
+    /// still references (a mount taken over from another process).
     fn purge_orphans(&mut self) -> FsResult<()> {
         let (start, end) = keys::kind_range(keys::SUPER_INO, Kind::Orphan);
         for k in self.keys_in(&start, &end)? {
             let ino = u64::from_be_bytes(k[9..17].try_into().expect("orphan key"));
-            self.purge(ino)?;
+            if !self.kernel_refs.contains_key(&ino) {
+                self.purge(ino)?;
+            }
         }
         Ok(())
     }
@@ -405,8 +408,19 @@ impl State {
 impl Workspace {
     /// Opens a workspace for reading and writing. Only one handle per workspace at a time.
     pub fn open(store: Arc<Store>, id: uuid::Uuid) -> FsResult<Workspace> {
+        Self::open_referenced(store, id, &[])
+    }
+
+    /// Opens a workspace whose mount this process takes over with the kernel's references
+    /// to its inodes, `(inode, count)` (see [`Workspace::kernel_refs`]).
+    pub fn open_referenced(
+        store: Arc<Store>,
+        id: uuid::Uuid,
+        refs: &[(u64, u64)],
+    ) -> FsResult<Workspace> {
         store.mark_open(id)?;
         let loaded = State::load(&store, RootId::Workspace(id), id).and_then(|mut st| {
+            st.kernel_refs = refs.iter().copied().collect();
             // Files unlinked while open when the last session ended are freed now.
             st.purge_orphans()?;
             Ok(st)
@@ -1075,6 +1089,17 @@ impl Workspace {
     /// [`Workspace::release`] drops every reference.
     pub fn retain(&self, ino: u64) {
         *self.state.lock().kernel_refs.entry(ino).or_insert(0) += 1;
+    }
+
+    /// The kernel's references, `(inode, count)`: what a process taking the mount over needs.
+    pub fn kernel_refs(&self) -> Vec<(u64, u64)> {
+        let st = self.state.lock();
+        st.kernel_refs.iter().map(|(i, n)| (*i, *n)).collect()
+    }
+
+    /// Takes the kernel's references of a snapshot mount taken over from another process.
+    pub fn inherit_refs(&self, refs: &[(u64, u64)]) {
+        self.state.lock().kernel_refs = refs.iter().copied().collect();
     }
 
     /// Drops `n` kernel references to `ino` (FUSE `forget`); an unlinked inode without

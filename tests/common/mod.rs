@@ -88,15 +88,32 @@ impl Daemon {
         assert!(self.child.is_none(), "already running");
         let port = free_port();
         self.url = format!("http://127.0.0.1:{port}");
+        self.child = Some(self.spawn(port, &[]));
+        self.wait_ready();
+    }
+
+    /// Starts `serve --takeover` on the same data dir and port; returns the old daemon's
+    /// exit code once it has handed over and exited.
+    pub fn take_over(&mut self) -> i32 {
+        let mut old = self.child.take().expect("running");
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = Some(self.spawn(port, &["--takeover"]));
+        let code = old.wait().unwrap().code().unwrap_or(-1);
+        self.wait_ready();
+        code
+    }
+
+    fn spawn(&self, port: u16, extra: &[&str]) -> Child {
+        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log =
-            std::fs::File::create(self.dir.path().join(format!("daemon-{port}.log"))).unwrap();
+            std::fs::File::create(self.dir.path().join(format!("daemon-{port}-{n}.log"))).unwrap();
         // Commit every second unless the test chose an interval.
         let interval: &[&str] = if self.options.args.iter().any(|a| a == "--commit-interval") {
             &[]
         } else {
             &["--commit-interval", "1"]
         };
-        let child = Command::new(bin())
+        Command::new(bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(interval)
             .arg("--data-dir")
@@ -104,12 +121,15 @@ impl Daemon {
             .arg("--mount-root")
             .arg(self.mount_root())
             .args(&self.options.args)
+            .args(extra)
             .envs(self.options.env.iter().cloned())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap();
-        self.child = Some(child);
+            .unwrap()
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = agent().get(format!("{}/healthz", self.url)).call() {

@@ -1,0 +1,397 @@
+//! Graceful takeover: a new daemon takes every mounted session over from the running one
+//! without unmounting anything (as EdenFS does). The old daemon stops serving HTTP (its
+//! listening sockets stay open, so connections wait in the backlog), stops its sessions'
+//! FUSE readers (requests wait in the kernel), commits each workspace durably, and passes
+//! the listening sockets and each session's `/dev/fuse` descriptor (`SCM_RIGHTS`), with
+//! the kernel's inode references, over `DATA_DIR/takeover.sock`. Once the new daemon has
+//! them, the old one exits; the new one opens the store and serves the same mounts.
+//!
+//! The protocol, over a Unix stream socket; a frame is a 4-byte big-endian length and JSON:
+//! 1. new → old: `chaserfs takeover 1\n`.
+//! 2. old → new: a frame, [`Reply`]; with a handover, then its descriptors in messages of
+//!    one byte and up to [`FDS_PER_MESSAGE`] descriptors each.
+//! 3. new → old: a frame `{"ok": true}`; the old daemon exits 0. Without it (the new daemon
+//!    failed), the old one serves its sessions and HTTP again.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chaserfs_fs::fuse::{FuseAdapter, MountOptions};
+use chaserfs_fs::mount::{self, FuseMount, KernelOffer, Stopped};
+use chaserfs_fs::Workspace;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{SessionRecord, SessionStatus};
+use crate::service::{ApiError, ApiResult, Service};
+use crate::sessions::{fuse_config, Mounted};
+
+const REQUEST: &str = "chaserfs takeover 1\n";
+const FDS_PER_MESSAGE: usize = 200;
+/// How long either side waits for the other's next message.
+const PEER_WAIT: Duration = Duration::from_secs(60);
+
+/// Where a daemon listens for its successor.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("takeover.sock")
+}
+
+/// What the old daemon answers a takeover request.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Refused(String),
+    Handover(Handover),
+}
+
+/// Everything a successor needs besides the store. Descriptors are named by their index in
+/// the order they are sent.
+#[derive(Serialize, Deserialize)]
+pub struct Handover {
+    pub pid: u32,
+    pub api_listener: usize,
+    pub metrics_listener: Option<usize>,
+    pub sessions: Vec<HandedSession>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct HandedSession {
+    pub id: Uuid,
+    pub fd: usize,
+    /// The kernel's references per inode: `(inode, lookups not yet forgotten)`.
+    pub refs: Vec<(u64, u64)>,
+    pub offer: KernelOffer,
+}
+
+/// The listening sockets a daemon serves HTTP on, handed over with the sessions.
+pub struct Listeners {
+    pub api: OwnedFd,
+    pub metrics: Option<OwnedFd>,
+}
+
+/// A successor's takeover request, accepted on the socket; the old daemon answers it once
+/// its HTTP server has stopped (see [`answer`]).
+pub struct Request {
+    conn: UnixStream,
+}
+
+/// Accepts takeover requests on `DATA_DIR/takeover.sock` and passes each on to `serve`,
+/// which must stop HTTP and call [`answer`].
+pub fn listen(
+    data_dir: &Path,
+    requests: tokio::sync::mpsc::Sender<Request>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(data_dir);
+    // A socket left by an earlier daemon: this one holds the store, so that one is gone.
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("takeover".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = conn.set_read_timeout(Some(PEER_WAIT));
+                let mut line = String::new();
+                let ok = BufReader::new(&conn).read_line(&mut line).is_ok();
+                let mut conn = conn;
+                if !ok || line != REQUEST {
+                    let why = format!("unknown takeover request {:?}", line.trim_end());
+                    let _ = write_frame(&mut conn, &Reply::Refused(why));
+                    continue;
+                }
+                if requests.blocking_send(Request { conn }).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Refuses a takeover request.
+pub fn refuse(req: Request, why: &str) {
+    let mut conn = req.conn;
+    let _ = write_frame(&mut conn, &Reply::Refused(why.to_string()));
+}
+
+/// Answers a takeover request: refuses it if the service cannot hand over, or stops every
+/// session and hands them over. Ok means the successor has everything and this process
+/// must exit now, without unmounting; on an error, sessions are served here again and the
+/// caller serves HTTP again.
+pub fn answer(svc: &Service, req: Request, listeners: &Listeners) -> Result<(), String> {
+    let mut conn = req.conn;
+    if let Err(why) = svc.can_hand_over() {
+        let _ = write_frame(&mut conn, &Reply::Refused(why.clone()));
+        return Err(why);
+    }
+    svc.hand_over(|sessions, session_fds| {
+        let mut fds: Vec<RawFd> = vec![listeners.api.as_raw_fd()];
+        let metrics_listener = listeners.metrics.as_ref().map(|m| {
+            fds.push(m.as_raw_fd());
+            1
+        });
+        let base = fds.len();
+        let sessions = sessions
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                s.fd = base + i;
+                s
+            })
+            .collect();
+        fds.extend(session_fds.iter().map(|f| f.as_raw_fd()));
+        let handover = Handover {
+            pid: std::process::id(),
+            api_listener: 0,
+            metrics_listener,
+            sessions,
+        };
+        write_frame(&mut conn, &Reply::Handover(handover)).map_err(|e| e.to_string())?;
+        for batch in fds.chunks(FDS_PER_MESSAGE) {
+            mount::send_fds(&conn, b"F", batch).map_err(|e| e.to_string())?;
+        }
+        let ack: serde_json::Value = read_frame(&mut conn).map_err(|e| e.to_string())?;
+        if ack["ok"] != true {
+            return Err(format!("the successor answered {ack}"));
+        }
+        Ok(())
+    })
+}
+
+/// The new daemon's side: asks the daemon on `data_dir` to hand over, and returns what it
+/// sent with the descriptors, and the connection, to be dropped once this process no longer
+/// needs the old one to stay (see [`acknowledge`]).
+pub fn request(data_dir: &Path) -> Result<(Handover, Vec<OwnedFd>, UnixStream), String> {
+    let path = socket_path(data_dir);
+    let mut conn = UnixStream::connect(&path)
+        .map_err(|e| format!("no daemon to take over at {}: {e}", path.display()))?;
+    conn.set_read_timeout(Some(PEER_WAIT))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(REQUEST.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let handover = match read_frame::<Reply>(&mut conn).map_err(|e| e.to_string())? {
+        Reply::Refused(why) => return Err(format!("the running daemon refused: {why}")),
+        Reply::Handover(h) => h,
+    };
+    let wanted = 1 + handover.metrics_listener.map_or(0, |_| 1) + handover.sessions.len();
+    let mut fds = Vec::with_capacity(wanted);
+    while fds.len() < wanted {
+        let mut byte = [0u8; 1];
+        let (n, got) =
+            mount::recv_fds(&conn, &mut byte, FDS_PER_MESSAGE).map_err(|e| e.to_string())?;
+        if n == 0 || got.is_empty() {
+            return Err("the running daemon stopped sending descriptors".into());
+        }
+        fds.extend(got);
+    }
+    Ok((handover, fds, conn))
+}
+
+/// Tells the old daemon everything arrived, and waits for it to exit (its end closes).
+pub fn acknowledge(mut conn: UnixStream) -> Result<(), String> {
+    write_frame(&mut conn, &serde_json::json!({"ok": true})).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    conn.set_read_timeout(None).map_err(|e| e.to_string())?;
+    let _ = conn.read_to_end(&mut rest);
+    Ok(())
+}
+
+fn write_frame(w: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value)?;
+    w.write_all(&(body.len() as u32).to_be_bytes())?;
+    w.write_all(&body)
+}
+
+fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn options(rec: &SessionRecord) -> MountOptions {
+    MountOptions {
+        xattrs: rec.xattrs,
+        read_only: rec.snapshot_id.is_some(),
+    }
+}
+
+/// Serves a stopped session again, in this process.
+fn resume(mounts: &mut HashMap<Uuid, Mounted>, id: Uuid, s: Stopped, options: MountOptions) {
+    let Some(m) = mounts.get_mut(&id) else {
+        return;
+    };
+    let cfg = fuse_config(&m.ws);
+    let adapter = FuseAdapter::new(m.ws.clone(), options);
+    match FuseMount::adopt(adapter, s.device, &s.mountpoint, &cfg, s.offer) {
+        Ok(f) => m.mount = Some(f),
+        // Left unmounted: the periodic commit ends the session (see `commit_all`).
+        Err(e) => tracing::error!("serving session {id} again: {e}"),
+    }
+}
+
+impl Service {
+    /// Why this daemon cannot hand over now, if it cannot.
+    fn can_hand_over(&self) -> Result<(), String> {
+        if self.store.is_cluster() {
+            return Err("takeover is not supported for cluster hosts".into());
+        }
+        if self.imports.lock().iter().any(|t| !t.is_finished()) {
+            return Err("an import is running; try again when it has ended".into());
+        }
+        if let Some((id, _)) = self.mounts.lock().iter().find(|(_, m)| m.mount.is_none()) {
+            return Err(format!(
+                "session {id} ended but its final commit failed; it is retried periodically"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops every session's FUSE readers, commits each workspace durably, and calls `send`
+    /// with what a successor needs. If anything fails, sessions are served here again. On
+    /// success the sessions are gone from this service, their mounts left to the successor.
+    fn hand_over(
+        &self,
+        send: impl FnOnce(Vec<HandedSession>, &[OwnedFd]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        // Read before the mounts lock, which is taken after the index lock elsewhere.
+        let opts: HashMap<Uuid, MountOptions> = {
+            let ix = self.index.lock();
+            ix.sessions
+                .values()
+                .filter(|s| s.status != SessionStatus::Ended)
+                .map(|s| (s.id, options(s)))
+                .collect()
+        };
+        let mut mounts = self.mounts.lock();
+        let ids: Vec<Uuid> = mounts.keys().copied().collect();
+        let fuse: Vec<FuseMount> = ids
+            .iter()
+            .filter_map(|id| mounts.get_mut(id).and_then(|m| m.mount.take()))
+            .collect();
+        let mut stopped = Vec::new();
+        for (id, s) in ids.iter().zip(FuseMount::stop(fuse)) {
+            match s {
+                Ok(s) => stopped.push((*id, s)),
+                // Not seen in practice: the stop only talks to a socket pair of its own.
+                Err(e) => tracing::error!("stopping session {id}: {e}; it cannot be served"),
+            }
+        }
+        let mut handed = Vec::new();
+        let mut failure = None;
+        for (id, s) in &stopped {
+            let ws = &mounts[id].ws;
+            if let Err(e) = ws.commit(true) {
+                failure = Some(format!("committing session {id}: {e}"));
+                break;
+            }
+            handed.push(HandedSession {
+                id: *id,
+                fd: 0,
+                refs: ws.kernel_refs(),
+                offer: s.offer,
+            });
+        }
+        let fds: Vec<OwnedFd> = stopped
+            .iter()
+            .map(|(_, s)| s.device.try_clone())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let result = match failure {
+            Some(e) => Err(e),
+            None => send(handed, &fds),
+        };
+        match result {
+            Ok(()) => {
+                mounts.clear();
+                // The successor holds the connections now; this process exits holding its
+                // copies, which is harmless.
+                std::mem::forget(stopped);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("takeover failed ({e}); serving the sessions again");
+                drop(fds);
+                for (id, s) in stopped {
+                    resume(
+                        &mut mounts,
+                        id,
+                        s,
+                        opts.get(&id).copied().unwrap_or_default(),
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The new daemon's side: serves each handed session on its connection. A session that
+    /// cannot be served is left out, and ended like a crashed run's.
+    pub(crate) fn adopt(&self, handover: &Handover, fds: &mut [Option<OwnedFd>]) {
+        for h in &handover.sessions {
+            let device = fds.get_mut(h.fd).and_then(Option::take);
+            if let Err(e) = device
+                .ok_or_else(|| ApiError::internal("no descriptor"))
+                .and_then(|d| self.adopt_one(h, d))
+            {
+                tracing::error!("taking over session {}: {}", h.id, e.message);
+            }
+        }
+    }
+
+    fn adopt_one(&self, h: &HandedSession, device: OwnedFd) -> ApiResult<()> {
+        let (rec, quota) = {
+            let ix = self.index.lock();
+            let rec = ix
+                .sessions
+                .get(&h.id)
+                .filter(|s| s.status == SessionStatus::Active)
+                .cloned()
+                .ok_or_else(|| ApiError::internal("no active session record"))?;
+            let quota = ix.workspaces.get(&rec.workspace_id).map(|w| w.quota);
+            (rec, quota)
+        };
+        let ws = match rec.snapshot_id {
+            Some(snap) => {
+                let ws = Workspace::open_snapshot(self.store.clone(), snap)?;
+                ws.inherit_refs(&h.refs);
+                ws
+            }
+            None => {
+                let ws = Workspace::open_referenced(self.store.clone(), rec.workspace_id, &h.refs)?;
+                if let Some(q) = quota {
+                    ws.set_limits(q.into());
+                }
+                ws
+            }
+        };
+        let ws = Arc::new(ws);
+        let cfg = fuse_config(&ws);
+        let adapter = FuseAdapter::new(ws.clone(), options(&rec));
+        let mount =
+            FuseMount::adopt(adapter, device, &rec.mountpoint, &cfg, h.offer).map_err(|e| {
+                ApiError::internal(format!("serving {}: {e}", rec.mountpoint.display()))
+            })?;
+        self.mounts.lock().insert(
+            rec.id,
+            Mounted {
+                ws,
+                mount: Some(mount),
+            },
+        );
+        tracing::info!(
+            target: "chaserfs::session",
+            session = %rec.id,
+            workspace = %rec.workspace_id,
+            mountpoint = %rec.mountpoint.display(),
+            "session taken over"
+        );
+        Ok(())
+    }
+}

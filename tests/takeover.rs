@@ -1,0 +1,143 @@
+//! Graceful takeover: `serve --takeover` replaces a running daemon while a process inside a
+//! mounted session keeps files open and writes; nothing is lost and nothing sees ENOTCONN.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+/// Writes a numbered line every 2 ms to an open file for `secs` seconds, stats and lists the
+/// directory between writes, keeps an unlinked file open, and reports what it saw.
+const WRITER: &str = r#"
+import os, sys, time
+root, secs = sys.argv[1], float(sys.argv[2])
+f = os.open(root + "/log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+ino = os.fstat(f).st_ino
+g = open(root + "/gone.txt", "w+"); g.write("still here\n"); g.flush()
+os.unlink(root + "/gone.txt")
+print("ready", flush=True)
+n, errors, end = 0, [], time.time() + secs
+while time.time() < end:
+    try:
+        os.write(f, b"line %d\n" % n)
+        n += 1
+        os.stat(root + "/log.txt")
+        os.listdir(root)
+    except OSError as e:
+        errors.append(str(e))
+    time.sleep(0.002)
+os.fsync(f)
+# From the daemon, not the page cache: the file lives on only by the kernel's reference.
+with open("/proc/sys/vm/drop_caches", "w") as c:
+    c.write("3")
+g.seek(0)
+print("lines", n)
+print("errors", len(errors), errors[:3])
+print("gone", g.read().strip())
+print("same_ino", os.stat(root + "/log.txt").st_ino == ino)
+"#;
+
+#[test]
+fn takeover_keeps_open_files_writing_and_the_api_answering() {
+    let mut d = Daemon::start();
+    d.create_workspace("tk");
+    let (session, path) = d.mount("tk", "tk");
+    let mut writer = Command::new("python3")
+        .args(["-c", WRITER])
+        .arg(&path)
+        .arg("4")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    // The API is called throughout; every call must answer.
+    let url = d.url.clone();
+    let key = d.key.clone();
+    let poller = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let (mut ok, mut longest) = (0, Duration::ZERO);
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let t = Instant::now();
+            let r = agent
+                .get(format!("{url}/v1/workspaces/tk"))
+                .header("Authorization", &format!("Bearer {key}"))
+                .call()
+                .expect("the API answers during the takeover");
+            assert_eq!(r.status(), 200);
+            ok += 1;
+            longest = longest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (ok, longest)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let old_pid = d.pid();
+    let started = Instant::now();
+    assert_eq!(d.take_over(), 0, "the old daemon exits 0\n{}", d.log());
+    eprintln!("takeover: old daemon gone after {:?}", started.elapsed());
+    assert_ne!(d.pid(), old_pid);
+    let (calls, longest) = poller.join().unwrap();
+    eprintln!("API: {calls} calls answered, longest {longest:?}");
+
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(writer.wait().unwrap().success(), "{rest}");
+    eprintln!("writer: {rest}");
+    let field = |k: &str| {
+        rest.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} ")))
+            .unwrap_or_else(|| panic!("{k} missing: {rest}"))
+            .to_string()
+    };
+    assert!(field("errors").starts_with("0 "), "{rest}");
+    assert_eq!(field("gone"), "still here");
+    assert_eq!(field("same_ino"), "True");
+    let lines: usize = field("lines").parse().unwrap();
+    assert!(lines > 100, "{rest}");
+
+    // The session is the same one, served by the new daemon; its end commits everything.
+    let (s, v) = d.call("GET", &format!("/v1/sessions/{session}"), None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
+    d.unmount(&session);
+    let (_, again) = d.mount("tk", "tk2");
+    let text = std::fs::read_to_string(again.join("log.txt")).unwrap();
+    let expected: String = (0..lines).map(|i| format!("line {i}\n")).collect();
+    assert!(
+        text == expected,
+        "{} lines of {lines} came back",
+        text.lines().count()
+    );
+    assert!(!again.join("gone.txt").exists());
+}
+
+#[test]
+fn takeover_without_a_running_daemon_fails_clearly() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::bin())
+        .args([
+            "serve",
+            "--takeover",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .arg("--mount-root")
+        .arg(d.mount_root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no daemon to take over"), "{err}");
+}
