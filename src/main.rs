@@ -491,7 +491,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let (requests, mut successor) = tokio::sync::mpsc::channel(1);
-        takeover::listen(&data_dir, requests).context("listening for a successor")?;
+        // A data dir that cannot hold a socket (some FUSE and network filesystems) costs
+        // only the takeover, not the daemon.
+        if let Err(e) = takeover::listen(&data_dir, requests) {
+            tracing::warn!(
+                "no takeover socket at {}: {e}; serve --takeover cannot replace this daemon",
+                takeover::socket_path(&data_dir).display()
+            );
+        }
         let committer = svc.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(committer.config().commit_interval);
@@ -526,9 +533,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     })
                     .into_future(),
             );
+            // Without a takeover socket the channel is closed and only a signal ends this.
             let request = tokio::select! {
                 _ = shutdown_signal() => None,
-                r = successor.recv() => r,
+                Some(r) = successor.recv() => Some(r),
             };
             let _ = stop.send(());
             let Some(request) = request else {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ root, secs = sys.argv[1], float(sys.argv[2])
 f = os.open(root + "/log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 ino = os.fstat(f).st_ino
 g = open(root + "/gone.txt", "w+"); g.write("still here\n"); g.flush()
+# Synced, so its page is clean and dropped below: the read must reach the new daemon.
+os.fsync(g.fileno())
 os.unlink(root + "/gone.txt")
 print("ready", flush=True)
 n, errors, end = 0, [], time.time() + secs
@@ -140,4 +143,68 @@ fn takeover_without_a_running_daemon_fails_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no daemon to take over"), "{err}");
+}
+
+#[test]
+fn a_successor_that_fails_leaves_the_old_daemon_serving() {
+    let d = Daemon::start();
+    d.create_workspace("tf");
+    let (session, path) = d.mount("tf", "tf");
+    std::fs::write(path.join("before.txt"), "before\n").unwrap();
+    let mut open = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path.join("open.txt"))
+        .unwrap();
+    open.write_all(b"one\n").unwrap();
+    let pid = d.pid();
+
+    // A successor that asks, takes the handover frame, and dies without acknowledging it.
+    let sock = d.data_dir().join("takeover.sock");
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    conn.write_all(b"chaserfs takeover 1\n").unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut body).unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(reply.get("handover").is_some(), "{reply}");
+    drop(conn);
+
+    // The old daemon serves its session and the API again; the open file still writes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut status, mut v) = (0, serde_json::Value::Null);
+    while Instant::now() < deadline {
+        (status, v) = d.call("GET", &format!("/v1/sessions/{session}"), None);
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!((status, v["status"].as_str()), (200, Some("active")), "{v}");
+    assert_eq!(d.pid(), pid);
+    open.write_all(b"two\n").unwrap();
+    open.sync_all().unwrap();
+    drop(open);
+    std::fs::write(path.join("after.txt"), "after\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(path.join("before.txt")).unwrap(),
+        "before\n"
+    );
+    assert!(
+        d.log().contains("serving the sessions again"),
+        "{}",
+        d.log()
+    );
+
+    d.unmount(&session);
+    let (_, again) = d.mount("tf", "tf2");
+    assert_eq!(
+        std::fs::read_to_string(again.join("open.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(again.join("after.txt")).unwrap(),
+        "after\n"
+    );
 }

@@ -137,7 +137,9 @@ impl Daemon {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "daemon did not become ready");
+            if Instant::now() > deadline {
+                panic!("daemon did not become ready; its log:\n{}", self.log());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.key = match &self.options.key {
