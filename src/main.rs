@@ -4,7 +4,6 @@
 mod bench;
 mod client;
 
-use std::future::IntoFuture;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chaserfs_api::service::{Config, Service};
-use chaserfs_api::{http, takeover};
+use chaserfs_api::{http, listener, takeover};
 use chaserfs_cluster::{Cluster, ClusterConfig};
 use chaserfs_fs::{fsck, gc, Store, StoreOptions};
 use clap::{Parser, Subcommand};
@@ -131,8 +130,43 @@ struct ServeArgs {
     /// `--listen` and `--metrics-listen` are the old daemon's sockets then.
     #[arg(long)]
     takeover: bool,
+    /// Most HTTP connections open at once (on each listener); at the limit a new connection
+    /// closes the one idle longest.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers, or stay idle between requests.
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
+    /// Most bytes of file data one tar import may hold (holes of sparse files count), e.g.
+    /// 64G: an upload beyond it is refused, so one request cannot fill the disk.
+    #[arg(long, default_value = "64G", value_parser = parse_size)]
+    import_max_bytes: u64,
+    /// Most tar imports and exports streaming at once; one account may have a quarter of
+    /// them (at least one). More answer 429.
+    #[arg(long, default_value_t = 16)]
+    max_archive_streams: usize,
+    #[command(flatten)]
+    trust: TrustArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
+}
+
+/// Privileges workspace contents (made by tenants) may confer on the host: all off unless the
+/// operator turns them on. SECURITY.md says what each risks.
+#[derive(clap::Args)]
+struct TrustArgs {
+    /// RISK: any local user can become root through a tenant's setuid file. Mounts sessions
+    /// `suid` and keeps setuid/setgid bits from imported archives.
+    #[arg(long)]
+    insecure_suid: bool,
+    /// RISK: a tenant's device node can open host devices (disks, memory). Mounts sessions
+    /// `dev` and imports device nodes from archives (refused otherwise).
+    #[arg(long)]
+    insecure_dev: bool,
+    /// RISK: a tenant's archive can set file capabilities and security labels. Imports
+    /// `security.*` and `trusted.*` extended attributes (dropped otherwise).
+    #[arg(long)]
+    insecure_privileged_xattrs: bool,
 }
 
 /// Joining a cluster: objects in an S3 bucket, roots and records in etcd (see the README's
@@ -401,9 +435,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         commit_interval,
         metrics_listen,
         takeover,
+        max_connections,
+        header_timeout,
+        import_max_bytes,
+        max_archive_streams,
+        trust,
         cluster,
     } = args;
     let commit_interval = Duration::from_secs(commit_interval.max(1));
+    raise_open_files_limit();
+    let limits = listener::Limits {
+        max_connections: max_connections.max(1),
+        header_timeout: Duration::from_secs(header_timeout.max(1)),
+    };
     chaserfs_api::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     // Taking over: the running daemon hands over its sessions and sockets, then exits,
     // leaving the store to this process.
@@ -448,6 +492,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let host = joined.map(|(h, _)| h);
     let data_dir = data_dir.canonicalize()?;
     std::fs::create_dir_all(&mount_root)?;
+    // Imports mount their new workspace here, where no other local user may look.
+    let imports = mount_root.join(chaserfs_api::mountpoint::IMPORTS_DIR);
+    std::fs::create_dir_all(&imports)?;
+    std::fs::set_permissions(
+        &imports,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let keys = load_keys(&data_dir, api_keys_file.as_deref())?;
     let config = Config {
         data_dir: data_dir.clone(),
@@ -458,6 +509,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|t| !t.is_empty()),
         host,
+        trust: chaserfs_api::service::Trust {
+            suid: trust.insecure_suid,
+            dev: trust.insecure_dev,
+            privileged_xattrs: trust.insecure_privileged_xattrs,
+        },
+        import_max_bytes,
+        max_archive_streams,
     };
     let (svc, listeners) = match inherited {
         None => {
@@ -499,23 +557,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 takeover::socket_path(&data_dir).display()
             );
         }
+        // The daemon's own work runs on threads of its own, never queued behind requests.
         let committer = svc.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(committer.config().commit_interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let s = committer.clone();
-                let _ = tokio::task::spawn_blocking(move || s.commit_all()).await;
-            }
-        });
+        on_own_thread("commit", move || loop {
+            std::thread::sleep(committer.config().commit_interval);
+            committer.commit_all();
+        })?;
         let mut app = http::router(svc.clone());
         match &listeners.metrics {
             Some(fd) => {
                 let metrics = tcp_listener(fd)?;
                 tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
                 let routes = http::metrics_router(svc.clone());
-                tokio::spawn(async move { axum::serve(metrics, routes).await });
+                tokio::spawn(listener::serve(
+                    metrics,
+                    routes,
+                    limits,
+                    std::future::pending(),
+                ));
             }
             None => app = app.merge(http::metrics_router(svc.clone())),
         }
@@ -526,13 +585,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("listening on {}", listener.local_addr()?);
             eprintln!("chaserfs: listening on http://{}", listener.local_addr()?);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let mut server = tokio::spawn(
-                axum::serve(listener, app.clone())
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .into_future(),
-            );
+            let mut server =
+                tokio::spawn(listener::serve(listener, app.clone(), limits, async move {
+                    let _ = stopped.await;
+                }));
             // Without a takeover socket the channel is closed and only a signal ends this.
             let request = tokio::select! {
                 _ = shutdown_signal() => None,
@@ -540,7 +596,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             let _ = stop.send(());
             let Some(request) = request else {
-                server.await??;
+                // Requests in flight get a while to finish; a client that holds its request
+                // open longer does not hold up the commit of every session.
+                match tokio::time::timeout(DRAIN_ON_STOP, &mut server).await {
+                    Ok(served) => served??,
+                    Err(_) => {
+                        tracing::warn!(
+                            "requests still running after {} s; stopping without them",
+                            DRAIN_ON_STOP.as_secs()
+                        );
+                        server.abort();
+                    }
+                }
                 break;
             };
             // Requests being served finish first; new connections wait in the backlog.
@@ -561,7 +628,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         // SIGTERM: commit every session durably and unmount before exiting 0.
         let s: Arc<Service> = svc.clone();
-        tokio::task::spawn_blocking(move || s.shutdown()).await?;
+        on_own_thread("shutdown", move || s.shutdown())?.await?;
         if let Some((store, cluster)) = stats {
             tracing::info!("{}", cluster_stats(&store, &cluster));
         }
@@ -569,6 +636,42 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// Raises the soft limit on open descriptors to the hard one: every session, connection and
+/// RocksDB file takes one, and running out fails writes (the default soft limit is 1,024).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("raising the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the open files limit: {e}"),
+    }
+}
+
+/// Runs `work` on a thread of its own (inside the runtime's context); the receiver yields
+/// once it has returned.
+fn on_own_thread(
+    name: &str,
+    work: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _rt = rt.enter();
+            work();
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
+/// How long SIGTERM waits for the requests being served before committing and unmounting.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(10);
 
 /// How long a takeover waits for the requests being served to finish.
 const DRAIN_WAIT: Duration = Duration::from_secs(30);

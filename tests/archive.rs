@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{sh, Daemon};
+use common::{checksum, sh, Daemon, Options};
 use serde_json::{json, Value};
 
 /// Builds the tree under `root`: 100 directories of 200 entries (files with varied modes,
@@ -133,7 +133,12 @@ fn with_mount<T>(d: &Daemon, workspace: &str, f: impl FnOnce(&Path) -> T) -> T {
 
 #[test]
 fn twenty_thousand_files_round_trip_through_tar_and_tar_zst() {
-    let d = Daemon::start();
+    // The operator trusts these archives: setuid and setgid bits are kept (by default an
+    // import clears them, see tests/security.rs).
+    let d = Daemon::start_with(Options {
+        args: vec!["--insecure-suid".into()],
+        ..Default::default()
+    });
     d.create_workspace("src");
     let original = with_mount(&d, "src", |p| {
         python(MAKE_TREE, p);
@@ -312,4 +317,47 @@ fn snapshots_export_and_bad_archives_leave_nothing() {
     );
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["persistence"]["files"], 1);
+}
+
+/// Sparse files from GNU tar, in its own format and in PAX format 1.0, come in whole and stay
+/// sparse; a sparse format that is not taken is refused, never skipped.
+#[test]
+fn sparse_files_import_as_sparse_files() {
+    let d = Daemon::start();
+    let work = d.dir.path();
+    sh(
+        "truncate -s 1G sparse && printf middle | dd of=sparse bs=1 seek=314572800 conv=notrunc status=none \
+         && printf end | dd of=sparse bs=1 seek=1073741821 conv=notrunc status=none \
+         && tar --sparse -cf gnu.tar sparse \
+         && tar --sparse --format=posix --sparse-version=1.0 -cf pax.tar sparse \
+         && tar --sparse --format=posix --sparse-version=0.1 -cf old.tar sparse",
+        work,
+    );
+    let want = checksum(&work.join("sparse"));
+    let empty = d.data_bytes();
+    for (name, file) in [("gnu", "gnu.tar"), ("pax", "pax.tar")] {
+        let (s, v) = upload(
+            &d,
+            &format!("name={name}"),
+            "application/x-tar",
+            &work.join(file),
+        );
+        assert_eq!(s, 201, "{name}: {v}");
+        with_mount(&d, name, |m| {
+            assert_eq!(std::fs::metadata(m.join("sparse")).unwrap().len(), 1 << 30);
+            assert_eq!(checksum(&m.join("sparse")), want, "{name}");
+        });
+    }
+    let grew = d.data_bytes().saturating_sub(empty);
+    assert!(grew < 64 << 20, "two 1 GiB sparse files took {grew} bytes");
+    let (s, v) = upload(&d, "name=old", "application/x-tar", &work.join("old.tar"));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_archive")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("sparse"),
+        "{v}"
+    );
 }

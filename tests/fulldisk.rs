@@ -171,3 +171,58 @@ fn a_failed_final_commit_keeps_the_changes_until_a_retry_commits_them() {
     assert!(std::fs::read(mnt.join("unsynced.bin")).unwrap() == data);
     d.unmount(&sid);
 }
+
+/// Defect: SIGTERM with a final commit failing (a full disk) logged "uncommitted changes are
+/// lost" and exited 0. Now the daemon stays until it can commit them, then exits 0 with every
+/// written byte kept.
+#[test]
+fn a_shutdown_on_a_full_disk_waits_until_the_changes_are_committed() {
+    let disk = LoopDisk::new("1G");
+    let mut d = Daemon::start_with(Options {
+        data_dir: Some(disk.path().join("data")),
+        args: vec!["--commit-interval".into(), "3600".into()],
+        ..Options::default()
+    });
+    d.create_workspace("w");
+    let (_sid, mnt) = d.mount("w", "w");
+    let synced = noise(10, 8 << 20);
+    try_write(&mnt.join("synced.bin"), &synced).unwrap();
+    let written = noise(11, 40 << 20);
+    std::fs::write(mnt.join("written.bin"), &written).unwrap();
+    let ballast = disk.path().join("ballast");
+    sh(
+        &format!(
+            "fallocate -l {} {}",
+            disk.avail() - (512 << 10),
+            ballast.display()
+        ),
+        Path::new("/"),
+    );
+    d.terminate();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        d.exited(),
+        None,
+        "exited with uncommitted changes:\n{}",
+        d.log()
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(code) = d.exited() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not stop once there was space\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 0, "{}", d.log());
+    d.restart();
+    let (sid, mnt) = d.mount("w", "w2");
+    assert!(std::fs::read(mnt.join("synced.bin")).unwrap() == synced);
+    assert!(std::fs::read(mnt.join("written.bin")).unwrap() == written);
+    d.unmount(&sid);
+}

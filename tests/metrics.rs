@@ -89,8 +89,10 @@ fn metrics_count_what_sessions_and_requests_did() {
     assert_eq!(s, 202, "{v}");
     assert_eq!(d.wait_imported("tool")["status"], "ready");
 
+    // The store gauges are scanned at most every 10 s, so they may lag the writes.
     let text = scrape_until(&metrics, |t| {
         sample(t, "chaserfs_import_duration_seconds_count", &[]) >= 1.0
+            && sample(t, "chaserfs_store_logical_bytes", &[]) >= (2 << 20) as f64
     });
     let fuse = "chaserfs_fuse_request_duration_seconds_count";
     for op in ["lookup", "create", "write", "fsync"] {

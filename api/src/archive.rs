@@ -20,6 +20,58 @@ const PIECE: usize = 256 * 1024;
 pub const QUEUE: usize = 8;
 /// An import commits after this many bytes, so its overlay stays bounded.
 const IMPORT_COMMIT_BYTES: u64 = 256 << 20;
+/// Largest zstd window an upload may ask for: what `zstd -19` uses. A decoder holds its
+/// window in memory, and a frame header of a few bytes can ask for gigabytes.
+pub const ZSTD_MAX_WINDOW: u64 = 8 << 20;
+
+/// How long a client may send or take nothing before its import or export is cut off.
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One archive import or export under way; gives its place back when dropped. Each streams
+/// on a thread of its own for as long as its client takes, so they are capped: in all, and
+/// per account, so one tenant cannot take every place.
+pub struct StreamSlot {
+    svc: Arc<Service>,
+    account: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.svc.streams.lock();
+        if let Some(n) = streams.get_mut(&self.account) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.account);
+            }
+        }
+    }
+}
+
+impl Service {
+    /// A place for one more archive stream of `account`, or 429.
+    pub fn stream_slot(self: &Arc<Self>, account: &str) -> ApiResult<StreamSlot> {
+        let max = self.config.max_archive_streams.max(1);
+        let per_account = (max / 4).max(1);
+        let mut streams = self.streams.lock();
+        let total: usize = streams.values().sum();
+        let mine = streams.get(account).copied().unwrap_or(0);
+        if total >= max || mine >= per_account {
+            return Err(ApiError::new(
+                crate::error::ErrorKind::TooManyRequests,
+                "too_many_streams",
+                format!(
+                    "at most {max} archive imports and exports run at once, {per_account} per \
+                     account; retry when one has finished"
+                ),
+            ));
+        }
+        *streams.entry(account.to_string()).or_default() += 1;
+        Ok(StreamSlot {
+            svc: self.clone(),
+            account: account.to_string(),
+        })
+    }
+}
 
 /// A committed state held for an export: its tree is pinned against collection until drop.
 pub struct ArchiveSource {
@@ -51,19 +103,28 @@ impl BodyWriter {
         }
     }
 
+    /// Runs on a blocking thread of the runtime; a client that takes nothing for
+    /// [`STALL_TIMEOUT`] counts as gone.
     fn send(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
-        self.tx
-            .blocking_send(Ok(piece))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        self.send_within_timeout(Ok(piece))
+    }
+
+    fn send_within_timeout(&self, item: Result<Bytes, std::io::Error>) -> std::io::Result<()> {
+        let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away");
+        let tx = &self.tx;
+        tokio::runtime::Handle::current()
+            .block_on(async { tokio::time::timeout(STALL_TIMEOUT, tx.send(item)).await })
+            .map_err(|_| gone())?
+            .map_err(|_| gone())
     }
 
     /// Ends the body with an error, so the client sees a cut transfer, not a short archive.
     pub fn fail(self, e: String) {
-        let _ = self.tx.blocking_send(Err(std::io::Error::other(e)));
+        let _ = self.send_within_timeout(Err(std::io::Error::other(e)));
     }
 }
 
@@ -289,15 +350,161 @@ impl Service {
             ArchiveError::Fs(e) => e.into(),
             ArchiveError::Io(e) => ApiError::bad("invalid_archive", e.to_string()),
         };
+        let trust = self.config.trust;
+        let opts = archive::ImportOptions {
+            commit_every: IMPORT_COMMIT_BYTES,
+            max_bytes: self.config.import_max_bytes,
+            setid: trust.suid,
+            devices: trust.dev,
+            privileged_xattrs: trust.privileged_xattrs,
+        };
         let report = if zst {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(input)
-                .map_err(|e| ApiError::bad("invalid_archive", format!("not zstd: {e}")))?;
-            archive::import(&ws, decoder, IMPORT_COMMIT_BYTES)
+            archive::import(&ws, ZstdFrames::new(input), &opts)
         } else {
-            archive::import(&ws, input, IMPORT_COMMIT_BYTES)
+            archive::import(&ws, input, &opts)
         }
         .map_err(bad)?;
+        if report.privileges_dropped > 0 {
+            tracing::info!(
+                "archive import into {id}: {} setuid/setgid bits and privileged extended \
+                 attributes dropped",
+                report.privileges_dropped
+            );
+        }
         ws.commit(true)?;
         Ok(report)
     }
+}
+
+/// A zstd stream, frame after frame, each frame's window checked against
+/// [`ZSTD_MAX_WINDOW`] before a decoder allocates it.
+struct ZstdFrames<R: Read> {
+    source: Option<R>,
+    frame: Option<ruzstd::decoding::StreamingDecoder<Prefixed<R>, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: Read> ZstdFrames<R> {
+    fn new(source: R) -> Self {
+        ZstdFrames {
+            source: Some(source),
+            frame: None,
+        }
+    }
+
+    /// Starts the next frame; `false` at the end of the stream.
+    fn next_frame(&mut self) -> std::io::Result<bool> {
+        let mut source = match self.frame.take() {
+            Some(f) => f.into_parts().0.inner,
+            None => self.source.take().expect("a source"),
+        };
+        let mut header = Vec::with_capacity(18);
+        let window = match read_frame_header(&mut source, &mut header)? {
+            None => return Ok(false),
+            Some(w) => w,
+        };
+        if window > ZSTD_MAX_WINDOW {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a zstd frame asks for a {} MiB window; at most {} MiB is accepted \
+                     (compress without --long or --ultra)",
+                    window >> 20,
+                    ZSTD_MAX_WINDOW >> 20
+                ),
+            ));
+        }
+        let prefixed = Prefixed {
+            prefix: std::io::Cursor::new(header),
+            inner: source,
+        };
+        let frame =
+            ruzstd::decoding::StreamingDecoder::new(prefixed).map_err(std::io::Error::other)?;
+        self.frame = Some(frame);
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(f) = &mut self.frame {
+                let n = f.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+            }
+            if !self.next_frame()? {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// Bytes already read (a frame header), then the rest of the stream.
+struct Prefixed<R> {
+    prefix: std::io::Cursor<Vec<u8>>,
+    inner: R,
+}
+
+impl<R: Read> Read for Prefixed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.prefix.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Reads a zstd frame header into `header` and returns the window it asks for; `None` at a
+/// clean end of the stream. Skippable frames are not accepted (no tar tool writes them).
+fn read_frame_header(r: &mut impl Read, header: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut magic[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => {
+                return Err(bad(
+                    "not zstd: the stream ends inside a frame's magic number",
+                ))
+            }
+            n => got += n,
+        }
+    }
+    if u32::from_le_bytes(magic) != 0xFD2F_B528 {
+        return Err(bad(
+            "not zstd: a frame does not start with zstd's magic number",
+        ));
+    }
+    header.extend_from_slice(&magic);
+    let mut take = |n: usize, header: &mut Vec<u8>| -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b[..n])?;
+        header.extend_from_slice(&b[..n]);
+        Ok(u64::from_le_bytes(b))
+    };
+    let descriptor = take(1, header)? as u8;
+    let single_segment = descriptor & 0x20 != 0;
+    let window = if single_segment {
+        None
+    } else {
+        let wd = take(1, header)?;
+        let log = 10 + (wd >> 3);
+        let base = 1u64 << log;
+        Some(base + (base / 8) * (wd & 7))
+    };
+    let dict_bytes = [0, 1, 2, 4][(descriptor & 3) as usize];
+    take(dict_bytes, header)?;
+    let fcs_bytes = match descriptor >> 6 {
+        0 if single_segment => 1,
+        0 => 0,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let fcs = take(fcs_bytes, header)? + if fcs_bytes == 2 { 256 } else { 0 };
+    // A single-segment frame's window is its content size.
+    Ok(Some(window.unwrap_or(fcs)))
 }

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Internal,
     /// Cluster mode: the object store or the metadata store cannot be reached (503).
     Unavailable,
+    /// A limit on concurrent work was reached; retry later (429).
+    TooManyRequests,
 }
 
 impl ApiError {

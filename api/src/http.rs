@@ -37,6 +37,7 @@ impl IntoResponse for ApiError {
             ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         };
         let body = ErrorResponse {
             error: ErrorBody {
@@ -138,6 +139,31 @@ fn query_error(e: QueryRejection) -> ApiError {
 
 fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad("invalid_path", e.body_text())
+}
+
+/// `stream`, failing with `TimedOut` once it yields nothing for `limit`.
+fn stalls_fail<S>(
+    stream: S,
+    limit: std::time::Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send
+where
+    S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+{
+    futures_util::stream::unfold(Some(stream), move |s| async move {
+        let mut s = s?;
+        use futures_util::StreamExt;
+        match tokio::time::timeout(limit, s.next()).await {
+            Ok(Some(item)) => Some((item, Some(s))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client sent nothing for {} s", limit.as_secs()),
+                )),
+                None,
+            )),
+        }
+    })
 }
 
 /// Runs a blocking service call off the async workers.
@@ -414,7 +440,8 @@ async fn diff_workspace(
     (status = 200, description = "the archive, streamed",
         content(("application/x-tar"), ("application/zstd"))),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
-    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+    (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+    (status = 429, body = ErrorResponse, description = "too many archive streams running")))]
 async fn workspace_archive(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
@@ -424,6 +451,7 @@ async fn workspace_archive(
     let Path(ws) = p.map_err(path_error)?;
     let Query(q) = q.map_err(query_error)?;
     let zst = q.format == Some(ArchiveFormat::TarZst);
+    let slot = svc.stream_slot(&a)?;
     let src = blocking(move || svc.archive_source(&a, &ws, q.snapshot.as_deref())).await?;
     let file: String = src
         .name
@@ -440,7 +468,8 @@ async fn workspace_archive(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(archive::QUEUE);
     tokio::task::spawn_blocking(move || {
-        archive::write_archive(&src, archive::BodyWriter::new(tx), zst)
+        archive::write_archive(&src, archive::BodyWriter::new(tx), zst);
+        drop(slot);
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|piece| (piece, rx))
@@ -468,6 +497,7 @@ async fn workspace_archive(
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
     (status = 409, body = ErrorResponse),
     (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+    (status = 429, body = ErrorResponse, description = "too many archive streams running"),
     (status = 507, body = ErrorResponse)))]
 async fn import_workspace(
     State(svc): State<Arc<Service>>,
@@ -501,14 +531,21 @@ async fn import_workspace(
         }
     };
     let Query(q) = q.map_err(query_error)?;
-    // Streamed, not buffered: tar bodies are not held to the JSON size limit.
+    let slot = svc.stream_slot(&a)?;
+    // Streamed, not buffered: tar bodies are not held to the JSON size limit. A client
+    // that sends nothing for STALL_TIMEOUT fails its import.
     use futures_util::TryStreamExt;
     let stream = req
         .into_body()
         .into_data_stream()
         .map_err(std::io::Error::other);
+    let stream = Box::pin(stalls_fail(stream, archive::STALL_TIMEOUT));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let view = blocking(move || svc.import_archive(&a, q, reader, zst)).await?;
+    let view = blocking(move || {
+        let _slot = slot;
+        svc.import_archive(&a, q, reader, zst)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

@@ -47,8 +47,12 @@ pub fn parse_github_repo(s: &str) -> ApiResult<(&str, &str)> {
 }
 
 impl Service {
+    /// Beneath the mount root's root-only imports directory, which no session may enter.
     pub(crate) fn import_mountpoint(&self, id: Uuid) -> PathBuf {
-        self.config.mount_root.join(format!(".import-{id}"))
+        self.config
+            .mount_root
+            .join(crate::mountpoint::IMPORTS_DIR)
+            .join(id.to_string())
     }
 
     /// Creates the workspace in status `importing` and starts the clone in the background.
@@ -127,13 +131,19 @@ impl Service {
     /// Mounts the workspace privately, runs `git clone` into it, unmounts and commits.
     fn clone_into(&self, id: Uuid, url: &str) -> Result<(), String> {
         let path = self.import_mountpoint(id);
-        std::fs::create_dir_all(&path).map_err(|e| format!("import mountpoint: {e}"))?;
+        let rel = path.strip_prefix(&self.config.mount_root).expect("beneath");
+        let dir = crate::mountpoint::open_beneath(&self.config.mount_root, rel, 0o700)
+            .map_err(|e| format!("import mountpoint: {}", e.message))?;
+        let at = crate::mountpoint::Mountpoint {
+            dir,
+            path: path.clone(),
+        };
         let ws = Arc::new(Workspace::open(self.store.clone(), id).map_err(|e| e.to_string())?);
         if let Some(rec) = self.lock().workspaces.get(&id) {
             ws.set_limits(rec.quota.into());
         }
         let mount = self
-            .mount(ws.clone(), &path, MountOptions::default())
+            .mount(ws.clone(), &at, MountOptions::default())
             .map_err(|e| e.message.clone())?;
         let cloned = self.git_clone(url, &path, &ws);
         if let Err(e) = mount.umount_and_join() {

@@ -118,7 +118,19 @@ pub async fn tag_route(path: MatchedPath, req: Request, next: Next) -> Response 
 /// The outermost layer: counts and times every request, and logs one line for it.
 pub async fn track(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
+    // Labels come from a closed set, so no client can add series: methods outside it are
+    // `other`, and paths are route templates (or `unmatched`).
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let req_method = req.method().clone();
     let path = req.uri().path().to_owned();
     let resp = next.run(req).await;
     let elapsed = started.elapsed();
@@ -128,15 +140,15 @@ pub async fn track(req: Request, next: Next) -> Response {
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let status = resp.status().as_u16();
-    metrics::counter!(HTTP_REQUESTS, "method" => method.to_string(), "route" => route.clone(),
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(),
         "status" => status.to_string())
     .increment(1);
-    metrics::histogram!(HTTP_SECONDS, "method" => method.to_string(), "route" => route)
+    metrics::histogram!(HTTP_SECONDS, "method" => method, "route" => route)
         .record(elapsed.as_secs_f64());
     // The path (with names and ids) goes to the log only, which the operator alone reads.
     tracing::info!(
         target: "chaserfs::http",
-        %method,
+        method = %req_method,
         path,
         status,
         ms = millis(elapsed),
@@ -161,18 +173,33 @@ pub fn record_gc(took: Duration, objects: u64, bytes: u64) {
 /// metric rendered. `None` if this process installed no recorder.
 pub fn render(svc: &Service) -> Option<String> {
     let handle = HANDLE.get()?;
-    let g = svc.gauges();
-    metrics::gauge!(SESSIONS_ACTIVE).set(g.sessions as f64);
-    metrics::gauge!(WORKSPACES).set(g.workspaces as f64);
+    // The gauges read every workspace's root: at most once per GAUGE_TTL, however often
+    // (and by whomever, without a key) `/metrics` is scraped.
+    static LAST: parking_lot::Mutex<Option<(Instant, Gauges)>> = parking_lot::Mutex::new(None);
+    let mut last = LAST.lock();
+    let g = match &*last {
+        Some((at, g)) if at.elapsed() < GAUGE_TTL => *g,
+        _ => {
+            let g = svc.gauges();
+            *last = Some((Instant::now(), g));
+            g
+        }
+    };
+    drop(last);
+    let (sessions, workspaces) = svc.counts();
+    metrics::gauge!(SESSIONS_ACTIVE).set(sessions as f64);
+    metrics::gauge!(WORKSPACES).set(workspaces as f64);
     metrics::gauge!(STORE_LOGICAL_BYTES).set(g.logical_bytes as f64);
     metrics::gauge!(STORE_DISK_BYTES).set(g.disk_bytes as f64);
     Some(handle.render())
 }
 
+/// How long scanned gauges are served before they are read again.
+const GAUGE_TTL: Duration = Duration::from_secs(10);
+
 /// What `/metrics` reads from the service when scraped.
+#[derive(Clone, Copy)]
 pub struct Gauges {
-    pub sessions: usize,
-    pub workspaces: usize,
     pub logical_bytes: u64,
     pub disk_bytes: u64,
 }

@@ -36,6 +36,25 @@ pub struct Config {
     pub github_token: Option<String>,
     /// Cluster mode: this host's name, recorded in the sessions it serves.
     pub host: Option<String>,
+    /// What workspace contents may carry into the host: nothing unless the operator says.
+    pub trust: Trust,
+    /// Most bytes of file data one tar import may hold.
+    pub import_max_bytes: u64,
+    /// Most archive imports and exports streaming at once (an account may have a quarter).
+    pub max_archive_streams: usize,
+}
+
+/// Privileges a workspace's contents may confer, each off unless the operator turns it on
+/// (`serve --insecure-*`; SECURITY.md says what each risks). Contents come from tenants.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Trust {
+    /// Mount sessions `suid` (setuid bits and file capabilities take effect) and keep
+    /// setuid/setgid bits from imported archives.
+    pub suid: bool,
+    /// Mount sessions `dev` (device nodes open devices) and import device nodes.
+    pub dev: bool,
+    /// Import `security.*` and `trusted.*` extended attributes from archives.
+    pub privileged_xattrs: bool,
 }
 
 /// Names of workspaces: what `PUT .../name` and `POST /v1/workspaces` accept.
@@ -404,6 +423,8 @@ pub struct Service {
     pub(crate) imports: Mutex<Vec<JoinHandle<()>>>,
     /// Set at shutdown: running imports stop their git.
     pub(crate) stopping: AtomicBool,
+    /// Archive imports and exports streaming now, by account.
+    pub(crate) streams: Mutex<HashMap<String, usize>>,
 }
 
 impl Service {
@@ -474,6 +495,7 @@ impl Service {
             gc: Mutex::new(gc),
             imports: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            streams: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -483,6 +505,13 @@ impl Service {
 
     /// The figures `/metrics` reads when scraped. Logical bytes come from each workspace's
     /// root (one cached node read each), so a scrape costs about one read per workspace.
+    /// Sessions mounted here, and workspaces of every account.
+    pub fn counts(&self) -> (usize, usize) {
+        let workspaces = self.lock().workspaces.len();
+        (self.mounts.lock().len(), workspaces)
+    }
+
+    /// What `/metrics` scans the store for.
     pub fn gauges(&self) -> crate::metrics::Gauges {
         let ids: Vec<Uuid> = self.lock().workspaces.keys().copied().collect();
         let logical_bytes = ids
@@ -491,8 +520,6 @@ impl Service {
             .map(|(_, sup)| sup.logical_bytes)
             .sum();
         crate::metrics::Gauges {
-            sessions: self.mounts.lock().len(),
-            workspaces: ids.len(),
             logical_bytes,
             disk_bytes: self.store.dir_bytes(),
         }

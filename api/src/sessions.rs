@@ -1,19 +1,24 @@
 //! Sessions: a workspace mounted with FUSE at a path, until ended. Mounting and unmounting
 //! are slow, so they run with the workspace marked busy instead of under the index lock.
 
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::Arc;
 
 use chaserfs_fs::fuse::{FuseAdapter, MountOptions};
-use chaserfs_fs::mount::FuseMount;
+use chaserfs_fs::mount::{FuseMount, MountFlags};
 use chaserfs_fs::Workspace;
 use uuid::Uuid;
 
 use crate::metrics as m;
 use crate::model::*;
+use crate::mountpoint::{self, Mountpoint};
 use crate::service::{
     now, put, ApiError, ApiResult, ErrorKind, Index, Service, BUSY_WAIT, SESSION, WORKSPACE,
 };
+
+/// How often a stopping daemon retries the final commits that failed.
+const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(crate) struct Mounted {
     pub(crate) ws: Arc<Workspace>,
@@ -47,18 +52,11 @@ pub(crate) fn tune_bdi(mountpoint: &Path) {
     }
 }
 
-/// How every session's FUSE connection is mounted and served.
-pub(crate) fn fuse_config(ws: &Workspace) -> fuser::Config {
+/// How every session's FUSE connection is served.
+pub(crate) fn fuse_config() -> fuser::Config {
     let mut cfg = fuser::Config::default();
-    cfg.mount_options = vec![
-        fuser::MountOption::FSName(format!("chaserfs:{}", ws.id())),
-        fuser::MountOption::Subtype("chaserfs".into()),
-        // The kernel checks permissions from our modes, so sessions can run as any user.
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::RW,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
-    ];
+    // Mounted `allow_other` with `default_permissions`: the kernel checks permissions from
+    // our modes, so sessions can run as any user.
     cfg.acl = fuser::SessionACL::All;
     // Four dispatch threads: measured 2x a single thread on tar -x; more gain nothing on
     // two cores, and the workspace orders operations itself.
@@ -67,89 +65,41 @@ pub(crate) fn fuse_config(ws: &Workspace) -> fuser::Config {
 }
 
 impl Service {
-    /// Mounts an open workspace at `path` (an existing empty directory).
+    /// Mounts an open workspace on the directory `at` (resolved by [`mountpoint::resolve`]).
     pub(crate) fn mount(
         &self,
         ws: Arc<Workspace>,
-        path: &Path,
+        at: &Mountpoint,
         options: MountOptions,
     ) -> ApiResult<FuseMount> {
-        let cfg = fuse_config(&ws);
-        let mount = FuseMount::mount(FuseAdapter::new(ws, options), path, &cfg).map_err(|e| {
+        let fsname = format!("chaserfs:{}", ws.id());
+        let flags = MountFlags {
+            read_only: options.read_only,
+            suid: self.config.trust.suid,
+            dev: self.config.trust.dev,
+        };
+        let adapter = FuseAdapter::new(ws, options);
+        let mount = FuseMount::mount(
+            adapter,
+            at.dir.as_fd(),
+            &at.path,
+            &fsname,
+            flags,
+            &fuse_config(),
+        )
+        .map_err(|e| {
             ApiError::new(
                 ErrorKind::Internal,
                 "mount_failed",
                 format!("mount failed: {e}"),
             )
         })?;
-        tune_bdi(path);
+        tune_bdi(&at.path);
         Ok(mount)
     }
 
-    /// Checks a requested mountpoint and creates it if missing. Refuses anything outside the
-    /// allowed prefixes, inside the data dir, already a mount, or not an empty directory.
-    fn prepare_mountpoint(&self, raw: &str) -> ApiResult<PathBuf> {
-        let path = PathBuf::from(raw);
-        if !path.is_absolute()
-            || raw.contains('\0')
-            || path
-                .components()
-                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-        {
-            return Err(ApiError::bad(
-                "invalid_mountpoint",
-                "the mountpoint must be an absolute path without . or ..",
-            ));
-        }
-        let allowed = [self.config.mount_root.as_path(), Path::new("/workspace")];
-        if !allowed.iter().any(|root| path.starts_with(root)) {
-            return Err(ApiError::bad(
-                "mountpoint_not_allowed",
-                format!(
-                    "mountpoints must lie under {} or /workspace",
-                    self.config.mount_root.display()
-                ),
-            ));
-        }
-        if path.starts_with(&self.config.data_dir) || self.config.data_dir.starts_with(&path) {
-            return Err(ApiError::bad(
-                "mountpoint_not_allowed",
-                "the mountpoint overlaps the data dir",
-            ));
-        }
-        std::fs::create_dir_all(&path).map_err(|e| {
-            ApiError::bad(
-                "invalid_mountpoint",
-                format!("cannot create the mountpoint: {e}"),
-            )
-        })?;
-        // Symlinks could lead outside the allowed prefixes: check where it really is.
-        let real = path
-            .canonicalize()
-            .map_err(|e| ApiError::bad("invalid_mountpoint", e.to_string()))?;
-        if !allowed.iter().any(|root| {
-            real.starts_with(root.canonicalize().unwrap_or_else(|_| root.to_path_buf()))
-        }) {
-            return Err(ApiError::bad(
-                "mountpoint_not_allowed",
-                "the mountpoint resolves outside the allowed prefixes",
-            ));
-        }
-        if is_mount(&real) {
-            return Err(ApiError::conflict(
-                "mountpoint_busy",
-                "something is already mounted there",
-            ));
-        }
-        let mut entries = std::fs::read_dir(&real)
-            .map_err(|e| ApiError::bad("invalid_mountpoint", e.to_string()))?;
-        if entries.next().is_some() {
-            return Err(ApiError::conflict(
-                "mountpoint_not_empty",
-                "the mountpoint is not an empty directory",
-            ));
-        }
-        Ok(real)
+    fn prepare_mountpoint(&self, raw: &str) -> ApiResult<Mountpoint> {
+        mountpoint::resolve(raw, &self.config.mount_root, &self.config.data_dir)
     }
 
     pub fn start_session(&self, account: &str, req: &StartSession) -> ApiResult<SessionView> {
@@ -214,7 +164,7 @@ impl Service {
             let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
             (ws.id, ix.find_snapshot(&ws, selector)?.id)
         };
-        let path = self.prepare_mountpoint(&req.mountpoint)?;
+        let at = self.prepare_mountpoint(&req.mountpoint)?;
         let snap = Workspace::open_snapshot(self.store.clone(), snap_id).map_err(|e| match e {
             chaserfs_fs::FsError::Busy(_) => ApiError::conflict(
                 "snapshot_mounted",
@@ -227,12 +177,12 @@ impl Service {
             xattrs: req.xattrs,
             read_only: true,
         };
-        let mount = self.mount(snap.clone(), &path, options)?;
+        let mount = self.mount(snap.clone(), &at, options)?;
         let session = SessionRecord {
             id: Uuid::now_v7(),
             account: account.to_string(),
             workspace_id: ws_id,
-            mountpoint: path,
+            mountpoint: at.path,
             status: SessionStatus::Active,
             created_at: now(),
             ended_at: None,
@@ -296,17 +246,17 @@ impl Service {
         mountpoint: &str,
         options: MountOptions,
     ) -> ApiResult<SessionView> {
-        let path = self.prepare_mountpoint(mountpoint)?;
+        let at = self.prepare_mountpoint(mountpoint)?;
         let ws = Arc::new(Workspace::open(self.store.clone(), ws_id)?);
         // The workspace is busy, so its quota cannot change until the session is recorded.
         ws.set_limits(self.lock().workspaces[&ws_id].quota.into());
-        let mount = self.mount(ws.clone(), &path, options)?;
+        let mount = self.mount(ws.clone(), &at, options)?;
         let t = now();
         let session = SessionRecord {
             id: Uuid::now_v7(),
             account: account.to_string(),
             workspace_id: ws_id,
-            mountpoint: path,
+            mountpoint: at.path,
             status: SessionStatus::Active,
             created_at: t.clone(),
             ended_at: None,
@@ -537,12 +487,33 @@ impl Service {
     }
 
     /// Ends every session and stops background work: on SIGTERM.
+    /// A session whose final commit fails (a full disk, a store that is down) keeps its
+    /// changes in memory, and the daemon does not exit: it retries until every session is
+    /// committed. Only SIGKILL drops them, and the operator is told so.
     pub fn shutdown(&self) {
-        let ids: Vec<Uuid> = self.mounts.lock().keys().copied().collect();
-        for id in ids {
-            if let Err(e) = self.end_session_by_id(id, false) {
-                tracing::error!("ending session {id}: {e:?}; its uncommitted changes are lost");
+        let mut failing: Option<String> = None;
+        loop {
+            let ids: Vec<Uuid> = self.mounts.lock().keys().copied().collect();
+            let mut failed = Vec::new();
+            for id in ids {
+                if let Err(e) = self.end_session_by_id(id, false) {
+                    failed.push(format!("{id}: {}", e.message));
+                }
             }
+            if failed.is_empty() {
+                break;
+            }
+            let now = failed.join("; ");
+            if failing.as_deref() != Some(now.as_str()) {
+                tracing::error!(
+                    "stopping: {} sessions hold changes that could not be committed ({now}); \
+                     retrying every {} s until they are (SIGKILL would lose them)",
+                    failed.len(),
+                    SHUTDOWN_RETRY.as_secs()
+                );
+                failing = Some(now);
+            }
+            std::thread::sleep(SHUTDOWN_RETRY);
         }
         self.stop_background();
     }
@@ -605,32 +576,10 @@ impl Service {
     }
 }
 
-/// Whether `path` is a mount point: listed as one in /proc/self/mountinfo.
-fn is_mount(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = path.to_string_lossy();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|m| m.replace("\\040", " ") == target)
-    })
-}
-
 /// Lazily detaches whatever is mounted at `path` (a stale FUSE mount answers ENOTCONN).
 pub(crate) fn detach(path: &Path) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // SAFETY: a valid NUL-terminated path; umount2 reads it and nothing else.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
-        tracing::debug!(
-            "detach {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+    use nix::mount::MntFlags;
+    if let Err(e) = nix::mount::umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+        tracing::debug!("detach {}: {e}", path.display());
     }
 }

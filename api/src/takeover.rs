@@ -86,20 +86,44 @@ pub fn listen(
     data_dir: &Path,
     requests: tokio::sync::mpsc::Sender<Request>,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let path = socket_path(data_dir);
     // A socket left by an earlier daemon: this one holds the store, so that one is gone.
     let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    // Bound inside a fresh root-only directory and made 0600 before it is moved into place,
+    // so no other user can ever reach it.
+    let private = data_dir.join(format!(".takeover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = private.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&bound);
+    let listener = listener.and_then(|l| {
+        std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&bound, &path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = listener?;
+    let me = nix::unistd::geteuid().as_raw();
     std::thread::Builder::new()
         .name("takeover".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                // Only a process of the daemon's own user may take its sessions.
+                let peer =
+                    nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials);
+                if peer.map(|c| c.uid()) != Ok(me) {
+                    let why = "takeover requests are taken from the daemon's own user only";
+                    let _ = write_frame(&mut conn, &Reply::Refused(why.into()));
+                    continue;
+                }
                 let _ = conn.set_read_timeout(Some(PEER_WAIT));
                 let mut line = String::new();
-                let ok = BufReader::new(&conn).read_line(&mut line).is_ok();
-                let mut conn = conn;
+                // One short line: a longer one is not a request.
+                let ok = BufReader::new((&conn).take(REQUEST.len() as u64 + 1))
+                    .read_line(&mut line)
+                    .is_ok();
                 if !ok || line != REQUEST {
                     let why = format!("unknown takeover request {:?}", line.trim_end());
                     let _ = write_frame(&mut conn, &Reply::Refused(why));
@@ -227,7 +251,7 @@ fn resume(mounts: &mut HashMap<Uuid, Mounted>, id: Uuid, s: Stopped, options: Mo
     let Some(m) = mounts.get_mut(&id) else {
         return;
     };
-    let cfg = fuse_config(&m.ws);
+    let cfg = fuse_config();
     let adapter = FuseAdapter::new(m.ws.clone(), options);
     match FuseMount::adopt(adapter, s.device, &s.mountpoint, &cfg, s.offer) {
         Ok(f) => m.mount = Some(f),
@@ -276,16 +300,21 @@ impl Service {
             .filter_map(|id| mounts.get_mut(id).and_then(|m| m.mount.take()))
             .collect();
         let mut stopped = Vec::new();
+        let mut failure = None;
         for (id, s) in ids.iter().zip(FuseMount::stop(fuse)) {
             match s {
                 Ok(s) => stopped.push((*id, s)),
-                // Not seen in practice: the stop only talks to a socket pair of its own.
-                Err(e) => tracing::error!("stopping session {id}: {e}; it cannot be served"),
+                // Not seen in practice: the stop only talks to a socket pair of its own. The
+                // takeover is refused then, so the session's changes stay here (its mount
+                // gone, the periodic commit ends it) instead of leaving with nobody.
+                Err(e) => {
+                    tracing::error!("stopping session {id}: {e}; it cannot be served");
+                    failure = Some(format!("stopping session {id}: {e}"));
+                }
             }
         }
         let mut handed = Vec::new();
-        let mut failure = None;
-        for (id, s) in &stopped {
+        for (id, s) in stopped.iter().filter(|_| failure.is_none()) {
             let ws = &mounts[id].ws;
             if let Err(e) = ws.commit(true) {
                 failure = Some(format!("committing session {id}: {e}"));
@@ -372,7 +401,7 @@ impl Service {
             }
         };
         let ws = Arc::new(ws);
-        let cfg = fuse_config(&ws);
+        let cfg = fuse_config();
         let adapter = FuseAdapter::new(ws.clone(), options(&rec));
         let mount =
             FuseMount::adopt(adapter, device, &rec.mountpoint, &cfg, h.offer).map_err(|e| {

@@ -43,9 +43,33 @@ pub struct ArchiveReport {
     pub entries: u64,
     pub bytes: u64,
     /// Entries of kinds a workspace does not keep (sockets on export; on import, tar
-    /// extensions such as GNU sparse files).
+    /// entry types with no file behind them, such as PAX global headers).
     pub skipped: u64,
+    /// Import: setuid/setgid bits and privileged extended attributes dropped by policy.
+    pub privileges_dropped: u64,
 }
+
+/// How an import treats what an archive claims. An archive is a tenant's: by default it
+/// confers no privilege (see SECURITY.md).
+#[derive(Clone, Copy, Debug)]
+pub struct ImportOptions {
+    /// Commit after this many bytes, so the overlay stays bounded.
+    pub commit_every: u64,
+    /// Refuse the archive once its files hold more than this many bytes (holes of sparse
+    /// files included: they cost the reading).
+    pub max_bytes: u64,
+    /// Keep setuid and setgid bits (cleared otherwise).
+    pub setid: bool,
+    /// Import device nodes (the archive is refused otherwise).
+    pub devices: bool,
+    /// Keep `security.*` and `trusted.*` extended attributes (dropped otherwise).
+    pub privileged_xattrs: bool,
+}
+
+/// Most bytes of headers an entry may have: its own, GNU long names and PAX records (paths
+/// are at most 4 KiB on Linux, extended attribute values 64 KiB). The tar reader holds
+/// these in memory, so more is refused before it is read.
+pub const MAX_HEADER_BYTES: u64 = 4 << 20;
 
 /// Writes the state `ws` (a view, [`Workspace::at_root`]) to `out` as a tar archive, paths
 /// relative (`./` for the root directory), parents before children.
@@ -197,16 +221,28 @@ impl Read for FileReader<'_> {
 }
 
 /// Fills the empty workspace `ws` from the tar archive `input`, committing every
-/// `commit_every` bytes so the overlay stays bounded. A path with `..`, or a hard link to a
-/// path not yet in the archive, makes the archive invalid; the caller throws the workspace
-/// away then.
-pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveResult<ArchiveReport> {
-    let mut archive = tar::Archive::new(input);
+/// `opts.commit_every` bytes so the overlay stays bounded. A path with `..`, or a hard link
+/// to a path not yet in the archive, makes the archive invalid; the caller throws the
+/// workspace away then. Memory is bounded whatever the archive: one piece of file data and
+/// at most [`MAX_HEADER_BYTES`] of one entry's headers.
+pub fn import(
+    ws: &Workspace,
+    input: impl Read,
+    opts: &ImportOptions,
+) -> ArchiveResult<ArchiveReport> {
+    let in_data = std::rc::Rc::new(std::cell::Cell::new(false));
+    let guarded = HeaderGuard {
+        inner: input,
+        in_data: in_data.clone(),
+        header_bytes: 0,
+    };
+    let mut archive = tar::Archive::new(guarded);
     let mut report = ArchiveReport::default();
     // Directory inodes by path, and directories' times, set last (their entries change them).
     let mut dirs: HashMap<Vec<u8>, u64> = HashMap::from([(Vec::new(), ROOT_INO)]);
     let mut dir_times: Vec<(u64, Timespec)> = Vec::new();
     let mut since_commit = 0u64;
+    let mut buf = vec![0u8; PIECE];
     let entries = archive.entries().map_err(invalid)?;
     for entry in entries {
         let mut entry = entry.map_err(|e| invalid(format!("reading the archive: {e}")))?;
@@ -214,19 +250,40 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
         let h = entry.header();
         let kind = match h.entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => FileKind::Regular,
+            // The tar reader gives its holes as zeros; they are left holes (see below).
+            tar::EntryType::GNUSparse => FileKind::Regular,
             tar::EntryType::Directory => FileKind::Directory,
             tar::EntryType::Symlink => FileKind::Symlink,
             tar::EntryType::Link => FileKind::Regular,
             tar::EntryType::Char => FileKind::CharDevice,
             tar::EntryType::Block => FileKind::BlockDevice,
             tar::EntryType::Fifo => FileKind::Fifo,
-            _ => {
+            tar::EntryType::XGlobalHeader => {
                 report.skipped += 1;
+                drain(&mut entry, &in_data)?;
                 continue;
             }
+            other => {
+                return Err(invalid(format!(
+                    "{}: tar entries of type {:?} are not supported",
+                    show(&path),
+                    other.as_byte() as char
+                )))
+            }
         };
+        if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) && !opts.devices {
+            return Err(invalid(format!(
+                "{}: device nodes are refused (the operator has not allowed them)",
+                show(&path)
+            )));
+        }
         let is_link = h.entry_type() == tar::EntryType::Link;
-        let perm = h.mode().map_err(invalid)? & 0o7777;
+        let entry_data_len = entry.size();
+        let mut perm = h.mode().map_err(invalid)? & 0o7777;
+        if !opts.setid && perm & 0o6000 != 0 {
+            perm &= !0o6000;
+            report.privileges_dropped += 1;
+        }
         let uid = h.uid().map_err(invalid)? as u32;
         let gid = h.gid().map_err(invalid)? as u32;
         let mut mtime = Timespec {
@@ -242,6 +299,7 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
         };
         let link_name = entry.link_name_bytes().map(|l| l.into_owned());
         let mut xattrs = Vec::new();
+        let mut sparse = PaxSparse::default();
         if let Some(pax) = entry.pax_extensions().map_err(invalid)? {
             for ext in pax {
                 let ext = ext.map_err(invalid)?;
@@ -249,10 +307,21 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
                 if key == "mtime" {
                     mtime = parse_pax_time(ext.value_bytes()).unwrap_or(mtime);
                 } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    xattrs.push((name.as_bytes().to_vec(), ext.value_bytes().to_vec()));
+                    let privileged = name.starts_with("security.") || name.starts_with("trusted.");
+                    if privileged && !opts.privileged_xattrs {
+                        report.privileges_dropped += 1;
+                    } else {
+                        xattrs.push((name.as_bytes().to_vec(), ext.value_bytes().to_vec()));
+                    }
+                } else if let Some(field) = key.strip_prefix("GNU.sparse.") {
+                    sparse.field(field, ext.value_bytes());
                 }
             }
         }
+        let path = match sparse.real_name(&path)? {
+            Some(name) => clean_path(&name)?,
+            None => path,
+        };
 
         if path.is_empty() {
             // The root directory itself: only its attributes.
@@ -261,6 +330,7 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
                 set_xattrs(ws, ROOT_INO, &xattrs)?;
                 dir_times.push((ROOT_INO, mtime));
             }
+            drain(&mut entry, &in_data)?;
             continue;
         }
         let (parent_path, name) = split(&path);
@@ -274,6 +344,7 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
                     set_xattrs(ws, existing.ino, &xattrs)?;
                     dir_times.push((existing.ino, mtime));
                     report.entries += 1;
+                    drain(&mut entry, &in_data)?;
                     continue;
                 }
                 ws.rmdir(parent, name)
@@ -299,6 +370,7 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
                 })?;
             ws.link(target_ino.ino, parent, name)?;
             report.entries += 1;
+            drain(&mut entry, &in_data)?;
             continue;
         }
         let target = match kind {
@@ -317,20 +389,43 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
                 target: &target,
             },
         )?;
-        if kind == FileKind::Regular {
-            let mut buf = vec![0u8; PIECE];
+        if let (FileKind::Regular, Some(size)) = (kind, sparse.real_size) {
+            if report.bytes + size > opts.max_bytes {
+                return Err(too_big(opts.max_bytes));
+            }
+            import_pax_sparse(ws, attr.ino, &mut entry, &sparse, &in_data, &mut buf)?;
+            report.bytes += size;
+            since_commit += entry_data_len;
+        } else if kind == FileKind::Regular {
             let mut offset = 0u64;
             loop {
-                let n = read_full(&mut entry, &mut buf)
-                    .map_err(|e| invalid(format!("{}: {e}", show(&path))))?;
+                in_data.set(true);
+                let n = read_full(&mut entry, &mut buf);
+                in_data.set(false);
+                let n = n.map_err(|e| invalid(format!("{}: {e}", show(&path))))?;
                 if n == 0 {
                     break;
                 }
-                ws.write(attr.ino, offset, &buf[..n])?;
+                if report.bytes + offset + n as u64 > opts.max_bytes {
+                    return Err(too_big(opts.max_bytes));
+                }
+                // Runs of zeros stay holes, as `cp --sparse` and GNU tar leave them.
+                if buf[..n].iter().any(|b| *b != 0) {
+                    ws.write(attr.ino, offset, &buf[..n])?;
+                    since_commit += n as u64;
+                }
                 offset += n as u64;
             }
+            if ws.getattr(attr.ino)?.size != offset {
+                let size = SetAttr {
+                    size: Some(offset),
+                    ..Default::default()
+                };
+                ws.setattr(attr.ino, &size)?;
+            }
             report.bytes += offset;
-            since_commit += offset;
+        } else {
+            drain(&mut entry, &in_data)?;
         }
         set_owner_mode(ws, attr.ino, perm, uid, gid)?;
         set_xattrs(ws, attr.ino, &xattrs)?;
@@ -342,7 +437,7 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
         }
         report.entries += 1;
         since_commit += 512;
-        if since_commit >= commit_every {
+        if since_commit >= opts.commit_every {
             ws.commit(false)?;
             since_commit = 0;
         }
@@ -352,6 +447,172 @@ pub fn import(ws: &Workspace, input: impl Read, commit_every: u64) -> ArchiveRes
         set_mtime(ws, ino, t)?;
     }
     Ok(report)
+}
+
+/// GNU tar's PAX sparse format 1.0 (`--format=posix --sparse`, the default there): the
+/// file's real name and size in PAX records, and at the start of its data a map of the data
+/// segments (decimal lines: their count, then an offset and a size each), padded to 512
+/// bytes, followed by the segments. Formats 0.0 and 0.1 are refused.
+#[derive(Default)]
+struct PaxSparse {
+    major: Option<Vec<u8>>,
+    minor: Option<Vec<u8>>,
+    name: Option<Vec<u8>>,
+    real_size: Option<u64>,
+    /// A 0.x record (`offset`, `numbytes`, `map`) was seen.
+    old_format: bool,
+}
+
+impl PaxSparse {
+    fn field(&mut self, field: &str, value: &[u8]) {
+        match field {
+            "major" => self.major = Some(value.to_vec()),
+            "minor" => self.minor = Some(value.to_vec()),
+            "name" => self.name = Some(value.to_vec()),
+            "realsize" | "size" => {
+                self.real_size = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+            }
+            _ => self.old_format = true,
+        }
+    }
+
+    /// The file's real path if the entry is a sparse file; an error for a format not taken.
+    fn real_name(&self, stored: &[u8]) -> ArchiveResult<Option<Vec<u8>>> {
+        let any = self.major.is_some() || self.real_size.is_some() || self.old_format;
+        if !any {
+            return Ok(None);
+        }
+        if self.old_format
+            || self.major.as_deref() != Some(b"1")
+            || self.minor.as_deref() != Some(b"0")
+            || self.real_size.is_none()
+        {
+            return Err(invalid(format!(
+                "{}: only PAX sparse format 1.0 is supported (GNU tar --sparse-version=1.0)",
+                show(stored)
+            )));
+        }
+        Ok(Some(self.name.clone().unwrap_or_else(|| stored.to_vec())))
+    }
+}
+
+fn too_big(max: u64) -> ArchiveError {
+    invalid(format!(
+        "the archive's files hold more than {max} bytes, the most this import may take"
+    ))
+}
+
+/// Writes a PAX 1.0 sparse file's segments into `ino` (holes stay holes) and sets its size. The map is bounded like any header ([`MAX_HEADER_BYTES`]).
+fn import_pax_sparse(
+    ws: &Workspace,
+    ino: u64,
+    entry: &mut impl Read,
+    sparse: &PaxSparse,
+    in_data: &std::cell::Cell<bool>,
+    buf: &mut [u8],
+) -> ArchiveResult<()> {
+    let real_size = sparse.real_size.expect("a sparse file");
+    let bad = |what: &str| invalid(format!("a sparse file's map: {what}"));
+    in_data.set(true);
+    let result = (|| {
+        let mut map = Vec::new();
+        let numbers: Vec<u64> = loop {
+            let mut block = [0u8; 512];
+            entry
+                .read_exact(&mut block)
+                .map_err(|e| bad(&e.to_string()))?;
+            map.extend_from_slice(&block);
+            if map.len() as u64 > MAX_HEADER_BYTES {
+                return Err(bad("larger than the most a header may be"));
+            }
+            let lines: Vec<&[u8]> = map.split(|b| *b == b'\n').collect();
+            let complete = lines.len() - 1;
+            if complete == 0 {
+                continue;
+            }
+            let count: usize = parse_decimal(lines[0]).ok_or_else(|| bad("no count"))? as usize;
+            if complete > count * 2 {
+                break lines[..=count * 2]
+                    .iter()
+                    .map(|l| parse_decimal(l).ok_or_else(|| bad("not a number")))
+                    .collect::<ArchiveResult<_>>()?;
+            }
+        };
+        let mut end = 0u64;
+        for pair in numbers[1..].chunks(2) {
+            let (offset, len) = (pair[0], pair[1]);
+            let stop = offset.checked_add(len).ok_or_else(|| bad("overflow"))?;
+            if offset < end || stop > real_size {
+                return Err(bad("segments out of order or past the file's size"));
+            }
+            let mut done = 0u64;
+            while done < len {
+                let n = ((len - done) as usize).min(buf.len());
+                entry
+                    .read_exact(&mut buf[..n])
+                    .map_err(|e| invalid(format!("a sparse file's data: {e}")))?;
+                if buf[..n].iter().any(|b| *b != 0) {
+                    ws.write(ino, offset + done, &buf[..n])?;
+                }
+                done += n as u64;
+            }
+            end = stop;
+        }
+        std::io::copy(entry, &mut std::io::sink())
+            .map_err(|e| invalid(format!("a sparse file's data: {e}")))?;
+        Ok(())
+    })();
+    in_data.set(false);
+    result?;
+    let size = SetAttr {
+        size: Some(real_size),
+        ..Default::default()
+    };
+    ws.setattr(ino, &size)?;
+    Ok(())
+}
+
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Reads what is left of an entry's data as data (the tar reader would skip it as headers).
+fn drain(entry: &mut impl Read, in_data: &std::cell::Cell<bool>) -> ArchiveResult<()> {
+    in_data.set(true);
+    let drained = std::io::copy(entry, &mut std::io::sink());
+    in_data.set(false);
+    drained
+        .map(|_| ())
+        .map_err(|e| invalid(format!("reading the archive: {e}")))
+}
+
+/// The archive as the tar reader sees it: every byte it reads that is not an entry's data
+/// (headers, long names, PAX records, padding) counts against [`MAX_HEADER_BYTES`] until
+/// the next entry's data is read, so a giant header is refused before it is held.
+struct HeaderGuard<R> {
+    inner: R,
+    in_data: std::rc::Rc<std::cell::Cell<bool>>,
+    header_bytes: u64,
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.in_data.get() {
+            self.header_bytes = 0;
+            return self.inner.read(buf);
+        }
+        let room = MAX_HEADER_BYTES.saturating_sub(self.header_bytes);
+        if room == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("an entry's headers exceed {MAX_HEADER_BYTES} bytes"),
+            ));
+        }
+        let len = buf.len().min(room as usize);
+        let n = self.inner.read(&mut buf[..len])?;
+        self.header_bytes += n as u64;
+        Ok(n)
+    }
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

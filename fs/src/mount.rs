@@ -12,11 +12,12 @@
 //! connection.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
+use nix::mount::MntFlags;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
 
@@ -53,8 +54,6 @@ pub struct FuseMount {
     /// Another descriptor of the same connection: what is handed over.
     device: OwnedFd,
     mountpoint: PathBuf,
-    /// Mounted here: fuser unmounts it. Adopted: this process does.
-    mounted_here: bool,
     readers: usize,
     offer: OfferSlot,
 }
@@ -67,19 +66,66 @@ pub struct Stopped {
     pub offer: KernelOffer,
 }
 
+/// What the kernel enforces on a mount's files. Workspace contents come from tenants, so by
+/// default a setuid bit or a device node in them confers nothing (`nosuid`, `nodev`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountFlags {
+    /// `ro`: writes fail with EROFS before any page is dirtied (snapshot sessions).
+    pub read_only: bool,
+    /// Honour setuid/setgid bits and file capabilities (`suid`). Operator's choice only.
+    pub suid: bool,
+    /// Let device nodes be opened (`dev`). Operator's choice only.
+    pub dev: bool,
+}
+
 impl FuseMount {
-    /// Mounts `adapter` at `path`.
-    pub fn mount(adapter: FuseAdapter, path: &Path, cfg: &fuser::Config) -> io::Result<FuseMount> {
+    /// Mounts `adapter` on the directory `dir` (an `O_PATH` descriptor), which is `path`.
+    /// The mount is made on the descriptor, not the path, so a path swapped meanwhile (a
+    /// symlink put in its place) cannot redirect it.
+    pub fn mount(
+        adapter: FuseAdapter,
+        dir: BorrowedFd<'_>,
+        path: &Path,
+        fsname: &str,
+        flags: MountFlags,
+        cfg: &fuser::Config,
+    ) -> io::Result<FuseMount> {
+        use nix::mount::MsFlags;
         let offer = adapter.offer_slot();
-        let session = fuser::Session::new(adapter, path, cfg)?;
+        let device: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")?
+            .into();
+        let root_type = nix::sys::stat::fstat(dir)?.st_mode & libc::S_IFMT;
+        let data = format!(
+            "fd={},rootmode={root_type:o},user_id=0,group_id=0,default_permissions,allow_other",
+            device.as_raw_fd()
+        );
+        let mut ms = MsFlags::empty();
+        ms.set(MsFlags::MS_RDONLY, flags.read_only);
+        ms.set(MsFlags::MS_NOSUID, !flags.suid);
+        ms.set(MsFlags::MS_NODEV, !flags.dev);
+        let target = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        nix::mount::mount(
+            Some(fsname),
+            target.as_str(),
+            Some("fuse.chaserfs"),
+            ms,
+            Some(data.as_str()),
+        )
+        .map_err(|e| io::Error::other(format!("mount(2) on {}: {e}", path.display())))?;
+        // The kernel sent FUSE_INIT when it mounted; the session answers it here.
+        let session = fuser::Session::from_fd(adapter, device.try_clone()?, cfg.acl, cfg.clone())
+            .inspect_err(|_| {
+            let _ = nix::mount::umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+        })?;
         let channel_fd = session.as_fd().as_raw_fd();
-        let device = session.as_fd().try_clone_to_owned()?;
         Ok(FuseMount {
             session: session.spawn()?,
             channel_fd,
             device,
             mountpoint: path.to_path_buf(),
-            mounted_here: true,
             readers: cfg.n_threads.unwrap_or(1),
             offer,
         })
@@ -114,7 +160,6 @@ impl FuseMount {
             channel_fd,
             device,
             mountpoint: path.to_path_buf(),
-            mounted_here: false,
             readers: cfg.n_threads.unwrap_or(1),
             offer: slot,
         })
@@ -126,16 +171,7 @@ impl FuseMount {
 
     /// Unmounts (the kernel writes back its cache first) and waits for the session to end.
     pub fn umount_and_join(self) -> io::Result<()> {
-        if self.mounted_here {
-            return self.session.umount_and_join();
-        }
-        let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())?;
-        // SAFETY: a valid NUL-terminated path; umount2 reads it and nothing else.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        nix::mount::umount2(&self.mountpoint, MntFlags::UMOUNT_NOFOLLOW)?;
         self.session.join()
     }
 

@@ -162,6 +162,18 @@ impl Daemon {
         child.wait().unwrap().code().unwrap_or(-1)
     }
 
+    /// SIGTERM without waiting; [`Daemon::exited`] tells when it has gone.
+    pub fn terminate(&self) {
+        signal(self.child.as_ref().expect("running"), libc::SIGTERM);
+    }
+
+    /// The exit code once the daemon has exited (it is then no longer running).
+    pub fn exited(&mut self) -> Option<i32> {
+        let status = self.child.as_mut().expect("running").try_wait().unwrap()?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
     /// SIGKILL: no commit, no unmount.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("running");

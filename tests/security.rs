@@ -1,0 +1,598 @@
+//! Attacks by hostile tenants (SECURITY.md), each against a real daemon and real mounts: an
+//! API key, an archive, a mounted session's processes under any uid, or a client without a
+//! key. Each test asserts what the attack must not achieve.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{sh, Daemon, Options};
+use serde_json::{json, Value};
+
+/// A daemon whose mount root any local user may walk into (a test dir is 0700).
+fn daemon_with(args: &[&str]) -> Daemon {
+    let d = Daemon::start_with(Options {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    });
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// Runs `cmd` under `sh` as `nobody`, in `dir`; (success, stdout and stderr).
+fn as_nobody(cmd: &str, dir: &Path) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Runs `cmd` under `sh` as root, in `dir`; (success, stdout and stderr).
+fn as_root(cmd: &str, dir: &Path) -> (bool, String) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A tar archive made by Python's tarfile from `entries` (statements adding to `t`).
+fn tar_of(dir: &Path, name: &str, entries: &str) -> Vec<u8> {
+    let path = dir.join(name);
+    let script = format!(
+        "import io, os, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n{entries}\nt.close()"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(path).unwrap()
+}
+
+fn import(d: &Daemon, query: &str, media: &str, body: &[u8]) -> (u16, Value) {
+    d.call_raw(
+        "POST",
+        &format!("/v1/workspaces/import?{query}"),
+        &[
+            ("Authorization", &format!("Bearer {}", d.key)),
+            ("Content-Type", media),
+        ],
+        body,
+    )
+}
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+fn start_session(d: &Daemon, body: Value) -> (u16, Value) {
+    d.call("POST", "/v1/sessions", Some(body))
+}
+
+#[test]
+fn setuid_files_and_device_nodes_confer_nothing() {
+    let d = daemon_with(&[]);
+    let work = d.dir.path();
+    // An archive with a root-owned setuid copy of `id`, and a block device node for the
+    // host's root disk: imported, then mounted, as the attack goes.
+    let root_dev = std::fs::metadata("/")
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        .unwrap();
+    let setuid = tar_of(
+        work,
+        "setuid.tar",
+        "i = t.gettarinfo('/usr/bin/id', 'id'); i.mode = 0o4755; i.uid = 0; i.gid = 0\n\
+         t.addfile(i, open('/usr/bin/id', 'rb'))",
+    );
+    let (s, v) = import(&d, "name=evil", "application/x-tar", &setuid);
+    assert_eq!(s, 201, "{v}");
+    let disk = tar_of(
+        work,
+        "disk.tar",
+        &format!(
+            "i = tarfile.TarInfo('disk'); i.type = tarfile.BLKTYPE; i.mode = 0o666\n\
+             i.devmajor = os.major({root_dev}); i.devminor = os.minor({root_dev}); t.addfile(i)"
+        ),
+    );
+    let (s, v) = import(&d, "name=disk", "application/x-tar", &disk);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_archive")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("device"),
+        "{v}"
+    );
+    assert_eq!(
+        d.call("GET", "/v1/workspaces/disk", None).0,
+        404,
+        "a refused import left a workspace"
+    );
+
+    let path = d.mount_root().join("evil");
+    let (s, v) = start_session(&d, json!({"workspace": "evil", "mountpoint": path}));
+    assert_eq!(s, 201, "{v}");
+    let mode = std::fs::metadata(path.join("id"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "the import kept the setuid bit");
+    // Made inside the session by its root: still nothing, the mount is nosuid and nodev.
+    let (ok, out) = as_root(
+        "cp /usr/bin/id id2 && chmod 4755 id2 && mknod null c 1 3 && chmod 666 null",
+        &path,
+    );
+    assert!(ok, "{out}");
+    for shell in ["./id", "./id2"] {
+        let (ok, out) = as_nobody(shell, &path);
+        assert!(ok, "{out}");
+        assert!(out.contains("uid=65534"), "{out}");
+        assert!(!out.contains("euid=0"), "{shell} ran as root: {out}");
+    }
+    let (ok, out) = as_root("echo x > null", &path);
+    assert!(
+        !ok && out.contains("Permission denied"),
+        "a device node opened: {out}"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+        .unwrap();
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    d.unmount(v["id"].as_str().unwrap());
+}
+
+#[test]
+fn privileges_from_archives_only_when_the_operator_allows() {
+    let d = daemon_with(&[
+        "--insecure-suid",
+        "--insecure-dev",
+        "--insecure-privileged-xattrs",
+    ]);
+    let work = d.dir.path();
+    let tar = tar_of(
+        work,
+        "trusted.tar",
+        "i = tarfile.TarInfo('s'); i.mode = 0o4755; i.size = 1; t.addfile(i, io.BytesIO(b'x'))\n\
+         i = tarfile.TarInfo('null'); i.type = tarfile.CHRTYPE; i.mode = 0o666\n\
+         i.devmajor = 1; i.devminor = 3; t.addfile(i)",
+    );
+    let (s, v) = import(&d, "name=trusted", "application/x-tar", &tar);
+    assert_eq!(s, 201, "{v}");
+    let path = d.mount_root().join("trusted");
+    let (s, v) = start_session(&d, json!({"workspace": "trusted", "mountpoint": path}));
+    assert_eq!(s, 201, "{v}");
+    let mode = std::fs::metadata(path.join("s"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o4755);
+    let (ok, out) = as_root("echo x > null", &path);
+    assert!(ok, "{out}");
+    d.unmount(v["id"].as_str().unwrap());
+}
+
+#[test]
+fn a_snapshot_session_refuses_writes_at_once() {
+    let d = daemon_with(&[]);
+    d.create_workspace("w");
+    let (sid, path) = d.mount("w", "w");
+    std::fs::write(path.join("f"), b"committed").unwrap();
+    d.unmount(&sid);
+    let (s, v) = d.call(
+        "POST",
+        "/v1/workspaces/w/snapshots",
+        Some(json!({"name": "s1"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let snap = d.mount_root().join("snap");
+    let (s, v) = start_session(
+        &d,
+        json!({"workspace": "w", "snapshot": "s1", "mountpoint": snap}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("f"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = std::fs::write(snap.join("new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(std::fs::read(snap.join("f")).unwrap(), b"committed");
+    d.unmount(v["id"].as_str().unwrap());
+}
+
+/// Where the workspace `id` is mounted, from this process's mount table (other tests mount
+/// other workspaces meanwhile).
+fn mounts_of(id: &str) -> Vec<PathBuf> {
+    let source = format!(" - fuse.chaserfs chaserfs:{id} ");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&source))
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .collect()
+}
+
+#[test]
+fn mountpoints_stay_inside_the_roots_against_a_symlink_flip() {
+    let d = daemon_with(&[]);
+    let id = d.create_workspace("w")["id"].as_str().unwrap().to_string();
+    let root = d.mount_root();
+    let outside = d.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A directory a local user may write, in which `nobody` swaps a directory and a symlink
+    // to `outside` with RENAME_EXCHANGE as fast as it can.
+    let race = root.join("race");
+    std::fs::create_dir_all(&race).unwrap();
+    std::fs::set_permissions(&race, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let flipper = format!(
+        r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.mkdir("{race}/a")
+os.symlink("{outside}", "{race}/b")
+end = time.time() + 120
+while time.time() < end and not os.path.exists("{race}/stop"):
+    libc.renameat2(-100, b"{race}/a", -100, b"{race}/b", 2)
+"#,
+        race = race.display(),
+        outside = outside.display()
+    );
+    // The system's Python: a user's (pyenv under /root) is not for `nobody` to run.
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", &flipper])
+        .current_dir("/")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::symlink_metadata(race.join("b")).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "the flipper died");
+        assert!(Instant::now() < deadline, "the flipper did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut mounted = 0;
+    for i in 0..300 {
+        let path = race.join("a").join(format!("m{i}"));
+        let (s, v) = start_session(&d, json!({"workspace": "w", "mountpoint": path}));
+        if s == 201 {
+            mounted += 1;
+            d.unmount(v["id"].as_str().unwrap());
+        } else {
+            assert_eq!(s, 400, "{v}");
+        }
+        for m in mounts_of(&id) {
+            assert!(m.starts_with(&root), "a session mounted at {}", m.display());
+        }
+    }
+    std::fs::write(race.join("stop"), b"").unwrap();
+    child.wait().unwrap();
+    let created: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+    assert!(created.is_empty(), "made outside the roots: {created:?}");
+    eprintln!("{mounted} of 300 session starts mounted");
+    // Neither the mount root itself, nor a reserved or foreign place, nor inside a session.
+    let (sid, inner) = d.mount("w", "one");
+    d.create_workspace("v");
+    for bad in [
+        root.clone(),
+        root.join(".imports/x"),
+        PathBuf::from("/etc"),
+        d.data_dir().join("m"),
+        inner.join("nested"),
+    ] {
+        let (s, v) = start_session(&d, json!({"workspace": "v", "mountpoint": bad}));
+        assert_eq!(s, 400, "{}: {v}", bad.display());
+    }
+    let (s, v) = start_session(&d, json!({"workspace": "v", "mountpoint": inner}));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("mountpoint_busy")),
+        "{v}"
+    );
+    d.unmount(&sid);
+}
+
+/// Bytes of `data` compressed by the zstd command line.
+fn zstd(data: &[u8], args: &[&str]) -> Vec<u8> {
+    let mut child = Command::new("zstd")
+        .args(args)
+        .args(["-c", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn decompression_and_header_bombs_are_refused_in_bounded_memory() {
+    // Room for all eight at once from one account (a quarter of 32).
+    let d = daemon_with(&["--max-archive-streams", "32"]);
+    let work = d.dir.path();
+    let before = peak_rss(d.pid());
+    // A frame that asks for a 2 GiB window, then garbage: 4 KiB on the wire.
+    let mut window_bomb = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 21 << 3];
+    window_bomb.resize(4 << 10, 0x5a);
+    // A 64 MiB GNU long name, zstd-compressed to a few KiB.
+    let long_name = tar_of(
+        work,
+        "longname.tar",
+        "i = tarfile.TarInfo('a' * (64 << 20)); t.addfile(i)",
+    );
+    let header_bomb = zstd(&long_name, &["-19"]);
+    assert!(header_bomb.len() < 1 << 20, "{} bytes", header_bomb.len());
+    // A 64 MiB PAX record, zstd-compressed too (the daemon refuses it before reading it all,
+    // so a plain upload would meet a closed connection mid-send).
+    let pax = zstd(
+        &tar_of(
+            work,
+            "pax.tar",
+            "t.format = tarfile.PAX_FORMAT\n\
+             i = tarfile.TarInfo('f'); i.pax_headers = {'comment': 'x' * (64 << 20)}; t.addfile(i)",
+        ),
+        &["-19"],
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, key) = (d.url.clone(), d.key.clone());
+            let (media, body) = match i % 3 {
+                0 => ("application/zstd", window_bomb.clone()),
+                1 => ("application/zstd", header_bomb.clone()),
+                _ => ("application/zstd", pax.clone()),
+            };
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut r = agent
+                    .post(format!("{url}/v1/workspaces/import"))
+                    .header("Authorization", format!("Bearer {key}"))
+                    .header("Content-Type", media)
+                    .send(&body[..])
+                    .unwrap();
+                (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+            })
+        })
+        .collect();
+    for t in threads {
+        let (s, body) = t.join().unwrap();
+        assert_eq!(s, 400, "{body}");
+        assert!(body.contains("invalid_archive"), "{body}");
+    }
+    let grew = peak_rss(d.pid()).saturating_sub(before);
+    eprintln!("peak RSS grew {} MiB", grew >> 20);
+    assert!(grew < 256 << 20, "peak RSS grew {} MiB", grew >> 20);
+    assert_eq!(
+        d.call("GET", "/v1/workspaces", None).1["workspaces"],
+        json!([])
+    );
+}
+
+/// Raises this process's open files limit, for tests that hold thousands of connections.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reading and setting this process's own limit through valid pointers.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+#[test]
+fn idle_connections_and_invented_methods_leave_the_api_and_fsync_working() {
+    raise_nofile();
+    let d = daemon_with(&[]);
+    d.create_workspace("w");
+    let (sid, path) = d.mount("w", "w");
+    let before = peak_rss(d.pid());
+    let addr = d.url.trim_start_matches("http://").to_string();
+    // 4,000 connections that never send a byte, held open.
+    let mut idle = Vec::new();
+    for _ in 0..4000 {
+        match TcpStream::connect(&addr) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let started = Instant::now();
+    let (s, v) = d.call("GET", "/v1/workspaces", None);
+    assert_eq!(s, 200, "{v}");
+    eprintln!(
+        "API answered in {:?} with 4,000 idle connections",
+        started.elapsed()
+    );
+    let mut f = std::fs::File::create(path.join("durable")).unwrap();
+    f.write_all(b"fsync works").unwrap();
+    f.sync_all().unwrap();
+    drop(idle);
+    // 100,000 requests with methods nobody defined, on a few keep-alive connections.
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    for batch in 0..1000 {
+        let mut reqs = String::new();
+        for i in 0..100 {
+            reqs += &format!("M{batch}X{i} /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        if conn.write_all(reqs.as_bytes()).is_err() {
+            conn = TcpStream::connect(&addr).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            continue;
+        }
+        // Read the 100 answers (each ends its headers, bodies are short).
+        let mut seen = 0;
+        let mut got = Vec::new();
+        while seen < 100 {
+            let n = match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            got.extend_from_slice(&buf[..n]);
+            seen = got.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+        }
+        if seen < 100 {
+            conn = TcpStream::connect(&addr).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+        }
+    }
+    let (status, metrics) = {
+        let mut r = ureq::get(format!("{}/metrics", d.url)).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(status, 200);
+    assert!(
+        metrics.len() < 1 << 20,
+        "/metrics is {} bytes",
+        metrics.len()
+    );
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    assert!(
+        !metrics.contains("M999X"),
+        "an invented method became a label"
+    );
+    let grew = peak_rss(d.pid()).saturating_sub(before);
+    eprintln!("peak RSS grew {} MiB", grew >> 20);
+    assert!(grew < 256 << 20, "peak RSS grew {} MiB", grew >> 20);
+    f.write_all(b", still").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    d.unmount(&sid);
+    let (sid, path) = d.mount("w", "again");
+    assert_eq!(sh("cat durable", &path), "fsync works, still");
+    d.unmount(&sid);
+}
+
+/// A sample of a metric without labels from `/metrics`.
+fn metric(d: &Daemon, name: &str) -> f64 {
+    let text = ureq::get(format!("{}/metrics", d.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn stalled_uploads_hold_up_neither_the_api_nor_commits_nor_shutdown() {
+    raise_nofile();
+    let mut d = daemon_with(&[]);
+    d.create_workspace("w");
+    let (_sid, path) = d.mount("w", "w");
+    let addr = d.url.trim_start_matches("http://").to_string();
+    // 600 tar uploads that send their headers and then nothing.
+    let mut stalled = Vec::new();
+    let mut refused = 0;
+    for _ in 0..600 {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        let req = format!(
+            "POST /v1/workspaces/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/x-tar\r\nContent-Length: 100000000\r\n\r\n",
+            d.key
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        stalled.push(c);
+    }
+    for c in &mut stalled {
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        if c.read_exact(&mut head).is_ok() && &head[9..12] == b"429" {
+            refused += 1;
+        }
+    }
+    eprintln!("{refused} of 600 stalled uploads answered 429 at once");
+    assert!(refused >= 590, "only {refused} refused");
+    let started = Instant::now();
+    let (s, v) = d.call("GET", "/v1/workspaces", None);
+    assert_eq!(s, 200, "{v}");
+    let took = started.elapsed();
+    eprintln!("API answered in {took:?} with 600 stalled uploads");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Periodic commits go on (every second here): unsynced writes get committed.
+    std::fs::write(path.join("unsynced"), b"committed by the daemon").unwrap();
+    let before = metric(&d, "chaserfs_commit_duration_seconds_count");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&d, "chaserfs_commit_duration_seconds_count") <= before {
+        assert!(Instant::now() < deadline, "no periodic commit\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGTERM with every upload still stalled: done within 40 s, the session committed.
+    let started = Instant::now();
+    d.terminate();
+    let code = loop {
+        if let Some(code) = d.exited() {
+            break code;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "SIGTERM still running after 40 s\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("SIGTERM took {:?}", started.elapsed());
+    assert_eq!(code, 0, "{}", d.log());
+    drop(stalled);
+    d.restart();
+    let (sid, path) = d.mount("w", "again");
+    assert_eq!(
+        std::fs::read(path.join("unsynced")).unwrap(),
+        b"committed by the daemon"
+    );
+    d.unmount(&sid);
+}
