@@ -24,17 +24,16 @@ fn daemon_with(args: &[&str]) -> Daemon {
     d
 }
 
-/// Runs `cmd` under `sh` as `nobody`, in `dir`; (success, stdout and stderr).
-fn as_nobody(cmd: &str, dir: &Path) -> (bool, String) {
+/// Runs `cmd` under `sh` in `dir`, as `nobody` or as root; (success, stdout and stderr).
+fn run_sh(cmd: &str, dir: &Path, nobody: bool) -> (bool, String) {
+    let drop_to_nobody: &[&str] = if nobody {
+        &["--reuid=65534", "--regid=65534", "--clear-groups"]
+    } else {
+        &[]
+    };
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-            cmd,
-        ])
+        .args(drop_to_nobody)
+        .args(["sh", "-c", cmd])
         .current_dir(dir)
         .output()
         .unwrap();
@@ -43,16 +42,12 @@ fn as_nobody(cmd: &str, dir: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Runs `cmd` under `sh` as root, in `dir`; (success, stdout and stderr).
+fn as_nobody(cmd: &str, dir: &Path) -> (bool, String) {
+    run_sh(cmd, dir, true)
+}
+
 fn as_root(cmd: &str, dir: &Path) -> (bool, String) {
-    let out = Command::new("sh")
-        .args(["-c", cmd])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    run_sh(cmd, dir, false)
 }
 
 /// A tar archive made by Python's tarfile from `entries` (statements adding to `t`).
