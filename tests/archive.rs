@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{checksum, sh, Daemon, Options};
+use common::{checksum, python, sh, Daemon, Options};
 use serde_json::{json, Value};
 
 /// Builds the tree under `root`: 100 directories of 200 entries (files with varied modes,
@@ -78,21 +78,6 @@ fn same_tree(got: &str, want: &str, what: &str) {
         want.lines().count(),
         "{what}: path counts"
     );
-}
-
-fn python(script: &str, arg: &Path) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(arg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn download(d: &Daemon, path: &str, to: &Path) {

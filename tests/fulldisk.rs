@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{checksum, fill_until_error, noise, sh, Daemon, LoopDisk, Options};
+use common::{checksum, fill_until_error, noise, Daemon, LoopDisk, Options};
 
 /// Writes and fsyncs a file; the error if any.
 fn try_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -130,15 +130,7 @@ fn a_failed_final_commit_keeps_the_changes_until_a_retry_commits_them() {
     // Closing the file hands the kernel's cached pages to the daemon.
     std::fs::write(mnt.join("unsynced.bin"), &data).unwrap();
     // Someone else fills the disk.
-    let ballast = disk.path().join("ballast");
-    sh(
-        &format!(
-            "fallocate -l {} {}",
-            disk.avail() - (512 << 10),
-            ballast.display()
-        ),
-        Path::new("/"),
-    );
+    let ballast = disk.fill_leaving(512 << 10);
     let (s, v) = d.call("DELETE", &format!("/v1/sessions/{sid}"), None);
     assert_eq!(
         (s, v["error"]["code"].as_str()),
@@ -189,15 +181,7 @@ fn a_shutdown_on_a_full_disk_waits_until_the_changes_are_committed() {
     try_write(&mnt.join("synced.bin"), &synced).unwrap();
     let written = noise(11, 40 << 20);
     std::fs::write(mnt.join("written.bin"), &written).unwrap();
-    let ballast = disk.path().join("ballast");
-    sh(
-        &format!(
-            "fallocate -l {} {}",
-            disk.avail() - (512 << 10),
-            ballast.display()
-        ),
-        Path::new("/"),
-    );
+    let ballast = disk.fill_leaving(512 << 10);
     d.terminate();
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(

@@ -56,17 +56,7 @@ fn tar_of(dir: &Path, name: &str, entries: &str) -> Vec<u8> {
     let script = format!(
         "import io, os, tarfile, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n{entries}\nt.close()"
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python(&script, &path);
     std::fs::read(path).unwrap()
 }
 

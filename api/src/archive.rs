@@ -376,11 +376,16 @@ impl Service {
     }
 }
 
+type HeaderThenRest<R> = std::io::Chain<std::io::Cursor<Vec<u8>>, R>;
+
 /// A zstd stream, frame after frame, each frame's window checked against
 /// [`ZSTD_MAX_WINDOW`] before a decoder allocates it.
 struct ZstdFrames<R: Read> {
     source: Option<R>,
-    frame: Option<ruzstd::decoding::StreamingDecoder<Prefixed<R>, ruzstd::decoding::FrameDecoder>>,
+    /// The frame being decoded: its header, already read, chained before the rest.
+    frame: Option<
+        ruzstd::decoding::StreamingDecoder<HeaderThenRest<R>, ruzstd::decoding::FrameDecoder>,
+    >,
 }
 
 impl<R: Read> ZstdFrames<R> {
@@ -394,7 +399,7 @@ impl<R: Read> ZstdFrames<R> {
     /// Starts the next frame; `false` at the end of the stream.
     fn next_frame(&mut self) -> std::io::Result<bool> {
         let mut source = match self.frame.take() {
-            Some(f) => f.into_parts().0.inner,
+            Some(f) => f.into_parts().0.into_inner().1,
             None => self.source.take().expect("a source"),
         };
         let mut header = Vec::with_capacity(18);
@@ -413,12 +418,9 @@ impl<R: Read> ZstdFrames<R> {
                 ),
             ));
         }
-        let prefixed = Prefixed {
-            prefix: std::io::Cursor::new(header),
-            inner: source,
-        };
         let frame =
-            ruzstd::decoding::StreamingDecoder::new(prefixed).map_err(std::io::Error::other)?;
+            ruzstd::decoding::StreamingDecoder::new(std::io::Cursor::new(header).chain(source))
+                .map_err(std::io::Error::other)?;
         self.frame = Some(frame);
         Ok(true)
     }
@@ -437,22 +439,6 @@ impl<R: Read> Read for ZstdFrames<R> {
                 return Ok(0);
             }
         }
-    }
-}
-
-/// Bytes already read (a frame header), then the rest of the stream.
-struct Prefixed<R> {
-    prefix: std::io::Cursor<Vec<u8>>,
-    inner: R,
-}
-
-impl<R: Read> Read for Prefixed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.prefix.read(buf)?;
-        if n > 0 {
-            return Ok(n);
-        }
-        self.inner.read(buf)
     }
 }
 

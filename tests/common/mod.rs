@@ -556,3 +556,31 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Runs a Python script (`python3 -c SCRIPT ARG`); its stdout, or a panic with its stderr.
+pub fn python(script: &str, arg: &Path) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl LoopDisk {
+    /// Fills the disk with a file (returned) that leaves `room` bytes free.
+    pub fn fill_leaving(&self, room: u64) -> PathBuf {
+        let ballast = self.path().join("ballast");
+        sh(
+            &format!("fallocate -l {} {}", self.avail() - room, ballast.display()),
+            Path::new("/"),
+        );
+        ballast
+    }
+}
