@@ -206,13 +206,7 @@ pub fn run(opts: ClientOpts, args: BenchArgs) -> anyhow::Result<()> {
     let source = match &args.workspace {
         Some(ws) => {
             let w = c.call("GET", &format!("/v1/workspaces/{}", seg(ws)), None)?;
-            let sessions = c.call("GET", "/v1/sessions", None)?;
-            let busy = sessions["sessions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["workspace_id"] == w["id"] && s["status"] == "active");
-            if busy {
+            if !w["active_session_id"].is_null() {
                 bail!("workspace {ws} has an active session; bench runs only against workspaces nobody is using");
             }
             Some(w["id"].as_str().unwrap_or_default().to_string())

@@ -243,6 +243,23 @@ impl Client {
         Self::answer(resp.with_context(|| format!("calling {url}"))?)
     }
 
+    /// Every item of a paged listing (`path` has a query already), following `next_cursor`.
+    fn all_pages(&self, path: &str, field: &str) -> anyhow::Result<Vec<Value>> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match &cursor {
+                Some(c) => self.call("GET", &format!("{path}&cursor={c}"), None)?,
+                None => self.call("GET", path, None)?,
+            };
+            all.extend(page[field].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// Sends the file at `from` as the body, streamed.
     fn upload(&self, path: &str, media: &str, from: &std::path::Path) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.opts.api_url.trim_end_matches('/'));
@@ -484,23 +501,8 @@ pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
             c.print(&w, workspace_detail);
         }
         WorkspacesCmd::List { templates } => {
-            let mut all = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let mut path = "/v1/workspaces?limit=1000".to_string();
-                if templates {
-                    path.push_str("&template=true");
-                }
-                if let Some(c) = &cursor {
-                    path.push_str(&format!("&cursor={c}"));
-                }
-                let page = c.call("GET", &path, None)?;
-                all.extend(page["workspaces"].as_array().cloned().unwrap_or_default());
-                match page["next_cursor"].as_str() {
-                    Some(next) => cursor = Some(next.to_string()),
-                    None => break,
-                }
-            }
+            let filter = if templates { "&template=true" } else { "" };
+            let all = c.all_pages(&format!("/v1/workspaces?limit=1000{filter}"), "workspaces")?;
             c.print(&json!({"workspaces": all}), |_| workspace_rows(&all));
         }
         WorkspacesCmd::Get { workspace } => {
@@ -761,9 +763,8 @@ pub fn sessions(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
             c.print(&sess, |v| session_rows(std::slice::from_ref(v)));
         }
         SessionsCmd::List => {
-            let r = c.call("GET", "/v1/sessions", None)?;
-            let list = r["sessions"].as_array().cloned().unwrap_or_default();
-            c.print(&r, |_| session_rows(&list));
+            let list = c.all_pages("/v1/sessions?limit=1000", "sessions")?;
+            c.print(&json!({"sessions": list}), |_| session_rows(&list));
         }
         SessionsCmd::End { id } => {
             let sess = c.call("DELETE", &format!("/v1/sessions/{}", seg(&id)), None)?;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use chaserfs_api::accounts::{parse_size, Accounts};
 use chaserfs_api::service::{Config, Service};
 use chaserfs_api::{http, listener, takeover};
 use chaserfs_cluster::{Cluster, ClusterConfig};
@@ -39,7 +40,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: the HTTP API, and a FUSE mount per session.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Workspaces over the API (CHASER_API_URL, CHASER_API_KEY).
     Workspaces {
         #[command(flatten)]
@@ -112,11 +113,16 @@ struct ServeArgs {
     /// account `default` gets a random key, printed once and written to DATA_DIR/api-key.
     #[arg(long)]
     api_keys_file: Option<PathBuf>,
+    /// TOML file of what each account may hold: workspaces, active sessions, bytes, quota
+    /// ceilings, forks a call, its GitHub token (README, "Accounts"). Without it, built-in
+    /// limits apply to every account.
+    #[arg(long)]
+    accounts_file: Option<PathBuf>,
     /// Sessions may mount below this directory, and below /workspace.
     #[arg(long, default_value = "/run/chaserfs")]
     mount_root: PathBuf,
     /// Base URL that `owner/repo` imports are cloned from. A token for private
-    /// repositories is read from CHASER_GITHUB_TOKEN.
+    /// repositories is read from CHASER_GITHUB_TOKEN (the accounts file says who may use it).
     #[arg(long, default_value = "https://github.com")]
     github_url: String,
     /// Seconds between periodic commits of mounted workspaces.
@@ -145,6 +151,10 @@ struct ServeArgs {
     /// them (at least one). More answer 429.
     #[arg(long, default_value_t = 16)]
     max_archive_streams: usize,
+    /// How long an ended session's record is kept (listed, fetched) before it is forgotten,
+    /// e.g. 7d or 12h; its workspace keeps every commit.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    session_retention: Duration,
     #[command(flatten)]
     trust: TrustArgs,
     #[command(flatten)]
@@ -272,22 +282,6 @@ impl ClusterArgs {
     }
 }
 
-/// `512M`, `20G`, `1T` (powers of 1024) or a plain byte count.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, shift) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 30),
-        Some('T' | 't') => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| format!("{s:?} is not a size like 512M or 20G"))
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `info` unless RUST_LOG says otherwise: requests, sessions and collections are worth seeing.
@@ -303,7 +297,7 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
-        Command::Serve(args) => serve(args)?,
+        Command::Serve(args) => serve(*args)?,
         Command::Workspaces { opts, cmd } => client::workspaces(opts, cmd)?,
         Command::Snapshots { opts, cmd } => client::snapshots(opts, cmd)?,
         Command::Sessions { opts, cmd } => client::sessions(opts, cmd)?,
@@ -430,6 +424,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir,
         listen,
         api_keys_file,
+        accounts_file,
         mount_root,
         github_url,
         commit_interval,
@@ -439,6 +434,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_timeout,
         import_max_bytes,
         max_archive_streams,
+        session_retention,
         trust,
         cluster,
     } = args;
@@ -500,14 +496,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )?;
     let keys = load_keys(&data_dir, api_keys_file.as_deref())?;
+    // The operator's token serves every account only while the operator's `default` is the
+    // only one; with a keys file, the accounts file names who may use it.
+    let accounts = Accounts::load(
+        accounts_file.as_deref(),
+        std::env::var("CHASER_GITHUB_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        api_keys_file.is_none(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let config = Config {
         data_dir: data_dir.clone(),
         mount_root: mount_root.canonicalize()?,
         commit_interval,
         github_url,
-        github_token: std::env::var("CHASER_GITHUB_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+        accounts,
         host,
         trust: chaserfs_api::service::Trust {
             suid: trust.insecure_suid,
@@ -562,6 +566,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         on_own_thread("commit", move || loop {
             std::thread::sleep(committer.config().commit_interval);
             committer.commit_all();
+            match committer.prune_sessions(session_retention) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "forgot {n} sessions that ended over {} ago",
+                    humantime::format_duration(session_retention)
+                ),
+                Err(e) => tracing::warn!("pruning ended sessions: {}", e.message),
+            }
         })?;
         let mut app = http::router(svc.clone());
         match &listeners.metrics {

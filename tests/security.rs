@@ -581,3 +581,337 @@ fn stalled_uploads_hold_up_neither_the_api_nor_commits_nor_shutdown() {
     );
     d.unmount(&sid);
 }
+
+/// A daemon serving `alice` and `bob` (keys `alice-key`, `bob-key`) under `accounts` (the
+/// accounts file's text); calls go as alice.
+fn accounts_daemon(accounts: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "alice alice-key\nbob bob-key\n").unwrap();
+    let file = dir.path().join("accounts.toml");
+    std::fs::write(&file, accounts.replace("DIR", dir.path().to_str().unwrap())).unwrap();
+    std::fs::write(dir.path().join("alice.token"), "alice-tok\n").unwrap();
+    let mut all = vec![
+        "--api-keys-file".to_string(),
+        keys.display().to_string(),
+        "--accounts-file".to_string(),
+        file.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let d = Daemon::start_with(Options {
+        args: all,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        key: Some("alice-key".into()),
+        ..Default::default()
+    });
+    // The files are read at start.
+    drop(dir);
+    d
+}
+
+/// Writes and fsyncs: with the writeback cache, a quota error may surface at either.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn limits_belong_to_the_operator() {
+    let d = accounts_daemon(
+        r#"
+        [defaults]
+        workspaces = 3
+        active_sessions = 1
+        workspace_bytes = "1M"
+        forks_per_call = 2
+        [accounts.bob]
+        workspaces = 10
+        workspace_bytes = "4M"
+        account_bytes = "2M"
+        "#,
+        &["--commit-interval", "1", "--session-retention", "1s"],
+        &[],
+    );
+    let bob =
+        |method: &str, path: &str, body: Option<Value>| d.call_as("bob-key", method, path, body);
+    // Workspaces and forks a call.
+    d.create_workspace("w1");
+    let fork = |n: u64| {
+        d.call(
+            "POST",
+            "/v1/workspaces/w1/clone",
+            Some(json!({ "count": n })),
+        )
+    };
+    let (s, v) = fork(3);
+    assert_eq!((s, code(&v)), (403, "account_limit"), "{v}");
+    let (s, v) = fork(2);
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = d.call(
+        "POST",
+        "/v1/workspaces",
+        Some(json!({"session_type": "sandbox", "name": "w4"})),
+    );
+    assert_eq!((s, code(&v)), (403, "account_limit"), "{v}");
+    // A tenant cannot raise its quota past the operator's ceiling, nor lift it.
+    let (s, v) = d.call(
+        "PUT",
+        "/v1/workspaces/w1/quota",
+        Some(json!({"bytes": 2 << 20})),
+    );
+    assert_eq!((s, code(&v)), (403, "quota_above_limit"), "{v}");
+    let (s, v) = d.call(
+        "PUT",
+        "/v1/workspaces/w1/quota",
+        Some(json!({"bytes": null})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (sid, path) = d.mount("w1", "w1");
+    let e = write_synced(&path.join("big"), &vec![7u8; 2 << 20]).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EDQUOT),
+        "2 MiB under a 1 MiB ceiling: {e}"
+    );
+    // One active session.
+    let (s, v) = start_session(
+        &d,
+        json!({"workspace": "w1-1", "mountpoint": d.mount_root().join("w2")}),
+    );
+    assert_eq!((s, code(&v)), (429, "too_many_sessions"), "{v}");
+    d.unmount(&sid);
+    // Bob's bytes: 1.5 MiB in one workspace, 1 MiB in another, then nothing more.
+    let write = |ws: &str, mib: u64| {
+        let (s, v) = bob(
+            "POST",
+            "/v1/workspaces",
+            Some(json!({"session_type": "sandbox", "name": ws})),
+        );
+        assert_eq!(s, 201, "{v}");
+        let mp = d.mount_root().join(format!("bob-{ws}"));
+        let (s, v) = bob(
+            "POST",
+            "/v1/sessions",
+            Some(json!({"workspace": ws, "mountpoint": mp})),
+        );
+        assert_eq!(s, 201, "{v}");
+        write_synced(&mp.join("f"), &vec![1u8; (mib << 20) as usize]).unwrap();
+        let (s, v) = bob(
+            "DELETE",
+            &format!("/v1/sessions/{}", v["id"].as_str().unwrap()),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    write("b1", 1);
+    let (s, v) = bob("POST", "/v1/workspaces/b1/clone", Some(json!({"count": 2})));
+    assert_eq!(
+        (s, code(&v)),
+        (403, "account_limit"),
+        "two 1 MiB forks over 1 MiB left: {v}"
+    );
+    write("b2", 1);
+    let (s, v) = bob(
+        "POST",
+        "/v1/workspaces",
+        Some(json!({"session_type": "sandbox", "name": "b3"})),
+    );
+    assert_eq!((s, code(&v)), (403, "account_limit"), "{v}");
+    let (s, v) = bob(
+        "POST",
+        "/v1/sessions",
+        Some(json!({"workspace": "b1", "mountpoint": d.mount_root().join("b1-again")})),
+    );
+    assert_eq!((s, code(&v)), (403, "account_limit"), "{v}");
+    let (s, v) = d.call_raw(
+        "POST",
+        "/v1/workspaces/import",
+        &[
+            ("Authorization", "Bearer bob-key"),
+            ("Content-Type", "application/x-tar"),
+        ],
+        &[0u8; 1024],
+    );
+    assert_eq!((s, code(&v)), (403, "account_limit"), "{v}");
+    // Alice's ended session is forgotten after the retention (1 s here); bob's too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list) = d.call("GET", "/v1/sessions", None);
+        if list["sessions"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ended sessions kept: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A GitHub stand-in: answers 404 to every request after `hold`, recording each request's
+/// path and headers.
+fn fake_github(hold: Duration) -> (String, std::sync::mpsc::Receiver<Vec<String>>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    headers.push(line.trim().to_string());
+                }
+                let _ = tx.send(headers);
+                std::thread::sleep(hold);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// Environments of the processes whose command line names `needle`.
+fn environs_of(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            let env = std::fs::read(p.path().join("environ")).unwrap_or_default();
+            out.push(String::from_utf8_lossy(&env).replace('\0', "\n"));
+        }
+    }
+    out
+}
+
+#[test]
+fn git_imports_use_their_own_accounts_token_and_none_of_the_daemons_secrets() {
+    let (url, requests) = fake_github(Duration::from_secs(2));
+    let d = accounts_daemon(
+        "[accounts.alice]\ngithub_token_file = \"DIR/alice.token\"\n",
+        &["--github-url", &url],
+        &[
+            ("CHASER_GITHUB_TOKEN", "operator-tok"),
+            ("AWS_SECRET_ACCESS_KEY", "daemon-secret"),
+        ],
+    );
+    let basic = |token: &str| {
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("x-access-token:{token}").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        format!(
+            "Authorization: Basic {}",
+            String::from_utf8(out.stdout).unwrap()
+        )
+    };
+    // Alice's import: her token, and git sees none of the daemon's environment.
+    let (s, v) = d.call(
+        "POST",
+        "/v1/workspaces/import",
+        Some(json!({"github_repo": "acme/alice-private"})),
+    );
+    assert_eq!(s, 202, "{v}");
+    let headers = requests.recv_timeout(Duration::from_secs(30)).unwrap();
+    let envs = environs_of("acme/alice-private");
+    assert!(!envs.is_empty(), "no git process found");
+    for env in &envs {
+        assert!(!env.contains("daemon-secret"), "git inherited: {env}");
+        assert!(!env.contains("operator-tok"), "git inherited: {env}");
+    }
+    assert!(headers.contains(&basic("alice-tok")), "{headers:?}");
+    // Bob's import: no token of his, and none borrowed from the operator.
+    let (s, v) = d.call_as(
+        "bob-key",
+        "POST",
+        "/v1/workspaces/import",
+        Some(json!({"github_repo": "acme/bob-repo"})),
+    );
+    assert_eq!(s, 202, "{v}");
+    let headers = loop {
+        let h = requests.recv_timeout(Duration::from_secs(30)).unwrap();
+        if h[0].contains("acme/bob-repo") {
+            break h;
+        }
+    };
+    assert!(
+        !headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("authorization")),
+        "{headers:?}"
+    );
+}
+
+#[test]
+fn session_lists_are_paged_and_filtered() {
+    let d = daemon_with(&[]);
+    d.create_workspace("w");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (sid, _) = d.mount("w", &format!("m{i}"));
+        d.unmount(&sid);
+        ids.push(sid);
+    }
+    let (live, _) = d.mount("w", "live");
+    let (s, page) = d.call("GET", "/v1/sessions?limit=2", None);
+    assert_eq!(s, 200, "{page}");
+    let first: Vec<&str> = page["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, [ids[0].as_str(), ids[1].as_str()]);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, page) = d.call(
+        "GET",
+        &format!("/v1/sessions?limit=2&cursor={cursor}"),
+        None,
+    );
+    let second: Vec<&str> = page["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(second, [ids[2].as_str(), live.as_str()]);
+    assert!(page["next_cursor"].is_null(), "{page}");
+    let (_, active) = d.call("GET", "/v1/sessions?status=active", None);
+    let active = active["sessions"].as_array().unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["id"], live.as_str());
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "cursor=zz",
+        "status=gone",
+        "colour=red",
+    ] {
+        let (s, v) = d.call("GET", &format!("/v1/sessions?{bad}"), None);
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    d.unmount(&live);
+}

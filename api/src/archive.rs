@@ -289,6 +289,7 @@ impl Service {
         check_image(&req.image, session_type)?;
         let rec = {
             let mut ix = self.lock();
+            self.check_room(&ix, account, 1, 0)?;
             let name = match req.name {
                 Some(n) => ix.name_for(account, Some(n))?,
                 None => ix.pick_name(account, None),
@@ -345,6 +346,17 @@ impl Service {
         zst: bool,
     ) -> ApiResult<archive::ArchiveReport> {
         let ws = Workspace::open(self.store.clone(), id)?;
+        // Held to the operator's ceilings like a session: the import is the tenant's writing.
+        let mut max_bytes = self.config.import_max_bytes;
+        {
+            let ix = self.lock();
+            if let Some(rec) = ix.workspaces.get(&id) {
+                ws.set_limits(self.limits_of(rec));
+                if let Some(left) = self.account_bytes_left(&ix, &rec.account)? {
+                    max_bytes = max_bytes.min(left);
+                }
+            }
+        }
         let bad = |e: ArchiveError| match e {
             ArchiveError::Invalid(m) => ApiError::bad("invalid_archive", m),
             ArchiveError::Fs(e) => e.into(),
@@ -353,7 +365,7 @@ impl Service {
         let trust = self.config.trust;
         let opts = archive::ImportOptions {
             commit_every: IMPORT_COMMIT_BYTES,
-            max_bytes: self.config.import_max_bytes,
+            max_bytes,
             setid: trust.suid,
             devices: trust.dev,
             privileged_xattrs: trust.privileged_xattrs,

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Unavailable,
     /// A limit on concurrent work was reached; retry later (429).
     TooManyRequests,
+    /// A limit the operator set for the account (403).
+    Forbidden,
 }
 
 impl ApiError {
@@ -38,6 +40,10 @@ impl ApiError {
     }
     pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, code, message)
+    }
+    /// Beyond what the operator allows the account (the accounts file).
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, code, message)
     }
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Conflict, code, message)
@@ -83,6 +89,10 @@ impl From<FsError> for ApiError {
                 ErrorKind::InsufficientStorage,
                 "no_space",
                 "the data dir's disk is full; delete workspaces or snapshots to free space",
+            ),
+            FsError::QuotaExceeded => ApiError::forbidden(
+                "quota_exceeded",
+                "the workspace's quota (within the operator's ceiling) is reached",
             ),
             other => {
                 tracing::error!("storage: {other}");

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use crate::archive;
 use crate::metrics;
 use crate::model::*;
-use crate::service::{ApiError, DiffQuery, ErrorKind, ListQuery, Service};
+use crate::service::{ApiError, DiffQuery, ErrorKind, ListQuery, Service, SessionQuery};
 
 /// Request bodies larger than this answer 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -38,6 +38,7 @@ impl IntoResponse for ApiError {
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         };
         let body = ErrorResponse {
             error: ErrorBody {
@@ -341,6 +342,8 @@ pub struct SnapshotList {
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -382,6 +385,7 @@ async fn list_workspaces(
 #[utoipa::path(post, path = "/v1/workspaces", request_body = CreateWorkspace, responses(
     (status = 201, body = WorkspaceView),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 403, body = ErrorResponse, description = "beyond what the operator allows the account"),
     (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
     (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
 async fn create_workspace(
@@ -401,6 +405,7 @@ async fn create_workspace(
     request_body = Option<ForkWorkspace>, responses(
     (status = 201, body = WorkspaceForks),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 403, body = ErrorResponse, description = "beyond what the operator allows the account"),
     (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
     (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
 async fn fork_workspace(
@@ -495,6 +500,7 @@ async fn workspace_archive(
     (status = 201, body = WorkspaceView, description = "a tar archive, imported"),
     (status = 202, body = WorkspaceView, description = "a GitHub import, started"),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 403, body = ErrorResponse, description = "beyond what the operator allows the account, or the quota"),
     (status = 409, body = ErrorResponse),
     (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
     (status = 429, body = ErrorResponse, description = "too many archive streams running"),
@@ -649,6 +655,7 @@ async fn set_template(
     params(("workspace" = String, Path, description = "name or id")), responses(
     (status = 200, body = WorkspaceView),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 403, body = ErrorResponse, description = "above the operator's ceiling"),
     (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
     (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
 async fn set_quota(
@@ -745,7 +752,9 @@ async fn restore_snapshot(
     (status = 201, body = SessionView),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
     (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
-    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)))]
+    (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+    (status = 403, body = ErrorResponse, description = "beyond what the operator allows the account"),
+    (status = 429, body = ErrorResponse, description = "the account's active sessions are at the operator's limit")))]
 async fn start_session(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
@@ -755,15 +764,22 @@ async fn start_session(
     Ok((StatusCode::CREATED, Json(rec)))
 }
 
-/// The account's sessions, active and ended, oldest first.
-#[utoipa::path(get, path = "/v1/sessions", responses(
-    (status = 200, body = SessionList), (status = 401, body = ErrorResponse)))]
+/// The account's sessions, active and ended (until `--session-retention` after their end),
+/// oldest first, a page at a time.
+#[utoipa::path(get, path = "/v1/sessions", params(SessionQuery), responses(
+    (status = 200, body = SessionList),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 async fn list_sessions(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
+    q: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Json<SessionList>, ApiError> {
-    let sessions = blocking(move || svc.list_sessions(&a)).await?;
-    Ok(Json(SessionList { sessions }))
+    let Query(q) = q.map_err(query_error)?;
+    let (sessions, next_cursor) = blocking(move || svc.list_sessions(&a, &q)).await?;
+    Ok(Json(SessionList {
+        sessions,
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}",

@@ -68,8 +68,10 @@ impl Service {
         );
         let session_type = req.session_type.unwrap_or(SessionType::Sandbox);
         check_image(&req.image, session_type)?;
+        self.check_quota(account, req.quota.as_ref())?;
         let rec = {
             let mut ix = self.lock();
+            self.check_room(&ix, account, 1, 0)?;
             let name = match req.name {
                 Some(n) => ix.name_for(account, Some(n))?,
                 None => ix.pick_name(account, Some(repo.trim_end_matches(".git"))),
@@ -87,9 +89,10 @@ impl Service {
         };
         let svc = self.clone();
         let id = rec.id;
+        let token = self.policy(account).github_token.clone();
         let thread = std::thread::Builder::new()
             .name(format!("import-{id}"))
-            .spawn(move || svc.run_import(id, &url))
+            .spawn(move || svc.run_import(id, &url, token.as_deref()))
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let mut imports = self.imports.lock();
         imports.retain(|t| !t.is_finished());
@@ -98,9 +101,9 @@ impl Service {
         self.view(&rec, 0)
     }
 
-    fn run_import(&self, id: Uuid, url: &str) {
+    fn run_import(&self, id: Uuid, url: &str, token: Option<&str>) {
         let started = std::time::Instant::now();
-        let outcome = self.clone_into(id, url);
+        let outcome = self.clone_into(id, url, token);
         let took = started.elapsed();
         let result = if outcome.is_ok() { "ready" } else { "failed" };
         metrics::histogram!(crate::metrics::IMPORT_SECONDS, "result" => result)
@@ -129,7 +132,7 @@ impl Service {
     }
 
     /// Mounts the workspace privately, runs `git clone` into it, unmounts and commits.
-    fn clone_into(&self, id: Uuid, url: &str) -> Result<(), String> {
+    fn clone_into(&self, id: Uuid, url: &str, token: Option<&str>) -> Result<(), String> {
         let path = self.import_mountpoint(id);
         let rel = path.strip_prefix(&self.config.mount_root).expect("beneath");
         let dir = crate::mountpoint::open_beneath(&self.config.mount_root, rel, 0o700)
@@ -140,12 +143,12 @@ impl Service {
         };
         let ws = Arc::new(Workspace::open(self.store.clone(), id).map_err(|e| e.to_string())?);
         if let Some(rec) = self.lock().workspaces.get(&id) {
-            ws.set_limits(rec.quota.into());
+            ws.set_limits(self.limits_of(rec));
         }
         let mount = self
             .mount(ws.clone(), &at, MountOptions::default())
             .map_err(|e| e.message.clone())?;
-        let cloned = self.git_clone(url, &path, &ws);
+        let cloned = self.git_clone(url, token, &path, &ws);
         if let Err(e) = mount.umount_and_join() {
             tracing::warn!("unmounting {}: {e}; detaching", path.display());
             crate::sessions::detach(&path);
@@ -157,8 +160,16 @@ impl Service {
     }
 
     /// Runs git until it exits, committing the workspace every commit interval meanwhile so
-    /// a large import's overlay stays bounded.
-    fn git_clone(&self, url: &str, into: &std::path::Path, ws: &Workspace) -> Result<(), String> {
+    /// a large import's overlay stays bounded. git sees none of the daemon's environment
+    /// (its cloud credentials included) and no user or system git config; the account's token
+    /// is sent to the GitHub base URL only, never to a host a redirect names.
+    fn git_clone(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        into: &std::path::Path,
+        ws: &Workspace,
+    ) -> Result<(), String> {
         let mut git = Command::new("git");
         git.args(["clone", "--quiet", "--no-local", "--"])
             .arg(url)
@@ -166,17 +177,34 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", "/nonexistent")
+            .env("LC_ALL", "C")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
             // Never wait for a password; give up on a stalled transfer.
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "true")
             .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
             .env("GIT_HTTP_LOW_SPEED_TIME", "60");
-        if let Some(token) = &self.config.github_token {
+        // The operator's proxy settings are not secrets, and a host may need them.
+        for (k, v) in std::env::vars_os() {
+            let name = k.to_string_lossy().to_ascii_lowercase();
+            if matches!(name.as_str(), "http_proxy" | "https_proxy" | "no_proxy") {
+                git.env(k, v);
+            }
+        }
+        if let Some(token) = token {
             // In git's environment, not its arguments: other users can read arguments in /proc.
             let basic =
                 base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+            let scope = format!(
+                "http.{}/.extraHeader",
+                self.config.github_url.trim_end_matches('/')
+            );
             git.env("GIT_CONFIG_COUNT", "1")
-                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_KEY_0", scope)
                 .env(
                     "GIT_CONFIG_VALUE_0",
                     format!("Authorization: Basic {basic}"),
@@ -213,8 +241,8 @@ impl Service {
             return Ok(());
         }
         let mut reason = stderr.trim().to_string();
-        if let Some(token) = &self.config.github_token {
-            reason = reason.replace(token.as_str(), "***");
+        if let Some(token) = token {
+            reason = reason.replace(token, "***");
         }
         if reason.len() > 1000 {
             let mut cut = 1000;

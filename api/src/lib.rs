@@ -2,6 +2,7 @@
 //! has the rules and no HTTP types; `http` maps them onto axum routes and the OpenAPI
 //! document; `model` holds what is stored, served and accepted.
 
+pub mod accounts;
 pub mod archive;
 pub mod error;
 pub mod http;

@@ -21,6 +21,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::accounts::Policy;
 pub use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::model::*;
 use crate::sessions::Mounted;
@@ -32,8 +33,8 @@ pub struct Config {
     pub commit_interval: Duration,
     /// Base URL `owner/repo` imports are cloned from.
     pub github_url: String,
-    /// Sent to the GitHub base URL as HTTP credentials, for private repositories.
-    pub github_token: Option<String>,
+    /// What the operator allows each account, its GitHub token included.
+    pub accounts: crate::accounts::Accounts,
     /// Cluster mode: this host's name, recorded in the sessions it serves.
     pub host: Option<String>,
     /// What workspace contents may carry into the host: nothing unless the operator says.
@@ -407,6 +408,20 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// `GET /v1/sessions` filter and page.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SessionQuery {
+    /// Only sessions in this status.
+    pub status: Option<SessionStatus>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
 pub struct Service {
     pub(crate) store: Arc<Store>,
     pub(crate) config: Config,
@@ -523,6 +538,81 @@ impl Service {
             logical_bytes,
             disk_bytes: self.store.dir_bytes(),
         }
+    }
+
+    /// What the operator allows `account`.
+    pub(crate) fn policy(&self, account: &str) -> &Policy {
+        self.config.accounts.policy(account)
+    }
+
+    /// What a mounted workspace is held to: its quota, within the operator's ceiling.
+    pub(crate) fn limits_of(&self, rec: &WorkspaceRecord) -> chaserfs_fs::Limits {
+        self.policy(&rec.account).clamp(rec.quota).into()
+    }
+
+    /// Refuses a quota a tenant asks for above the operator's ceiling.
+    pub(crate) fn check_quota(&self, account: &str, quota: Option<&Quota>) -> ApiResult<()> {
+        match quota.map(|q| self.policy(account).check_quota(q)) {
+            Some(Err(why)) => Err(ApiError::forbidden("quota_above_limit", why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses `count` more workspaces holding `bytes` more logical bytes beyond what the
+    /// operator allows the account.
+    pub(crate) fn check_room(
+        &self,
+        ix: &Index,
+        account: &str,
+        count: usize,
+        bytes: u64,
+    ) -> ApiResult<()> {
+        let policy = self.policy(account);
+        let held = ix
+            .workspaces
+            .values()
+            .filter(|w| w.account == account)
+            .count() as u64;
+        if held + count as u64 > policy.workspaces {
+            return Err(ApiError::forbidden(
+                "account_limit",
+                format!(
+                    "the account holds {held} workspaces; the operator allows it {}",
+                    policy.workspaces
+                ),
+            ));
+        }
+        if let Some(left) = self.account_bytes_left(ix, account)? {
+            if bytes > left || left == 0 {
+                return Err(ApiError::forbidden(
+                    "account_limit",
+                    format!(
+                        "the account's workspaces hold {} of the {} bytes the operator \
+                         allows it",
+                        policy.account_bytes.unwrap_or(0) - left,
+                        policy.account_bytes.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the account may still add, by its workspaces' last commits; `None` (and nothing
+    /// read) when the operator set no limit on the account's bytes.
+    pub(crate) fn account_bytes_left(&self, ix: &Index, account: &str) -> ApiResult<Option<u64>> {
+        let Some(limit) = self.policy(account).account_bytes else {
+            return Ok(None);
+        };
+        let mut used = 0u64;
+        for w in ix.workspaces.values().filter(|w| w.account == account) {
+            match roots::stats(&self.store, RootId::Workspace(w.id)) {
+                Ok((_, sup)) => used = used.saturating_add(sup.logical_bytes),
+                Err(chaserfs_fs::FsError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(limit.saturating_sub(used)))
     }
 
     /// The account a bearer key belongs to. Compares the key's hash with every known hash in
@@ -687,8 +777,10 @@ impl Service {
             )
         })?;
         check_image(&req.image, session_type)?;
+        self.check_quota(account, req.quota.as_ref())?;
         let mut ix = self.lock();
         let rec = self.decide(&mut ix, |ix| {
+            self.check_room(ix, account, 1, 0)?;
             let name = ix.name_for(account, req.name.clone())?;
             let rec = WorkspaceRecord {
                 quota: req.quota.unwrap_or_default(),
@@ -791,6 +883,13 @@ impl Service {
                 format!("count is 1 to {FORK_MAX}"),
             ));
         }
+        let allowed = self.policy(account).forks_per_call;
+        if count > allowed {
+            return Err(ApiError::forbidden(
+                "account_limit",
+                format!("the operator allows this account at most {allowed} forks a call"),
+            ));
+        }
         if let Some(prefix) = &req.name {
             check_name_format(prefix)?;
             if prefix.chars().count() > FORK_PREFIX_MAX {
@@ -812,6 +911,7 @@ impl Service {
     }
 
     fn copies(&self, account: &str, source: &str, req: Copies) -> ApiResult<Vec<WorkspaceView>> {
+        self.check_quota(account, req.quota.as_ref())?;
         let mut ix = self.lock();
         let src = self.resolve_settled(&mut ix, account, source)?;
         if let Some(active) = src.active_session_id {
@@ -833,6 +933,20 @@ impl Service {
             ));
         }
         let recs = self.decide(&mut ix, |ix| {
+            let bytes = match self.policy(account).account_bytes {
+                Some(_) => {
+                    roots::stats(&self.store, RootId::Workspace(src.id))?
+                        .1
+                        .logical_bytes
+                }
+                None => 0,
+            };
+            self.check_room(
+                ix,
+                account,
+                req.count,
+                bytes.saturating_mul(req.count as u64),
+            )?;
             let names = match &req.names {
                 CopyNames::Exact(name) => vec![ix.name_for(account, name.clone())?],
                 CopyNames::Numbered(prefix) => {
@@ -881,17 +995,8 @@ impl Service {
         account: &str,
         q: &ListQuery,
     ) -> ApiResult<(Vec<WorkspaceView>, Option<String>)> {
-        let limit = q.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-        if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-            return Err(ApiError::bad(
-                "invalid_limit",
-                format!("limit is 1 to {LIST_LIMIT_MAX}"),
-            ));
-        }
-        let after = match q.cursor.as_deref() {
-            Some(c) if !c.is_empty() => Some(decode_cursor(c)?),
-            _ => None,
-        };
+        let limit = check_limit(q.limit)?;
+        let after = decode_cursor(q.cursor.as_deref())?;
         let page: Vec<(WorkspaceRecord, u64)> = {
             let ix = self.lock();
             let mut all: Vec<&WorkspaceRecord> = ix
@@ -985,13 +1090,15 @@ impl Service {
         selector: &str,
         quota: Quota,
     ) -> ApiResult<WorkspaceView> {
+        self.check_quota(account, Some(&quota))?;
         let view = self.update_record(account, selector, |_, rec| {
             rec.quota = quota;
             Ok(())
         })?;
+        let limits = self.policy(account).clamp(quota).into();
         for m in self.mounts.lock().values() {
             if m.ws.id() == view.id {
-                m.ws.set_limits(quota.into());
+                m.ws.set_limits(limits);
             }
         }
         Ok(view)
@@ -1266,15 +1373,35 @@ fn scan<T: for<'de> Deserialize<'de>>(store: &Store, prefix: u8) -> ApiResult<Ve
 }
 
 /// Cursors are opaque to clients: hex of `created_at` and id of the last item served.
-fn encode_cursor(created_at: &str, id: Uuid) -> String {
+/// A listing's page size: 1 to [`LIST_LIMIT_MAX`], 100 unless given.
+pub(crate) fn check_limit(limit: Option<usize>) -> ApiResult<usize> {
+    let limit = limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad(
+            "invalid_limit",
+            format!("limit is 1 to {LIST_LIMIT_MAX}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// Where a page ends: listings are in (creation time, id) order.
+pub(crate) fn encode_cursor(created_at: &str, id: Uuid) -> String {
     hex::encode(format!("{created_at} {id}"))
 }
 
-fn decode_cursor(c: &str) -> ApiResult<(String, Uuid)> {
+/// The page's start, from the previous page's `next_cursor` (none or empty: the first page).
+pub(crate) fn decode_cursor(c: Option<&str>) -> ApiResult<Option<(String, Uuid)>> {
+    let Some(c) = c.filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
     let bad = || ApiError::bad("invalid_cursor", "cursor is not one this API returned");
     let text = String::from_utf8(hex::decode(c).map_err(|_| bad())?).map_err(|_| bad())?;
     let (t, id) = text.split_once(' ').ok_or_else(bad)?;
-    Ok((t.to_string(), Uuid::parse_str(id).map_err(|_| bad())?))
+    Ok(Some((
+        t.to_string(),
+        Uuid::parse_str(id).map_err(|_| bad())?,
+    )))
 }
 
 /// How often the collector looks at the dead data live workspaces left behind.

@@ -14,7 +14,8 @@ use crate::metrics as m;
 use crate::model::*;
 use crate::mountpoint::{self, Mountpoint};
 use crate::service::{
-    now, put, ApiError, ApiResult, ErrorKind, Index, Service, BUSY_WAIT, SESSION, WORKSPACE,
+    check_limit, decode_cursor, encode_cursor, key, now, put, ApiError, ApiResult, ErrorKind,
+    Index, Service, SessionQuery, BUSY_WAIT, SESSION, WORKSPACE,
 };
 
 /// How often a stopping daemon retries the final commits that failed.
@@ -98,6 +99,31 @@ impl Service {
         Ok(mount)
     }
 
+    /// Refuses a session beyond the account's active sessions, or while its workspaces hold
+    /// all the bytes the operator allows it.
+    fn check_session_room(&self, ix: &Index, account: &str) -> ApiResult<()> {
+        let allowed = self.policy(account).active_sessions;
+        let active = ix
+            .sessions
+            .values()
+            .filter(|s| s.account == account && s.status == SessionStatus::Active)
+            .count() as u64;
+        if active >= allowed {
+            return Err(ApiError::new(
+                crate::error::ErrorKind::TooManyRequests,
+                "too_many_sessions",
+                format!("the account has {active} active sessions; the operator allows {allowed}"),
+            ));
+        }
+        if self.account_bytes_left(ix, account)? == Some(0) {
+            return Err(ApiError::forbidden(
+                "account_limit",
+                "the account's workspaces hold all the bytes the operator allows it",
+            ));
+        }
+        Ok(())
+    }
+
     fn prepare_mountpoint(&self, raw: &str) -> ApiResult<Mountpoint> {
         mountpoint::resolve(raw, &self.config.mount_root, &self.config.data_dir)
     }
@@ -133,6 +159,7 @@ impl Service {
         let ws_id = {
             let mut ix = self.lock();
             let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
+            self.check_session_room(&ix, account)?;
             if let Some(active) = ws.active_session_id {
                 // In a cluster, a session whose host is gone (its hold on the workspace
                 // expired with the host's lease) is over: a new one takes its place.
@@ -162,6 +189,7 @@ impl Service {
         let (ws_id, snap_id) = {
             let mut ix = self.lock();
             let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
+            self.check_session_room(&ix, account)?;
             (ws.id, ix.find_snapshot(&ws, selector)?.id)
         };
         let at = self.prepare_mountpoint(&req.mountpoint)?;
@@ -217,6 +245,8 @@ impl Service {
     ) -> ApiResult<SessionView> {
         let mut ix = self.lock();
         let written = self.decide(&mut ix, |ix| {
+            // Checked again where the record is written: starts racing past the first check.
+            self.check_session_room(ix, &session.account)?;
             let ops = ops(ix)?;
             self.store.meta_write(&ops)?;
             for (k, v) in &ops {
@@ -249,7 +279,7 @@ impl Service {
         let at = self.prepare_mountpoint(mountpoint)?;
         let ws = Arc::new(Workspace::open(self.store.clone(), ws_id)?);
         // The workspace is busy, so its quota cannot change until the session is recorded.
-        ws.set_limits(self.lock().workspaces[&ws_id].quota.into());
+        ws.set_limits(self.limits_of(&self.lock().workspaces[&ws_id]));
         let mount = self.mount(ws.clone(), &at, options)?;
         let t = now();
         let session = SessionRecord {
@@ -295,15 +325,64 @@ impl Service {
         })
     }
 
-    pub fn list_sessions(&self, account: &str) -> ApiResult<Vec<SessionView>> {
+    /// One page of the account's sessions, oldest first, and the cursor of the next page.
+    pub fn list_sessions(
+        &self,
+        account: &str,
+        q: &SessionQuery,
+    ) -> ApiResult<(Vec<SessionView>, Option<String>)> {
+        let limit = check_limit(q.limit)?;
+        let after = decode_cursor(q.cursor.as_deref())?;
         let ix = self.lock();
-        let mut out: Vec<&SessionRecord> = ix
+        let mut page: Vec<&SessionRecord> = ix
             .sessions
             .values()
             .filter(|s| s.account == account)
+            .filter(|s| q.status.is_none_or(|want| s.status == want))
+            .filter(|s| {
+                after
+                    .as_ref()
+                    .is_none_or(|(t, id)| (&s.created_at, &s.id) > (t, id))
+            })
             .collect();
-        out.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
-        Ok(out.into_iter().map(SessionView::from).collect())
+        page.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
+        let next = page
+            .get(limit)
+            .map(|_| encode_cursor(&page[limit - 1].created_at, page[limit - 1].id));
+        let views = page
+            .into_iter()
+            .take(limit)
+            .map(SessionView::from)
+            .collect();
+        Ok((views, next))
+    }
+
+    /// Forgets sessions that ended more than `retention` ago (their workspaces keep every
+    /// commit; only the record of the session goes), so records stay bounded.
+    pub fn prune_sessions(&self, retention: std::time::Duration) -> ApiResult<usize> {
+        let cutoff = std::time::SystemTime::now() - retention;
+        let mut ix = self.lock();
+        let old: Vec<Uuid> = ix
+            .sessions
+            .values()
+            .filter(|s| s.status == SessionStatus::Ended)
+            .filter(|s| {
+                s.ended_at
+                    .as_deref()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .is_some_and(|t| t < cutoff)
+            })
+            .map(|s| s.id)
+            .collect();
+        for batch in old.chunks(1000) {
+            let ops: Vec<chaserfs_fs::MetaOp> =
+                batch.iter().map(|id| (key(SESSION, *id), None)).collect();
+            self.store.meta_write(&ops)?;
+            for (k, _) in &ops {
+                ix.apply(k, None)?;
+            }
+        }
+        Ok(old.len())
     }
 
     fn session(&self, account: Option<&str>, id: &str) -> ApiResult<SessionRecord> {

@@ -375,7 +375,7 @@ impl Service {
     }
 
     fn adopt_one(&self, h: &HandedSession, device: OwnedFd) -> ApiResult<()> {
-        let (rec, quota) = {
+        let (rec, limits) = {
             let ix = self.index.lock();
             let rec = ix
                 .sessions
@@ -383,8 +383,11 @@ impl Service {
                 .filter(|s| s.status == SessionStatus::Active)
                 .cloned()
                 .ok_or_else(|| ApiError::internal("no active session record"))?;
-            let quota = ix.workspaces.get(&rec.workspace_id).map(|w| w.quota);
-            (rec, quota)
+            let limits = ix
+                .workspaces
+                .get(&rec.workspace_id)
+                .map(|w| self.limits_of(w));
+            (rec, limits)
         };
         let ws = match rec.snapshot_id {
             Some(snap) => {
@@ -394,8 +397,8 @@ impl Service {
             }
             None => {
                 let ws = Workspace::open_referenced(self.store.clone(), rec.workspace_id, &h.refs)?;
-                if let Some(q) = quota {
-                    ws.set_limits(q.into());
+                if let Some(limits) = limits {
+                    ws.set_limits(limits);
                 }
                 ws
             }
