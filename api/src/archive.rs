@@ -391,9 +391,12 @@ impl Service {
 type HeaderThenRest<R> = std::io::Chain<std::io::Cursor<Vec<u8>>, R>;
 
 /// A zstd stream, frame after frame, each frame's window checked against
-/// [`ZSTD_MAX_WINDOW`] before a decoder allocates it.
+/// [`ZSTD_MAX_WINDOW`] before a decoder allocates it. After an error every read fails, and
+/// after the end every read answers 0, however often the reader above asks.
 struct ZstdFrames<R: Read> {
+    /// Between frames; `None` while a frame holds it, or once it is done or failed.
     source: Option<R>,
+    failed: bool,
     /// The frame being decoded: its header, already read, chained before the rest.
     frame: Option<
         ruzstd::decoding::StreamingDecoder<HeaderThenRest<R>, ruzstd::decoding::FrameDecoder>,
@@ -404,15 +407,17 @@ impl<R: Read> ZstdFrames<R> {
     fn new(source: R) -> Self {
         ZstdFrames {
             source: Some(source),
+            failed: false,
             frame: None,
         }
     }
 
     /// Starts the next frame; `false` at the end of the stream.
     fn next_frame(&mut self) -> std::io::Result<bool> {
-        let mut source = match self.frame.take() {
-            Some(f) => f.into_parts().0.into_inner().1,
-            None => self.source.take().expect("a source"),
+        let mut source = match (self.frame.take(), self.source.take()) {
+            (Some(f), _) => f.into_parts().0.into_inner().1,
+            (None, Some(source)) => source,
+            (None, None) => return Ok(false),
         };
         let mut header = Vec::with_capacity(18);
         let window = match read_frame_header(&mut source, &mut header)? {
@@ -440,6 +445,20 @@ impl<R: Read> ZstdFrames<R> {
 
 impl<R: Read> Read for ZstdFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.failed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the zstd stream failed earlier",
+            ));
+        }
+        let read = self.read_frames(buf);
+        self.failed = read.is_err();
+        read
+    }
+}
+
+impl<R: Read> ZstdFrames<R> {
+    fn read_frames(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             if let Some(f) = &mut self.frame {
                 let n = f.read(buf)?;
@@ -505,4 +524,35 @@ fn read_frame_header(r: &mut impl Read, header: &mut Vec<u8>) -> std::io::Result
     let fcs = take(fcs_bytes, header)? + if fcs_bytes == 2 { 256 } else { 0 };
     // A single-segment frame's window is its content size.
     Ok(Some(window.unwrap_or(fcs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compressed(data: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
+    /// Found by tests/fuzz.rs: a read after the stream failed (or ended) found no source and
+    /// panicked, taking the import's thread down.
+    #[test]
+    fn reads_after_an_error_or_the_end_neither_panic_nor_resume() {
+        let whole = compressed(&[7u8; 100_000]);
+        let mut cut = ZstdFrames::new(&whole[..whole.len() / 2]);
+        let mut sink = Vec::new();
+        assert!(cut.read_to_end(&mut sink).is_err());
+        let mut buf = [0u8; 64];
+        assert!(cut.read(&mut buf).is_err(), "a failed stream stays failed");
+        assert!(cut.read(&mut buf).is_err());
+        let mut bad_magic = ZstdFrames::new(&b"not zstd at all"[..]);
+        assert!(bad_magic.read(&mut buf).is_err());
+        assert!(bad_magic.read(&mut buf).is_err());
+        let mut ok = ZstdFrames::new(&whole[..]);
+        let mut out = Vec::new();
+        ok.read_to_end(&mut out).unwrap();
+        assert_eq!(out, vec![7u8; 100_000]);
+        assert_eq!(ok.read(&mut buf).unwrap(), 0);
+        assert_eq!(ok.read(&mut buf).unwrap(), 0);
+    }
 }
