@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use chaserfs_fs::archive::{self, ArchiveError};
-use chaserfs_fs::{roots, Hash, RootId, Store, Workspace};
+use chaserfs_fs::{roots, FsError, Hash, RootId, Store, Workspace};
 use tokio::sync::mpsc;
 
 use crate::model::*;
@@ -359,7 +359,21 @@ impl Service {
         }
         let bad = |e: ArchiveError| match e {
             ArchiveError::Invalid(m) => ApiError::bad("invalid_archive", m),
-            ArchiveError::Fs(e) => e.into(),
+            // The store's own state: what it says.
+            ArchiveError::Fs(
+                e @ (FsError::Busy(_)
+                | FsError::Stale
+                | FsError::NoSpace
+                | FsError::QuotaExceeded
+                | FsError::Corrupt(_)
+                | FsError::Storage(_)),
+            ) => e.into(),
+            // Anything else an entry met (a name too long, a file where a directory must be,
+            // a path made empty by a long-name header) is the archive's fault.
+            ArchiveError::Fs(e) => ApiError::bad(
+                "invalid_archive",
+                format!("the archive's entries do not make a filesystem: {e}"),
+            ),
             ArchiveError::Io(e) => ApiError::bad("invalid_archive", e.to_string()),
         };
         let trust = self.config.trust;

@@ -538,3 +538,30 @@ impl Statuses {
             .join(" ")
     }
 }
+
+/// Found by the fuzzing above: a GNU long-name entry of zeros made the next file's name empty,
+/// so the file landed on the root directory, and the import answered 500 `internal_error`;
+/// the archive is at fault, so 400.
+#[test]
+fn an_empty_long_name_is_the_archives_fault() {
+    let api = Api::new();
+    for trailer in [false, true] {
+        let long: RawEntry = (
+            b'L',
+            b"a".to_vec(),
+            b"a".to_vec(),
+            0,
+            517,
+            vec![0; 517],
+            vec![],
+        );
+        let file: RawEntry = (b'0', b"a".to_vec(), b"a".to_vec(), 0, 0, vec![], vec![]);
+        let tar = raw_tar(&[long, file], trailer);
+        let (s, v) = api.call("POST", "/v1/workspaces/import", "application/x-tar", tar);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid_archive")),
+            "{v}"
+        );
+    }
+}
