@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use chaserfs_api::accounts::{parse_size, Accounts};
 use chaserfs_api::service::{Config, Service};
 use chaserfs_api::{http, listener, takeover};
-use chaserfs_cluster::{Cluster, ClusterConfig};
+use chaserfs_cluster::{Cluster, ClusterConfig, EtcdSecurity};
 use chaserfs_fs::{fsck, gc, Store, StoreOptions};
 use clap::{Parser, Subcommand};
 
@@ -202,6 +202,19 @@ struct ClusterArgs {
     /// Prefix of this cluster's keys in etcd.
     #[arg(long, default_value = "/chaserfs/")]
     etcd_prefix: String,
+    /// etcd user (etcd's own authentication); the password is read from
+    /// CHASER_ETCD_PASSWORD.
+    #[arg(long, env = "CHASER_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// PEM CA certificate etcd's server certificate must chain to (with `https://`
+    /// endpoints).
+    #[arg(long)]
+    etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for etcd's `--client-cert-auth` (with --etcd-key-file).
+    #[arg(long, requires = "etcd_key_file")]
+    etcd_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "etcd_cert_file")]
+    etcd_key_file: Option<PathBuf>,
     /// This host's name in the cluster (default: the machine's hostname and the API port).
     #[arg(long)]
     host_name: Option<String>,
@@ -252,6 +265,18 @@ impl ClusterArgs {
             host: host.clone(),
             lease_ttl: Duration::from_secs(self.lease_ttl.max(2)),
             request_timeout: Duration::from_secs(self.request_timeout.max(1)),
+            etcd_security: EtcdSecurity {
+                user: match &self.etcd_user {
+                    Some(user) => Some((
+                        user.clone(),
+                        std::env::var("CHASER_ETCD_PASSWORD")
+                            .context("CHASER_ETCD_PASSWORD is needed with --etcd-user")?,
+                    )),
+                    None => None,
+                },
+                ca_file: self.etcd_ca_file.clone(),
+                cert_key_files: self.etcd_cert_file.clone().zip(self.etcd_key_file.clone()),
+            },
         };
         let cluster =
             Cluster::connect(&config).map_err(|e| anyhow::anyhow!("joining the cluster: {e}"))?;

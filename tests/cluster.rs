@@ -25,11 +25,15 @@ const LEASE_TTL: u64 = 3;
 impl Stores {
     /// A chaserfs host of this cluster.
     fn host(&self, name: &str, extra: &[&str]) -> Daemon {
-        self.host_in(name, extra, None)
+        Daemon::start_with(self.host_options(name, extra, None))
     }
 
     /// A host whose data dir (its cache of objects) is `data_dir`.
     fn host_in(&self, name: &str, extra: &[&str], data_dir: Option<PathBuf>) -> Daemon {
+        Daemon::start_with(self.host_options(name, extra, data_dir))
+    }
+
+    fn host_options(&self, name: &str, extra: &[&str], data_dir: Option<PathBuf>) -> Options {
         let mut args: Vec<String> = [
             "--s3-endpoint",
             self.var("CHASER_S3_ENDPOINT"),
@@ -52,7 +56,7 @@ impl Stores {
         std::fs::write(&keys, format!("default {KEY}\n")).unwrap();
         args.push(keys.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        Daemon::start_with(Options {
+        Options {
             args,
             env: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
                 .iter()
@@ -60,7 +64,7 @@ impl Stores {
                 .collect(),
             key: Some(KEY.into()),
             data_dir,
-        })
+        }
     }
 
     /// Bytes the bucket holds, as Garage counts them.
@@ -775,4 +779,67 @@ fn collectors_killed_mid_collection_lose_nothing() {
     b.unmount(&sid);
     let (ok, out) = stores.cli(&["fsck"]);
     assert!(ok, "cluster fsck: {out}");
+}
+
+/// etcd with its authentication on: a host given the user and password serves and commits;
+/// one without them, or with a wrong password, refuses to start and says why.
+#[test]
+#[ignore = "needs etcd and Garage (scripts/install-cluster-stores.sh); scripts/test.sh runs it"]
+fn etcd_authentication() {
+    let stores = Stores::start();
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new("etcdctl")
+            .arg(format!(
+                "--endpoints={}",
+                stores.var("CHASER_ETCD_ENDPOINTS")
+            ))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    etcdctl(&["user", "add", "root:s3cret-pw"]);
+    etcdctl(&["auth", "enable"]);
+    let refused = |password: Option<&str>| {
+        let mut o = stores.host_options("intruder", &[], None);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(common::bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--mount-root")
+            .arg(dir.path().join("mnt"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&o.args)
+            .envs(o.env.drain(..));
+        if let Some(p) = password {
+            cmd.args(["--etcd-user", "root"])
+                .env("CHASER_ETCD_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "started without etcd's credentials: {err}"
+        );
+        assert!(err.contains("etcd"), "{err}");
+    };
+    refused(None);
+    refused(Some("wrong"));
+    let mut o = stores.host_options("host-a", &["--etcd-user", "root"], None);
+    o.env
+        .push(("CHASER_ETCD_PASSWORD".into(), "s3cret-pw".into()));
+    let a = Daemon::start_with(o);
+    a.create_workspace("authed");
+    let (sid, path) = a.mount("authed", "authed");
+    write_synced(&path.join("f"), b"through an authenticated etcd");
+    a.unmount(&sid);
+    let (s, w) = a.call("GET", "/v1/workspaces/authed", None);
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(w["persistence"]["files"], 2, "{w}");
 }

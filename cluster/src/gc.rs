@@ -160,7 +160,7 @@ fn run(
     for batch in doomed.chunks(DELETE_BATCH) {
         cluster
             .meta
-            .check_live()
+            .check_collecting()
             .map_err(|e| FsError::Storage(format!("collection stopped before deleting: {e}")))?;
         // The index first: a pack no index names is read by no one.
         let keys: Vec<Vec<u8>> = batch.iter().filter_map(|(k, _)| k.clone()).collect();

@@ -45,6 +45,20 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// Longest any one request to S3 or etcd may take, retries included.
     pub request_timeout: Duration,
+    /// How this host proves itself to etcd and checks etcd's certificate.
+    pub etcd_security: EtcdSecurity,
+}
+
+/// etcd's authentication and TLS (an `https://` endpoint). Without them, etcd must sit on a
+/// network only the cluster's hosts reach (SECURITY.md).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSecurity {
+    /// (user, password) for etcd's own authentication.
+    pub user: Option<(String, String)>,
+    /// PEM CA certificate that etcd's server certificate must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub cert_key_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Both stores, as the engine's [`chaserfs_fs::Remote`].

@@ -30,7 +30,7 @@ use etcd_client::{
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::{ClusterConfig, Runtime};
+use crate::{ClusterConfig, EtcdSecurity, Runtime};
 
 pub struct Meta {
     etcd: Client,
@@ -42,6 +42,9 @@ pub struct Meta {
     held: Mutex<HashMap<Uuid, Held>>,
     /// The etcd revision up to which the caller has seen every record change.
     view: Mutex<Option<i64>>,
+    /// The lease the collector lock was taken on, while this host holds it: every step of
+    /// the collection is fenced by it (see [`Meta::gc_fence`]).
+    gc_lease: Mutex<Option<i64>>,
 }
 
 struct Lease {
@@ -119,11 +122,14 @@ impl Meta {
     pub(crate) fn connect(config: &ClusterConfig, runtime: Arc<Runtime>) -> FsResult<Meta> {
         let ttl = config.lease_ttl;
         let (etcd, lease_id) = runtime.block("etcd connect", async {
-            let options = ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(config.request_timeout)
-                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-                .with_require_leader(true);
+            let options = secured(
+                ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(config.request_timeout)
+                    .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+                    .with_require_leader(true),
+                &config.etcd_security,
+            )?;
             let mut etcd = Client::connect(&config.etcd_endpoints, Some(options))
                 .await
                 .map_err(|e| etcd_error("connect", e))?;
@@ -131,6 +137,9 @@ impl Meta {
                 .lease_grant(ttl.as_secs().max(2) as i64, None)
                 .await
                 .map_err(|e| etcd_error("lease grant", e))?;
+            mark_alive(&mut etcd, &config.etcd_prefix, &config.host, lease.id())
+                .await
+                .map_err(|e| etcd_error("lease liveness key", e))?;
             Ok((etcd, lease.id()))
         })?;
         let lease = Arc::new(Mutex::new(Lease {
@@ -138,7 +147,12 @@ impl Meta {
             renewed: Instant::now(),
             lost: false,
         }));
-        runtime.spawn(keep_alive(etcd.clone(), lease.clone(), ttl));
+        runtime.spawn(keep_alive(
+            etcd.clone(),
+            lease.clone(),
+            ttl,
+            (config.etcd_prefix.clone(), config.host.clone()),
+        ));
         tracing::info!(
             "cluster: host {} joined with lease {lease_id:x} (ttl {ttl:?})",
             config.host
@@ -152,6 +166,7 @@ impl Meta {
             lease,
             held: Mutex::new(HashMap::new()),
             view: Mutex::new(None),
+            gc_lease: Mutex::new(None),
         })
     }
 
@@ -259,11 +274,7 @@ impl Meta {
         for batch in packs.chunks(PACK_TXN) {
             let when: Vec<Compare> = match fence {
                 Fence::Commit(token) => self.no_sweep_since(token).to_vec(),
-                Fence::Sweep => vec![Compare::value(
-                    self.gc_sweep_key(),
-                    CompareOp::Equal,
-                    self.host.clone(),
-                )],
+                Fence::Sweep => vec![self.gc_fence(self.gc_sweep_key())?],
             };
             let ops: Vec<TxnOp> = batch
                 .iter()
@@ -284,14 +295,16 @@ impl Meta {
     }
 
     /// The collector deletes pack indexes (while it sweeps).
+    /// With no keys, it only checks the fence: the packs of the batch have no index, and are
+    /// deleted next only if the collection still holds.
     pub fn delete_packs(&self, keys: &[Vec<u8>]) -> FsResult<()> {
-        for batch in keys.chunks(PACK_TXN) {
+        let batches: Vec<&[Vec<u8>]> = match keys.is_empty() {
+            true => vec![&[]],
+            false => keys.chunks(PACK_TXN).collect(),
+        };
+        for batch in batches {
             let txn = Txn::new()
-                .when([Compare::value(
-                    self.gc_sweep_key(),
-                    CompareOp::Equal,
-                    self.host.clone(),
-                )])
+                .when([self.gc_fence(self.gc_sweep_key())?])
                 .and_then(
                     batch
                         .iter()
@@ -368,16 +381,31 @@ impl Meta {
     }
 
     /// "No record changed since the view": what every record write is conditional on.
-    fn records_unchanged(&self) -> FsResult<Compare> {
+    /// What every record write carries: no record changed since this host's view, and this
+    /// host's lease alive in etcd's eyes (its liveness key exists), so a host cut off past
+    /// its lease writes nothing, whatever its clock says.
+    fn records_fence(&self) -> FsResult<[Compare; 2]> {
         let view = self
             .view
             .lock()
             .ok_or_else(|| FsError::Storage("records were never read".into()))?;
-        Ok(Compare::mod_revision(
-            self.records_rev_key(),
-            CompareOp::Less,
-            view + 1,
-        ))
+        let lease = self.live_lease()?;
+        Ok([
+            Compare::mod_revision(self.records_rev_key(), CompareOp::Less, view + 1),
+            Compare::create_revision(alive_key(&self.prefix, lease), CompareOp::Greater, 0),
+        ])
+    }
+
+    /// Why a fenced record write was refused: this host's lease is gone, or records changed.
+    async fn stale_or_lost(&self) -> FsError {
+        let lease = self.lease.lock().id;
+        match self.get_kv(alive_key(&self.prefix, lease)).await {
+            Ok(None) => FsError::Storage(
+                "this host's etcd lease expired: record writes are refused until it is renewed"
+                    .into(),
+            ),
+            _ => FsError::Stale,
+        }
     }
 
     /// After a transaction that held "no record changed since the view" at revision `rev`,
@@ -453,7 +481,7 @@ impl Meta {
                 }
             }
         }
-        FsError::Stale
+        self.stale_or_lost().await
     }
 
     pub fn get_root(&self, id: RootId) -> FsResult<Option<RootRecord>> {
@@ -489,10 +517,8 @@ impl Meta {
         let key = self.root_key(id);
         let mut ops = vec![TxnOp::put(key.clone(), records::encode(record), None)];
         ops.extend(self.record_ops(meta));
-        let mut when = vec![
-            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            self.records_unchanged()?,
-        ];
+        let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+        when.extend(self.records_fence()?);
         when.extend(self.no_sweep_since(token));
         let txn = Txn::new()
             .when(when)
@@ -511,7 +537,7 @@ impl Meta {
             Err(if exists {
                 FsError::Exists
             } else {
-                FsError::Stale
+                self.stale_or_lost().await
             })
         })
     }
@@ -525,7 +551,7 @@ impl Meta {
         dst_exists: bool,
         meta: &[MetaOp],
     ) -> FsResult<RootRecord> {
-        let records_unchanged = self.records_unchanged()?;
+        let records_fence = self.records_fence()?;
         self.runtime.block("etcd copy root", async {
             // Every pointer in one round trip.
             let reads: Vec<TxnOp> = std::iter::once(src)
@@ -550,10 +576,12 @@ impl Meta {
             }
             let mut found = found.into_iter();
             let (mut record, src_rev) = found.next().flatten().ok_or(FsError::NotFound)?;
-            let mut when = vec![
-                Compare::mod_revision(self.root_key(src), CompareOp::Equal, src_rev),
-                records_unchanged,
-            ];
+            let mut when = vec![Compare::mod_revision(
+                self.root_key(src),
+                CompareOp::Equal,
+                src_rev,
+            )];
+            when.extend(records_fence);
             for (dst, old) in dsts.iter().zip(found) {
                 if old.is_some() != dst_exists {
                     return Err(if dst_exists {
@@ -597,9 +625,9 @@ impl Meta {
     }
 
     pub fn delete_roots(&self, ids: &[RootId], meta: &[MetaOp]) -> FsResult<()> {
-        let records_unchanged = self.records_unchanged()?;
+        let records_fence = self.records_fence()?;
         self.runtime.block("etcd delete roots", async {
-            let mut when = vec![records_unchanged];
+            let mut when = records_fence.to_vec();
             let mut ops = Vec::new();
             for id in ids {
                 let key = self.root_key(*id);
@@ -699,7 +727,7 @@ impl Meta {
 
     pub fn write(&self, meta: &[MetaOp]) -> FsResult<()> {
         let txn = Txn::new()
-            .when([self.records_unchanged()?])
+            .when(self.records_fence()?)
             .and_then(self.record_ops(meta));
         self.runtime.block("etcd write records", async {
             let r = self.txn("write records", txn).await?;
@@ -707,7 +735,7 @@ impl Meta {
                 self.advance_view(revision(r.header()));
                 Ok(())
             } else {
-                Err(FsError::Stale)
+                Err(self.stale_or_lost().await)
             }
         })
     }
@@ -837,6 +865,26 @@ impl Meta {
         format!("{}gc/lock", self.prefix).into_bytes()
     }
 
+    /// What every step of a collection carries: `key` (the collector lock or the sweep) still
+    /// attached to the lease the lock was taken on. Once that lease expires, etcd refuses the
+    /// step, whatever this host's clock says and whichever host took the lock since (another
+    /// process may have the same host name); and a host given a new lease stops collecting.
+    fn gc_fence(&self, key: Vec<u8>) -> FsResult<Compare> {
+        let held = (*self.gc_lease.lock())
+            .ok_or_else(|| FsError::Storage("this host does not hold the collector lock".into()))?;
+        if self.live_lease()? != held {
+            return Err(FsError::Storage(
+                "this host's lease changed during the collection".into(),
+            ));
+        }
+        Ok(Compare::lease(key, CompareOp::Equal, held))
+    }
+
+    /// Whether the collection may go on (before deleting objects, which etcd cannot fence).
+    pub fn check_collecting(&self) -> FsResult<()> {
+        self.gc_fence(self.gc_sweep_key()).map(|_| ())
+    }
+
     /// Takes the cluster's collector lock for this host (`Busy` if another host collects).
     pub fn lock_gc(&self) -> FsResult<()> {
         let lease = self.live_lease()?;
@@ -853,6 +901,7 @@ impl Meta {
             .block("etcd gc lock", self.txn("gc lock", txn))?
             .succeeded()
         {
+            *self.gc_lease.lock() = Some(lease);
             Ok(())
         } else {
             Err(FsError::Busy("another host is collecting".into()))
@@ -860,13 +909,12 @@ impl Meta {
     }
 
     pub fn unlock_gc(&self) {
+        let Some(held) = self.gc_lease.lock().take() else {
+            return;
+        };
         let key = self.gc_lock_key();
         let txn = Txn::new()
-            .when([Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                self.host.clone(),
-            )])
+            .when([Compare::lease(key.clone(), CompareOp::Equal, held)])
             .and_then([TxnOp::delete(key, None)]);
         if let Err(e) = self
             .runtime
@@ -879,21 +927,16 @@ impl Meta {
     /// Starts a sweep: from here, commits whose upload began earlier are refused and new
     /// ones wait (see `gc.rs`).
     pub fn begin_sweep(&self) -> FsResult<()> {
-        let lease = self.live_lease()?;
-        let txn = Txn::new()
-            .when([Compare::value(
-                self.gc_lock_key(),
-                CompareOp::Equal,
+        let fence = self.gc_fence(self.gc_lock_key())?;
+        let lease = self.gc_lease.lock().unwrap_or_default();
+        let txn = Txn::new().when([fence]).and_then([
+            TxnOp::put(
+                self.gc_sweep_key(),
                 self.host.clone(),
-            )])
-            .and_then([
-                TxnOp::put(
-                    self.gc_sweep_key(),
-                    self.host.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                ),
-                TxnOp::put(self.gc_count_key(), self.host.clone(), None),
-            ]);
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            TxnOp::put(self.gc_count_key(), self.host.clone(), None),
+        ]);
         if self
             .runtime
             .block("etcd begin sweep", self.txn("begin sweep", txn))?
@@ -906,13 +949,12 @@ impl Meta {
     }
 
     pub fn end_sweep(&self) {
+        let Some(held) = *self.gc_lease.lock() else {
+            return;
+        };
         let key = self.gc_sweep_key();
         let txn = Txn::new()
-            .when([Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                self.host.clone(),
-            )])
+            .when([Compare::lease(key.clone(), CompareOp::Equal, held)])
             .and_then([TxnOp::delete(key, None)]);
         if let Err(e) = self
             .runtime
@@ -920,11 +962,6 @@ impl Meta {
         {
             tracing::warn!("ending the sweep: {e}; it ends with this host's lease");
         }
-    }
-
-    /// Whether this host's lease is known to be alive (see [`Meta::commit_root`]).
-    pub fn check_live(&self) -> FsResult<()> {
-        self.live_lease().map(|_| ())
     }
 
     /// The host holding a workspace, if any.
@@ -936,6 +973,46 @@ impl Meta {
                 .map(|kv| holder(kv.value())))
         })
     }
+}
+
+/// `options` with the user and TLS settings `security` names.
+fn secured(mut options: ConnectOptions, security: &EtcdSecurity) -> FsResult<ConnectOptions> {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| FsError::Storage(format!("reading {}: {e}", path.display())))
+    };
+    if let Some((user, password)) = &security.user {
+        options = options.with_user(user, password);
+    }
+    if security.ca_file.is_some() || security.cert_key_files.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &security.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &security.cert_key_files {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
+/// Exists exactly as long as lease `lease`: record writes compare it (see
+/// [`Meta::records_fence`]).
+fn alive_key(prefix: &str, lease: i64) -> Vec<u8> {
+    format!("{prefix}l/{lease:x}").into_bytes()
+}
+
+async fn mark_alive(
+    etcd: &mut Client,
+    prefix: &str,
+    host: &str,
+    lease: i64,
+) -> Result<(), etcd_client::Error> {
+    let put = PutOptions::new().with_lease(lease);
+    etcd.put(alive_key(prefix, lease), host, Some(put)).await?;
+    Ok(())
 }
 
 /// The host name in a hold's value.
@@ -950,7 +1027,12 @@ fn holder(value: &[u8]) -> String {
 /// Renews this host's lease every third of its TTL. When etcd says it expired (the host was
 /// cut off too long), the workspaces held under it are gone; a new lease is granted for new
 /// holds.
-async fn keep_alive(mut etcd: Client, lease: Arc<Mutex<Lease>>, ttl: Duration) {
+async fn keep_alive(
+    mut etcd: Client,
+    lease: Arc<Mutex<Lease>>,
+    ttl: Duration,
+    (prefix, host): (String, String),
+) {
     let every = ttl / 3;
     loop {
         let id = lease.lock().id;
@@ -974,6 +1056,10 @@ async fn keep_alive(mut etcd: Client, lease: Arc<Mutex<Lease>>, ttl: Duration) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         if lease.lock().lost {
             if let Ok(g) = etcd.lease_grant(ttl.as_secs().max(2) as i64, None).await {
+                if let Err(e) = mark_alive(&mut etcd, &prefix, &host, g.id()).await {
+                    tracing::warn!("cluster: marking lease {:x} alive: {e}; retrying", g.id());
+                    continue;
+                }
                 tracing::warn!("cluster: new lease {:x}", g.id());
                 *lease.lock() = Lease {
                     id: g.id(),

@@ -98,21 +98,30 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
         header.set_gid(attr.gid.into());
         header.set_mtime(attr.mtime.sec.max(0) as u64);
         header.set_size(0);
-        let path_os = os_path(path.clone());
+        let path_os = header_name(&mut pax, "path", &path);
         let io = ArchiveError::Io;
-        if attr.kind != FileKind::Directory && attr.nlink > 1 {
-            if let Some(first) = linked.get(&ino) {
-                header.set_entry_type(tar::EntryType::Link);
-                let target = os_path(first.clone());
-                tar.append_link(&mut header, &path_os, &target)
-                    .map_err(io)?;
-                report.entries += 1;
-                continue;
+        let hard_link = match linked.get(&ino) {
+            Some(first) if attr.kind != FileKind::Directory && attr.nlink > 1 => {
+                Some(header_name(&mut pax, "linkpath", first))
             }
-            linked.insert(ino, path.clone());
-        }
+            _ => None,
+        };
+        let symlink_target = match attr.kind {
+            FileKind::Symlink => Some(header_name(&mut pax, "linkpath", &ws.readlink(ino)?)),
+            _ => None,
+        };
         let pax_refs = pax.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
         tar.append_pax_extensions(pax_refs).map_err(io)?;
+        if let Some(target) = hard_link {
+            header.set_entry_type(tar::EntryType::Link);
+            tar.append_link(&mut header, &path_os, &target)
+                .map_err(io)?;
+            report.entries += 1;
+            continue;
+        }
+        if attr.kind != FileKind::Directory && attr.nlink > 1 {
+            linked.insert(ino, path.clone());
+        }
         match attr.kind {
             FileKind::Directory => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -154,8 +163,7 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
             }
             FileKind::Symlink => {
                 header.set_entry_type(tar::EntryType::Symlink);
-                let target = ws.readlink(ino)?;
-                let target = os_path(target);
+                let target = symlink_target.unwrap_or_default();
                 tar.append_link(&mut header, &path_os, &target)
                     .map_err(io)?;
             }
@@ -186,6 +194,21 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
         .flush()
         .map_err(ArchiveError::Io)?;
     Ok(report)
+}
+
+/// Longest name the tar header's own fields hold.
+const HEADER_NAME_MAX: usize = 100;
+
+/// What the header names: `name` itself when it fits, else a placeholder, with `name` in the
+/// PAX record `key` (`path` or `linkpath`), which every reader prefers. The tar crate's GNU
+/// long names would otherwise be used, and they cannot carry a name whose first bytes are not
+/// UTF-8 (Linux names are bytes).
+fn header_name(pax: &mut Vec<(String, Vec<u8>)>, key: &str, name: &[u8]) -> std::path::PathBuf {
+    if name.len() <= HEADER_NAME_MAX {
+        return os_path(name.to_vec());
+    }
+    pax.push((key.into(), name.to_vec()));
+    os_path(format!("pax-{key}").into_bytes())
 }
 
 fn os_path(bytes: Vec<u8>) -> std::path::PathBuf {
