@@ -130,7 +130,11 @@ impl Accounts {
             if let Some(path) = &t.github_token_file {
                 let token = std::fs::read_to_string(path)
                     .map_err(|e| format!("reading {}: {e}", path.display()))?;
-                return Ok((Some(token.trim().to_string()), operator));
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                return Ok((Some(token.to_string()), operator));
             }
             Ok((None, operator))
         };

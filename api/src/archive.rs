@@ -346,15 +346,11 @@ impl Service {
         zst: bool,
     ) -> ApiResult<archive::ArchiveReport> {
         let ws = Workspace::open(self.store.clone(), id)?;
-        // Held to the operator's ceilings like a session: the import is the tenant's writing.
-        let mut max_bytes = self.config.import_max_bytes;
+        // Held to the operator's limits like a session: the import is the tenant's writing.
         {
             let ix = self.lock();
             if let Some(rec) = ix.workspaces.get(&id) {
-                ws.set_limits(self.limits_of(rec));
-                if let Some(left) = self.account_bytes_left(&ix, &rec.account)? {
-                    max_bytes = max_bytes.min(left);
-                }
+                ws.set_limits(self.limits_of(&ix, rec)?);
             }
         }
         let bad = |e: ArchiveError| match e {
@@ -379,7 +375,7 @@ impl Service {
         let trust = self.config.trust;
         let opts = archive::ImportOptions {
             commit_every: IMPORT_COMMIT_BYTES,
-            max_bytes,
+            max_bytes: self.config.import_max_bytes,
             setid: trust.suid,
             devices: trust.dev,
             privileged_xattrs: trust.privileged_xattrs,

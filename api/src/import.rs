@@ -72,6 +72,8 @@ impl Service {
         let rec = {
             let mut ix = self.lock();
             self.check_room(&ix, account, 1, 0)?;
+            // A GitHub import mounts the workspace while git runs: it counts as a session.
+            self.check_session_room(&ix, account, true)?;
             let name = match req.name {
                 Some(n) => ix.name_for(account, Some(n))?,
                 None => ix.pick_name(account, Some(repo.trim_end_matches(".git"))),
@@ -142,8 +144,11 @@ impl Service {
             path: path.clone(),
         };
         let ws = Arc::new(Workspace::open(self.store.clone(), id).map_err(|e| e.to_string())?);
-        if let Some(rec) = self.lock().workspaces.get(&id) {
-            ws.set_limits(self.limits_of(rec));
+        {
+            let ix = self.lock();
+            if let Some(rec) = ix.workspaces.get(&id) {
+                ws.set_limits(self.limits_of(&ix, rec).map_err(|e| e.message)?);
+            }
         }
         let mount = self
             .mount(ws.clone(), &at, MountOptions::default())
@@ -188,10 +193,18 @@ impl Service {
             .env("GIT_ASKPASS", "true")
             .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
             .env("GIT_HTTP_LOW_SPEED_TIME", "60");
-        // The operator's proxy settings are not secrets, and a host may need them.
+        // The operator's proxy and CA settings are not secrets, and a host may need them.
         for (k, v) in std::env::vars_os() {
             let name = k.to_string_lossy().to_ascii_lowercase();
-            if matches!(name.as_str(), "http_proxy" | "https_proxy" | "no_proxy") {
+            if matches!(
+                name.as_str(),
+                "http_proxy"
+                    | "https_proxy"
+                    | "no_proxy"
+                    | "ssl_cert_file"
+                    | "ssl_cert_dir"
+                    | "git_ssl_cainfo"
+            ) {
                 git.env(k, v);
             }
         }

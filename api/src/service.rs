@@ -545,9 +545,26 @@ impl Service {
         self.config.accounts.policy(account)
     }
 
-    /// What a mounted workspace is held to: its quota, within the operator's ceiling.
-    pub(crate) fn limits_of(&self, rec: &WorkspaceRecord) -> chaserfs_fs::Limits {
-        self.policy(&rec.account).clamp(rec.quota).into()
+    /// What a mounted workspace (a session, an import) is held to: its quota within the
+    /// operator's ceiling, and its bytes within what its account has left now. Sessions of one
+    /// account mounted at once may each use that headroom, so the account can pass its limit
+    /// by at most that much per session.
+    pub(crate) fn limits_of(
+        &self,
+        ix: &Index,
+        rec: &WorkspaceRecord,
+    ) -> ApiResult<chaserfs_fs::Limits> {
+        let mut quota = self.policy(&rec.account).clamp(rec.quota);
+        if let Some(left) = self.account_bytes_left(ix, &rec.account)? {
+            let used = match roots::stats(&self.store, RootId::Workspace(rec.id)) {
+                Ok((_, sup)) => sup.logical_bytes,
+                Err(chaserfs_fs::FsError::NotFound) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            let cap = used.saturating_add(left);
+            quota.bytes = Some(quota.bytes.map_or(cap, |b| b.min(cap)));
+        }
+        Ok(quota.into())
     }
 
     /// Refuses a quota a tenant asks for above the operator's ceiling.
@@ -1095,7 +1112,13 @@ impl Service {
             rec.quota = quota;
             Ok(())
         })?;
-        let limits = self.policy(account).clamp(quota).into();
+        let limits = {
+            let ix = self.lock();
+            match ix.workspaces.get(&view.id) {
+                Some(rec) => self.limits_of(&ix, rec)?,
+                None => return Ok(view),
+            }
+        };
         for m in self.mounts.lock().values() {
             if m.ws.id() == view.id {
                 m.ws.set_limits(limits);

@@ -99,15 +99,27 @@ impl Service {
         Ok(mount)
     }
 
-    /// Refuses a session beyond the account's active sessions, or while its workspaces hold
-    /// all the bytes the operator allows it.
-    fn check_session_room(&self, ix: &Index, account: &str) -> ApiResult<()> {
+    /// Refuses a mount (a session, a GitHub import) beyond the account's active sessions, or,
+    /// when it can write (`writes`), while its workspaces hold all the bytes the operator
+    /// allows it.
+    pub(crate) fn check_session_room(
+        &self,
+        ix: &Index,
+        account: &str,
+        writes: bool,
+    ) -> ApiResult<()> {
         let allowed = self.policy(account).active_sessions;
-        let active = ix
+        let sessions = ix
             .sessions
             .values()
             .filter(|s| s.account == account && s.status == SessionStatus::Active)
-            .count() as u64;
+            .count();
+        let imports = ix
+            .workspaces
+            .values()
+            .filter(|w| w.account == account && w.status == WorkspaceStatus::Importing)
+            .count();
+        let active = (sessions + imports) as u64;
         if active >= allowed {
             return Err(ApiError::new(
                 crate::error::ErrorKind::TooManyRequests,
@@ -115,7 +127,7 @@ impl Service {
                 format!("the account has {active} active sessions; the operator allows {allowed}"),
             ));
         }
-        if self.account_bytes_left(ix, account)? == Some(0) {
+        if writes && self.account_bytes_left(ix, account)? == Some(0) {
             return Err(ApiError::forbidden(
                 "account_limit",
                 "the account's workspaces hold all the bytes the operator allows it",
@@ -159,7 +171,7 @@ impl Service {
         let ws_id = {
             let mut ix = self.lock();
             let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
-            self.check_session_room(&ix, account)?;
+            self.check_session_room(&ix, account, true)?;
             if let Some(active) = ws.active_session_id {
                 // In a cluster, a session whose host is gone (its hold on the workspace
                 // expired with the host's lease) is over: a new one takes its place.
@@ -189,7 +201,7 @@ impl Service {
         let (ws_id, snap_id) = {
             let mut ix = self.lock();
             let ws = self.resolve_settled(&mut ix, account, &req.workspace)?;
-            self.check_session_room(&ix, account)?;
+            self.check_session_room(&ix, account, false)?;
             (ws.id, ix.find_snapshot(&ws, selector)?.id)
         };
         let at = self.prepare_mountpoint(&req.mountpoint)?;
@@ -246,7 +258,8 @@ impl Service {
         let mut ix = self.lock();
         let written = self.decide(&mut ix, |ix| {
             // Checked again where the record is written: starts racing past the first check.
-            self.check_session_room(ix, &session.account)?;
+            let writes = session.snapshot_id.is_none();
+            self.check_session_room(ix, &session.account, writes)?;
             let ops = ops(ix)?;
             self.store.meta_write(&ops)?;
             for (k, v) in &ops {
@@ -279,7 +292,10 @@ impl Service {
         let at = self.prepare_mountpoint(mountpoint)?;
         let ws = Arc::new(Workspace::open(self.store.clone(), ws_id)?);
         // The workspace is busy, so its quota cannot change until the session is recorded.
-        ws.set_limits(self.limits_of(&self.lock().workspaces[&ws_id]));
+        {
+            let ix = self.lock();
+            ws.set_limits(self.limits_of(&ix, &ix.workspaces[&ws_id])?);
+        }
         let mount = self.mount(ws.clone(), &at, options)?;
         let t = now();
         let session = SessionRecord {
@@ -374,7 +390,8 @@ impl Service {
             })
             .map(|s| s.id)
             .collect();
-        for batch in old.chunks(1000) {
+        // etcd takes at most 128 operations a transaction.
+        for batch in old.chunks(100) {
             let ops: Vec<chaserfs_fs::MetaOp> =
                 batch.iter().map(|id| (key(SESSION, *id), None)).collect();
             self.store.meta_write(&ops)?;

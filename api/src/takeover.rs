@@ -386,7 +386,8 @@ impl Service {
             let limits = ix
                 .workspaces
                 .get(&rec.workspace_id)
-                .map(|w| self.limits_of(w));
+                .map(|w| self.limits_of(&ix, w))
+                .transpose()?;
             (rec, limits)
         };
         let ws = match rec.snapshot_id {

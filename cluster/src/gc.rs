@@ -158,13 +158,13 @@ fn run(
     doomed.extend(sparse.into_iter().map(|(key, pack, _)| (Some(key), pack)));
     report.deleted_packs = doomed.len();
     for batch in doomed.chunks(DELETE_BATCH) {
+        // The index first (fenced by the collection's lease, even when the batch has no
+        // index): a pack no index names is read by no one.
+        let keys: Vec<Vec<u8>> = batch.iter().filter_map(|(k, _)| k.clone()).collect();
         cluster
             .meta
-            .check_collecting()
+            .delete_packs(&keys)
             .map_err(|e| FsError::Storage(format!("collection stopped before deleting: {e}")))?;
-        // The index first: a pack no index names is read by no one.
-        let keys: Vec<Vec<u8>> = batch.iter().filter_map(|(k, _)| k.clone()).collect();
-        cluster.meta.delete_packs(&keys)?;
         let names: Vec<Hash> = batch.iter().map(|(_, p)| *p).collect();
         cluster.objects.delete_packs(&names)?;
     }

@@ -274,7 +274,7 @@ impl Meta {
         for batch in packs.chunks(PACK_TXN) {
             let when: Vec<Compare> = match fence {
                 Fence::Commit(token) => self.no_sweep_since(token).to_vec(),
-                Fence::Sweep => vec![self.gc_fence(self.gc_sweep_key())?],
+                Fence::Sweep => vec![self.gc_fence(self.gc_sweep_key())?.0],
             };
             let ops: Vec<TxnOp> = batch
                 .iter()
@@ -295,8 +295,8 @@ impl Meta {
     }
 
     /// The collector deletes pack indexes (while it sweeps).
-    /// With no keys, it only checks the fence: the packs of the batch have no index, and are
-    /// deleted next only if the collection still holds.
+    /// With no keys, it only checks the fence: the caller deletes objects next (which etcd
+    /// cannot fence) only if the collection still holds.
     pub fn delete_packs(&self, keys: &[Vec<u8>]) -> FsResult<()> {
         let batches: Vec<&[Vec<u8>]> = match keys.is_empty() {
             true => vec![&[]],
@@ -304,7 +304,7 @@ impl Meta {
         };
         for batch in batches {
             let txn = Txn::new()
-                .when([self.gc_fence(self.gc_sweep_key())?])
+                .when([self.gc_fence(self.gc_sweep_key())?.0])
                 .and_then(
                     batch
                         .iter()
@@ -404,7 +404,8 @@ impl Meta {
                 "this host's etcd lease expired: record writes are refused until it is renewed"
                     .into(),
             ),
-            _ => FsError::Stale,
+            Ok(Some(_)) => FsError::Stale,
+            Err(e) => e,
         }
     }
 
@@ -869,7 +870,7 @@ impl Meta {
     /// attached to the lease the lock was taken on. Once that lease expires, etcd refuses the
     /// step, whatever this host's clock says and whichever host took the lock since (another
     /// process may have the same host name); and a host given a new lease stops collecting.
-    fn gc_fence(&self, key: Vec<u8>) -> FsResult<Compare> {
+    fn gc_fence(&self, key: Vec<u8>) -> FsResult<(Compare, i64)> {
         let held = (*self.gc_lease.lock())
             .ok_or_else(|| FsError::Storage("this host does not hold the collector lock".into()))?;
         if self.live_lease()? != held {
@@ -877,12 +878,7 @@ impl Meta {
                 "this host's lease changed during the collection".into(),
             ));
         }
-        Ok(Compare::lease(key, CompareOp::Equal, held))
-    }
-
-    /// Whether the collection may go on (before deleting objects, which etcd cannot fence).
-    pub fn check_collecting(&self) -> FsResult<()> {
-        self.gc_fence(self.gc_sweep_key()).map(|_| ())
+        Ok((Compare::lease(key, CompareOp::Equal, held), held))
     }
 
     /// Takes the cluster's collector lock for this host (`Busy` if another host collects).
@@ -927,8 +923,7 @@ impl Meta {
     /// Starts a sweep: from here, commits whose upload began earlier are refused and new
     /// ones wait (see `gc.rs`).
     pub fn begin_sweep(&self) -> FsResult<()> {
-        let fence = self.gc_fence(self.gc_lock_key())?;
-        let lease = self.gc_lease.lock().unwrap_or_default();
+        let (fence, lease) = self.gc_fence(self.gc_lock_key())?;
         let txn = Txn::new().when([fence]).and_then([
             TxnOp::put(
                 self.gc_sweep_key(),
@@ -1058,6 +1053,8 @@ async fn keep_alive(
             if let Ok(g) = etcd.lease_grant(ttl.as_secs().max(2) as i64, None).await {
                 if let Err(e) = mark_alive(&mut etcd, &prefix, &host, g.id()).await {
                     tracing::warn!("cluster: marking lease {:x} alive: {e}; retrying", g.id());
+                    let _ = etcd.lease_revoke(g.id()).await;
+                    tokio::time::sleep(every).await;
                     continue;
                 }
                 tracing::warn!("cluster: new lease {:x}", g.id());

@@ -81,6 +81,11 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
     let mut stack: Vec<(u64, Vec<u8>)> = vec![(ROOT_INO, b".".to_vec())];
     while let Some((ino, path)) = stack.pop() {
         let attr = ws.getattr(ino)?;
+        // As tar does: nothing of a socket is written, not even its PAX header.
+        if attr.kind == FileKind::Socket {
+            report.skipped += 1;
+            continue;
+        }
         let mut pax: Vec<(String, Vec<u8>)> = vec![(
             "mtime".into(),
             format!("{}.{:09}", attr.mtime.sec, attr.mtime.nsec).into_bytes(),
@@ -107,7 +112,9 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
             _ => None,
         };
         let symlink_target = match attr.kind {
-            FileKind::Symlink => Some(header_name(&mut pax, "linkpath", &ws.readlink(ino)?)),
+            FileKind::Symlink if hard_link.is_none() => {
+                Some(header_name(&mut pax, "linkpath", &ws.readlink(ino)?))
+            }
             _ => None,
         };
         let pax_refs = pax.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
@@ -182,10 +189,7 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
                 tar.append_data(&mut header, &path_os, std::io::empty())
                     .map_err(io)?;
             }
-            FileKind::Socket => {
-                report.skipped += 1;
-                continue;
-            }
+            FileKind::Socket => unreachable!("skipped above"),
         }
         report.entries += 1;
     }

@@ -187,6 +187,9 @@ struct Paths<'a> {
     listings: HashMap<u64, HashMap<u64, Vec<u8>>>,
     /// Every entry, once a stale hint made it necessary: inode -> (parent, name).
     everything: Option<HashMap<u64, (u64, Vec<u8>)>>,
+    /// Names found so far: inode -> (parent, name), so a deep path's directories are each
+    /// looked up once, not once per path beneath them.
+    named: HashMap<u64, (u64, Vec<u8>)>,
 }
 
 impl<'a> Paths<'a> {
@@ -196,6 +199,7 @@ impl<'a> Paths<'a> {
             root,
             listings: HashMap::new(),
             everything: None,
+            named: HashMap::new(),
         }
     }
 
@@ -210,16 +214,21 @@ impl<'a> Paths<'a> {
             .ok_or_else(|| FsError::corrupt(format!("entry names missing inode {ino}")))
     }
 
+    /// The path from the root, at any depth. A loop is an inode reached twice on the way up,
+    /// which only a corrupt store can hold; depth alone is never one.
     fn path(&mut self, ino: u64) -> FsResult<Vec<u8>> {
         let mut parts = Vec::new();
+        let mut seen = HashSet::new();
         let mut at = ino;
         while at != ROOT_INO {
+            if !seen.insert(at) {
+                return Err(FsError::corrupt(format!(
+                    "a directory loop through inode {at}"
+                )));
+            }
             let (parent, name) = self.name(at)?;
             parts.push(name);
             at = parent;
-            if parts.len() > 4096 {
-                return Err(FsError::corrupt("a directory loop"));
-            }
         }
         let mut path = b"/".to_vec();
         for (i, name) in parts.iter().rev().enumerate() {
@@ -232,6 +241,15 @@ impl<'a> Paths<'a> {
     }
 
     fn name(&mut self, ino: u64) -> FsResult<(u64, Vec<u8>)> {
+        if let Some(known) = self.named.get(&ino) {
+            return Ok(known.clone());
+        }
+        let found = self.find_name(ino)?;
+        self.named.insert(ino, found.clone());
+        Ok(found)
+    }
+
+    fn find_name(&mut self, ino: u64) -> FsResult<(u64, Vec<u8>)> {
         let hint = self.inode(ino)?.parent;
         if hint != 0 {
             if !self.listings.contains_key(&hint) {

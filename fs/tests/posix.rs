@@ -607,3 +607,84 @@ fn diff_lists_what_changed_between_two_states() {
     assert!(truncated);
     assert_eq!(first.len(), 3);
 }
+
+/// Depth is not a loop: a file at the bottom of 6,000 nested directories (a chain a session
+/// makes with `mkdir d; cd d` in a loop) is named by diff in both directions. A depth guard
+/// answered "corrupt store: a directory loop" past 4,096 levels.
+#[test]
+fn diff_names_paths_at_any_depth() {
+    let (_d, store, ws) = setup();
+    let before = ws.commit(true).unwrap();
+    let mut at = ROOT_INO;
+    for _ in 0..6_000 {
+        at = dir(&ws, at, "d");
+    }
+    file(&ws, at, "bottom");
+    let after = ws.commit(true).unwrap();
+    let want = format!("{}/bottom", "/d".repeat(6_000));
+    let (added, _) = chaserfs_fs::diff::diff(&store, &before, &after, 100_000).unwrap();
+    assert_eq!(added.len(), 6_002, "the root, every directory and the file");
+    assert_eq!(added.last().unwrap().path, want.as_bytes());
+    let (removed, _) = chaserfs_fs::diff::diff(&store, &after, &before, 100_000).unwrap();
+    assert!(removed
+        .iter()
+        .any(|e| e.path == want.as_bytes() && e.change == chaserfs_fs::diff::Change::Removed));
+}
+
+/// Exports leave sockets out whole (tar has no type for them): no stray PAX header that the
+/// next entry would inherit, so the archive imports again. Hard links to a socket too; and a
+/// symlink's second name is a hard link, never a copy of its target.
+#[test]
+fn sockets_are_left_out_of_exports_whole() {
+    use chaserfs_fs::archive::{export, import, ImportOptions};
+    let (_d, store, ws) = setup();
+    let sock = ws
+        .create(
+            ROOT_INO,
+            b"a.sock",
+            NewNode {
+                kind: FileKind::Socket,
+                ..node(FileKind::Regular)
+            },
+        )
+        .unwrap()
+        .ino;
+    ws.link(sock, ROOT_INO, b"b.sock").unwrap();
+    let f = file(&ws, ROOT_INO, "z-file");
+    ws.write(f, 0, b"after the socket").unwrap();
+    let link = ws
+        .create(
+            ROOT_INO,
+            b"sym",
+            NewNode {
+                kind: FileKind::Symlink,
+                target: b"z-file",
+                ..node(FileKind::Regular)
+            },
+        )
+        .unwrap()
+        .ino;
+    ws.link(link, ROOT_INO, b"sym2").unwrap();
+    let root = ws.commit(true).unwrap();
+    let mut tar = Vec::new();
+    let report = export(&Workspace::at_root(store.clone(), root).unwrap(), &mut tar).unwrap();
+    assert_eq!(report.skipped, 2, "both names of the socket");
+    let id = Uuid::new_v4();
+    roots::create_workspace(&store, id, &[]).unwrap();
+    let copy = Workspace::open(store.clone(), id).unwrap();
+    let opts = ImportOptions {
+        commit_every: 1 << 30,
+        max_bytes: 1 << 30,
+        setid: false,
+        devices: false,
+        privileged_xattrs: false,
+    };
+    import(&copy, &tar[..], &opts).expect("the export imports again");
+    assert!(copy.lookup(ROOT_INO, b"a.sock").is_err());
+    let f = copy.lookup(ROOT_INO, b"z-file").unwrap();
+    assert_eq!(copy.read(f.ino, 0, 100).unwrap(), b"after the socket");
+    let s1 = copy.lookup(ROOT_INO, b"sym").unwrap();
+    let s2 = copy.lookup(ROOT_INO, b"sym2").unwrap();
+    assert_eq!(s1.ino, s2.ino, "one symlink with two names");
+    assert_eq!(copy.readlink(s2.ino).unwrap(), b"z-file");
+}
