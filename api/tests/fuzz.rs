@@ -657,3 +657,30 @@ fn long_names_that_are_not_utf8_export_and_import_again() {
         "export, import, export: same bytes"
     );
 }
+
+/// Found by the fuzzing above: a symlink whose PAX `linkpath` held a NUL byte imported, and
+/// then its workspace's export broke off. symlink(2) takes a C string: refused at import (400).
+#[test]
+fn a_symlink_target_with_a_nul_byte_is_refused() {
+    let api = Api::new();
+    let entries: Vec<RawEntry> = vec![(
+        b'2',
+        b"a".to_vec(),
+        b"a".to_vec(),
+        0,
+        0,
+        vec![],
+        vec![("linkpath".into(), "\0".into())],
+    )];
+    let (s, v) = api.call(
+        "POST",
+        "/v1/workspaces/import",
+        "application/x-tar",
+        raw_tar(&entries, true),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_archive")),
+        "{v}"
+    );
+}

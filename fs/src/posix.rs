@@ -539,6 +539,10 @@ impl Workspace {
                 FsError::NameTooLong
             });
         }
+        // symlink(2) takes a C string; only an archive could ask for one with a NUL in it.
+        if new.kind == FileKind::Symlink && new.target.contains(&0) {
+            return Err(FsError::Invalid("a symlink target holds a NUL byte"));
+        }
         let ino = st.sup.next_ino;
         st.sup.next_ino += 1;
         st.sup.files += 1;
