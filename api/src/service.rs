@@ -173,6 +173,9 @@ pub(crate) struct Index {
     pub(crate) sessions: HashMap<Uuid, SessionRecord>,
     /// Workspaces a session start or end, or an import, is working on.
     pub(crate) busy: HashSet<Uuid>,
+    /// Per account: (workspaces, of which importing), kept with `workspaces` so a limit check
+    /// costs no scan.
+    held: HashMap<String, (u64, u64)>,
 }
 
 fn name_key(account: &str, name: &str) -> (String, String) {
@@ -181,30 +184,42 @@ fn name_key(account: &str, name: &str) -> (String, String) {
 
 impl Index {
     pub(crate) fn put_workspace(&mut self, rec: WorkspaceRecord) {
-        if let Some(old) = self.workspaces.get(&rec.id) {
-            if let Some(n) = &old.name {
-                let k = name_key(&old.account, n);
-                if self.names.get(&k) == Some(&rec.id) {
-                    self.names.remove(&k);
-                }
-            }
+        if let Some(old) = self.workspaces.remove(&rec.id) {
+            self.forget(&old);
         }
         if let Some(n) = &rec.name {
             self.names.insert(name_key(&rec.account, n), rec.id);
         }
+        let held = self.held.entry(rec.account.clone()).or_default();
+        held.0 += 1;
+        held.1 += u64::from(rec.status == WorkspaceStatus::Importing);
         self.workspaces.insert(rec.id, rec);
     }
 
     pub(crate) fn remove_workspace(&mut self, id: Uuid) {
         if let Some(old) = self.workspaces.remove(&id) {
-            if let Some(n) = &old.name {
-                let k = name_key(&old.account, n);
-                if self.names.get(&k) == Some(&id) {
-                    self.names.remove(&k);
-                }
-            }
+            self.forget(&old);
         }
         self.snapshots.remove(&id);
+    }
+
+    /// Drops what the name index and the counts hold of a workspace record.
+    fn forget(&mut self, old: &WorkspaceRecord) {
+        if let Some(n) = &old.name {
+            let k = name_key(&old.account, n);
+            if self.names.get(&k) == Some(&old.id) {
+                self.names.remove(&k);
+            }
+        }
+        if let Some(held) = self.held.get_mut(&old.account) {
+            held.0 -= 1;
+            held.1 -= u64::from(old.status == WorkspaceStatus::Importing);
+        }
+    }
+
+    /// (workspaces, of which importing) of an account.
+    pub(crate) fn held_by(&self, account: &str) -> (u64, u64) {
+        self.held.get(account).copied().unwrap_or_default()
     }
 
     /// Applies a record another host wrote (cluster mode; `None`: deleted).
@@ -585,11 +600,7 @@ impl Service {
         bytes: u64,
     ) -> ApiResult<()> {
         let policy = self.policy(account);
-        let held = ix
-            .workspaces
-            .values()
-            .filter(|w| w.account == account)
-            .count() as u64;
+        let (held, _) = ix.held_by(account);
         if held + count as u64 > policy.workspaces {
             return Err(ApiError::forbidden(
                 "account_limit",

@@ -114,12 +114,8 @@ impl Service {
             .values()
             .filter(|s| s.account == account && s.status == SessionStatus::Active)
             .count();
-        let imports = ix
-            .workspaces
-            .values()
-            .filter(|w| w.account == account && w.status == WorkspaceStatus::Importing)
-            .count();
-        let active = (sessions + imports) as u64;
+        let (_, imports) = ix.held_by(account);
+        let active = sessions as u64 + imports;
         if active >= allowed {
             return Err(ApiError::new(
                 crate::error::ErrorKind::TooManyRequests,
