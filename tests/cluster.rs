@@ -429,13 +429,8 @@ fn etcd_leader_loss() {
     let stores = Stores::start();
     let a = stores.host("host-a", &[]);
     a.create_workspace("before");
-    let status = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", stores.var("CHASER_ETCD_ENDPOINTS")])
-        .args(["endpoint", "status", "-w", "json"])
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = stores.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
     let leader_id = status[0]["Status"]["leader"].as_u64().unwrap();
     let leader = status
         .as_array()
@@ -787,23 +782,8 @@ fn collectors_killed_mid_collection_lose_nothing() {
 #[ignore = "needs etcd and Garage (scripts/install-cluster-stores.sh); scripts/test.sh runs it"]
 fn etcd_authentication() {
     let stores = Stores::start();
-    let etcdctl = |args: &[&str]| {
-        let out = Command::new("etcdctl")
-            .arg(format!(
-                "--endpoints={}",
-                stores.var("CHASER_ETCD_ENDPOINTS")
-            ))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    etcdctl(&["user", "add", "root:s3cret-pw"]);
-    etcdctl(&["auth", "enable"]);
+    stores.etcdctl(&["user", "add", "root:s3cret-pw"]);
+    stores.etcdctl(&["auth", "enable"]);
     let refused = |password: Option<&str>| {
         let mut o = stores.host_options("intruder", &[], None);
         let dir = tempfile::tempdir().unwrap();

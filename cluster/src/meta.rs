@@ -294,15 +294,13 @@ impl Meta {
         Ok(())
     }
 
-    /// The collector deletes pack indexes (while it sweeps).
-    /// With no keys, it only checks the fence: the caller deletes objects next (which etcd
-    /// cannot fence) only if the collection still holds.
+    /// The collector deletes pack indexes (while it sweeps). With no keys (packs no index
+    /// names, older than the grace period), only this host's view of its lease is checked.
     pub fn delete_packs(&self, keys: &[Vec<u8>]) -> FsResult<()> {
-        let batches: Vec<&[Vec<u8>]> = match keys.is_empty() {
-            true => vec![&[]],
-            false => keys.chunks(PACK_TXN).collect(),
-        };
-        for batch in batches {
+        if keys.is_empty() {
+            return self.gc_fence(self.gc_sweep_key()).map(|_| ());
+        }
+        for batch in keys.chunks(PACK_TXN) {
             let txn = Txn::new()
                 .when([self.gc_fence(self.gc_sweep_key())?.0])
                 .and_then(
@@ -866,10 +864,16 @@ impl Meta {
         format!("{}gc/lock", self.prefix).into_bytes()
     }
 
+    /// What the collector lock and the sweep key hold: this host and the lease they live on,
+    /// so no other process (even one with the same host name) and no other lease matches.
+    fn gc_token(&self, lease: i64) -> String {
+        format!("{} {lease:x}", self.host)
+    }
+
     /// What every step of a collection carries: `key` (the collector lock or the sweep) still
-    /// attached to the lease the lock was taken on. Once that lease expires, etcd refuses the
-    /// step, whatever this host's clock says and whichever host took the lock since (another
-    /// process may have the same host name); and a host given a new lease stops collecting.
+    /// holding this host's token for the lease the lock was taken on. Once that lease
+    /// expires the key is gone and etcd refuses the step, whatever this host's clock says and
+    /// whichever process took the lock since; and a host given a new lease stops collecting.
     fn gc_fence(&self, key: Vec<u8>) -> FsResult<(Compare, i64)> {
         let held = (*self.gc_lease.lock())
             .ok_or_else(|| FsError::Storage("this host does not hold the collector lock".into()))?;
@@ -878,7 +882,8 @@ impl Meta {
                 "this host's lease changed during the collection".into(),
             ));
         }
-        Ok((Compare::lease(key, CompareOp::Equal, held), held))
+        let token = self.gc_token(held);
+        Ok((Compare::value(key, CompareOp::Equal, token), held))
     }
 
     /// Takes the cluster's collector lock for this host (`Busy` if another host collects).
@@ -889,7 +894,7 @@ impl Meta {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
                 key,
-                self.host.clone(),
+                self.gc_token(lease),
                 Some(PutOptions::new().with_lease(lease)),
             )]);
         if self
@@ -910,7 +915,11 @@ impl Meta {
         };
         let key = self.gc_lock_key();
         let txn = Txn::new()
-            .when([Compare::lease(key.clone(), CompareOp::Equal, held)])
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.gc_token(held),
+            )])
             .and_then([TxnOp::delete(key, None)]);
         if let Err(e) = self
             .runtime
@@ -927,7 +936,7 @@ impl Meta {
         let txn = Txn::new().when([fence]).and_then([
             TxnOp::put(
                 self.gc_sweep_key(),
-                self.host.clone(),
+                self.gc_token(lease),
                 Some(PutOptions::new().with_lease(lease)),
             ),
             TxnOp::put(self.gc_count_key(), self.host.clone(), None),
@@ -949,7 +958,11 @@ impl Meta {
         };
         let key = self.gc_sweep_key();
         let txn = Txn::new()
-            .when([Compare::lease(key.clone(), CompareOp::Equal, held)])
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.gc_token(held),
+            )])
             .and_then([TxnOp::delete(key, None)]);
         if let Err(e) = self
             .runtime

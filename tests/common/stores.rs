@@ -73,6 +73,21 @@ impl Stores {
         &self.env[k]
     }
 
+    /// `etcdctl ARGS` against this cluster's etcd; its standard output.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .arg(format!("--endpoints={}", self.var("CHASER_ETCD_ENDPOINTS")))
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub fn pid(&self, name: &str) -> i32 {
         self.var(name).parse().unwrap()
     }
