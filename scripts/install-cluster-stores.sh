@@ -4,10 +4,12 @@
 # the build; ~30 minutes on 2 cores, once per machine). Garage is built with SQLite metadata
 # only and opt-level 1: it is a test store here, and that halves its build.
 set -euo pipefail
-if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
-    echo "setup: installing etcd"
+# openssl makes the certificates of the etcd-over-TLS test.
+if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1 \
+    || ! command -v openssl >/dev/null 2>&1; then
+    echo "setup: installing etcd and openssl"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client openssl >/dev/null
 fi
 garage_version=2.1.0
 garage_bin=/var/cache/chaserfs/garage/bin/garage

@@ -823,3 +823,116 @@ fn etcd_authentication() {
     assert_eq!(s, 200, "{w}");
     assert_eq!(w["persistence"]["files"], 2, "{w}");
 }
+
+/// etcd over TLS with client certificates (`--client-cert-auth`), beside the test's Garage: a
+/// host given the CA and its certificate serves and commits; one without the CA refuses to
+/// start.
+#[test]
+#[ignore = "needs etcd and Garage (scripts/install-cluster-stores.sh); scripts/test.sh runs it"]
+fn etcd_over_tls() {
+    let stores = Stores::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |cmd: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
+    std::fs::write(d.join("ext"), ext).unwrap();
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null");
+    for name in ["server", "client"] {
+        sh(&format!(
+            "openssl req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null && \
+             openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 1 -extfile ext 2>/dev/null"
+        ));
+    }
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client_port, peer_port) = (port(()), port(()));
+    let url = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut etcd = Command::new("etcd")
+        .args(["--name", "tls", "--data-dir"])
+        .arg(d.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("tls={peer}")])
+        .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+        .args(["--trusted-ca-file", "ca.pem", "--client-cert-auth"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", client_port)).is_err() {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let with_etcd = |extra: &[&str]| {
+        let mut o = stores.host_options("tls-host", extra, None);
+        let at = o.args.iter().position(|a| a == "--etcd-endpoints").unwrap();
+        o.args[at + 1] = url.clone();
+        o
+    };
+    let pem = |f: &str| d.join(f).display().to_string();
+    // Without the CA, the host cannot trust etcd and does not start.
+    let mut o = with_etcd(&[]);
+    let out = Command::new(common::bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(d.join("refused-data"))
+        .arg("--mount-root")
+        .arg(d.join("refused-mnt"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(&o.args)
+        .envs(o.env.drain(..))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started against an untrusted etcd");
+    let a = Daemon::start_with(with_etcd(&[
+        "--etcd-ca-file",
+        &pem("ca.pem"),
+        "--etcd-cert-file",
+        &pem("client.pem"),
+        "--etcd-key-file",
+        &pem("client.key"),
+    ]));
+    a.create_workspace("tls");
+    let (sid, path) = a.mount("tls", "tls");
+    write_synced(&path.join("f"), b"through etcd over TLS");
+    a.unmount(&sid);
+    let (s, w) = a.call("GET", "/v1/workspaces/tls", None);
+    assert_eq!(
+        (s, w["persistence"]["files"].as_u64()),
+        (200, Some(2)),
+        "{w}"
+    );
+    drop(a);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}
