@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 
-use common::{sh, Daemon};
+use common::{sh, write_synced, Daemon};
 use serde_json::json;
 
 fn df(mnt: &Path, fields: &str) -> Vec<u64> {
@@ -17,14 +16,6 @@ fn df(mnt: &Path, fields: &str) -> Vec<u64> {
     .split_whitespace()
     .map(|n| n.parse().unwrap())
     .collect()
-}
-
-/// Writes a file and fsyncs it; with the kernel's writeback cache a quota error can surface
-/// at the write or at the fsync.
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 #[test]

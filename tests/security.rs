@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{sh, Daemon, Options};
+use common::{sh, write_synced, Daemon, Options};
 use serde_json::{json, Value};
 
 /// A daemon whose mount root any local user may walk into (a test dir is 0700).
@@ -610,13 +610,6 @@ fn accounts_daemon(accounts: &str, args: &[&str], env: &[(&str, &str)]) -> Daemo
     // The files are read at start.
     drop(dir);
     d
-}
-
-/// Writes and fsyncs: with the writeback cache, a quota error may surface at either.
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 fn code(v: &Value) -> &str {

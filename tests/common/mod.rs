@@ -584,3 +584,11 @@ impl LoopDisk {
         ballast
     }
 }
+
+/// Writes a file and fsyncs it; with the kernel's writeback cache a quota error can surface
+/// at the write or at the fsync.
+pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
