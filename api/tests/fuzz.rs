@@ -286,6 +286,21 @@ fn json_bodies_never_break_the_api() {
         Vec::new(),
     );
     assert_eq!(s, 200, "{v}");
+    // GitHub imports (to a closed port) mount while git runs: let them finish, so no mount
+    // outlives the test process.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let path = "/v1/workspaces?status=importing";
+        let (_, v) = api.call("GET", path, "application/json", Vec::new());
+        if v["workspaces"].as_array().is_some_and(|w| w.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "imports still running: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// A header with its owner and time set (the tar crate leaves them blank).
