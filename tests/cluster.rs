@@ -786,27 +786,11 @@ fn etcd_authentication() {
     stores.etcdctl(&["auth", "enable"]);
     let refused = |password: Option<&str>| {
         let mut o = stores.host_options("intruder", &[], None);
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(common::bin());
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--mount-root")
-            .arg(dir.path().join("mnt"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(&o.args)
-            .envs(o.env.drain(..));
         if let Some(p) = password {
-            cmd.args(["--etcd-user", "root"])
-                .env("CHASER_ETCD_PASSWORD", p);
+            o.args.extend(["--etcd-user".into(), "root".into()]);
+            o.env.push(("CHASER_ETCD_PASSWORD".into(), p.into()));
         }
-        let out = cmd.output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            !out.status.success(),
-            "started without etcd's credentials: {err}"
-        );
+        let err = refused_to_start(o);
         assert!(err.contains("etcd"), "{err}");
     };
     refused(None);
@@ -833,19 +817,7 @@ fn etcd_over_tls() {
     let stores = Stores::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let sh = |cmd: &str| {
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(cmd)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let sh = |cmd: &str| common::sh(cmd, d);
     let ext = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
     std::fs::write(d.join("ext"), ext).unwrap();
     sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null");
@@ -901,19 +873,7 @@ fn etcd_over_tls() {
     };
     let pem = |f: &str| d.join(f).display().to_string();
     // Without the CA, the host cannot trust etcd and does not start.
-    let mut o = with_etcd(&[]);
-    let out = Command::new(common::bin())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(d.join("refused-data"))
-        .arg("--mount-root")
-        .arg(d.join("refused-mnt"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(&o.args)
-        .envs(o.env.drain(..))
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "started against an untrusted etcd");
+    refused_to_start(with_etcd(&[]));
     let a = Daemon::start_with(with_etcd(&[
         "--etcd-ca-file",
         &pem("ca.pem"),
@@ -935,4 +895,23 @@ fn etcd_over_tls() {
     drop(a);
     let _ = etcd.kill();
     let _ = etcd.wait();
+}
+
+/// Runs `chaserfs serve` with `o` on a fresh data dir; it must exit, failing. Its stderr.
+fn refused_to_start(o: Options) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--mount-root")
+        .arg(dir.path().join("mnt"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(&o.args)
+        .envs(o.env)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "started when it must not: {err}");
+    err
 }
