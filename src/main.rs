@@ -470,22 +470,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_timeout: Duration::from_secs(header_timeout.max(1)),
     };
     chaserfs_api::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    // Taking over: the running daemon hands over its sessions and sockets, then exits,
-    // leaving the store to this process.
+    // Taking over: the running daemon hands over its sessions and sockets and closes the
+    // store; it exits once this process has readied every session (see takeover.rs). Any
+    // error before then returns them all to it.
+    let started = std::time::Instant::now();
     let inherited = if takeover {
         if cluster.s3_endpoint.is_some() {
             bail!("--takeover is not supported for cluster hosts");
         }
-        let started = std::time::Instant::now();
-        let (handover, fds, conn) = takeover::request(&data_dir).map_err(anyhow::Error::msg)?;
-        takeover::acknowledge(conn).map_err(anyhow::Error::msg)?;
-        tracing::info!(
-            "took over {} sessions from process {} in {:.0} ms",
-            handover.sessions.len(),
-            handover.pid,
-            started.elapsed().as_secs_f64() * 1e3
-        );
-        Some((handover, fds))
+        Some(takeover::request(&data_dir).map_err(anyhow::Error::msg)?)
     } else {
         None
     };
@@ -564,12 +557,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             (svc, listeners)
         }
-        Some((handover, fds)) => {
+        Some((handover, fds, conn)) => {
             let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
             let api = fds[handover.api_listener].take().context("no API socket")?;
             let metrics = handover.metrics_listener.and_then(|i| fds[i].take());
-            let svc = Service::taking_over(store, config, keys, &handover, &mut fds)
+            let (svc, adopted) = Service::taking_over(store, config, keys, &handover, &mut fds)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            takeover::acknowledge(conn).map_err(anyhow::Error::msg)?;
+            svc.serve_adopted(adopted);
+            tracing::info!(
+                "took over {} sessions from process {} in {:.0} ms",
+                handover.sessions.len(),
+                handover.pid,
+                started.elapsed().as_secs_f64() * 1e3
+            );
             (svc, takeover::Listeners { api, metrics })
         }
     };

@@ -162,7 +162,7 @@ fn a_successor_that_fails_leaves_the_old_daemon_serving() {
     // A successor that asks, takes the handover frame, and dies without acknowledging it.
     let sock = d.data_dir().join("takeover.sock");
     let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-    conn.write_all(b"chaserfs takeover 1\n").unwrap();
+    conn.write_all(b"chaserfs takeover 2\n").unwrap();
     let mut len = [0u8; 4];
     conn.read_exact(&mut len).unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -202,6 +202,89 @@ fn a_successor_that_fails_leaves_the_old_daemon_serving() {
     assert_eq!(
         std::fs::read_to_string(again.join("open.txt")).unwrap(),
         "one\ntwo\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(again.join("after.txt")).unwrap(),
+        "after\n"
+    );
+}
+
+/// Waits until the old daemon (`pid`) answers the API again and still serves `session`.
+fn serving_again(d: &Daemon, pid: i32, session: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut status, mut v) = (0, serde_json::Value::Null);
+    while Instant::now() < deadline {
+        (status, v) = d.call("GET", &format!("/v1/sessions/{session}"), None);
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!((status, v["status"].as_str()), (200, Some("active")), "{v}");
+    assert_eq!(d.pid(), pid, "the old daemon still runs");
+}
+
+/// The file descriptors of process `pid` that point at `path`.
+fn holds(pid: u32, path: &std::path::Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_successor_that_dies_after_the_handover_leaves_every_session_working() {
+    let d = Daemon::start();
+    d.create_workspace("td");
+    let (session, path) = d.mount("td", "td");
+    let mut open = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path.join("open.txt"))
+        .unwrap();
+    open.write_all(b"one\n").unwrap();
+    let pid = d.pid();
+
+    // A successor that receives the handover and the store, then fails on its own flags.
+    let out = d
+        .successor(&["--api-keys-file", "/nonexistent"])
+        .wait_with_output()
+        .unwrap();
+    assert!(!out.status.success());
+    serving_again(&d, pid, &session);
+    open.write_all(b"two\n").unwrap();
+    open.sync_all().unwrap();
+
+    // A successor killed while it holds the store: it blocks reading its accounts file (a
+    // FIFO nobody writes), which it reads after opening the store.
+    let fifo = d.data_dir().parent().unwrap().join("accounts.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut successor = d.successor(&["--accounts-file", fifo.to_str().unwrap()]);
+    let lock = d.data_dir().canonicalize().unwrap().join("LOCK");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !holds(successor.id(), &lock) {
+        assert!(
+            Instant::now() < deadline,
+            "the successor never opened the store\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    successor.kill().unwrap();
+    successor.wait().unwrap();
+    serving_again(&d, pid, &session);
+    open.write_all(b"three\n").unwrap();
+    open.sync_all().unwrap();
+    drop(open);
+    std::fs::write(path.join("after.txt"), "after\n").unwrap();
+
+    d.unmount(&session);
+    let (_, again) = d.mount("td", "td2");
+    assert_eq!(
+        std::fs::read_to_string(again.join("open.txt")).unwrap(),
+        "one\ntwo\nthree\n"
     );
     assert_eq!(
         std::fs::read_to_string(again.join("after.txt")).unwrap(),

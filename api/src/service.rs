@@ -470,20 +470,19 @@ impl Service {
         Ok(svc)
     }
 
-    /// As [`Service::new`], serving the sessions a running daemon handed over (see
-    /// `takeover.rs`) instead of ending them.
+    /// As [`Service::new`], readying the sessions a running daemon handed over (see
+    /// `takeover.rs`) instead of ending them; [`Service::serve_adopted`] serves them.
     pub fn taking_over(
         store: Arc<Store>,
         config: Config,
         keys: Vec<(String, blake3::Hash)>,
         handover: &crate::takeover::Handover,
         fds: &mut [Option<std::os::fd::OwnedFd>],
-    ) -> ApiResult<Arc<Service>> {
+    ) -> ApiResult<(Arc<Service>, crate::takeover::Adopted)> {
         let svc = Self::load(store, config, keys)?;
-        svc.adopt(handover, fds);
-        let served: HashSet<Uuid> = svc.mounts.lock().keys().copied().collect();
-        svc.recover(&served)?;
-        Ok(svc)
+        let adopted = svc.adopt(handover, fds)?;
+        svc.recover(&adopted.ids())?;
+        Ok((svc, adopted))
     }
 
     fn load(

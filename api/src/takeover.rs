@@ -1,17 +1,23 @@
 //! Graceful takeover: a new daemon takes every mounted session over from the running one
 //! without unmounting anything (as EdenFS does). The old daemon stops serving HTTP (its
 //! listening sockets stay open, so connections wait in the backlog), stops its sessions'
-//! FUSE readers (requests wait in the kernel), commits each workspace durably, and passes
-//! the listening sockets and each session's `/dev/fuse` descriptor (`SCM_RIGHTS`), with
-//! the kernel's inode references, over `DATA_DIR/takeover.sock`. Once the new daemon has
-//! them, the old one exits; the new one opens the store and serves the same mounts.
+//! FUSE readers (requests wait in the kernel), commits each workspace durably, closes the
+//! store, and passes the listening sockets and each session's `/dev/fuse` descriptor
+//! (`SCM_RIGHTS`), with the kernel's inode references, over `DATA_DIR/takeover.sock`. The
+//! new daemon opens the store and readies every session; only then does the old one exit.
+//! All or nothing: until then the old daemon keeps its copies of every descriptor, and if
+//! the new one fails at any step, the old one opens the store again and serves everything.
 //!
 //! The protocol, over a Unix stream socket; a frame is a 4-byte big-endian length and JSON:
-//! 1. new → old: `chaserfs takeover 1\n`.
+//! 1. new → old: `chaserfs takeover 2\n`.
 //! 2. old → new: a frame, [`Reply`]; with a handover, then its descriptors in messages of
-//!    one byte and up to [`FDS_PER_MESSAGE`] descriptors each.
-//! 3. new → old: a frame `{"ok": true}`; the old daemon exits 0. Without it (the new daemon
-//!    failed), the old one serves its sessions and HTTP again.
+//!    one byte and up to [`FDS_PER_MESSAGE`] descriptors each. The store is closed by then.
+//! 3. new → old: a frame `{"ok": true}` once it has opened the store and readied every
+//!    session, reading no request yet.
+//! 4. old → new: a frame `{"done": true}`; the old daemon exits 0 and the new one starts
+//!    serving. Without step 3 (the new daemon failed, or took longer than [`ADOPT_WAIT`]),
+//!    the old one opens the store again once the new one has let go of it, and serves its
+//!    sessions and HTTP again; a new daemon that gets no step 4 exits without serving.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chaserfs_fs::fuse::{FuseAdapter, MountOptions};
-use chaserfs_fs::mount::{self, FuseMount, KernelOffer, Stopped};
+use chaserfs_fs::mount::{self, FuseMount, KernelOffer, Prepared, Stopped};
 use chaserfs_fs::Workspace;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -31,10 +37,12 @@ use crate::model::{SessionRecord, SessionStatus};
 use crate::service::{ApiError, ApiResult, Service};
 use crate::sessions::{fuse_config, Mounted};
 
-const REQUEST: &str = "chaserfs takeover 1\n";
+const REQUEST: &str = "chaserfs takeover 2\n";
 const FDS_PER_MESSAGE: usize = 200;
 /// How long either side waits for the other's next message.
 const PEER_WAIT: Duration = Duration::from_secs(60);
+/// How long the old daemon waits for the new one to open the store and ready every session.
+const ADOPT_WAIT: Duration = Duration::from_secs(120);
 
 /// Where a daemon listens for its successor.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -72,6 +80,17 @@ pub struct HandedSession {
 pub struct Listeners {
     pub api: OwnedFd,
     pub metrics: Option<OwnedFd>,
+}
+
+/// Sessions a successor has readied but does not serve yet (see [`Service::serve_adopted`]).
+pub struct Adopted(Vec<AdoptedSession>);
+
+type AdoptedSession = (SessionRecord, Arc<Workspace>, Prepared);
+
+impl Adopted {
+    pub fn ids(&self) -> std::collections::HashSet<Uuid> {
+        self.0.iter().map(|(rec, _, _)| rec.id).collect()
+    }
 }
 
 /// A successor's takeover request, accepted on the socket; the old daemon answers it once
@@ -179,17 +198,20 @@ pub fn answer(svc: &Service, req: Request, listeners: &Listeners) -> Result<(), 
         for batch in fds.chunks(FDS_PER_MESSAGE) {
             mount::send_fds(&conn, b"F", batch).map_err(|e| e.to_string())?;
         }
-        let ack: serde_json::Value = read_frame(&mut conn).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(ADOPT_WAIT))
+            .map_err(|e| e.to_string())?;
+        let ack: serde_json::Value = read_frame(&mut conn)
+            .map_err(|e| format!("the successor did not ready the sessions: {e}"))?;
         if ack["ok"] != true {
             return Err(format!("the successor answered {ack}"));
         }
-        Ok(())
+        write_frame(&mut conn, &serde_json::json!({"done": true})).map_err(|e| e.to_string())
     })
 }
 
 /// The new daemon's side: asks the daemon on `data_dir` to hand over, and returns what it
-/// sent with the descriptors, and the connection, to be dropped once this process no longer
-/// needs the old one to stay (see [`acknowledge`]).
+/// sent with the descriptors, and the connection, for [`acknowledge`] once every session is
+/// ready. Dropping the connection instead gives everything back to the old daemon.
 pub fn request(data_dir: &Path) -> Result<(Handover, Vec<OwnedFd>, UnixStream), String> {
     let path = socket_path(data_dir);
     let mut conn = UnixStream::connect(&path)
@@ -216,12 +238,15 @@ pub fn request(data_dir: &Path) -> Result<(Handover, Vec<OwnedFd>, UnixStream), 
     Ok((handover, fds, conn))
 }
 
-/// Tells the old daemon everything arrived, and waits for it to exit (its end closes).
+/// Tells the old daemon every session is ready here, and waits for its word that it leaves
+/// them to this process. An error means it kept them: this process must not serve them.
 pub fn acknowledge(mut conn: UnixStream) -> Result<(), String> {
     write_frame(&mut conn, &serde_json::json!({"ok": true})).map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    conn.set_read_timeout(None).map_err(|e| e.to_string())?;
-    let _ = conn.read_to_end(&mut rest);
+    let done: serde_json::Value =
+        read_frame(&mut conn).map_err(|e| format!("the running daemon kept its sessions: {e}"))?;
+    if done["done"] != true {
+        return Err(format!("the running daemon answered {done}"));
+    }
     Ok(())
 }
 
@@ -253,7 +278,9 @@ fn resume(mounts: &mut HashMap<Uuid, Mounted>, id: Uuid, s: Stopped, options: Mo
     };
     let cfg = fuse_config();
     let adapter = FuseAdapter::new(m.ws.clone(), options);
-    match FuseMount::adopt(adapter, s.device, &s.mountpoint, &cfg, s.offer) {
+    match FuseMount::prepare(adapter, s.device, &s.mountpoint, &cfg, s.offer)
+        .and_then(Prepared::start)
+    {
         Ok(f) => m.mount = Some(f),
         // Left unmounted: the periodic commit ends the session (see `commit_all`).
         Err(e) => tracing::error!("serving session {id} again: {e}"),
@@ -334,7 +361,15 @@ impl Service {
             .map_err(|e| e.to_string())?;
         let result = match failure {
             Some(e) => Err(e),
-            None => send(handed, &fds),
+            None => {
+                // Every session is committed; the successor opens the store next.
+                self.store.release();
+                let sent = send(handed, &fds);
+                if sent.is_err() {
+                    self.reopen_store();
+                }
+                sent
+            }
         };
         match result {
             Ok(()) => {
@@ -360,21 +395,69 @@ impl Service {
         }
     }
 
-    /// The new daemon's side: serves each handed session on its connection. A session that
-    /// cannot be served is left out, and ended like a crashed run's.
-    pub(crate) fn adopt(&self, handover: &Handover, fds: &mut [Option<OwnedFd>]) {
-        for h in &handover.sessions {
-            let device = fds.get_mut(h.fd).and_then(Option::take);
-            if let Err(e) = device
-                .ok_or_else(|| ApiError::internal("no descriptor"))
-                .and_then(|d| self.adopt_one(h, d))
-            {
-                tracing::error!("taking over session {}: {}", h.id, e.message);
+    /// After a failed takeover: opens the store again, once the successor (which may hold it
+    /// still, until it exits) has let go of it.
+    fn reopen_store(&self) {
+        let started = std::time::Instant::now();
+        let mut next_warning = Duration::from_secs(10);
+        loop {
+            match self.store.reopen() {
+                Ok(()) => return,
+                Err(e) if started.elapsed() >= next_warning => {
+                    tracing::warn!("the store is still held elsewhere after a takeover: {e}");
+                    next_warning += Duration::from_secs(10);
+                }
+                Err(_) => {}
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    fn adopt_one(&self, h: &HandedSession, device: OwnedFd) -> ApiResult<()> {
+    /// The new daemon's side: readies every handed session on its connection, all or
+    /// nothing: an error leaves them all to the old daemon.
+    pub(crate) fn adopt(
+        &self,
+        handover: &Handover,
+        fds: &mut [Option<OwnedFd>],
+    ) -> ApiResult<Adopted> {
+        let mut ready = Vec::with_capacity(handover.sessions.len());
+        for h in &handover.sessions {
+            let device = fds
+                .get_mut(h.fd)
+                .and_then(Option::take)
+                .ok_or_else(|| ApiError::internal("no descriptor"));
+            let one = device.and_then(|d| self.adopt_one(h, d)).map_err(|e| {
+                ApiError::internal(format!("taking over session {}: {}", h.id, e.message))
+            })?;
+            ready.push(one);
+        }
+        Ok(Adopted(ready))
+    }
+
+    /// Starts serving the sessions [`Service::adopt`] readied, once the old daemon has left
+    /// them to this one.
+    pub fn serve_adopted(&self, adopted: Adopted) {
+        for (rec, ws, prepared) in adopted.0 {
+            let mount = match prepared.start() {
+                Ok(m) => Some(m),
+                // Left unmounted: the periodic commit ends the session (see `commit_all`).
+                Err(e) => {
+                    tracing::error!("serving session {}: {e}", rec.id);
+                    None
+                }
+            };
+            self.mounts.lock().insert(rec.id, Mounted { ws, mount });
+            tracing::info!(
+                target: "chaserfs::session",
+                session = %rec.id,
+                workspace = %rec.workspace_id,
+                mountpoint = %rec.mountpoint.display(),
+                "session taken over"
+            );
+        }
+    }
+
+    fn adopt_one(&self, h: &HandedSession, device: OwnedFd) -> ApiResult<AdoptedSession> {
         let (rec, limits) = {
             let ix = self.index.lock();
             let rec = ix
@@ -407,24 +490,10 @@ impl Service {
         let ws = Arc::new(ws);
         let cfg = fuse_config();
         let adapter = FuseAdapter::new(ws.clone(), options(&rec));
-        let mount =
-            FuseMount::adopt(adapter, device, &rec.mountpoint, &cfg, h.offer).map_err(|e| {
+        let prepared = FuseMount::prepare(adapter, device, &rec.mountpoint, &cfg, h.offer)
+            .map_err(|e| {
                 ApiError::internal(format!("serving {}: {e}", rec.mountpoint.display()))
             })?;
-        self.mounts.lock().insert(
-            rec.id,
-            Mounted {
-                ws,
-                mount: Some(mount),
-            },
-        );
-        tracing::info!(
-            target: "chaserfs::session",
-            session = %rec.id,
-            workspace = %rec.workspace_id,
-            mountpoint = %rec.mountpoint.display(),
-            "session taken over"
-        );
-        Ok(())
+        Ok((rec, ws, prepared))
     }
 }

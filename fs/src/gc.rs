@@ -133,11 +133,12 @@ fn sweep(
     cf_name: &'static str,
     live: &HashSet<Hash>,
 ) -> FsResult<(usize, Option<DeletedRange>)> {
-    let cf = store.cf(cf_name);
+    let db = store.db()?;
     let mut deleted = 0;
     let mut range: Option<DeletedRange> = None;
     let mut candidates = Vec::with_capacity(SWEEP_BATCH);
-    let mut iter = store.db.raw_iterator_cf(cf);
+    let cf = db.cf(cf_name);
+    let mut iter = db.raw_iterator_cf(cf);
     iter.seek_to_first();
     loop {
         let done = !iter.valid();

@@ -7,7 +7,7 @@
 //! connection whose `FUSE_INIT` was answered long ago. Both are done around it, on the file
 //! descriptor its channel reads: [`FuseMount::stop`] points that descriptor at a socket
 //! (`dup2`), wakes the readers so they read again from the socket, and feeds each a
-//! `FUSE_DESTROY`; [`FuseMount::adopt`] lets a new session answer a `FUSE_INIT` built from
+//! `FUSE_DESTROY`; [`FuseMount::prepare`] lets a new session answer a `FUSE_INIT` built from
 //! what the kernel offered the first time, over a socket, then points its descriptor at the
 //! connection.
 
@@ -64,6 +64,31 @@ pub struct Stopped {
     pub device: OwnedFd,
     pub mountpoint: PathBuf,
     pub offer: KernelOffer,
+}
+
+/// A session ready to serve a connection, not reading from it yet (see
+/// [`FuseMount::prepare`]).
+pub struct Prepared {
+    session: fuser::Session<FuseAdapter>,
+    channel_fd: RawFd,
+    device: OwnedFd,
+    mountpoint: PathBuf,
+    readers: usize,
+    offer: OfferSlot,
+}
+
+impl Prepared {
+    /// Starts reading the connection's requests.
+    pub fn start(self) -> io::Result<FuseMount> {
+        Ok(FuseMount {
+            session: self.session.spawn()?,
+            channel_fd: self.channel_fd,
+            device: self.device,
+            mountpoint: self.mountpoint,
+            readers: self.readers,
+            offer: self.offer,
+        })
+    }
 }
 
 /// What the kernel enforces on a mount's files. Workspace contents come from tenants, so by
@@ -131,15 +156,17 @@ impl FuseMount {
         })
     }
 
-    /// Serves a connection another session answered `FUSE_INIT` for (in this process or
-    /// another), mounted at `path`.
-    pub fn adopt(
+    /// Readies a session for a connection another session answered `FUSE_INIT` for (in this
+    /// process or another), mounted at `path`: it answers that INIT again, over a socket, and
+    /// takes the connection, but reads nothing from it until [`Prepared::start`]. Dropped
+    /// unstarted, it leaves the connection to whoever else holds it.
+    pub fn prepare(
         adapter: FuseAdapter,
         device: OwnedFd,
         path: &Path,
         cfg: &fuser::Config,
         offer: KernelOffer,
-    ) -> io::Result<FuseMount> {
+    ) -> io::Result<Prepared> {
         let slot = adapter.offer_slot();
         let (ours, theirs) = seqpacket_pair()?;
         socket::send(ours.as_raw_fd(), &init_request(&offer), MsgFlags::empty())?;
@@ -155,8 +182,8 @@ impl FuseMount {
         }
         let channel_fd = session.as_fd().as_raw_fd();
         point_at(channel_fd, &device)?;
-        Ok(FuseMount {
-            session: session.spawn()?,
+        Ok(Prepared {
+            session,
             channel_fd,
             device,
             mountpoint: path.to_path_buf(),

@@ -10,7 +10,7 @@
 //! Objects are immutable. Anything that is about to make a root reference an object pins it
 //! first ([`Store::pin`]); the garbage collector never deletes a pinned object (see `gc.rs`).
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
@@ -178,7 +178,11 @@ struct ChunkFlushes {
 }
 
 pub struct Store {
-    pub(crate) db: DB,
+    /// The database; `None` while released ([`Store::release`]): a takeover's successor
+    /// holds it then.
+    db: RwLock<Option<DB>>,
+    /// How it was opened, to open it again ([`Store::reopen`]).
+    block_cache_bytes: usize,
     path: PathBuf,
     pub(crate) nodes: NodeCache,
     pub(crate) pins: Mutex<Pins>,
@@ -269,6 +273,95 @@ pub(crate) fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
     }
 }
 
+/// Opens (creating if missing) the database at `path`, with every column family's options.
+fn open_db(path: &Path, block_cache_bytes: usize) -> FsResult<DB> {
+    let cache = Cache::new_lru_cache(block_cache_bytes);
+    let table = |bloom: bool| {
+        let mut t = BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        if bloom {
+            t.set_bloom_filter(10.0, false);
+        }
+        t.set_cache_index_and_filter_blocks(true);
+        t
+    };
+
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    // Let the kernel read ahead in table and blob files: a file's chunks are laid out in
+    // the order they were written, so a sequential read of a file is mostly a sequential
+    // read of a blob file. RocksDB's default (fadvise RANDOM) made every 64 KiB chunk a
+    // separate synchronous disk read, which capped cold reads near 300 MB/s.
+    db_opts.set_advise_random_on_open(false);
+    db_opts.set_keep_log_file_num(4);
+    // Flushes and compactions write their files with O_DIRECT where the disk allows it:
+    // through the page cache, copying a sequential write's blob bytes into fresh cache
+    // pages was a sixth of the machine's CPU, and those pages are rarely read again (the
+    // kernel keeps the session's own file pages). Reads stay buffered, for readahead.
+    let direct = supports_direct_io(path);
+    tracing::debug!(direct, "O_DIRECT for flushes and compactions");
+    db_opts.set_use_direct_io_for_flush_and_compaction(direct);
+    // Bound memtables across all column families so memory stays flat under write load.
+    db_opts.set_db_write_buffer_size(256 << 20);
+    // No preallocation: RocksDB would fallocate tens of MiB ahead for each WAL, table and
+    // blob file, so the free space the disk reports (which the space reserve relies on,
+    // see `check_space`) would swing by hundreds of MiB.
+    // (The Rust binding has no setter for this one.)
+    let db_opts = db_opts.get_options_from_string("allow_fallocate=false")?;
+
+    let mut chunks = Options::default();
+    chunks.set_block_based_table_factory(&table(true));
+    chunks.set_enable_blob_files(true);
+    chunks.set_min_blob_size(2048);
+    chunks.set_blob_file_size(64 << 20);
+    // Chunks arrive compressed where it pays (see `encode_chunk`).
+    chunks.set_blob_compression_type(DBCompressionType::None);
+    // Blob GC only inside the collector's compactions (see `compact_with`): on all the
+    // time, every L0 compaction under a sequential write relocated the chunks of the
+    // oldest half of the blob files, writing the data a second time (a third of the
+    // daemon's CPU and half its disk bandwidth on a 1 GiB write).
+    chunks.set_enable_blob_gc(false);
+    chunks.set_blob_gc_age_cutoff(0.5);
+    chunks.set_compression_type(DBCompressionType::Lz4);
+    chunks.set_write_buffer_size(64 << 20);
+    chunks.set_max_write_buffer_number(3);
+
+    let mut nodes = Options::default();
+    nodes.set_block_based_table_factory(&table(true));
+    nodes.set_compression_type(DBCompressionType::Lz4);
+    nodes.set_write_buffer_size(32 << 20);
+
+    let mut meta = Options::default();
+    meta.set_block_based_table_factory(&table(false));
+
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
+        ColumnFamilyDescriptor::new(CF_NODES, nodes),
+        ColumnFamilyDescriptor::new(CF_META, meta),
+    ];
+    Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+/// The open database, read-locked for one operation (see [`Store::db`]).
+pub(crate) struct Db<'a>(MappedRwLockReadGuard<'a, DB>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = DB;
+    fn deref(&self) -> &DB {
+        &self.0
+    }
+}
+
+impl Db<'_> {
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.0
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+}
+
 impl Store {
     pub fn open(path: &Path) -> FsResult<Arc<Store>> {
         Self::open_with(path, StoreOptions::default())
@@ -315,75 +408,10 @@ impl Store {
                     .map_err(io)?;
             }
         }
-        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
-        let table = |bloom: bool| {
-            let mut t = BlockBasedOptions::default();
-            t.set_block_cache(&cache);
-            if bloom {
-                t.set_bloom_filter(10.0, false);
-            }
-            t.set_cache_index_and_filter_blocks(true);
-            t
-        };
-
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.set_max_background_jobs(2);
-        // Let the kernel read ahead in table and blob files: a file's chunks are laid out in
-        // the order they were written, so a sequential read of a file is mostly a sequential
-        // read of a blob file. RocksDB's default (fadvise RANDOM) made every 64 KiB chunk a
-        // separate synchronous disk read, which capped cold reads near 300 MB/s.
-        db_opts.set_advise_random_on_open(false);
-        db_opts.set_keep_log_file_num(4);
-        // Flushes and compactions write their files with O_DIRECT where the disk allows it:
-        // through the page cache, copying a sequential write's blob bytes into fresh cache
-        // pages was a sixth of the machine's CPU, and those pages are rarely read again (the
-        // kernel keeps the session's own file pages). Reads stay buffered, for readahead.
-        let direct = supports_direct_io(path);
-        tracing::debug!(direct, "O_DIRECT for flushes and compactions");
-        db_opts.set_use_direct_io_for_flush_and_compaction(direct);
-        // Bound memtables across all column families so memory stays flat under write load.
-        db_opts.set_db_write_buffer_size(256 << 20);
-        // No preallocation: RocksDB would fallocate tens of MiB ahead for each WAL, table and
-        // blob file, so the free space the disk reports (which the space reserve relies on,
-        // see `check_space`) would swing by hundreds of MiB.
-        // (The Rust binding has no setter for this one.)
-        let db_opts = db_opts.get_options_from_string("allow_fallocate=false")?;
-
-        let mut chunks = Options::default();
-        chunks.set_block_based_table_factory(&table(true));
-        chunks.set_enable_blob_files(true);
-        chunks.set_min_blob_size(2048);
-        chunks.set_blob_file_size(64 << 20);
-        // Chunks arrive compressed where it pays (see `encode_chunk`).
-        chunks.set_blob_compression_type(DBCompressionType::None);
-        // Blob GC only inside the collector's compactions (see `compact_with`): on all the
-        // time, every L0 compaction under a sequential write relocated the chunks of the
-        // oldest half of the blob files, writing the data a second time (a third of the
-        // daemon's CPU and half its disk bandwidth on a 1 GiB write).
-        chunks.set_enable_blob_gc(false);
-        chunks.set_blob_gc_age_cutoff(0.5);
-        chunks.set_compression_type(DBCompressionType::Lz4);
-        chunks.set_write_buffer_size(64 << 20);
-        chunks.set_max_write_buffer_number(3);
-
-        let mut nodes = Options::default();
-        nodes.set_block_based_table_factory(&table(true));
-        nodes.set_compression_type(DBCompressionType::Lz4);
-        nodes.set_write_buffer_size(32 << 20);
-
-        let mut meta = Options::default();
-        meta.set_block_based_table_factory(&table(false));
-
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
-            ColumnFamilyDescriptor::new(CF_NODES, nodes),
-            ColumnFamilyDescriptor::new(CF_META, meta),
-        ];
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+        let db = open_db(path, opts.block_cache_bytes)?;
         let store = Arc::new(Store {
-            db,
+            db: RwLock::new(Some(db)),
+            block_cache_bytes: opts.block_cache_bytes,
             path: path.to_path_buf(),
             nodes: NodeCache::new(opts.node_cache_bytes),
             pins: Mutex::new(Pins::default()),
@@ -419,10 +447,32 @@ impl Store {
         &self.path
     }
 
-    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column families are created at open")
+    /// The database, for one operation: [`Store::release`] waits until it is dropped.
+    pub(crate) fn db(&self) -> FsResult<Db<'_>> {
+        // Recursive: a thread may hold one while it takes another (a writer waiting between
+        // the two must not deadlock it).
+        RwLockReadGuard::try_map(self.db.read_recursive(), Option::as_ref)
+            .map(Db)
+            .map_err(|_| FsError::Storage("the store is closed (handed over)".into()))
+    }
+
+    /// Closes the database, once every operation using it has finished; until
+    /// [`Store::reopen`], every operation fails. A takeover's successor opens it meanwhile.
+    /// Durable state only survives: callers commit first.
+    pub fn release(&self) {
+        let db = self.db.write().take();
+        drop(db);
+    }
+
+    /// Opens the database again after [`Store::release`], once no other process holds it.
+    pub fn reopen(&self) -> FsResult<()> {
+        let mut db = self.db.write();
+        if db.is_none() {
+            *db = Some(open_db(&self.path, self.block_cache_bytes)?);
+            // Opened as configured, without blob GC (see `compact_with`).
+            self.blob_gc.store(false, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     // ---- objects ----
@@ -431,11 +481,18 @@ impl Store {
         if let Some(n) = self.nodes.get(hash) {
             return Ok(n);
         }
-        let node = match self.db.get_pinned_cf(self.cf(CF_NODES), hash.0)? {
-            Some(bytes) => {
+        let local = {
+            let db = self.db()?;
+            let found = db.get_pinned_cf(db.cf(CF_NODES), hash.0)?;
+            match found {
+                Some(bytes) => Some((Arc::new(Node::decode(&bytes)?), bytes.len())),
+                None => None,
+            }
+        };
+        let node = match local {
+            Some((node, len)) => {
                 self.cache_touch(hash);
-                let node = Arc::new(Node::decode(&bytes)?);
-                self.nodes.insert(*hash, node.clone(), bytes.len());
+                self.nodes.insert(*hash, node.clone(), len);
                 node
             }
             None => {
@@ -452,7 +509,11 @@ impl Store {
 
     /// The raw encoding of a node, for fsck.
     pub fn get_node_bytes(&self, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
-        match self.db.get_cf(self.cf(CF_NODES), hash.0)? {
+        let local = {
+            let db = self.db()?;
+            db.get_cf(db.cf(CF_NODES), hash.0)?
+        };
+        match local {
             Some(b) => Ok(Some(b)),
             None => self.fetch(ObjectKind::Node, hash),
         }
@@ -465,7 +526,10 @@ impl Store {
             return Ok(None);
         };
         if self.wait_in_flight(hash) {
-            if let Some(bytes) = self.db.get_cf(self.cf(kind_cf(kind)), hash.0)? {
+            let db = self.db()?;
+            let local = db.get_cf(db.cf(kind_cf(kind)), hash.0)?;
+            drop(db);
+            if let Some(bytes) = local {
                 self.cache_touch(hash);
                 return Ok(Some(bytes));
             }
@@ -523,8 +587,9 @@ impl Store {
         }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        self.db
-            .put_cf_opt(self.cf(kind_cf(kind)), hash.0, bytes, &wo)?;
+        let db = self.db()?;
+        db.put_cf_opt(db.cf(kind_cf(kind)), hash.0, bytes, &wo)?;
+        drop(db);
         self.cache_insert(kind, *hash, bytes.len());
         Ok(())
     }
@@ -535,20 +600,24 @@ impl Store {
         let Some(remote) = &self.remote else {
             return;
         };
-        let cf = self.cf(kind_cf(kind));
+        let Ok(db) = self.db() else {
+            return;
+        };
+        let cf = db.cf(kind_cf(kind));
         let wanted: Vec<Hash> = {
             let mut in_flight = self.in_flight.lock();
             hashes
                 .iter()
                 .filter(|h| {
                     let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
-                        || (self.db.key_may_exist_cf(cf, h.0)
-                            && matches!(self.db.get_pinned_cf(cf, h.0), Ok(Some(_))));
+                        || (db.key_may_exist_cf(cf, h.0)
+                            && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
                     !cached && in_flight.insert(**h)
                 })
                 .copied()
                 .collect()
         };
+        drop(db);
         if wanted.is_empty() {
             return;
         }
@@ -614,7 +683,10 @@ impl Store {
             if staged.values().any(|s| s.contains(&h)) {
                 continue;
             }
-            if let Err(e) = self.db.delete_cf_opt(self.cf(kind_cf(k)), h.0, &wo) {
+            let deleted = self
+                .db()
+                .and_then(|db| Ok(db.delete_cf_opt(db.cf(kind_cf(k)), h.0, &wo)?));
+            if let Err(e) = deleted {
                 tracing::warn!("evicting {h} from the cache: {e}");
             }
         }
@@ -650,7 +722,8 @@ impl Store {
     pub fn get_chunk(&self, hash: &Hash) -> FsResult<Vec<u8>> {
         let mut ro = ReadOptions::default();
         ro.set_verify_checksums(false);
-        let data = match self.db.get_pinned_cf_opt(self.cf(CF_CHUNKS), hash.0, &ro)? {
+        let db = self.db()?;
+        let data = match db.get_pinned_cf_opt(db.cf(CF_CHUNKS), hash.0, &ro)? {
             Some(stored) => {
                 self.cache_touch(hash);
                 decode_chunk(&stored)?
@@ -675,7 +748,8 @@ impl Store {
     /// hardware, see `.cargo/config.toml`), which costs a fraction of rehashing the chunk
     /// with BLAKE3 on every read; [`Store::get_chunk`] (fsck, read-modify-write) still does.
     pub fn read_chunk(&self, hash: &Hash, len: usize, from: usize, dst: &mut [u8]) -> FsResult<()> {
-        let Some(stored) = self.db.get_pinned_cf(self.cf(CF_CHUNKS), hash.0)? else {
+        let db = self.db()?;
+        let Some(stored) = db.get_pinned_cf(db.cf(CF_CHUNKS), hash.0)? else {
             let stored = self
                 .fetch(ObjectKind::Chunk, hash)?
                 .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
@@ -711,11 +785,13 @@ impl Store {
         if self.remote.is_some() {
             return Ok(false);
         }
-        let cf = self.cf(CF_CHUNKS);
-        if !self.db.key_may_exist_cf(cf, hash.0) {
+        let db = self.db()?;
+        let cf = db.cf(CF_CHUNKS);
+        if !db.key_may_exist_cf(cf, hash.0) {
             return Ok(false);
         }
-        Ok(self.db.get_pinned_cf(cf, hash.0)?.is_some())
+        let found = db.get_pinned_cf(cf, hash.0)?.is_some();
+        Ok(found)
     }
 
     /// Writes chunks without the WAL: the bytes go to disk once, into blob files, at the next
@@ -729,16 +805,17 @@ impl Store {
         if chunks.is_empty() {
             return Ok(());
         }
-        let cf = self.cf(CF_CHUNKS);
+        let db = self.db()?;
+        let cf = db.cf(CF_CHUNKS);
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         // One put per chunk, not one batch: a batch of many MiB grows by doubling into fresh
         // pages (copies and page faults were a third of a sequential write's daemon CPU), and
         // unlogged chunk writes need no atomicity (they are pinned until a commit refers to them).
         for (h, data) in chunks {
-            self.db
-                .put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo)?;
+            db.put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo)?;
         }
+        drop(db);
         // Counted after the write: a flush that starts after this count covers these bytes.
         self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
         if let (Some(_), Some(ws)) = (&self.remote, owner) {
@@ -763,8 +840,11 @@ impl Store {
     ) -> FsResult<Vec<Hash>> {
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        for (h, bytes) in nodes {
-            self.db.put_cf_opt(self.cf(CF_NODES), h.0, bytes, &wo)?;
+        {
+            let db = self.db()?;
+            for (h, bytes) in nodes {
+                db.put_cf_opt(db.cf(CF_NODES), h.0, bytes, &wo)?;
+            }
         }
         let staged: Vec<Hash> = owner
             .and_then(|ws| self.staged.lock().get(&ws).cloned())
@@ -778,9 +858,9 @@ impl Store {
             .iter()
             .map(|(h, b)| FsResult::Ok((ObjectKind::Node, *h, b.clone())))
             .chain(staged.iter().map(|h| {
-                let stored = self
-                    .db
-                    .get_cf(self.cf(CF_CHUNKS), h.0)?
+                let db = self.db()?;
+                let stored = db
+                    .get_cf(db.cf(CF_CHUNKS), h.0)?
                     .ok_or_else(|| FsError::corrupt(format!("staged chunk {h} is missing")))?;
                 Ok((ObjectKind::Chunk, *h, stored))
             }));
@@ -842,10 +922,11 @@ impl Store {
                 }
             }
             for h in uploaded {
-                let len = self
-                    .db
-                    .get_pinned_cf(self.cf(CF_CHUNKS), h.0)?
+                let db = self.db()?;
+                let len = db
+                    .get_pinned_cf(db.cf(CF_CHUNKS), h.0)?
                     .map_or(0, |v| v.len());
+                drop(db);
                 self.cache_insert(ObjectKind::Chunk, h, len);
             }
         }
@@ -863,7 +944,10 @@ impl Store {
         }
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        self.db.flush_cf_opt(self.cf(CF_CHUNKS), &fo)?;
+        {
+            let db = self.db()?;
+            db.flush_cf_opt(db.cf(CF_CHUNKS), &fo)?;
+        }
         #[cfg(test)]
         if let Some(hook) = self.chunk_flushes.after_flush_hook.lock().take() {
             hook();
@@ -895,10 +979,11 @@ impl Store {
     /// this, so they can always use the reserve.
     pub fn check_space(&self, unwritten: u64) -> FsResult<()> {
         // Chunks in memtables are on their way to the disk too (up to 3 x 64 MiB).
-        let memtables = self
-            .db
-            .property_int_value_cf(self.cf(CF_CHUNKS), "rocksdb.cur-size-all-mem-tables")?
-            .unwrap_or(0);
+        let memtables = {
+            let db = self.db()?;
+            db.property_int_value_cf(db.cf(CF_CHUNKS), "rocksdb.cur-size-all-mem-tables")?
+                .unwrap_or(0)
+        };
         let needed = self.reserve_bytes + unwritten + memtables;
         if self.disk_space()?.avail_bytes() < needed {
             return Err(FsError::NoSpace);
@@ -911,18 +996,20 @@ impl Store {
     /// reserve on a nearly full disk, where RocksDB meeting ENOSPC would stop writing. Without
     /// it, blob files are still dropped once all their chunks are dead.
     fn room_for_blob_gc(&self) -> FsResult<bool> {
-        let blobs = self
-            .db
-            .property_int_value_cf(self.cf(CF_CHUNKS), "rocksdb.total-blob-file-size")?
-            .unwrap_or(0);
+        let blobs = {
+            let db = self.db()?;
+            db.property_int_value_cf(db.cf(CF_CHUNKS), "rocksdb.total-blob-file-size")?
+                .unwrap_or(0)
+        };
         Ok(self.disk_space()?.avail_bytes() >= self.reserve_bytes + blobs / 2)
     }
 
     fn set_blob_gc(&self, on: bool) -> FsResult<()> {
         if self.blob_gc.swap(on, Ordering::SeqCst) != on {
             let value = if on { "true" } else { "false" };
-            self.db.set_options_cf(
-                self.cf(CF_CHUNKS),
+            let db = self.db()?;
+            db.set_options_cf(
+                db.cf(CF_CHUNKS),
                 &[("enable_blob_garbage_collection", value)],
             )?;
         }
@@ -973,7 +1060,9 @@ impl Store {
         if let Some(remote) = &self.remote {
             return remote.get_root(id);
         }
-        match self.db.get_pinned_cf(self.cf(CF_META), id.key())? {
+        let db = self.db()?;
+        let found = db.get_pinned_cf(db.cf(CF_META), id.key())?;
+        match found {
             Some(v) => Ok(Some(crate::records::decode(&v)?)),
             None => Ok(None),
         }
@@ -984,9 +1073,8 @@ impl Store {
             return remote.list_roots();
         }
         let mut out = Vec::new();
-        let iter = self
-            .db
-            .prefix_iterator_cf(self.cf(CF_META), [RootId::PREFIX]);
+        let db = self.db()?;
+        let iter = db.prefix_iterator_cf(db.cf(CF_META), [RootId::PREFIX]);
         for item in iter {
             let (k, v) = item?;
             if k.first() != Some(&RootId::PREFIX) {
@@ -1023,17 +1111,20 @@ impl Store {
         if chunk_bytes > SMALL_COMMIT_BYTES {
             self.put_chunks_unlogged(None, chunks)?;
         } else {
-            let cf = self.cf(CF_CHUNKS);
+            let db = self.db()?;
             for (h, data) in chunks {
-                batch.put_cf(cf, h.0, encode_chunk(data.as_ref()));
+                batch.put_cf(db.cf(CF_CHUNKS), h.0, encode_chunk(data.as_ref()));
             }
         }
         self.flush_chunks(false)?;
-        let cf = self.cf(CF_NODES);
-        for (h, bytes) in nodes {
-            batch.put_cf(cf, h.0, bytes);
+        {
+            // A batch names column families by id, so it outlives the handles.
+            let db = self.db()?;
+            for (h, bytes) in nodes {
+                batch.put_cf(db.cf(CF_NODES), h.0, bytes);
+            }
+            batch.put_cf(db.cf(CF_META), id.key(), crate::records::encode(record));
         }
-        batch.put_cf(self.cf(CF_META), id.key(), crate::records::encode(record));
         let _roots = self.roots_lock.lock();
         if let RootId::Workspace(_) = id {
             if self.get_root(id)?.is_none() {
@@ -1046,13 +1137,13 @@ impl Store {
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(batch, &wo)?;
+        self.db()?.write_opt(batch, &wo)?;
         Ok(())
     }
 
     /// Makes every write so far durable (WAL fsync).
     pub fn sync_wal(&self) -> FsResult<()> {
-        self.db.flush_wal(true)?;
+        self.db()?.flush_wal(true)?;
         Ok(())
     }
 
@@ -1078,10 +1169,11 @@ impl Store {
                 return Err(FsError::Exists);
             }
             let mut batch = WriteBatch::default();
+            let db = self.db()?;
             for (h, bytes) in nodes {
-                batch.put_cf(self.cf(CF_NODES), h.0, bytes);
+                batch.put_cf(db.cf(CF_NODES), h.0, bytes);
             }
-            batch.put_cf(self.cf(CF_META), id.key(), crate::records::encode(record));
+            batch.put_cf(db.cf(CF_META), id.key(), crate::records::encode(record));
             self.add_meta(&mut batch, meta)?;
             self.write(batch, true)
         })();
@@ -1107,6 +1199,7 @@ impl Store {
         let mut record = self.get_root(src)?.ok_or(FsError::NotFound)?;
         record.committed_at = Timespec::now();
         let mut batch = WriteBatch::default();
+        let db = self.db()?;
         for dst in dsts {
             let old = self.get_root(*dst)?;
             if old.is_some() != dst_exists {
@@ -1119,7 +1212,7 @@ impl Store {
             if let Some(old) = old {
                 record.generation = record.generation.max(old.generation) + 1;
             }
-            batch.put_cf(self.cf(CF_META), dst.key(), crate::records::encode(&record));
+            batch.put_cf(db.cf(CF_META), dst.key(), crate::records::encode(&record));
         }
         self.add_meta(&mut batch, meta)?;
         self.write(batch, true)?;
@@ -1165,11 +1258,12 @@ impl Store {
         }
         let _roots = self.roots_lock.lock();
         let mut batch = WriteBatch::default();
+        let db = self.db()?;
         for id in ids {
             if self.get_root(*id)?.is_none() {
                 return Err(FsError::NotFound);
             }
-            batch.delete_cf(self.cf(CF_META), id.key());
+            batch.delete_cf(db.cf(CF_META), id.key());
         }
         self.add_meta(&mut batch, meta)?;
         self.write(batch, true)
@@ -1228,7 +1322,8 @@ impl Store {
 
     fn add_meta(&self, batch: &mut WriteBatch, ops: &[MetaOp]) -> FsResult<()> {
         check_meta(ops)?;
-        let cf = self.cf(CF_META);
+        let db = self.db()?;
+        let cf = db.cf(CF_META);
         for (k, v) in ops {
             match v {
                 Some(v) => batch.put_cf(cf, k, v),
@@ -1252,7 +1347,8 @@ impl Store {
             return remote.meta_scan(prefix);
         }
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator_cf(self.cf(CF_META), prefix) {
+        let db = self.db()?;
+        for item in db.prefix_iterator_cf(db.cf(CF_META), prefix) {
             let (k, v) = item?;
             if !k.starts_with(prefix) {
                 break;
@@ -1284,13 +1380,14 @@ impl Store {
     /// Bytes RocksDB reports for live SST and blob files, per column family.
     pub fn disk_usage(&self) -> FsResult<u64> {
         let mut total = 0;
+        let db = self.db()?;
         for cf in [CF_CHUNKS, CF_NODES, CF_META] {
-            let cf = self.cf(cf);
+            let cf = db.cf(cf);
             for prop in [
                 "rocksdb.total-sst-files-size",
                 "rocksdb.total-blob-file-size",
             ] {
-                total += self.db.property_int_value_cf(cf, prop)?.unwrap_or(0);
+                total += db.property_int_value_cf(cf, prop)?.unwrap_or(0);
             }
         }
         Ok(total)
@@ -1324,7 +1421,8 @@ impl Store {
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
         for name in [CF_NODES, CF_META] {
-            self.db.flush_cf_opt(self.cf(name), &fo)?;
+            let db = self.db()?;
+            db.flush_cf_opt(db.cf(name), &fo)?;
         }
         let mut force = rocksdb::CompactOptions::default();
         force.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
@@ -1337,17 +1435,14 @@ impl Store {
         let compacted = (|| {
             self.set_blob_gc(relocate)?;
             for (cf, from, to) in ranges {
-                self.db.compact_range_cf_opt(self.cf(cf), *from, *to, co);
+                let db = self.db()?;
+                db.compact_range_cf_opt(db.cf(cf), *from, *to, co);
             }
             if !relocate && self.room_for_blob_gc()? {
                 tracing::info!("blob GC: room again, relocating");
                 self.set_blob_gc(true)?;
-                self.db.compact_range_cf_opt(
-                    self.cf(CF_CHUNKS),
-                    None::<&[u8]>,
-                    None::<&[u8]>,
-                    &force,
-                );
+                let db = self.db()?;
+                db.compact_range_cf_opt(db.cf(CF_CHUNKS), None::<&[u8]>, None::<&[u8]>, &force);
             }
             Ok(())
         })();
@@ -1418,13 +1513,28 @@ mod tests {
         ]
         .iter()
         .map(|p| {
-            store
-                .db
-                .property_int_value_cf(store.cf(cf), *p)
-                .unwrap()
-                .unwrap()
+            let db = store.db().unwrap();
+            db.property_int_value_cf(db.cf(cf), *p).unwrap().unwrap()
         })
         .sum()
+    }
+
+    /// A released store answers errors and leaves the directory to another process (which
+    /// may open it meanwhile); reopened, it serves what was written before.
+    #[test]
+    fn a_released_store_lets_another_open_it_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .meta_write(&[(b"k".to_vec(), Some(b"before".to_vec()))])
+            .unwrap();
+        store.release();
+        assert!(matches!(store.meta_scan(b"k"), Err(FsError::Storage(_))));
+        let other = Store::open(dir.path()).expect("free while released");
+        assert!(store.reopen().is_err(), "held by the other");
+        drop(other);
+        store.reopen().unwrap();
+        assert_eq!(store.meta_scan(b"k").unwrap()[0].1, b"before");
     }
 
     /// Defect: a compaction cleared the "chunks not flushed" flag after its flush, so a chunk

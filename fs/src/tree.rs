@@ -535,9 +535,11 @@ mod tests {
 
     fn write(store: &Store, nodes: &[(Hash, Vec<u8>)]) {
         let mut batch = rocksdb::WriteBatch::default();
+        let db = store.db().unwrap();
         for (h, b) in nodes {
-            batch.put_cf(store.cf(crate::store::CF_NODES), h.0, b);
+            batch.put_cf(db.cf(crate::store::CF_NODES), h.0, b);
         }
+        drop(db);
         store.write(batch, false).unwrap();
     }
 

@@ -103,6 +103,14 @@ impl Daemon {
         code
     }
 
+    /// Starts `serve --takeover` with `extra` flags on the same data dir and port, leaving
+    /// this daemon in place (for successors that are meant to fail).
+    pub fn successor(&self, extra: &[&str]) -> Child {
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let args: Vec<&str> = ["--takeover"].iter().chain(extra).copied().collect();
+        self.spawn(port, &args)
+    }
+
     fn spawn(&self, port: u16, extra: &[&str]) -> Child {
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log =
