@@ -307,7 +307,19 @@ impl ClusterArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with one line, without a backtrace: symbolizing one in this large
+/// binary takes seconds, and a failed takeover successor still holds the store meanwhile.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chaserfs: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `info` unless RUST_LOG says otherwise: requests, sessions and collections are worth seeing.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

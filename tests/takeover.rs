@@ -169,6 +169,9 @@ fn a_successor_that_fails_leaves_the_old_daemon_serving() {
     conn.read_exact(&mut body).unwrap();
     let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(reply.get("handover").is_some(), "{reply}");
+    // Shut down, not only closed: a process the other tests spawn meanwhile may hold a copy
+    // of this descriptor for a moment.
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
     drop(conn);
 
     // The old daemon serves its session and the API again; the open file still writes.

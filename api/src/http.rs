@@ -179,6 +179,7 @@ async fn blocking<T: Send + 'static>(
 pub fn router(svc: Arc<Service>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(openapi_json))
         .route(
             "/v1/workspaces",
@@ -244,6 +245,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
     ),
     paths(
         healthz,
+        readyz,
         metrics_text,
         openapi_json,
         list_workspaces,
@@ -286,11 +288,29 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Ready: the store is open and the API listening.
+/// Alive: the API is listening.
 #[utoipa::path(get, path = "/healthz", security(()),
-    responses((status = 200, description = "ready", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Ready: the store takes writes. After a failed write (descriptors or the disk ran out, a
+/// write the disk refused) it answers 503 `store_unhealthy` until the store has healed, in
+/// the background, with every session still mounted.
+#[utoipa::path(get, path = "/readyz", security(()), responses(
+    (status = 200, description = "ready", body = String, content_type = "text/plain"),
+    (status = 503, description = "the store does not take writes now", body = ErrorResponse)))]
+async fn readyz(State(svc): State<Arc<Service>>) -> Response {
+    match svc.store_failure() {
+        None => "ready".into_response(),
+        Some(why) => ApiError::new(
+            ErrorKind::Unavailable,
+            "store_unhealthy",
+            format!("the store does not take writes ({why}); it heals once the cause has passed"),
+        )
+        .into_response(),
+    }
 }
 
 /// Prometheus metrics of this host: FUSE requests, commits, fsyncs, chunks, store size,

@@ -532,6 +532,11 @@ impl Service {
         &self.config
     }
 
+    /// Why the store refuses writes now, if it does (it heals in the background).
+    pub fn store_failure(&self) -> Option<String> {
+        self.store.failure()
+    }
+
     /// The figures `/metrics` reads when scraped. Logical bytes come from each workspace's
     /// root (one cached node read each), so a scrape costs about one read per workspace.
     /// Sessions mounted here, and workspaces of every account.

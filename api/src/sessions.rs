@@ -566,9 +566,14 @@ impl Service {
             .iter()
             .map(|(id, m)| (*id, m.ws.clone(), m.mount.is_some()))
             .partition(|(_, _, mounted)| *mounted);
+        // A failing store has said so once; it heals in the background, and the next
+        // interval tries again.
+        let failing = self.store.failure().is_some();
         for (_, ws, _) in mounted {
             if let Err(e) = ws.commit(false) {
-                tracing::error!("periodic commit of {}: {e}", ws.id());
+                if !failing && self.store.failure().is_none() {
+                    tracing::error!("periodic commit of {}: {e}", ws.id());
+                }
             }
         }
         for (id, _, _) in failed {

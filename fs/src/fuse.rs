@@ -73,8 +73,25 @@ impl FuseAdapter {
 
 fn errno(e: FsError) -> Errno {
     if matches!(e, FsError::Storage(_) | FsError::Corrupt(_)) {
-        tracing::error!("I/O error: {e}");
         metrics::counter!(FUSE_IO_ERRORS).increment(1);
+        // At most one line every 10 s: a failing store fails every request, and says so once.
+        static LAST_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = LAST_LOGGED.load(std::sync::atomic::Ordering::Relaxed);
+        if now >= last + 10
+            && LAST_LOGGED
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::error!("I/O error: {e} (further ones within 10 s are counted, not logged)");
+        }
     }
     Errno::from_i32(e.errno())
 }

@@ -13,10 +13,16 @@ pub const FSYNC_SECONDS: &str = "chaserfs_fsync_duration_seconds";
 pub const CHUNKS_WRITTEN: &str = "chaserfs_chunks_written_total";
 pub const CHUNK_BYTES_WRITTEN: &str = "chaserfs_chunk_bytes_written_total";
 pub const CHUNKS_DEDUPLICATED: &str = "chaserfs_chunks_deduplicated_total";
+pub const STORE_HEALTHY: &str = "chaserfs_store_healthy";
 
 /// Registers the help text of every engine metric.
 pub fn describe() {
-    use metrics::{describe_counter, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        STORE_HEALTHY,
+        "1 while the store takes writes; 0 from a failed write until it heals (see the log)"
+    );
+    metrics::gauge!(STORE_HEALTHY).set(1.0);
     describe_histogram!(
         FUSE_REQUEST_SECONDS,
         Unit::Seconds,

@@ -183,6 +183,18 @@ pub struct Store {
     db: RwLock<Option<DB>>,
     /// How it was opened, to open it again ([`Store::reopen`]).
     block_cache_bytes: usize,
+    /// Why writes fail, from the first failed write until [`Store::heal`] has reopened the
+    /// database: RocksDB refuses every write after a background error (a file it could not
+    /// create, a write the disk refused) until it is reopened.
+    failure: Mutex<Option<String>>,
+    /// Chunks written without the WAL that no flush of ours has covered yet: a reopen would
+    /// lose the ones still in a memtable, so [`Store::heal`] reads them back and writes them
+    /// again. 32 bytes per 64 KiB chunk; cleared by each flush.
+    unflushed: Mutex<HashSet<Hash>>,
+    /// Chunks read back by a heal whose reopen failed, written once one succeeds.
+    healing: Mutex<Vec<(Hash, Vec<u8>)>>,
+    /// Released for a takeover: the successor may hold the database, so no heal opens it.
+    released: AtomicBool,
     path: PathBuf,
     pub(crate) nodes: NodeCache,
     pub(crate) pins: Mutex<Pins>,
@@ -412,6 +424,10 @@ impl Store {
         let store = Arc::new(Store {
             db: RwLock::new(Some(db)),
             block_cache_bytes: opts.block_cache_bytes,
+            failure: Mutex::new(None),
+            unflushed: Mutex::new(HashSet::new()),
+            healing: Mutex::new(Vec::new()),
+            released: AtomicBool::new(false),
             path: path.to_path_buf(),
             nodes: NodeCache::new(opts.node_cache_bytes),
             pins: Mutex::new(Pins::default()),
@@ -435,6 +451,11 @@ impl Store {
             fetched: Condvar::new(),
             prefetcher: OnceLock::new(),
         });
+        let weak = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("store-heal".into())
+            .spawn(move || heal_when_failed(weak))
+            .map_err(|e| FsError::Storage(e.to_string()))?;
         Ok(store)
     }
 
@@ -460,8 +481,9 @@ impl Store {
     /// [`Store::reopen`], every operation fails. A takeover's successor opens it meanwhile.
     /// Durable state only survives: callers commit first.
     pub fn release(&self) {
-        let db = self.db.write().take();
-        drop(db);
+        let mut db = self.db.write();
+        self.released.store(true, Ordering::SeqCst);
+        drop(db.take());
     }
 
     /// Opens the database again after [`Store::release`], once no other process holds it.
@@ -471,7 +493,74 @@ impl Store {
             *db = Some(open_db(&self.path, self.block_cache_bytes)?);
             // Opened as configured, without blob GC (see `compact_with`).
             self.blob_gc.store(false, Ordering::SeqCst);
+            self.released.store(false, Ordering::SeqCst);
         }
+        Ok(())
+    }
+
+    /// Why writes fail now, if they do (see [`Store::heal`]).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    /// Records a failed write: the store is unhealthy until [`Store::heal`] succeeds.
+    fn wrote<T>(&self, result: Result<T, rocksdb::Error>) -> FsResult<T> {
+        result.map_err(|e| {
+            let mut failure = self.failure.lock();
+            if failure.is_none() {
+                tracing::error!("store: a write failed ({e}); writes fail until the store heals");
+                metrics::gauge!(crate::metrics::STORE_HEALTHY).set(0.0);
+                *failure = Some(e.to_string());
+            }
+            e.into()
+        })
+    }
+
+    /// After a failed write, once the cause has passed (a file can be made and synced in the
+    /// data dir): closes the database and opens it again, in place,
+    /// while every caller waits. Chunks written without the WAL that no flush covered are
+    /// read back first and written again after, so no overlay loses a byte; what went
+    /// through the WAL is replayed by the reopen. Sessions stay mounted throughout.
+    pub fn heal(&self) -> FsResult<()> {
+        // Not the space reserve: a full disk is emptied by deletes, which need a database
+        // that takes writes again.
+        probe_writable(&self.path)?;
+        let mut db = self.db.write();
+        if self.released.load(Ordering::SeqCst) {
+            return Err(FsError::Storage("the store is closed (handed over)".into()));
+        }
+        if let Some(old) = db.take() {
+            let hashes: Vec<Hash> = self.unflushed.lock().iter().copied().collect();
+            let cf = old
+                .cf_handle(CF_CHUNKS)
+                .expect("column families are created at open");
+            let mut healing = self.healing.lock();
+            for h in hashes {
+                if let Ok(Some(v)) = old.get_cf(cf, h.0) {
+                    healing.push((h, v));
+                }
+            }
+            drop(old);
+        }
+        let reopened = open_db(&self.path, self.block_cache_bytes)?;
+        let mut healing = self.healing.lock();
+        let cf = reopened
+            .cf_handle(CF_CHUNKS)
+            .expect("column families are created at open");
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        for (h, v) in healing.iter() {
+            reopened.put_cf_opt(cf, h.0, v, &wo)?;
+        }
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        reopened.flush_cf_opt(cf, &fo)?;
+        healing.clear();
+        self.unflushed.lock().clear();
+        self.blob_gc.store(false, Ordering::SeqCst);
+        *db = Some(reopened);
+        *self.failure.lock() = None;
+        metrics::gauge!(crate::metrics::STORE_HEALTHY).set(1.0);
         Ok(())
     }
 
@@ -812,8 +901,9 @@ impl Store {
         // One put per chunk, not one batch: a batch of many MiB grows by doubling into fresh
         // pages (copies and page faults were a third of a sequential write's daemon CPU), and
         // unlogged chunk writes need no atomicity (they are pinned until a commit refers to them).
+        self.unflushed.lock().extend(chunks.iter().map(|(h, _)| *h));
         for (h, data) in chunks {
-            db.put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo)?;
+            self.wrote(db.put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo))?;
         }
         drop(db);
         // Counted after the write: a flush that starts after this count covers these bytes.
@@ -944,9 +1034,14 @@ impl Store {
         }
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        {
-            let db = self.db()?;
-            db.flush_cf_opt(db.cf(CF_CHUNKS), &fo)?;
+        // Chunks written from now on are not covered by this flush.
+        let covering = std::mem::take(&mut *self.unflushed.lock());
+        let flushed = self
+            .db()
+            .and_then(|db| self.wrote(db.flush_cf_opt(db.cf(CF_CHUNKS), &fo)));
+        if let Err(e) = flushed {
+            self.unflushed.lock().extend(covering);
+            return Err(e);
         }
         #[cfg(test)]
         if let Some(hook) = self.chunk_flushes.after_flush_hook.lock().take() {
@@ -1137,13 +1232,14 @@ impl Store {
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db()?.write_opt(batch, &wo)?;
-        Ok(())
+        let db = self.db()?;
+        self.wrote(db.write_opt(batch, &wo))
     }
 
     /// Makes every write so far durable (WAL fsync).
     pub fn sync_wal(&self) -> FsResult<()> {
-        self.db()?.flush_wal(true)?;
+        let db = self.db()?;
+        self.wrote(db.flush_wal(true))?;
         Ok(())
     }
 
@@ -1422,7 +1518,7 @@ impl Store {
         fo.set_wait(true);
         for name in [CF_NODES, CF_META] {
             let db = self.db()?;
-            db.flush_cf_opt(db.cf(name), &fo)?;
+            self.wrote(db.flush_cf_opt(db.cf(name), &fo))?;
         }
         let mut force = rocksdb::CompactOptions::default();
         force.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
@@ -1453,6 +1549,35 @@ impl Store {
 
 /// A column family and a key range in it (`None`: open-ended).
 type KeyRange<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Heals the store (see [`Store::heal`]) after a failed write: tries once a second while the
+/// store lives.
+fn heal_when_failed(store: std::sync::Weak<Store>) {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let Some(why) = store.failure() else {
+            continue;
+        };
+        match store.heal() {
+            Ok(()) => tracing::info!("store healed (writes had failed: {why}); writes work again"),
+            Err(e) => tracing::debug!("store not healed yet: {e}"),
+        }
+    }
+}
+
+/// Whether a file can be created, written and synced in `dir` now (descriptors and the disk
+/// are back).
+fn probe_writable(dir: &Path) -> FsResult<()> {
+    use std::io::Write;
+    let probe = dir.join(".heal-probe");
+    let written = std::fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(&[0u8; 4096]).and_then(|()| f.sync_data()));
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|e| FsError::Storage(format!("{}: {e}", probe.display())))
+}
 
 /// Whether the filesystem holding `dir` takes O_DIRECT writes (tmpfs before Linux 6.6 and
 /// some FUSE filesystems refuse them with EINVAL), probed with one aligned 4 KiB block.

@@ -249,8 +249,16 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            self.stop();
+        if let Some(mut child) = self.child.take() {
+            // A daemon that keeps uncommitted changes does not exit at SIGTERM; a failed test
+            // must not wait for it forever.
+            signal(&child, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
         // A test that failed midway (say, after a SIGKILL) may leave a dead mount behind.
         let root = self.mount_root();

@@ -117,6 +117,11 @@ struct State {
     open: HashMap<u64, u32>,
     /// Fsync calls seen, for tests that want to know syncing happened at all.
     syncs: u64,
+    /// Writes to files whose name ends so answer EIO, this many more times (see
+    /// [`PowerCut::fail_writes`]).
+    fault: Option<(Vec<u8>, u32)>,
+    /// Writes that answered EIO so far.
+    failed_writes: u64,
 }
 
 impl State {
@@ -138,7 +143,29 @@ impl State {
             next_ino: ROOT + 1,
             open: HashMap::new(),
             syncs: 0,
+            fault: None,
+            failed_writes: 0,
         }
+    }
+
+    /// Whether a write to `ino` must fail now (an injected fault), counting it.
+    fn inject_fault(&mut self, ino: u64) -> bool {
+        let Some((suffix, left)) = &self.fault else {
+            return false;
+        };
+        let named = self.nodes.values().any(|n| match &n.body {
+            Body::Dir { now, .. } => now
+                .iter()
+                .any(|(name, i)| *i == ino && name.ends_with(suffix)),
+            Body::File { .. } => false,
+        });
+        if !named {
+            return false;
+        }
+        let left = left - 1;
+        self.fault = (left > 0).then(|| (suffix.clone(), left));
+        self.failed_writes += 1;
+        true
     }
 
     fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
@@ -514,6 +541,10 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         let mut st = self.0.lock();
+        if st.inject_fault(ino.0) {
+            reply.error(Errno::EIO);
+            return;
+        }
         match st.data(ino.0) {
             Ok(d) => {
                 d.write(offset, data);
@@ -746,6 +777,17 @@ impl PowerCut {
     /// fsync and fsyncdir calls served so far.
     pub fn syncs(&self) -> u64 {
         self.state.lock().syncs
+    }
+
+    /// Makes the next `times` writes to files whose names end with `suffix` answer EIO, as a
+    /// failing disk would (0: none).
+    pub fn fail_writes(&self, suffix: &str, times: u32) {
+        self.state.lock().fault = (times > 0).then(|| (suffix.as_bytes().to_vec(), times));
+    }
+
+    /// Writes that answered EIO so far (see [`PowerCut::fail_writes`]).
+    pub fn failed_writes(&self) -> u64 {
+        self.state.lock().failed_writes
     }
 }
 
