@@ -481,7 +481,6 @@ impl Service {
     ) -> ApiResult<(Arc<Service>, crate::takeover::Adopted)> {
         let svc = Self::load(store, config, keys)?;
         let adopted = svc.adopt(handover, fds)?;
-        svc.recover(&adopted.ids())?;
         Ok((svc, adopted))
     }
 

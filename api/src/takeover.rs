@@ -43,6 +43,8 @@ const FDS_PER_MESSAGE: usize = 200;
 const PEER_WAIT: Duration = Duration::from_secs(60);
 /// How long the old daemon waits for the new one to open the store and ready every session.
 const ADOPT_WAIT: Duration = Duration::from_secs(120);
+/// How long a failed successor may keep the store before the old daemon kills it.
+const SUCCESSOR_GRACE: Duration = Duration::from_secs(30);
 
 /// Where a daemon listens for its successor.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -97,6 +99,8 @@ impl Adopted {
 /// its HTTP server has stopped (see [`answer`]).
 pub struct Request {
     conn: UnixStream,
+    /// The successor's process, stopped if it keeps the store after a failed handover.
+    peer: Option<i32>,
 }
 
 /// Accepts takeover requests on `DATA_DIR/takeover.sock` and passes each on to `serve`,
@@ -132,7 +136,7 @@ pub fn listen(
                 // Only a process of the daemon's own user may take its sessions.
                 let peer =
                     nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials);
-                if peer.map(|c| c.uid()) != Ok(me) {
+                if peer.as_ref().map(|c| c.uid()) != Ok(me) {
                     let why = "takeover requests are taken from the daemon's own user only";
                     let _ = write_frame(&mut conn, &Reply::Refused(why.into()));
                     continue;
@@ -148,7 +152,8 @@ pub fn listen(
                     let _ = write_frame(&mut conn, &Reply::Refused(why));
                     continue;
                 }
-                if requests.blocking_send(Request { conn }).is_err() {
+                let peer = peer.ok().map(|c| c.pid());
+                if requests.blocking_send(Request { conn, peer }).is_err() {
                     return;
                 }
             }
@@ -172,41 +177,57 @@ pub fn answer(svc: &Service, req: Request, listeners: &Listeners) -> Result<(), 
         let _ = write_frame(&mut conn, &Reply::Refused(why.clone()));
         return Err(why);
     }
-    svc.hand_over(|sessions, session_fds| {
-        let mut fds: Vec<RawFd> = vec![listeners.api.as_raw_fd()];
-        let metrics_listener = listeners.metrics.as_ref().map(|m| {
-            fds.push(m.as_raw_fd());
-            1
-        });
-        let base = fds.len();
-        let sessions = sessions
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut s)| {
-                s.fd = base + i;
-                s
-            })
-            .collect();
-        fds.extend(session_fds.iter().map(|f| f.as_raw_fd()));
-        let handover = Handover {
-            pid: std::process::id(),
-            api_listener: 0,
-            metrics_listener,
-            sessions,
-        };
-        write_frame(&mut conn, &Reply::Handover(handover)).map_err(|e| e.to_string())?;
-        for batch in fds.chunks(FDS_PER_MESSAGE) {
-            mount::send_fds(&conn, b"F", batch).map_err(|e| e.to_string())?;
+    svc.hand_over(req.peer, |sessions, session_fds| {
+        let sent = send_handover(&mut conn, listeners, sessions, session_fds);
+        if sent.is_err() {
+            // The successor, if still there, must hear it is not taking over before this
+            // daemon waits for the store it may hold.
+            let _ = conn.shutdown(std::net::Shutdown::Both);
         }
-        conn.set_read_timeout(Some(ADOPT_WAIT))
-            .map_err(|e| e.to_string())?;
-        let ack: serde_json::Value = read_frame(&mut conn)
-            .map_err(|e| format!("the successor did not ready the sessions: {e}"))?;
-        if ack["ok"] != true {
-            return Err(format!("the successor answered {ack}"));
-        }
-        write_frame(&mut conn, &serde_json::json!({"done": true})).map_err(|e| e.to_string())
+        sent
     })
+}
+
+/// Sends the handover and its descriptors, and waits for the successor to ready every session.
+fn send_handover(
+    conn: &mut UnixStream,
+    listeners: &Listeners,
+    sessions: Vec<HandedSession>,
+    session_fds: &[OwnedFd],
+) -> Result<(), String> {
+    let mut fds: Vec<RawFd> = vec![listeners.api.as_raw_fd()];
+    let metrics_listener = listeners.metrics.as_ref().map(|m| {
+        fds.push(m.as_raw_fd());
+        1
+    });
+    let base = fds.len();
+    let sessions = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            s.fd = base + i;
+            s
+        })
+        .collect();
+    fds.extend(session_fds.iter().map(|f| f.as_raw_fd()));
+    let handover = Handover {
+        pid: std::process::id(),
+        api_listener: 0,
+        metrics_listener,
+        sessions,
+    };
+    write_frame(conn, &Reply::Handover(handover)).map_err(|e| e.to_string())?;
+    for batch in fds.chunks(FDS_PER_MESSAGE) {
+        mount::send_fds(&*conn, b"F", batch).map_err(|e| e.to_string())?;
+    }
+    conn.set_read_timeout(Some(ADOPT_WAIT))
+        .map_err(|e| e.to_string())?;
+    let ack: serde_json::Value =
+        read_frame(conn).map_err(|e| format!("the successor did not ready the sessions: {e}"))?;
+    if ack["ok"] != true {
+        return Err(format!("the successor answered {ack}"));
+    }
+    write_frame(conn, &serde_json::json!({"done": true})).map_err(|e| e.to_string())
 }
 
 /// The new daemon's side: asks the daemon on `data_dir` to hand over, and returns what it
@@ -296,6 +317,16 @@ impl Service {
         if self.imports.lock().iter().any(|t| !t.is_finished()) {
             return Err("an import is running; try again when it has ended".into());
         }
+        // The store closes for the handover once every use of it has ended: a collection
+        // would hold the sessions stopped for as long as it runs.
+        if self.store.collecting() {
+            return Err("a collection is running; try again when it has ended".into());
+        }
+        if let Some(why) = self.store.failure() {
+            return Err(format!(
+                "the store does not take writes ({why}); it is healing"
+            ));
+        }
         if let Some((id, _)) = self.mounts.lock().iter().find(|(_, m)| m.mount.is_none()) {
             return Err(format!(
                 "session {id} ended but its final commit failed; it is retried periodically"
@@ -309,6 +340,7 @@ impl Service {
     /// success the sessions are gone from this service, their mounts left to the successor.
     fn hand_over(
         &self,
+        successor: Option<i32>,
         send: impl FnOnce(Vec<HandedSession>, &[OwnedFd]) -> Result<(), String>,
     ) -> Result<(), String> {
         // Read before the mounts lock, which is taken after the index lock elsewhere.
@@ -354,11 +386,17 @@ impl Service {
                 offer: s.offer,
             });
         }
-        let fds: Vec<OwnedFd> = stopped
+        let fds: Vec<OwnedFd> = match stopped
             .iter()
             .map(|(_, s)| s.device.try_clone())
             .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+        {
+            Ok(fds) => fds,
+            Err(e) => {
+                failure.get_or_insert(format!("copying a session's descriptor: {e}"));
+                Vec::new()
+            }
+        };
         let result = match failure {
             Some(e) => Err(e),
             None => {
@@ -366,7 +404,7 @@ impl Service {
                 self.store.release();
                 let sent = send(handed, &fds);
                 if sent.is_err() {
-                    self.reopen_store();
+                    self.reopen_store(successor);
                 }
                 sent
             }
@@ -396,10 +434,12 @@ impl Service {
     }
 
     /// After a failed takeover: opens the store again, once the successor (which may hold it
-    /// still, until it exits) has let go of it.
-    fn reopen_store(&self) {
+    /// still, until it exits) has let go of it. A successor that still holds it after
+    /// [`SUCCESSOR_GRACE`] (hung, stopped) is killed: the sessions are this daemon's again.
+    fn reopen_store(&self, successor: Option<i32>) {
         let started = std::time::Instant::now();
         let mut next_warning = Duration::from_secs(10);
+        let mut killed = false;
         loop {
             match self.store.reopen() {
                 Ok(()) => return,
@@ -408,6 +448,16 @@ impl Service {
                     next_warning += Duration::from_secs(10);
                 }
                 Err(_) => {}
+            }
+            if let (Some(pid), false) = (successor, killed) {
+                if started.elapsed() >= SUCCESSOR_GRACE {
+                    tracing::warn!(
+                        "killing process {pid}, the failed successor, which holds the store"
+                    );
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    killed = true;
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -435,8 +485,12 @@ impl Service {
     }
 
     /// Starts serving the sessions [`Service::adopt`] readied, once the old daemon has left
-    /// them to this one.
+    /// them to this one, and ends any other session the records call active.
     pub fn serve_adopted(&self, adopted: Adopted) {
+        // Only now: until the old daemon let go, nothing here may change what it will serve.
+        if let Err(e) = self.recover(&adopted.ids()) {
+            tracing::error!("ending sessions a previous run left: {}", e.message);
+        }
         for (rec, ws, prepared) in adopted.0 {
             let mount = match prepared.start() {
                 Ok(m) => Some(m),

@@ -66,8 +66,9 @@ pub struct ImportOptions {
     pub privileged_xattrs: bool,
 }
 
-/// Most bytes of headers an entry may have: its own, GNU long names and PAX records (paths
-/// are at most 4 KiB on Linux, extended attribute values 64 KiB). The tar reader holds
+/// Most bytes of headers one entry may have: its own, GNU long names and PAX records (a
+/// workspace's paths may be longer than Linux's 4 KiB: this holds a path 16,000 names of
+/// 255 bytes deep; extended attribute values are at most 64 KiB). The tar reader holds
 /// these in memory, so more is refused before it is read.
 pub const MAX_HEADER_BYTES: u64 = 4 << 20;
 
@@ -258,21 +259,26 @@ pub fn import(
     opts: &ImportOptions,
 ) -> ArchiveResult<ArchiveReport> {
     let in_data = std::rc::Rc::new(std::cell::Cell::new(false));
+    let header_bytes = std::rc::Rc::new(std::cell::Cell::new(0));
     let guarded = HeaderGuard {
         inner: input,
         in_data: in_data.clone(),
-        header_bytes: 0,
+        header_bytes: header_bytes.clone(),
     };
     let mut archive = tar::Archive::new(guarded);
     let mut report = ArchiveReport::default();
-    // Directory inodes by path, and directories' times, set last (their entries change them).
-    let mut dirs: HashMap<Vec<u8>, u64> = HashMap::from([(Vec::new(), ROOT_INO)]);
+    // The directories an entry lies in, and directories' times, set last (their entries
+    // change them).
+    let mut dirs = DirChain::default();
     let mut dir_times: Vec<(u64, Timespec)> = Vec::new();
     let mut since_commit = 0u64;
     let mut buf = vec![0u8; PIECE];
     let entries = archive.entries().map_err(invalid)?;
     for entry in entries {
         let mut entry = entry.map_err(|e| invalid(format!("reading the archive: {e}")))?;
+        // This entry's headers are read (and were held to the bound); the next one's count
+        // from here, whether or not this one has data.
+        header_bytes.set(0);
         let path = clean_path(&entry.path_bytes())?;
         let h = entry.header();
         let kind = match h.entry_type() {
@@ -361,7 +367,7 @@ pub fn import(
             continue;
         }
         let (parent_path, name) = split(&path);
-        let parent = ensure_dir(ws, &mut dirs, parent_path)?;
+        let parent = dirs.resolve(ws, parent_path, true)?.unwrap_or(ROOT_INO);
         // A later entry for a path replaces the earlier one, as tar does; a directory that
         // meets a directory keeps its contents.
         if let Ok(existing) = ws.lookup(parent, name) {
@@ -376,7 +382,7 @@ pub fn import(
                 }
                 ws.rmdir(parent, name)
                     .map_err(|e| invalid(format!("{}: {e}", show(&path))))?;
-                dirs.remove(&path);
+                dirs.forget();
             } else {
                 ws.unlink(parent, name)?;
             }
@@ -385,8 +391,8 @@ pub fn import(
             let target = clean_path(link_name.as_deref().unwrap_or_default())?;
             let (tp, tn) = split(&target);
             let target_ino = dirs
-                .get(tp)
-                .and_then(|d| ws.lookup(*d, tn).ok())
+                .resolve(ws, tp, false)?
+                .and_then(|d| ws.lookup(d, tn).ok())
                 .filter(|a| a.kind != FileKind::Directory)
                 .ok_or_else(|| {
                     invalid(format!(
@@ -457,7 +463,6 @@ pub fn import(
         set_owner_mode(ws, attr.ino, perm, uid, gid)?;
         set_xattrs(ws, attr.ino, &xattrs)?;
         if kind == FileKind::Directory {
-            dirs.insert(path.clone(), attr.ino);
             dir_times.push((attr.ino, mtime));
         } else {
             set_mtime(ws, attr.ino, mtime)?;
@@ -615,20 +620,20 @@ fn drain(entry: &mut impl Read, in_data: &std::cell::Cell<bool>) -> ArchiveResul
 
 /// The archive as the tar reader sees it: every byte it reads that is not an entry's data
 /// (headers, long names, PAX records, padding) counts against [`MAX_HEADER_BYTES`] until
-/// the next entry's data is read, so a giant header is refused before it is held.
+/// the import loop takes the entry (and resets the count), so a giant header is refused
+/// before it is held.
 struct HeaderGuard<R> {
     inner: R,
     in_data: std::rc::Rc<std::cell::Cell<bool>>,
-    header_bytes: u64,
+    header_bytes: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
 impl<R: Read> Read for HeaderGuard<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.in_data.get() {
-            self.header_bytes = 0;
             return self.inner.read(buf);
         }
-        let room = MAX_HEADER_BYTES.saturating_sub(self.header_bytes);
+        let room = MAX_HEADER_BYTES.saturating_sub(self.header_bytes.get());
         if room == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -637,7 +642,7 @@ impl<R: Read> Read for HeaderGuard<R> {
         }
         let len = buf.len().min(room as usize);
         let n = self.inner.read(&mut buf[..len])?;
-        self.header_bytes += n as u64;
+        self.header_bytes.set(self.header_bytes.get() + n as u64);
         Ok(n)
     }
 }
@@ -687,32 +692,75 @@ fn set_xattrs(ws: &Workspace, ino: u64, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Archiv
 }
 
 /// The directory at `path`, made (mode 0755, owned by root) with its parents if missing.
-fn ensure_dir(ws: &Workspace, dirs: &mut HashMap<Vec<u8>, u64>, path: &[u8]) -> ArchiveResult<u64> {
-    if let Some(ino) = dirs.get(path) {
-        return Ok(*ino);
+/// The directories along the path of the last directory resolved, root first: an archive
+/// lists a directory's entries together, so most entries share most of their parent's path
+/// with the one before. Memory is one path, whatever the depth (a map of every directory's
+/// path would hold the square of a deep chain), and nothing recurses.
+#[derive(Default)]
+struct DirChain {
+    path: Vec<u8>,
+    /// Per name along `path`: where it ends in `path`, and its directory's inode.
+    inos: Vec<(usize, u64)>,
+}
+
+impl DirChain {
+    /// The directory at `path` (empty: the root), made with its missing parents if `create`,
+    /// else `None` if one is missing. A name on the way that is not a directory is an error.
+    fn resolve(&mut self, ws: &Workspace, path: &[u8], create: bool) -> ArchiveResult<Option<u64>> {
+        // Keep the names this path shares with the last one.
+        let common = self
+            .path
+            .iter()
+            .zip(path)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let kept = self
+            .inos
+            .iter()
+            .take_while(|(end, _)| *end <= common && (*end == path.len() || path[*end] == b'/'))
+            .count();
+        self.inos.truncate(kept);
+        let mut at = self.inos.last().map_or(0, |(end, _)| *end);
+        self.path.truncate(at);
+        let mut ino = self.inos.last().map_or(ROOT_INO, |(_, ino)| *ino);
+        while at < path.len() {
+            let start = if at == 0 { 0 } else { at + 1 };
+            let end = path[start..]
+                .iter()
+                .position(|b| *b == b'/')
+                .map_or(path.len(), |i| start + i);
+            let name = &path[start..end];
+            ino = match ws.lookup(ino, name) {
+                Ok(a) if a.kind == FileKind::Directory => a.ino,
+                Ok(_) => {
+                    return Err(invalid(format!(
+                        "{} is used as a directory but is not one",
+                        show(&path[..end])
+                    )))
+                }
+                Err(FsError::NotFound) if create => {
+                    ws.create(
+                        ino,
+                        name,
+                        NewNode::owned_by_root(FileKind::Directory, 0o755),
+                    )?
+                    .ino
+                }
+                Err(FsError::NotFound) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            self.path.extend_from_slice(&path[at..end]);
+            self.inos.push((end, ino));
+            at = end;
+        }
+        Ok(Some(ino))
     }
-    let (parent_path, name) = split(path);
-    let parent = ensure_dir(ws, dirs, parent_path)?;
-    let ino = match ws.lookup(parent, name) {
-        Ok(a) if a.kind == FileKind::Directory => a.ino,
-        Ok(_) => {
-            return Err(invalid(format!(
-                "{} is used as a directory but is not one",
-                show(path)
-            )))
-        }
-        Err(FsError::NotFound) => {
-            ws.create(
-                parent,
-                name,
-                NewNode::owned_by_root(FileKind::Directory, 0o755),
-            )?
-            .ino
-        }
-        Err(e) => return Err(e.into()),
-    };
-    dirs.insert(path.to_vec(), ino);
-    Ok(ino)
+
+    /// Forgets every directory known (one was removed).
+    fn forget(&mut self) {
+        self.path.clear();
+        self.inos.clear();
+    }
 }
 
 /// A relative path without `.` components, leading `/` or trailing `/`; `..` is refused.

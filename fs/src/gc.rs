@@ -42,6 +42,8 @@ const SWEEP_BATCH: usize = 1024;
 /// compacts the key ranges the sweep deleted from, so the space goes back to the disk.
 pub fn collect(store: &Store, compact: bool) -> FsResult<GcReport> {
     let roots = store.begin_gc()?;
+    // Until the compaction below has ended too.
+    let _running = store.collection();
     let result = mark_and_sweep(store, roots.iter().map(|(_, r)| r.root).collect());
     store.end_gc();
     let (mut report, ranges) = result?;

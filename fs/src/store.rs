@@ -195,6 +195,8 @@ pub struct Store {
     healing: Mutex<Vec<(Hash, Vec<u8>)>>,
     /// Released for a takeover: the successor may hold the database, so no heal opens it.
     released: AtomicBool,
+    /// A collection runs (see [`Store::collecting`]).
+    collecting: AtomicBool,
     path: PathBuf,
     pub(crate) nodes: NodeCache,
     pub(crate) pins: Mutex<Pins>,
@@ -428,6 +430,7 @@ impl Store {
             unflushed: Mutex::new(HashSet::new()),
             healing: Mutex::new(Vec::new()),
             released: AtomicBool::new(false),
+            collecting: AtomicBool::new(false),
             path: path.to_path_buf(),
             nodes: NodeCache::new(opts.node_cache_bytes),
             pins: Mutex::new(Pins::default()),
@@ -474,7 +477,13 @@ impl Store {
         // the two must not deadlock it).
         RwLockReadGuard::try_map(self.db.read_recursive(), Option::as_ref)
             .map(Db)
-            .map_err(|_| FsError::Storage("the store is closed (handed over)".into()))
+            .map_err(|_| {
+                FsError::Storage(if self.released.load(Ordering::SeqCst) {
+                    "the store is closed (handed over)".into()
+                } else {
+                    "the store is reopening after a failed write".into()
+                })
+            })
     }
 
     /// Closes the database, once every operation using it has finished; until
@@ -501,6 +510,23 @@ impl Store {
     /// Why writes fail now, if they do (see [`Store::heal`]).
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().clone()
+    }
+
+    /// Whether a collection (its compaction included) is running (see `gc.rs`).
+    pub fn collecting(&self) -> bool {
+        self.collecting.load(Ordering::SeqCst)
+    }
+
+    /// Marks a collection as running until the guard is dropped.
+    pub(crate) fn collection(&self) -> impl Drop + '_ {
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        self.collecting.store(true, Ordering::SeqCst);
+        Running(&self.collecting)
     }
 
     /// Records a failed write: the store is unhealthy until [`Store::heal`] succeeds.
@@ -536,8 +562,10 @@ impl Store {
                 .expect("column families are created at open");
             let mut healing = self.healing.lock();
             for h in hashes {
-                if let Ok(Some(v)) = old.get_cf(cf, h.0) {
-                    healing.push((h, v));
+                match old.get_cf(cf, h.0) {
+                    Ok(Some(v)) => healing.push((h, v)),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!("heal: reading back chunk {h}: {e}"),
                 }
             }
             drop(old);
@@ -901,9 +929,10 @@ impl Store {
         // One put per chunk, not one batch: a batch of many MiB grows by doubling into fresh
         // pages (copies and page faults were a third of a sequential write's daemon CPU), and
         // unlogged chunk writes need no atomicity (they are pinned until a commit refers to them).
-        self.unflushed.lock().extend(chunks.iter().map(|(h, _)| *h));
         for (h, data) in chunks {
             self.wrote(db.put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo))?;
+            // After the put: a flush that takes it from the set started after it landed.
+            self.unflushed.lock().insert(*h);
         }
         drop(db);
         // Counted after the write: a flush that starts after this count covers these bytes.
@@ -1034,14 +1063,15 @@ impl Store {
         }
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        // Chunks written from now on are not covered by this flush.
-        let covering = std::mem::take(&mut *self.unflushed.lock());
-        let flushed = self
-            .db()
-            .and_then(|db| self.wrote(db.flush_cf_opt(db.cf(CF_CHUNKS), &fo)));
-        if let Err(e) = flushed {
-            self.unflushed.lock().extend(covering);
-            return Err(e);
+        {
+            // Held throughout, so no heal runs between taking the set and putting it back.
+            let db = self.db()?;
+            // Chunks written from now on are not covered by this flush.
+            let covering = std::mem::take(&mut *self.unflushed.lock());
+            if let Err(e) = self.wrote(db.flush_cf_opt(db.cf(CF_CHUNKS), &fo)) {
+                self.unflushed.lock().extend(covering);
+                return Err(e);
+            }
         }
         #[cfg(test)]
         if let Some(hook) = self.chunk_flushes.after_flush_hook.lock().take() {

@@ -636,7 +636,7 @@ fn diff_names_paths_at_any_depth() {
 /// symlink's second name is a hard link, never a copy of its target.
 #[test]
 fn sockets_are_left_out_of_exports_whole() {
-    use chaserfs_fs::archive::{export, import, ImportOptions};
+    use chaserfs_fs::archive::{export, import};
     let (_d, store, ws) = setup();
     let sock = ws
         .create(
@@ -672,13 +672,7 @@ fn sockets_are_left_out_of_exports_whole() {
     let id = Uuid::new_v4();
     roots::create_workspace(&store, id, &[]).unwrap();
     let copy = Workspace::open(store.clone(), id).unwrap();
-    let opts = ImportOptions {
-        commit_every: 1 << 30,
-        max_bytes: 1 << 30,
-        setid: false,
-        devices: false,
-        privileged_xattrs: false,
-    };
+    let opts = import_options();
     import(&copy, &tar[..], &opts).expect("the export imports again");
     assert!(copy.lookup(ROOT_INO, b"a.sock").is_err());
     let f = copy.lookup(ROOT_INO, b"z-file").unwrap();
@@ -687,4 +681,100 @@ fn sockets_are_left_out_of_exports_whole() {
     let s2 = copy.lookup(ROOT_INO, b"sym2").unwrap();
     assert_eq!(s1.ino, s2.ino, "one symlink with two names");
     assert_eq!(copy.readlink(s2.ino).unwrap(), b"z-file");
+}
+
+/// Defect: the import's bound on an entry's headers was reset only by an entry's data, so
+/// the headers of consecutive entries without data (directories, empty files, symlinks)
+/// added up, and an archive of a few thousand of them was refused as a "header bomb".
+#[test]
+fn archives_of_many_entries_without_data_import() {
+    use chaserfs_fs::archive::{export, import};
+    let (_d, store, ws) = setup();
+    // Names past the 100 bytes of a tar header: each entry carries a PAX path record.
+    let long = "n".repeat(180);
+    for i in 0..4_000 {
+        let d = dir(&ws, ROOT_INO, &format!("{long}-dir-{i}"));
+        file(&ws, d, &format!("{long}-empty-{i}"));
+        ws.create(
+            d,
+            format!("{long}-link-{i}").as_bytes(),
+            NewNode {
+                kind: FileKind::Symlink,
+                target: b"elsewhere",
+                ..node(FileKind::Regular)
+            },
+        )
+        .unwrap();
+    }
+    let root = ws.commit(true).unwrap();
+    let mut tar = Vec::new();
+    export(&Workspace::at_root(store.clone(), root).unwrap(), &mut tar).unwrap();
+    assert!(tar.len() as u64 > 4 * chaserfs_fs::archive::MAX_HEADER_BYTES);
+    let id = Uuid::new_v4();
+    roots::create_workspace(&store, id, &[]).unwrap();
+    let copy = Workspace::open(store.clone(), id).unwrap();
+    let opts = import_options();
+    let report = import(&copy, &tar[..], &opts).expect("12,000 entries without data import");
+    assert_eq!(report.skipped, 0);
+    let d = copy
+        .lookup(ROOT_INO, format!("{long}-dir-3999").as_bytes())
+        .unwrap();
+    copy.lookup(d.ino, format!("{long}-empty-3999").as_bytes())
+        .unwrap();
+}
+
+/// Defect: the import made a file's missing parents by recursion, one frame per level, and
+/// kept every directory's whole path: a file 100,000 levels deep (one tar entry with a 200 KB
+/// PAX path, no directory entries) overflowed the stack and took the daemon down.
+#[test]
+fn an_archive_entry_100000_levels_deep_imports() {
+    use chaserfs_fs::archive::import;
+    const DEPTH: usize = 100_000;
+    let (_d, store, _ws) = setup();
+    let mut path = "d/".repeat(DEPTH);
+    path.push_str("deep.txt");
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_pax_extensions([("path", path.as_bytes())])
+        .unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_path("deep.txt").unwrap();
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    tar.append(&header, &b"deep\n"[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let id = Uuid::new_v4();
+    roots::create_workspace(&store, id, &[]).unwrap();
+    let ws = Workspace::open(store.clone(), id).unwrap();
+    let opts = import_options();
+    // On a thread with a small stack: a walk that recursed per level would not fit.
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            import(&ws, &tar[..], &opts).expect("a deep entry imports");
+            let mut at = ROOT_INO;
+            for _ in 0..DEPTH {
+                at = ws.lookup(at, b"d").unwrap().ino;
+            }
+            let f = ws.lookup(at, b"deep.txt").unwrap();
+            assert_eq!(ws.read(f.ino, 0, 10).unwrap(), b"deep\n");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// What the daemon imports with by default, with room for any test's archive.
+fn import_options() -> chaserfs_fs::archive::ImportOptions {
+    chaserfs_fs::archive::ImportOptions {
+        commit_every: 1 << 30,
+        max_bytes: 1 << 30,
+        setid: false,
+        devices: false,
+        privileged_xattrs: false,
+    }
 }
