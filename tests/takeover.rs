@@ -175,17 +175,7 @@ fn a_successor_that_fails_leaves_the_old_daemon_serving() {
     drop(conn);
 
     // The old daemon serves its session and the API again; the open file still writes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut status, mut v) = (0, serde_json::Value::Null);
-    while Instant::now() < deadline {
-        (status, v) = d.call("GET", &format!("/v1/sessions/{session}"), None);
-        if status == 200 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!((status, v["status"].as_str()), (200, Some("active")), "{v}");
-    assert_eq!(d.pid(), pid);
+    serving_again(&d, pid, &session);
     open.write_all(b"two\n").unwrap();
     open.sync_all().unwrap();
     drop(open);
