@@ -191,15 +191,7 @@ fn a_successor_that_fails_leaves_the_old_daemon_serving() {
     );
 
     d.unmount(&session);
-    let (_, again) = d.mount("tf", "tf2");
-    assert_eq!(
-        std::fs::read_to_string(again.join("open.txt")).unwrap(),
-        "one\ntwo\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(again.join("after.txt")).unwrap(),
-        "after\n"
-    );
+    remounted_holds(&d, "tf", "one\ntwo\n");
 }
 
 /// Waits until the old daemon (`pid`) answers the API again and still serves `session`.
@@ -274,10 +266,15 @@ fn a_successor_that_dies_after_the_handover_leaves_every_session_working() {
     std::fs::write(path.join("after.txt"), "after\n").unwrap();
 
     d.unmount(&session);
-    let (_, again) = d.mount("td", "td2");
+    remounted_holds(&d, "td", "one\ntwo\nthree\n");
+}
+
+/// Workspace `ws`, mounted again, holds `open.txt` with `open` and `after.txt`.
+fn remounted_holds(d: &Daemon, ws: &str, open: &str) {
+    let (_, again) = d.mount(ws, &format!("{ws}2"));
     assert_eq!(
         std::fs::read_to_string(again.join("open.txt")).unwrap(),
-        "one\ntwo\nthree\n"
+        open
     );
     assert_eq!(
         std::fs::read_to_string(again.join("after.txt")).unwrap(),
