@@ -545,20 +545,42 @@ pub fn workspaces(opts: ClientOpts, cmd: WorkspacesCmd) -> anyhow::Result<()> {
                 seg(&from),
                 seg(&to)
             );
-            let d = c.call("GET", &path, None)?;
-            c.print(&d, |d| {
-                for ch in d["changes"].as_array().into_iter().flatten() {
-                    let mark = match ch["change"].as_str() {
-                        Some("added") => "+",
-                        Some("removed") => "-",
-                        _ => "M",
-                    };
-                    println!("{mark} {}", s(&ch["path"]));
+            // Every page: lines as they come, or one JSON document of all the changes.
+            let mut all: Option<Value> = None;
+            let mut cursor = String::new();
+            loop {
+                let mut d = c.call("GET", &format!("{path}&cursor={cursor}"), None)?;
+                let next = d["next_cursor"].as_str().map(str::to_string);
+                if c.opts.json {
+                    let changes = d["changes"].take();
+                    let doc = all.get_or_insert_with(|| {
+                        d["changes"] = Value::Array(Vec::new());
+                        d["truncated"] = false.into();
+                        d["next_cursor"] = Value::Null;
+                        d
+                    });
+                    if let (Some(to), Value::Array(more)) = (doc["changes"].as_array_mut(), changes)
+                    {
+                        to.extend(more);
+                    }
+                } else {
+                    for ch in d["changes"].as_array().into_iter().flatten() {
+                        let mark = match ch["change"].as_str() {
+                            Some("added") => "+",
+                            Some("removed") => "-",
+                            _ => "M",
+                        };
+                        println!("{mark} {}", s(&ch["path"]));
+                    }
                 }
-                if d["truncated"] == true {
-                    println!("(more than 100000 changes; the rest left out)");
+                match next {
+                    Some(n) => cursor = n,
+                    None => break,
                 }
-            });
+            }
+            if let Some(doc) = all {
+                println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+            }
         }
         WorkspacesCmd::Quota { workspace, quota } => {
             let path = format!("/v1/workspaces/{}/quota", seg(&workspace));

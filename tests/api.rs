@@ -491,10 +491,41 @@ fn diff_lists_the_paths_that_changed() {
         ["modified / directory 0", "added /late.txt file 1"]
     );
     assert!(changes("from=two&to=two").is_empty());
-    let (s, v) = d.call("GET", "/v1/workspaces/w/diff?from=one&to=two&limit=2", None);
-    assert_eq!(s, 200);
-    assert_eq!(v["truncated"], true);
-    assert_eq!(v["changes"].as_array().unwrap().len(), 2);
+    // Pages of two, each from the last one's cursor, make up the whole list.
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let q = format!("from=one&to=two&limit=2&cursor={cursor}");
+        let (s, v) = d.call("GET", &format!("/v1/workspaces/w/diff?{q}"), None);
+        assert_eq!(s, 200, "{v}");
+        assert!(v["changes"].as_array().unwrap().len() <= 2);
+        paged.extend(changes(&q));
+        match v["next_cursor"].as_str() {
+            Some(c) => {
+                assert_eq!(v["truncated"], true);
+                cursor = c.to_string();
+            }
+            None => break assert_eq!(v["truncated"], false),
+        }
+    }
+    assert_eq!(paged, changes("from=one&to=two"));
+    // A cursor is bound to its states, and text the API did not make is refused.
+    let (_, first) = d.call("GET", "/v1/workspaces/w/diff?from=one&to=two&limit=2", None);
+    let c = first["next_cursor"].as_str().unwrap();
+    let (s, v) = d.call(
+        "GET",
+        &format!("/v1/workspaces/w/diff?from=two&to=one&cursor={c}"),
+        None,
+    );
+    assert_error(s, &v, 400, "invalid_cursor");
+    for bad in ["zz", "00", &"ab".repeat(400)] {
+        let (s, v) = d.call(
+            "GET",
+            &format!("/v1/workspaces/w/diff?from=one&cursor={bad}"),
+            None,
+        );
+        assert_error(s, &v, 400, "invalid_cursor");
+    }
     let (s, v) = d.call("GET", "/v1/workspaces/w/diff?from=nope", None);
     assert_error(s, &v, 404, "snapshot_not_found");
     let (s, v) = d.call("GET", "/v1/workspaces/w/diff", None);

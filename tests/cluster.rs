@@ -510,6 +510,40 @@ fn cold_start_on_another_host() {
     b.unmount(&sid);
 }
 
+/// A workspace 100,000 directories deep with a directory of 1,000,000 entries, made on one
+/// host, read back whole by a cold session on another (`CHASERFS_DEEP_*` change the sizes).
+#[test]
+#[ignore = "needs etcd and Garage (scripts/install-cluster-stores.sh); scripts/test.sh runs it"]
+fn a_deep_and_wide_tree_moves_to_a_cold_host() {
+    let (depth, width) = common::deep_tree::size();
+    let stores = Stores::start();
+    let a = stores.host("host-a", &[]);
+    let b = stores.host("host-b", &[]);
+    a.create_workspace("tree");
+    let t = Instant::now();
+    let (sid, path) = a.mount("tree", "tree");
+    common::deep_tree::make(&path, depth, width);
+    a.unmount(&sid);
+    println!(
+        "made and committed on host A in {:.1} s (peak RSS {} MiB)",
+        t.elapsed().as_secs_f64(),
+        common::peak_rss_mib(a.pid())
+    );
+    let t = Instant::now();
+    let (sid, path) = b.mount("tree", "tree-b");
+    let seen = common::deep_tree::check(&path);
+    b.unmount(&sid);
+    println!(
+        "read back cold on host B in {:.1} s (peak RSS {} MiB)",
+        t.elapsed().as_secs_f64(),
+        common::peak_rss_mib(b.pid())
+    );
+    assert_eq!(seen, common::deep_tree::want(depth, width));
+    for host in [&a, &b] {
+        assert!(!host.log().contains("corrupt"), "{}", host.log());
+    }
+}
+
 impl Stores {
     /// Runs `chaserfs ARGS` with this cluster's flags (a maintenance command).
     fn cli(&self, args: &[&str]) -> (bool, String) {

@@ -1,11 +1,12 @@
 //! Workspace quotas over a real mount: bytes and inodes, EDQUOT, `df` inside the session,
-//! changed live through the API and the CLI, inherited by clones.
+//! changed live through the API and the CLI, inherited by clones; names, symlink targets
+//! and xattrs count against the bytes quota.
 
 mod common;
 
 use std::path::Path;
 
-use common::{sh, write_synced, Daemon};
+use common::{python, sh, write_synced, Daemon};
 use serde_json::json;
 
 fn df(mnt: &Path, fields: &str) -> Vec<u64> {
@@ -57,6 +58,12 @@ fn quotas_limit_bytes_and_inodes_show_in_df_and_pass_to_clones() {
     assert!(avail <= 2 << 20, "df still shows {avail} bytes free");
     // Overwriting and shrinking stay allowed.
     write_synced(&mnt.join("a"), &vec![3u8; 1 << 20]).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("b"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
 
     // Inodes: 50 in all, the root directory and `a`/`b` among them.
     let used = df(&mnt, "iused")[0];
@@ -142,4 +149,63 @@ fn quotas_limit_bytes_and_inodes_show_in_df_and_pass_to_clones() {
     assert_eq!(v["quota"], json!({"bytes": null, "inodes": 7}));
     let (_, openapi) = d.call("GET", "/v1/openapi.json", None);
     assert!(openapi["paths"]["/v1/workspaces/{workspace}/quota"]["put"].is_object());
+}
+
+/// Stores data in everything but file contents until EDQUOT: 64 KiB xattrs, 4,000-byte
+/// symlink targets, hard links with 250-byte names. Prints how many of each fit (-1: none
+/// was refused).
+const FILL_METADATA: &str = r#"
+import errno, os, sys
+d = sys.argv[1]
+def until_edquot(make, cap):
+    for n in range(cap):
+        try:
+            make(n)
+        except OSError as e:
+            if e.errno == errno.EDQUOT:
+                return n
+            raise
+    return -1
+f = os.path.join(d, "f")
+open(f, "w").close()
+x = until_edquot(lambda n: os.setxattr(f, "user.x%d" % n, b"v" * 65536), 100)
+for n in range(max(x, 0)):
+    os.removexattr(f, "user.x%d" % n)
+s = until_edquot(lambda n: os.symlink("t" * 4000, os.path.join(d, "s%d" % n)), 1000)
+for n in range(max(s, 0)):
+    os.unlink(os.path.join(d, "s%d" % n))
+l = until_edquot(lambda n: os.link(f, os.path.join(d, "%0250d" % n)), 10000)
+for n in range(max(l, 0)):
+    os.unlink(os.path.join(d, "%0250d" % n))
+print(x, s, l)
+"#;
+
+#[test]
+fn names_symlink_targets_and_xattrs_count_against_the_bytes_quota() {
+    let d = Daemon::start();
+    let (s, w) = d.call(
+        "POST",
+        "/v1/workspaces",
+        Some(json!({"session_type": "sandbox", "name": "m", "quota": {"bytes": 1 << 20}})),
+    );
+    assert_eq!(s, 201, "{w}");
+    let path = d.mount_root().join("m");
+    let body = json!({"workspace": "m", "mountpoint": path, "xattrs": true});
+    let (s, v) = d.call("POST", "/v1/sessions", Some(body));
+    assert_eq!(s, 201, "{v}");
+    let out = python(FILL_METADATA, &path);
+    let fit: Vec<i64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    // 1 MiB holds 15 xattrs of 64 KiB, 262 symlinks of 4,000 bytes (their names too), and
+    // 4,194 names of 250 bytes.
+    assert!((14..=15).contains(&fit[0]), "xattrs that fit: {out}");
+    assert!((250..=262).contains(&fit[1]), "symlinks that fit: {out}");
+    assert!(
+        (4000..=4194).contains(&fit[2]),
+        "hard links that fit: {out}"
+    );
+    d.unmount(v["id"].as_str().unwrap());
+    // Everything but `f` was removed again, and the count says so: its one-byte name.
+    let (_, w) = d.call("GET", "/v1/workspaces/m", None);
+    assert_eq!(w["persistence"]["metadata_bytes"], 1, "{w}");
+    assert_eq!(w["persistence"]["logical_bytes"], 0, "{w}");
 }

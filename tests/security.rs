@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{sh, write_synced, Daemon, Options};
+use common::{peak_rss, sh, write_synced, Daemon, Options};
 use serde_json::{json, Value};
 
 /// A daemon whose mount root any local user may walk into (a test dir is 0700).
@@ -70,17 +70,6 @@ fn import(d: &Daemon, query: &str, media: &str, body: &[u8]) -> (u16, Value) {
         ],
         body,
     )
-}
-
-/// Peak resident memory of a process, in bytes.
-fn peak_rss(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb << 10
 }
 
 fn start_session(d: &Daemon, body: Value) -> (u16, Value) {
@@ -681,8 +670,9 @@ fn limits_belong_to_the_operator() {
     );
     assert_eq!((s, code(&v)), (429, "too_many_sessions"), "{v}");
     d.unmount(&sid);
-    // Bob's bytes: 1.5 MiB in one workspace, 1 MiB in another, then nothing more.
-    let write = |ws: &str, mib: u64| {
+    // Bob's bytes: 1 MiB in one workspace, the rest of his 2 MiB in another (names count:
+    // each holds a file named `f`), then nothing more.
+    let write = |ws: &str, bytes: usize| {
         let (s, v) = bob(
             "POST",
             "/v1/workspaces",
@@ -696,7 +686,7 @@ fn limits_belong_to_the_operator() {
             Some(json!({"workspace": ws, "mountpoint": mp})),
         );
         assert_eq!(s, 201, "{v}");
-        write_synced(&mp.join("f"), &vec![1u8; (mib << 20) as usize]).unwrap();
+        write_synced(&mp.join("f"), &vec![1u8; bytes]).unwrap();
         let (s, v) = bob(
             "DELETE",
             &format!("/v1/sessions/{}", v["id"].as_str().unwrap()),
@@ -704,14 +694,14 @@ fn limits_belong_to_the_operator() {
         );
         assert_eq!(s, 200, "{v}");
     };
-    write("b1", 1);
+    write("b1", 1 << 20);
     let (s, v) = bob("POST", "/v1/workspaces/b1/clone", Some(json!({"count": 2})));
     assert_eq!(
         (s, code(&v)),
         (403, "account_limit"),
         "two 1 MiB forks over 1 MiB left: {v}"
     );
-    write("b2", 1);
+    write("b2", (1 << 20) - 2);
     let (s, v) = bob(
         "POST",
         "/v1/workspaces",

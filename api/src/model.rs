@@ -229,6 +229,9 @@ pub struct Persistence {
     pub files: u64,
     /// Sum of regular-file sizes.
     pub logical_bytes: u64,
+    /// Entry names, symlink targets and extended attributes. A bytes quota counts these
+    /// with `logical_bytes`.
+    pub metadata_bytes: u64,
     pub last_commit_at: String,
     pub snapshot_count: u64,
     pub created_at: String,
@@ -322,10 +325,13 @@ pub struct WorkspaceDiff {
     /// Root hashes of the two states compared.
     pub from_root: String,
     pub to_root: String,
-    /// In path order.
+    /// In path order: a directory's entries by name, each directory before its contents.
     pub changes: Vec<PathChange>,
-    /// More changes than `limit` were left out.
+    /// More changes follow: ask again with `cursor` set to `next_cursor`.
     pub truncated: bool,
+    /// Where the next page starts; `null` on the last page. Bound to the two states: a
+    /// cursor for `current` stops working once the workspace commits again.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

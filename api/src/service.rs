@@ -380,14 +380,20 @@ pub struct DiffQuery {
     pub from: String,
     /// As `from`; default `current`.
     pub to: Option<String>,
-    /// Most changes listed, 1 to 100000 (default 10000).
+    /// Most changes listed, 1 to 100000 (default 10000). A page also ends after about
+    /// 16 MiB of paths.
     #[param(minimum = 1, maximum = 100000)]
     pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
-/// Most changes one diff lists.
+/// Most changes one diff page lists.
 pub const DIFF_LIMIT_MAX: usize = 100_000;
 const DIFF_LIMIT_DEFAULT: usize = 10_000;
+/// About the most path bytes one diff page holds: a page of paths thousands of directories
+/// deep stays this size, and the next page goes on.
+const DIFF_PAGE_BYTES: usize = 16 << 20;
 
 /// What [`Service::copies`] makes: a clone, or a fork of many.
 struct Copies {
@@ -575,7 +581,7 @@ impl Service {
         let mut quota = self.policy(&rec.account).clamp(rec.quota);
         if let Some(left) = self.account_bytes_left(ix, &rec.account)? {
             let used = match roots::stats(&self.store, RootId::Workspace(rec.id)) {
-                Ok((_, sup)) => sup.logical_bytes,
+                Ok((_, sup)) => sup.used_bytes(),
                 Err(chaserfs_fs::FsError::NotFound) => 0,
                 Err(e) => return Err(e.into()),
             };
@@ -638,7 +644,7 @@ impl Service {
         let mut used = 0u64;
         for w in ix.workspaces.values().filter(|w| w.account == account) {
             match roots::stats(&self.store, RootId::Workspace(w.id)) {
-                Ok((_, sup)) => used = used.saturating_add(sup.logical_bytes),
+                Ok((_, sup)) => used = used.saturating_add(sup.used_bytes()),
                 Err(chaserfs_fs::FsError::NotFound) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -783,6 +789,7 @@ impl Service {
                 generation: root.generation,
                 files: sup.files,
                 logical_bytes: sup.logical_bytes,
+                metadata_bytes: sup.meta_bytes,
                 last_commit_at: rfc3339(root.committed_at),
                 snapshot_count,
                 created_at: rec.created_at.clone(),
@@ -876,8 +883,28 @@ impl Service {
                 .root)
         };
         let (from, to) = (root(from)?, root(to)?);
-        let (changes, truncated) = chaserfs_fs::diff::diff(&self.store, &from, &to, limit)?;
-        let changes = changes
+        let bad_cursor = |why: &str| ApiError::bad("invalid_cursor", why.to_string());
+        let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => Some(
+                chaserfs_fs::diff::Cursor::decode(c)
+                    .ok_or_else(|| bad_cursor("cursor is not one this API returned"))?,
+            ),
+        };
+        let page = chaserfs_fs::diff::diff(
+            &self.store,
+            &from,
+            &to,
+            after.as_ref(),
+            limit,
+            DIFF_PAGE_BYTES,
+        )
+        .map_err(|e| match e {
+            chaserfs_fs::FsError::Invalid(why) => bad_cursor(why),
+            e => e.into(),
+        })?;
+        let changes = page
+            .entries
             .into_iter()
             .map(|c| PathChange {
                 path: String::from_utf8_lossy(&c.path).into_owned(),
@@ -894,7 +921,8 @@ impl Service {
             from_root: from.to_hex(),
             to_root: to.to_hex(),
             changes,
-            truncated,
+            truncated: page.next.is_some(),
+            next_cursor: page.next.map(|c| c.encode()),
         })
     }
 
@@ -965,11 +993,9 @@ impl Service {
         }
         let recs = self.decide(&mut ix, |ix| {
             let bytes = match self.policy(account).account_bytes {
-                Some(_) => {
-                    roots::stats(&self.store, RootId::Workspace(src.id))?
-                        .1
-                        .logical_bytes
-                }
+                Some(_) => roots::stats(&self.store, RootId::Workspace(src.id))?
+                    .1
+                    .used_bytes(),
                 None => 0,
             };
             self.check_room(

@@ -19,6 +19,11 @@ use crate::records::{FileKind, Timespec};
 /// A file's data moves in pieces of this size.
 const PIECE: usize = 1 << 20;
 
+/// What one entry costs the overlay until the next commit (its inode, its name twice, the
+/// maps holding them), counted with the file data, so an archive of a million entries
+/// without data commits every few tens of thousands of them.
+const ENTRY_OVERLAY_BYTES: u64 = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The archive is malformed or holds something a workspace cannot (`..` in a path, ...).
@@ -73,19 +78,86 @@ pub struct ImportOptions {
 pub const MAX_HEADER_BYTES: u64 = 4 << 20;
 
 /// Writes the state `ws` (a view, [`Workspace::at_root`]) to `out` as a tar archive, paths
-/// relative (`./` for the root directory), parents before children.
+/// relative (`./` for the root directory), parents before children, each directory's
+/// entries in the order it lists them. Memory holds the path being written and a position
+/// per directory above it, at any depth or width.
 pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
-    let mut tar = tar::Builder::new(out);
-    let mut report = ArchiveReport::default();
-    // Inodes with several names: the first path written, for the later link entries.
-    let mut linked: HashMap<u64, Vec<u8>> = HashMap::new();
-    let mut stack: Vec<(u64, Vec<u8>)> = vec![(ROOT_INO, b".".to_vec())];
-    while let Some((ino, path)) = stack.pop() {
+    let mut ex = Exporter {
+        ws,
+        tar: tar::Builder::new(out),
+        report: ArchiveReport::default(),
+        links: FirstLinks::default(),
+    };
+    ex.entry(ROOT_INO, ROOT_INO, b"", b".")?;
+    /// A directory being written: where its listing goes on, and its path's length.
+    struct Frame {
+        ino: u64,
+        offset: u64,
+        path_len: usize,
+    }
+    let mut path = Vec::new();
+    let mut frames = vec![Frame {
+        ino: ROOT_INO,
+        offset: 0,
+        path_len: 0,
+    }];
+    // The top directory's next entries; read again after a subdirectory is done.
+    let mut batch = std::collections::VecDeque::new();
+    while let Some(top) = frames.last_mut() {
+        if batch.is_empty() {
+            // A batch ends at a directory: entering it drops the rest of the batch.
+            ws.readdir(top.ino, top.offset, |e| {
+                let dir = e.kind == FileKind::Directory;
+                if e.name != b"." && e.name != b".." {
+                    batch.push_back(e);
+                    return !dir && batch.len() < 256;
+                }
+                true
+            })?;
+        }
+        let Some(e) = batch.pop_front() else {
+            frames.pop();
+            continue;
+        };
+        top.offset = e.offset;
+        path.truncate(top.path_len);
+        path.extend_from_slice(&e.name);
+        let parent = top.ino;
+        if ex.entry(e.ino, parent, &e.name, &path)? {
+            path.push(b'/');
+            frames.push(Frame {
+                ino: e.ino,
+                offset: 0,
+                path_len: path.len(),
+            });
+            batch.clear();
+        }
+    }
+    ex.tar
+        .into_inner()
+        .map_err(ArchiveError::Io)?
+        .flush()
+        .map_err(ArchiveError::Io)?;
+    Ok(ex.report)
+}
+
+struct Exporter<'a, W: Write> {
+    ws: &'a Workspace,
+    tar: tar::Builder<W>,
+    report: ArchiveReport,
+    links: FirstLinks,
+}
+
+impl<W: Write> Exporter<'_, W> {
+    /// Writes inode `ino`, named `name` in directory `parent`, at `path`; `true` for a
+    /// directory, whose entries come next.
+    fn entry(&mut self, ino: u64, parent: u64, name: &[u8], path: &[u8]) -> ArchiveResult<bool> {
+        let (ws, tar, report) = (self.ws, &mut self.tar, &mut self.report);
         let attr = ws.getattr(ino)?;
         // As tar does: nothing of a socket is written, not even its PAX header.
         if attr.kind == FileKind::Socket {
             report.skipped += 1;
-            continue;
+            return Ok(false);
         }
         let mut pax: Vec<(String, Vec<u8>)> = vec![(
             "mtime".into(),
@@ -104,20 +176,31 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
         header.set_gid(attr.gid.into());
         header.set_mtime(attr.mtime.sec.max(0) as u64);
         header.set_size(0);
-        let path_os = header_name(&mut pax, "path", &path);
+        let path_os = header_name(&mut pax, "path", path);
         let io = ArchiveError::Io;
-        let hard_link = match linked.get(&ino) {
-            Some(first) if attr.kind != FileKind::Directory && attr.nlink > 1 => {
-                Some(header_name(&mut pax, "linkpath", first))
-            }
-            _ => None,
+        let several = attr.kind != FileKind::Directory && attr.nlink > 1;
+        let first = match several {
+            true => self.links.take(ws, ino)?,
+            false => None,
         };
+        let hard_link = first.map(|first| header_name(&mut pax, "linkpath", &first));
         let symlink_target = match attr.kind {
             FileKind::Symlink if hard_link.is_none() => {
                 Some(header_name(&mut pax, "linkpath", &ws.readlink(ino)?))
             }
             _ => None,
         };
+        // What import reads back into memory before the entry (the records, their length
+        // digits, and up to 2 KiB of headers and padding): refused there, so here.
+        let header_bytes: usize = pax.iter().map(|(k, v)| k.len() + v.len() + 32).sum();
+        if header_bytes as u64 + 4096 > MAX_HEADER_BYTES {
+            return Err(invalid(format!(
+                "the headers of {} bytes of path under {} exceed the {MAX_HEADER_BYTES} an \
+                 import reads",
+                path.len(),
+                String::from_utf8_lossy(&path[..path.len().min(200)])
+            )));
+        }
         let pax_refs = pax.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
         tar.append_pax_extensions(pax_refs).map_err(io)?;
         if let Some(target) = hard_link {
@@ -125,37 +208,16 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
             tar.append_link(&mut header, &path_os, &target)
                 .map_err(io)?;
             report.entries += 1;
-            continue;
+            return Ok(false);
         }
-        if attr.kind != FileKind::Directory && attr.nlink > 1 {
-            linked.insert(ino, path.clone());
+        if several {
+            self.links.record(ino, attr.nlink - 1, parent, name, path);
         }
         match attr.kind {
             FileKind::Directory => {
                 header.set_entry_type(tar::EntryType::Directory);
                 tar.append_data(&mut header, &path_os, std::io::empty())
                     .map_err(io)?;
-                let mut children = Vec::new();
-                ws.readdir(ino, 0, |e| {
-                    if e.name != b"." && e.name != b".." {
-                        children.push((e.ino, e.name));
-                    }
-                    true
-                })?;
-                // Popped in name order.
-                children.sort_by(|a, b| b.1.cmp(&a.1));
-                for (child, name) in children {
-                    let mut p = if path == b"." {
-                        Vec::new()
-                    } else {
-                        path.clone()
-                    };
-                    if !p.is_empty() {
-                        p.push(b'/');
-                    }
-                    p.extend_from_slice(&name);
-                    stack.push((child, p));
-                }
             }
             FileKind::Regular => {
                 header.set_entry_type(tar::EntryType::Regular);
@@ -193,12 +255,90 @@ pub fn export(ws: &Workspace, out: impl Write) -> ArchiveResult<ArchiveReport> {
             FileKind::Socket => unreachable!("skipped above"),
         }
         report.entries += 1;
+        Ok(attr.kind == FileKind::Directory)
     }
-    tar.into_inner()
-        .map_err(ArchiveError::Io)?
-        .flush()
-        .map_err(ArchiveError::Io)?;
-    Ok(report)
+}
+
+/// The first path written of each inode with several names, for its later link entries,
+/// until its last name is written. Paths are kept up to a budget; past it, the directory and
+/// name, and the path is found again by climbing the directories (slower, but memory stays
+/// bounded at any depth).
+#[derive(Default)]
+struct FirstLinks {
+    /// Inode -> (its first path, names still to come).
+    paths: HashMap<u64, (Vec<u8>, u32)>,
+    path_bytes: usize,
+    /// Inode -> (directory, name, names still to come).
+    places: HashMap<u64, (u64, Vec<u8>, u32)>,
+}
+
+const FIRST_LINK_PATH_BYTES: usize = 64 << 20;
+
+impl FirstLinks {
+    fn record(&mut self, ino: u64, more: u32, parent: u64, name: &[u8], path: &[u8]) {
+        if self.path_bytes + path.len() <= FIRST_LINK_PATH_BYTES {
+            self.path_bytes += path.len();
+            self.paths.insert(ino, (path.to_vec(), more));
+        } else {
+            self.places.insert(ino, (parent, name.to_vec(), more));
+        }
+    }
+
+    /// The first path of `ino` for one more of its names, forgotten after the last.
+    fn take(&mut self, ws: &Workspace, ino: u64) -> ArchiveResult<Option<Vec<u8>>> {
+        if let Some((path, more)) = self.paths.get_mut(&ino) {
+            *more -= 1;
+            let path = match *more {
+                0 => {
+                    let (path, _) = self.paths.remove(&ino).expect("present");
+                    self.path_bytes -= path.len();
+                    path
+                }
+                _ => path.clone(),
+            };
+            return Ok(Some(path));
+        }
+        let Some((dir, name, more)) = self.places.get_mut(&ino) else {
+            return Ok(None);
+        };
+        *more -= 1;
+        let (dir, name) = (*dir, name.clone());
+        if *more == 0 {
+            self.places.remove(&ino);
+        }
+        Self::climb(ws, dir, &name).map(Some)
+    }
+
+    /// The path of `name` in directory `dir`: the directory's names, from it up to the root.
+    fn climb(ws: &Workspace, dir: u64, name: &[u8]) -> ArchiveResult<Vec<u8>> {
+        let mut names = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut at = dir;
+        while at != ROOT_INO {
+            if !seen.insert(at) {
+                return Err(FsError::corrupt(format!("a directory loop through {at}")).into());
+            }
+            let parent = ws.lookup(at, b"..")?.ino;
+            let mut found = None;
+            ws.readdir(parent, 2, |e| {
+                if e.ino == at {
+                    found = Some(e.name);
+                }
+                found.is_none()
+            })?;
+            names.push(found.ok_or_else(|| {
+                FsError::corrupt(format!("directory {at} is not named in its parent"))
+            })?);
+            at = parent;
+        }
+        let mut path = Vec::new();
+        for n in names.iter().rev() {
+            path.extend_from_slice(n);
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        Ok(path)
+    }
 }
 
 /// Longest name the tar header's own fields hold.
@@ -468,7 +608,7 @@ pub fn import(
             set_mtime(ws, attr.ino, mtime)?;
         }
         report.entries += 1;
-        since_commit += 512;
+        since_commit += ENTRY_OVERLAY_BYTES;
         if since_commit >= opts.commit_every {
             ws.commit(false)?;
             since_commit = 0;

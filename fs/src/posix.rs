@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::error::{FsError, FsResult};
 use crate::hash::Hash;
-use crate::keys::{self, Kind, ROOT_INO};
+use crate::keys::{self, Decoded, Kind, ROOT_INO};
 use crate::metrics as m;
 use crate::prefetch::{Job, READ_AHEAD};
 use crate::records::{self, DirSeq, Dirent, Extent, FileKind, Inode, Super, Timespec};
@@ -34,6 +34,7 @@ const CS: u64 = CHUNK_SIZE as u64;
 pub const NAME_MAX: usize = 255;
 /// Largest file size (as ext4 with 4 KiB blocks: 16 TiB).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
+/// Most names one file may have (a directory may hold any number of subdirectories).
 pub const LINK_MAX: u32 = 65_000;
 pub const XATTR_NAME_MAX: usize = 255;
 pub const XATTR_SIZE_MAX: usize = 64 * 1024;
@@ -372,7 +373,13 @@ impl State {
             store: store.clone(),
             root,
             generation,
-            sup: records::decode(&sup_bytes)?,
+            sup: match Super::decode(&sup_bytes)? {
+                (sup, true) => sup,
+                (sup, false) => Super {
+                    meta_bytes: count_meta_bytes(store, &root)?,
+                    ..sup
+                },
+            },
             kv: Changes::new(),
             inodes: HashMap::new(),
             chunks: BTreeMap::new(),
@@ -526,12 +533,10 @@ impl Workspace {
             return Err(FsError::Exists);
         }
         st.check_space(0)?;
-        if new.kind == FileKind::Directory && p.nlink >= LINK_MAX {
-            return Err(FsError::TooManyLinks);
-        }
         if st.limits.inodes.is_some_and(|q| st.sup.files >= q) {
             return Err(FsError::QuotaExceeded);
         }
+        st.check_bytes_quota((name.len() + new.target.len()) as u64)?;
         if new.kind == FileKind::Symlink && (new.target.is_empty() || new.target.len() > 4095) {
             return Err(if new.target.is_empty() {
                 FsError::NotFound
@@ -546,6 +551,7 @@ impl Workspace {
         let ino = st.sup.next_ino;
         st.sup.next_ino += 1;
         st.sup.files += 1;
+        st.sup.meta_bytes += new.target.len() as u64;
         let now = Timespec::now();
         let mut perm = new.perm & 0o7777;
         let mut gid = new.gid;
@@ -609,6 +615,7 @@ impl Workspace {
             return Err(FsError::TooManyLinks);
         }
         st.check_space(0)?;
+        st.check_bytes_quota(new_name.len() as u64)?;
         i.nlink += 1;
         i.ctime = Timespec::now();
         let kind = i.kind;
@@ -691,6 +698,9 @@ impl Workspace {
                 return Ok(());
             }
             return st.exchange(parent, name, &src, new_parent, new_name, &dst);
+        }
+        if dst.is_none() {
+            st.check_bytes_quota(new_name.len().saturating_sub(name.len()) as u64)?;
         }
         if let Some(dst) = &dst {
             if flags & RENAME_NOREPLACE != 0 {
@@ -1000,14 +1010,18 @@ impl Workspace {
         let mut st = self.state.lock();
         let mut i = st.inode(ino)?;
         let key = keys::xattr(ino, name);
-        let exists = st.get(&key)?.is_some();
-        if flags & libc::XATTR_CREATE != 0 && exists {
+        let old = st.get(&key)?.map(|v| name.len() + v.len());
+        if flags & libc::XATTR_CREATE != 0 && old.is_some() {
             return Err(FsError::Exists);
         }
-        if flags & libc::XATTR_REPLACE != 0 && !exists {
+        if flags & libc::XATTR_REPLACE != 0 && old.is_none() {
             return Err(FsError::NoAttr);
         }
         st.check_space(value.len())?;
+        let new = (name.len() + value.len()) as u64;
+        let old = old.unwrap_or(0) as u64;
+        st.check_bytes_quota(new.saturating_sub(old))?;
+        st.sup.meta_bytes = st.sup.meta_bytes.saturating_sub(old) + new;
         st.kv.insert(key, Some(value.to_vec()));
         i.ctime = Timespec::now();
         st.save(ino, i);
@@ -1038,9 +1052,13 @@ impl Workspace {
         let mut st = self.state.lock();
         let mut i = st.inode(ino)?;
         let key = keys::xattr(ino, name);
-        if st.get(&key)?.is_none() {
+        let Some(value) = st.get(&key)? else {
             return Err(FsError::NoAttr);
-        }
+        };
+        st.sup.meta_bytes = st
+            .sup
+            .meta_bytes
+            .saturating_sub((name.len() + value.len()) as u64);
         st.kv.insert(key, None);
         i.ctime = Timespec::now();
         st.save(ino, i);
@@ -1057,14 +1075,14 @@ impl Workspace {
         let disk = self.store.disk_space()?;
         let block_size = 4096u64;
         let scale = |n: u64| n * disk.fragment / block_size;
-        let used = sup.logical_bytes.div_ceil(block_size);
+        let used = sup.used_bytes().div_ceil(block_size);
         let (mut blocks, mut free, mut avail) = (
             scale(disk.blocks).max(used),
             scale(disk.free),
             scale(disk.avail),
         );
         if let Some(q) = limits.bytes {
-            let left = q.saturating_sub(sup.logical_bytes) / block_size;
+            let left = q.saturating_sub(sup.used_bytes()) / block_size;
             blocks = q / block_size;
             free = free.min(left);
             avail = avail.min(left);
@@ -1208,4 +1226,20 @@ impl Drop for Workspace {
         self.store.unpin(pins);
         self.store.mark_closed(self.id);
     }
+}
+
+/// `Super::meta_bytes` of a state whose super record predates it: one walk of the state,
+/// once, when a workspace written by an older build is opened (its next commit records it).
+fn count_meta_bytes(store: &Store, root: &Hash) -> FsResult<u64> {
+    let mut bytes = 0u64;
+    for kv in TreeIter::new(store, root, &[])? {
+        let (k, v) = kv?;
+        bytes += match keys::decode(&k) {
+            Some(Decoded::Dirent(_, name)) => name.len() as u64,
+            Some(Decoded::Xattr(_, name)) => (name.len() + v.len()) as u64,
+            Some(Decoded::Inode(_)) => records::decode::<Inode>(&v)?.target.len() as u64,
+            _ => 0,
+        };
+    }
+    Ok(bytes)
 }

@@ -22,6 +22,43 @@ pub struct Super {
     pub files: u64,
     /// Sum of regular-file sizes.
     pub logical_bytes: u64,
+    /// What the namespace itself holds: every entry's name, symlink targets, and extended
+    /// attributes (name and value). Counted against the bytes quota with `logical_bytes`, so
+    /// hard links, symlinks and xattrs cannot store data past it.
+    pub meta_bytes: u64,
+}
+
+/// `Super` as states written before `meta_bytes` hold it.
+#[derive(Deserialize)]
+struct SuperWithoutMeta {
+    next_ino: u64,
+    files: u64,
+    logical_bytes: u64,
+}
+
+impl Super {
+    /// Decodes a state's super record; `false` with it when the record predates
+    /// `meta_bytes` (then 0), which the caller counts if it needs it.
+    pub fn decode(bytes: &[u8]) -> FsResult<(Super, bool)> {
+        if let Ok(sup) = postcard::from_bytes::<Super>(bytes) {
+            return Ok((sup, true));
+        }
+        // The older record is a strict prefix of the current one: decoding it as the current
+        // one always runs out of bytes, so the two never overlap.
+        let old: SuperWithoutMeta = decode(bytes)?;
+        let sup = Super {
+            next_ino: old.next_ino,
+            files: old.files,
+            logical_bytes: old.logical_bytes,
+            meta_bytes: 0,
+        };
+        Ok((sup, false))
+    }
+
+    /// Bytes counted against a bytes quota.
+    pub fn used_bytes(&self) -> u64 {
+        self.logical_bytes.saturating_add(self.meta_bytes)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,7 +172,7 @@ pub struct Inode {
 }
 
 /// A directory entry, under `DIRENT(parent, name)`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dirent {
     pub ino: u64,
     pub kind: FileKind,
@@ -157,4 +194,23 @@ pub struct DirSeq {
 pub struct Extent {
     pub hash: Hash,
     pub len: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_super_record_without_meta_bytes_decodes_as_uncounted() {
+        let old = encode(&(7u64, 3u64, 4096u64));
+        let (sup, counted) = Super::decode(&old).unwrap();
+        assert!(!counted);
+        assert_eq!((sup.next_ino, sup.files, sup.logical_bytes), (7, 3, 4096));
+        let new = Super {
+            meta_bytes: 300,
+            ..sup
+        };
+        assert_eq!(Super::decode(&encode(&new)).unwrap(), (new, true));
+        assert!(Super::decode(&encode(&(7u64, 3u64))).is_err());
+    }
 }

@@ -38,6 +38,7 @@ pub fn create_workspace(
         next_ino: ROOT_INO + 1,
         files: 1,
         logical_bytes: 0,
+        meta_bytes: 0,
     };
     let changes: Changes = [
         (keys::super_key(), Some(records::encode(&sup))),
@@ -121,5 +122,5 @@ pub fn stats(store: &Store, id: RootId) -> FsResult<(RootRecord, Super)> {
     let rec = store.get_root(id)?.ok_or(FsError::NotFound)?;
     let sup = tree::get(store, &rec.root, &keys::super_key())?
         .ok_or_else(|| FsError::corrupt("state without a super record"))?;
-    Ok((rec, records::decode(&sup)?))
+    Ok((rec, Super::decode(&sup)?.0))
 }

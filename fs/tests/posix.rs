@@ -526,9 +526,34 @@ fn identical_data_is_stored_once_and_deleting_everything_frees_it() {
     drop(dir);
 }
 
+/// Every change from `from` to `to`, read in pages of at most `limit` entries and about
+/// `max_bytes` of paths; the same as one page of everything.
+fn diff_pages(
+    store: &Store,
+    from: chaserfs_fs::Hash,
+    to: chaserfs_fs::Hash,
+    limit: usize,
+    max_bytes: usize,
+) -> Vec<chaserfs_fs::diff::DiffEntry> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page =
+            chaserfs_fs::diff::diff(store, &from, &to, cursor.as_ref(), limit, max_bytes).unwrap();
+        assert!(!page.entries.is_empty() || page.next.is_none());
+        all.extend(page.entries);
+        // Cursors travel as text.
+        match page.next {
+            Some(c) => cursor = Some(chaserfs_fs::diff::Cursor::decode(&c.encode()).unwrap()),
+            None => return all,
+        }
+    }
+}
+
 fn diff_of(store: &Store, from: chaserfs_fs::Hash, to: chaserfs_fs::Hash) -> Vec<(String, char)> {
-    let (entries, truncated) = chaserfs_fs::diff::diff(store, &from, &to, 10_000).unwrap();
-    assert!(!truncated);
+    let entries = diff_pages(store, from, to, 10_000, usize::MAX);
+    // Page by page, one entry at a time, the same list.
+    assert_eq!(diff_pages(store, from, to, 1, usize::MAX), entries);
     entries
         .into_iter()
         .map(|e| {
@@ -598,14 +623,75 @@ fn diff_lists_what_changed_between_two_states() {
     assert!(back.contains(&("/src/new.rs".into(), '-')));
     assert!(back.contains(&("/src/main.rs".into(), 'M')));
     // Sizes are the newer state's.
-    let (entries, _) = chaserfs_fs::diff::diff(&store, &before, &after, 10_000).unwrap();
+    let entries = diff_pages(&store, before, after, 10_000, usize::MAX);
     let main_entry = entries.iter().find(|e| e.path == b"/src/main.rs").unwrap();
     assert_eq!(main_entry.size, b"fn main() { changed() }".len() as u64);
     assert_eq!(main_entry.kind, FileKind::Regular);
-    // A limit keeps the first paths and says so.
-    let (first, truncated) = chaserfs_fs::diff::diff(&store, &before, &after, 3).unwrap();
-    assert!(truncated);
-    assert_eq!(first.len(), 3);
+    // A limit keeps the first paths and says where to go on.
+    let first = chaserfs_fs::diff::diff(&store, &before, &after, None, 3, usize::MAX).unwrap();
+    assert!(first.next.is_some());
+    assert_eq!(first.entries.len(), 3);
+    // A cursor is bound to its two states.
+    let e = chaserfs_fs::diff::diff(&store, &after, &before, first.next.as_ref(), 3, usize::MAX);
+    assert!(matches!(e, Err(chaserfs_fs::FsError::Invalid(_))), "{e:?}");
+    // A directory replaced by another of the same name: the old one's contents removed, the
+    // new one's added, in path order.
+    let other = dir(&ws, ROOT_INO, "other");
+    file(&ws, other, "inside");
+    ws.rename(ROOT_INO, b"other", ROOT_INO, b"src", 0)
+        .unwrap_err();
+    for name in ["lib2.rs", "main.rs", "new.rs"] {
+        ws.unlink(src, name.as_bytes()).unwrap();
+    }
+    ws.rename(ROOT_INO, b"other", ROOT_INO, b"src", 0).unwrap();
+    let replaced = ws.commit(true).unwrap();
+    let got = diff_of(&store, after, replaced);
+    let want = [
+        ("/", 'M'),
+        // Its other name went with the old directory: found though its hint is stale.
+        ("/main-link.rs", 'M'),
+        ("/src", '-'),
+        ("/src", '+'),
+        ("/src/inside", '+'),
+        ("/src/lib2.rs", '-'),
+        ("/src/main.rs", '-'),
+        ("/src/new.rs", '-'),
+    ];
+    let got: Vec<(&str, char)> = got.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    assert_eq!(got, want);
+
+    // A directory moved is one directory: its old name removed, its new one added, and what
+    // changed beneath it listed where it is now, not its whole contents twice.
+    let docs = ws.lookup(ROOT_INO, b"docs").unwrap().ino;
+    let inner = file(&ws, docs, "inner");
+    file(&ws, docs, "keep");
+    let before_move = ws.commit(true).unwrap();
+    let new_src = ws.lookup(ROOT_INO, b"src").unwrap().ino;
+    ws.rename(ROOT_INO, b"docs", new_src, b"docs2", 0).unwrap();
+    ws.write(inner, 0, b"changed").unwrap();
+    let moved = ws.commit(true).unwrap();
+    let want = [
+        ("/", 'M'),
+        ("/docs", '-'),
+        ("/src", 'M'),
+        ("/src/docs2", '+'),
+        ("/src/docs2/inner", 'M'),
+    ];
+    let got = diff_of(&store, before_move, moved);
+    let got: Vec<(&str, char)> = got.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    assert_eq!(got, want);
+    let back = diff_of(&store, moved, before_move);
+    let back: Vec<(&str, char)> = back.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    assert_eq!(
+        back,
+        [
+            ("/", 'M'),
+            ("/docs", '+'),
+            ("/docs/inner", 'M'),
+            ("/src", 'M'),
+            ("/src/docs2", '-'),
+        ]
+    );
 }
 
 /// Depth is not a loop: a file at the bottom of 6,000 nested directories (a chain a session
@@ -622,10 +708,13 @@ fn diff_names_paths_at_any_depth() {
     file(&ws, at, "bottom");
     let after = ws.commit(true).unwrap();
     let want = format!("{}/bottom", "/d".repeat(6_000));
-    let (added, _) = chaserfs_fs::diff::diff(&store, &before, &after, 100_000).unwrap();
+    let added = diff_pages(&store, before, after, 100_000, usize::MAX);
     assert_eq!(added.len(), 6_002, "the root, every directory and the file");
     assert_eq!(added.last().unwrap().path, want.as_bytes());
-    let (removed, _) = chaserfs_fs::diff::diff(&store, &after, &before, 100_000).unwrap();
+    // Pages of about 1 MB of paths: each resumes 3,000 levels down from a small cursor.
+    let paged = diff_pages(&store, before, after, 100_000, 1 << 20);
+    assert_eq!(paged, added);
+    let removed = diff_pages(&store, after, before, 100_000, 1 << 20);
     assert!(removed
         .iter()
         .any(|e| e.path == want.as_bytes() && e.change == chaserfs_fs::diff::Change::Removed));

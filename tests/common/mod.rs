@@ -575,10 +575,15 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 /// Runs a Python script (`python3 -c SCRIPT ARG`); its stdout, or a panic with its stderr.
 pub fn python(script: &str, arg: &Path) -> String {
+    python_with(script, &[arg.as_os_str()])
+}
+
+/// [`python`] with any arguments.
+pub fn python_with(script: &str, args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new("python3")
         .arg("-c")
         .arg(script)
-        .arg(arg)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -607,4 +612,84 @@ pub fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+/// Peak resident memory of a process, in MiB.
+pub fn peak_rss_mib(pid: i32) -> u64 {
+    peak_rss(pid) >> 20
+}
+
+/// Peak resident memory of a process, in bytes.
+pub fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+/// A tree as deep and as wide as a session likes: `wide/` with WIDTH empty files, and
+/// `deep/d/d/.../d/bottom`, DEPTH directories down.
+#[allow(dead_code)]
+pub mod deep_tree {
+    use std::path::Path;
+
+    /// DEPTH and WIDTH: 100,000 and 1,000,000 unless `CHASERFS_DEEP_DEPTH` and
+    /// `CHASERFS_DEEP_WIDTH` say otherwise.
+    pub fn size() -> (usize, usize) {
+        let get = |var: &str, default| {
+            std::env::var(var).map_or(default, |v| v.parse().expect("a number"))
+        };
+        (
+            get("CHASERFS_DEEP_DEPTH", 100_000),
+            get("CHASERFS_DEEP_WIDTH", 1_000_000),
+        )
+    }
+
+    /// Makes `wide/` with WIDTH empty files and `deep/d/d/.../d/bottom`, DEPTH directories down.
+    const MAKE: &str = r#"
+import os, sys
+os.chdir(sys.argv[1])
+depth, width = int(sys.argv[2]), int(sys.argv[3])
+os.mkdir("wide")
+for i in range(width):
+    os.mknod("wide/%07d" % i)
+os.mkdir("deep")
+os.chdir("deep")
+for _ in range(depth):
+    os.mkdir("d")
+    os.chdir("d")
+open("bottom", "w").write("at the bottom\n")
+"#;
+
+    /// Prints the entries in `wide/`, the directories down `deep/`, and what `bottom` holds.
+    const CHECK: &str = r#"
+import os, sys
+os.chdir(sys.argv[1])
+width = sum(1 for _ in os.scandir("wide"))
+os.chdir("deep")
+depth = 0
+while os.path.isdir("d"):
+    os.chdir("d")
+    depth += 1
+print(width, depth, open("bottom").read().strip())
+"#;
+
+    /// Makes the tree in `dir` (a mountpoint), as a session would: mkdir and chdir.
+    pub fn make(dir: &Path, depth: usize, width: usize) {
+        let (depth, width) = (depth.to_string(), width.to_string());
+        super::python_with(MAKE, &[dir.as_os_str(), depth.as_ref(), width.as_ref()]);
+    }
+
+    /// What [`check`] says of the tree made with these sizes.
+    pub fn want(depth: usize, width: usize) -> String {
+        format!("{width} {depth} at the bottom")
+    }
+
+    /// The tree in `dir` read back: entries in `wide/`, levels down `deep/`, `bottom`.
+    pub fn check(dir: &Path) -> String {
+        super::python(CHECK, dir).trim().to_string()
+    }
 }

@@ -253,11 +253,12 @@ impl State {
             .check_space((self.dirty_bytes + self.pending_bytes + more) as u64)
     }
 
-    /// Refuses (EDQUOT) growing the logical bytes by `growth` past the quota. Growth only:
-    /// a workspace over its quota can still shrink and overwrite.
+    /// Refuses (EDQUOT) growing the counted bytes (file sizes, names, symlink targets,
+    /// xattrs) by `growth` past the quota. Growth only: a workspace over its quota can still
+    /// shrink and overwrite.
     pub(super) fn check_bytes_quota(&self, growth: u64) -> FsResult<()> {
         match self.limits.bytes {
-            Some(q) if growth > 0 && self.sup.logical_bytes + growth > q => {
+            Some(q) if growth > 0 && self.sup.used_bytes() + growth > q => {
                 Err(FsError::QuotaExceeded)
             }
             _ => Ok(()),

@@ -21,6 +21,7 @@ impl State {
             p.nlink += 1;
         }
         self.save(parent, p);
+        self.sup.meta_bytes += name.len() as u64;
         self.kv.insert(
             keys::dirent(parent, name),
             Some(records::encode(&Dirent { ino, kind, cookie })),
@@ -45,6 +46,7 @@ impl State {
             p.nlink -= 1;
         }
         self.save(parent, p);
+        self.sup.meta_bytes = self.sup.meta_bytes.saturating_sub(name.len() as u64);
         self.kv.insert(keys::dirent(parent, name), None);
         self.kv.insert(keys::dirseq(parent, d.cookie), None);
         Ok(())
@@ -132,8 +134,16 @@ impl State {
         }
         self.released_bytes += i.alloc_bytes;
         self.sup.files -= 1;
+        self.sup.meta_bytes = self.sup.meta_bytes.saturating_sub(i.target.len() as u64);
         let (start, end) = keys::inode_range(ino);
         for k in self.keys_in(&start, &end)? {
+            if let Some(Decoded::Xattr(_, name)) = keys::decode(&k) {
+                let value = self.get(&k)?.map_or(0, |v| v.len());
+                self.sup.meta_bytes = self
+                    .sup
+                    .meta_bytes
+                    .saturating_sub((name.len() + value) as u64);
+            }
             self.kv.insert(k, None);
         }
         self.kv.insert(keys::inode(ino), None);
@@ -155,12 +165,17 @@ impl State {
 
     /// Whether `dir` is `ancestor` or lies below it.
     pub(super) fn is_within(&self, mut dir: u64, ancestor: u64) -> FsResult<bool> {
+        // Any depth; a directory reached twice is a loop, which only a corrupt store holds.
+        let mut seen = HashSet::new();
         loop {
             if dir == ancestor {
                 return Ok(true);
             }
             if dir == ROOT_INO {
                 return Ok(false);
+            }
+            if !seen.insert(dir) {
+                return Err(FsError::corrupt(format!("a directory loop through {dir}")));
             }
             dir = self.inode(dir)?.parent;
         }
