@@ -695,6 +695,14 @@ fn limits_belong_to_the_operator() {
         assert_eq!(s, 200, "{v}");
     };
     write("b1", 1 << 20);
+    // A snapshot keeps its bytes whatever the workspace does next: b1's 1 MiB does not fit
+    // in the 1 MiB less 2 bytes Bob has left.
+    let (s, v) = bob(
+        "POST",
+        "/v1/workspaces/b1/snapshots",
+        Some(json!({"name": "keep"})),
+    );
+    assert_eq!((s, code(&v)), (403, "account_limit"), "{v}");
     let (s, v) = bob("POST", "/v1/workspaces/b1/clone", Some(json!({"count": 2})));
     assert_eq!(
         (s, code(&v)),

@@ -150,6 +150,9 @@ pub struct SnapshotRecord {
     pub root_hash: String,
     pub files: u64,
     pub logical_bytes: u64,
+    /// Entry names, symlink targets and xattrs (0 for snapshots taken before it was kept).
+    #[serde(default)]
+    pub metadata_bytes: u64,
     pub created_at: String,
 }
 

@@ -635,8 +635,8 @@ impl Service {
         Ok(())
     }
 
-    /// Bytes the account may still add, by its workspaces' last commits; `None` (and nothing
-    /// read) when the operator set no limit on the account's bytes.
+    /// Bytes the account may still add, by its workspaces' last commits and its snapshots;
+    /// `None` (and nothing read) when the operator set no limit on the account's bytes.
     pub(crate) fn account_bytes_left(&self, ix: &Index, account: &str) -> ApiResult<Option<u64>> {
         let Some(limit) = self.policy(account).account_bytes else {
             return Ok(None);
@@ -647,6 +647,9 @@ impl Service {
                 Ok((_, sup)) => used = used.saturating_add(sup.used_bytes()),
                 Err(chaserfs_fs::FsError::NotFound) => {}
                 Err(e) => return Err(e.into()),
+            }
+            for snap in ix.snapshots.get(&w.id).into_iter().flatten() {
+                used = used.saturating_add(snap.logical_bytes + snap.metadata_bytes);
             }
         }
         Ok(Some(limit.saturating_sub(used)))
@@ -1358,8 +1361,11 @@ impl Service {
                 root_hash: root.root.to_hex(),
                 files: sup.files,
                 logical_bytes: sup.logical_bytes,
+                metadata_bytes: sup.meta_bytes,
                 created_at: now(),
             };
+            // A snapshot keeps its bytes after the workspace moves on: it counts.
+            self.check_room(ix, account, 0, sup.used_bytes())?;
             roots::snapshot(
                 &self.store,
                 ws.id,
