@@ -60,7 +60,13 @@ pub fn check(store: &Store) -> FsResult<FsckReport> {
                 &mut Vec::new(),
                 &id,
             )?;
+            let before = problems.len();
             cross.finish(&id, problems);
+            if problems.len() == before {
+                problems.push(format!(
+                    "{id:?}: names, link counts or readdir indexes disagree (by digest)"
+                ));
+            }
         }
         report.problems.truncate(MAX_PROBLEMS);
     }
@@ -342,7 +348,9 @@ impl<'a> StreamCheck<'a> {
         let id = self.id;
         let ino = cur.ino;
         let Some(i) = cur.inode else {
-            // Records of an inode that does not exist.
+            problems.push(format!(
+                "{id:?}: records of inode {ino}, which does not exist"
+            ));
             self.consistent = false;
             return;
         };
@@ -696,6 +704,18 @@ mod tests {
         let found = problems(&store);
         assert!(
             found.iter().any(|p| p.contains("names missing inode 999")),
+            "{found:?}"
+        );
+
+        let (_d, store, id, _) = state();
+        damage(
+            &store,
+            id,
+            vec![(keys::xattr(999, b"user.x"), Some(b"v".to_vec()))],
+        );
+        let found = problems(&store);
+        assert!(
+            found.iter().any(|p| p.contains("records of inode 999")),
             "{found:?}"
         );
     }

@@ -631,6 +631,19 @@ fn diff_lists_what_changed_between_two_states() {
     let first = chaserfs_fs::diff::diff(&store, &before, &after, None, 3, usize::MAX).unwrap();
     assert!(first.next.is_some());
     assert_eq!(first.entries.len(), 3);
+    // A cursor aimed elsewhere (at a file, at inode 0) is refused as stale or as not one
+    // diff made, never taken for corruption.
+    let text = first.next.as_ref().unwrap().encode();
+    for at in [main, 0] {
+        let forged = format!("{}{at:016x}{}", &text[..18], &text[34..]);
+        match chaserfs_fs::diff::Cursor::decode(&forged) {
+            None => assert_eq!(at, 0),
+            Some(c) => {
+                let e = chaserfs_fs::diff::diff(&store, &before, &after, Some(&c), 3, usize::MAX);
+                assert!(matches!(e, Err(chaserfs_fs::FsError::Invalid(_))), "{e:?}");
+            }
+        }
+    }
     // A cursor is bound to its two states.
     let e = chaserfs_fs::diff::diff(&store, &after, &before, first.next.as_ref(), 3, usize::MAX);
     assert!(matches!(e, Err(chaserfs_fs::FsError::Invalid(_))), "{e:?}");
