@@ -183,15 +183,8 @@ impl<'a> Side<'a> {
 
     /// `dir`'s entries in name order, after `after`.
     fn listing(&self, dir: u64, after: Option<&[u8]>) -> FsResult<Listing<'a>> {
-        let (start, end) = keys::kind_range(dir, Kind::Dirent);
-        let start = match after {
-            Some(name) => {
-                let mut k = keys::dirent(dir, name);
-                k.push(0);
-                k
-            }
-            None => start,
-        };
+        let (_, end) = keys::kind_range(dir, Kind::Dirent);
+        let start = keys::dirents_after(dir, after);
         Ok(Listing {
             iter: TreeIter::new(self.store, &self.root, &start)?,
             end,

@@ -442,18 +442,11 @@ fn reachable(
     let mut reached = 1u64;
     let mut listing: Option<TreeIter<'_>> = None;
     while let Some((dir, after)) = path.last() {
-        let (start, end) = keys::kind_range(*dir, Kind::Dirent);
+        let (_, end) = keys::kind_range(*dir, Kind::Dirent);
         let iter = match &mut listing {
             Some(iter) => iter,
             None => {
-                let from = match after {
-                    Some(name) => {
-                        let mut k = keys::dirent(*dir, name);
-                        k.push(0);
-                        k
-                    }
-                    None => start,
-                };
+                let from = keys::dirents_after(*dir, after.as_deref());
                 listing.insert(TreeIter::new(store, root, &from)?)
             }
         };

@@ -70,6 +70,17 @@ pub fn xattr(ino: u64, name: &[u8]) -> Key {
 pub fn dirent(parent: u64, name: &[u8]) -> Key {
     key(parent, Kind::Dirent, name)
 }
+/// Where `parent`'s entries after `name` begin (all of them for `None`), in name order.
+pub fn dirents_after(parent: u64, name: Option<&[u8]>) -> Key {
+    match name {
+        Some(name) => {
+            let mut k = dirent(parent, name);
+            k.push(0);
+            k
+        }
+        None => key(parent, Kind::Dirent, &[]),
+    }
+}
 pub fn dirseq(parent: u64, cookie: u64) -> Key {
     key(parent, Kind::DirSeq, &cookie.to_be_bytes())
 }
