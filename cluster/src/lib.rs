@@ -80,6 +80,7 @@ impl Cluster {
         let objects = Objects::new(config, runtime.clone())?;
         let meta = Meta::connect(config, runtime.clone())?;
         objects.check()?;
+        objects.check_format(&config.s3_bucket)?;
         let cluster = Cluster {
             runtime,
             objects,

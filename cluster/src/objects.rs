@@ -1,4 +1,5 @@
-//! The S3 bucket: packs of objects (see `packs.rs`), `packs/<blake3 hex of the pack>`. An
+//! The S3 bucket: its format record, `format`, and packs of objects (see `packs.rs`),
+//! `packs/<blake3 hex of the pack>`. An
 //! object in a pack is stored as the local store keeps it: a chunk as its codec byte then raw
 //! or lz4 bytes, a node as its encoding. Names are content hashes, so a write of an existing
 //! name writes the same bytes.
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chaserfs_fs::format::Format;
 use chaserfs_fs::{FsError, FsResult, Hash};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -46,6 +48,8 @@ pub struct ObjectStats {
 }
 
 const PACKS: &str = "packs";
+/// The bucket's on-disk format record (`chaserfs_fs::format`), JSON.
+const FORMAT: &str = "format";
 
 fn pack_key(pack: &Hash) -> Path {
     Path::from(format!("{PACKS}/{}", pack.to_hex()))
@@ -94,6 +98,30 @@ impl Objects {
             match list.next().await {
                 Some(Err(e)) => Err(s3_error("listing the bucket", e)),
                 _ => Ok(()),
+            }
+        })
+    }
+
+    /// Refuses a bucket written in another on-disk format; records this build's in one that
+    /// has no record yet (new, or written before formats were recorded: this format). Hosts
+    /// that race to record it write the same bytes.
+    pub(crate) fn check_format(&self, bucket: &str) -> FsResult<()> {
+        let key = Path::from(FORMAT);
+        self.runtime.block("S3 format record", async {
+            match self.s3.get(&key).await {
+                Ok(found) => {
+                    let bytes = found.bytes().await.map_err(|e| s3_error("get", e))?;
+                    Format::check(&bytes, &format!("bucket {bucket}"))
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    let record = PutPayload::from(Format::CURRENT.encode());
+                    self.s3
+                        .put(&key, record)
+                        .await
+                        .map_err(|e| s3_error("put", e))?;
+                    Ok(())
+                }
+                Err(e) => Err(s3_error("get", e)),
             }
         })
     }

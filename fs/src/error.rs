@@ -47,6 +47,9 @@ pub enum FsError {
     Corrupt(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// The store was written in another on-disk format (see `format.rs`).
+    #[error("{0}")]
+    Format(String),
 }
 
 impl FsError {
@@ -71,7 +74,7 @@ impl FsError {
             FsError::Stale => libc::EAGAIN,
             FsError::NoSpace => libc::ENOSPC,
             FsError::QuotaExceeded => libc::EDQUOT,
-            FsError::Corrupt(_) | FsError::Storage(_) => libc::EIO,
+            FsError::Corrupt(_) | FsError::Storage(_) | FsError::Format(_) => libc::EIO,
         }
     }
 

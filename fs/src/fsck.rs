@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::FsResult;
+use crate::format::CHUNK_SIZE;
 use crate::hash::Hash;
 use crate::keys::{self, Decoded, Kind, ROOT_INO};
-use crate::posix::CHUNK_SIZE;
 use crate::records::{self, DirSeq, Dirent, Extent, FileKind, Inode, Super};
 use crate::store::{RootId, Store};
 use crate::tree::{Node, TreeIter};

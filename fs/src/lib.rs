@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod diff;
 pub mod error;
+pub mod format;
 pub mod fsck;
 pub mod fuse;
 pub mod gc;

@@ -28,8 +28,7 @@ use crate::tree::{self, Changes, TreeIter};
 mod data;
 mod dirs;
 
-/// Size of a file data chunk; chunks are aligned to it.
-pub const CHUNK_SIZE: usize = 64 * 1024;
+use crate::format::CHUNK_SIZE;
 const CS: u64 = CHUNK_SIZE as u64;
 pub const NAME_MAX: usize = 255;
 /// Largest file size (as ext4 with 4 KiB blocks: 16 TiB).

@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::{FsError, FsResult};
+use crate::format::Format;
 use crate::hash::Hash;
 use crate::prefetch::{Job, Prefetcher};
 use crate::records::Timespec;
@@ -271,12 +272,35 @@ fn kind_cf(kind: ObjectKind) -> &'static str {
     }
 }
 
-/// Record keys may not collide with root pointers.
+/// Where a data dir records its on-disk format, in the `meta` column family.
+const FORMAT_KEY: &[u8] = b"Fformat";
+
+/// Record keys may not collide with root pointers or the format record.
 fn check_meta(ops: &[MetaOp]) -> FsResult<()> {
-    if ops.iter().any(|(k, _)| k.first() == Some(&RootId::PREFIX)) {
-        return Err(FsError::Invalid("meta key collides with root pointers"));
+    if ops
+        .iter()
+        .any(|(k, _)| k.first() == Some(&RootId::PREFIX) || k.first() == FORMAT_KEY.first())
+    {
+        return Err(FsError::Invalid("meta key collides with the store's own"));
     }
     Ok(())
+}
+
+/// Refuses a data dir of another on-disk format; stamps one that has no record yet (new, or
+/// written before formats were recorded, which is this format) with this build's.
+fn check_format(db: &DB, path: &Path) -> FsResult<()> {
+    let meta = db
+        .cf_handle(CF_META)
+        .expect("column families are created at open");
+    match db.get_cf(meta, FORMAT_KEY)? {
+        Some(recorded) => Format::check(&recorded, &format!("data dir {}", path.display())),
+        None => {
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.put_cf_opt(meta, FORMAT_KEY, Format::CURRENT.encode(), &sync)?;
+            Ok(())
+        }
+    }
 }
 
 /// Copies `data[from..]` into `dst`; bytes of `dst` past the end of `data` stay as they are.
@@ -423,6 +447,7 @@ impl Store {
             }
         }
         let db = open_db(path, opts.block_cache_bytes)?;
+        check_format(&db, path)?;
         let store = Arc::new(Store {
             db: RwLock::new(Some(db)),
             block_cache_bytes: opts.block_cache_bytes,

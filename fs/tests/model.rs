@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use chaserfs_cluster::{Cluster, ClusterConfig};
 
+use chaserfs_fs::format::CHUNK_SIZE;
 use chaserfs_fs::keys::ROOT_INO;
-use chaserfs_fs::posix::{CHUNK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use chaserfs_fs::posix::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use chaserfs_fs::{
     fsck, gc, roots, FileKind, FsResult, NewNode, RootId, SetAttr, Store, StoreOptions, Workspace,
 };

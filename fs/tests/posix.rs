@@ -6,8 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use chaserfs_fs::format::CHUNK_SIZE;
 use chaserfs_fs::keys::ROOT_INO;
-use chaserfs_fs::posix::{CHUNK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use chaserfs_fs::posix::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use chaserfs_fs::{
     fsck, gc, roots, Attr, FileKind, FsResult, NewNode, RootId, SetAttr, Store, Workspace,
 };
