@@ -46,9 +46,9 @@ cargo test --release --workspace 2>&1 | tee "$log"
 # (release builds have them off: a `nlink -= 1` underflow would wrap silently). Only the
 # engine is rebuilt for this; RocksDB's C++ stays as built.
 echo "== engine tests with overflow checks and debug assertions"
-cargo test --release -p chaserfs-fs --test model --test crash \
-    --config 'profile.release.package.chaserfs-fs.overflow-checks=true' \
-    --config 'profile.release.package.chaserfs-fs.debug-assertions=true' 2>&1 | tee -a "$log"
+cargo test --release -p chaserfs-engine --test model --test crash \
+    --config 'profile.release.package.chaserfs-engine.overflow-checks=true' \
+    --config 'profile.release.package.chaserfs-engine.debug-assertions=true' 2>&1 | tee -a "$log"
 echo "== cluster tests (3 etcd members, 3 Garage nodes, two or three hosts per test)"
 if ! wait "$stores_pid"; then
     cat "$stores_log"
@@ -57,7 +57,7 @@ if ! wait "$stores_pid"; then
 fi
 cat "$stores_log"
 cargo test --release -p chaserfs --test cluster -- --ignored 2>&1 | tee -a "$log"
-cargo test --release -p chaserfs-fs --test model -- --ignored 2>&1 | tee -a "$log"
+cargo test --release -p chaserfs-engine --test model -- --ignored 2>&1 | tee -a "$log"
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log" "$stores_log"

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chaserfs_api::accounts::{parse_size, Accounts};
-use chaserfs_api::service::{Config, Service};
-use chaserfs_api::{http, listener, takeover};
 use chaserfs_cluster::{Cluster, ClusterConfig, EtcdSecurity};
-use chaserfs_fs::{fsck, gc, Store, StoreOptions};
+use chaserfs_engine::ops::{fsck, gc};
+use chaserfs_engine::{Store, StoreOptions};
+use chaserfs_http::listener;
+use chaserfs_service::accounts::{parse_size, Accounts};
+use chaserfs_service::service::{Config, Service};
+use chaserfs_service::takeover;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -481,7 +483,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: max_connections.max(1),
         header_timeout: Duration::from_secs(header_timeout.max(1)),
     };
-    chaserfs_api::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    chaserfs_http::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     // Taking over: the running daemon hands over its sessions and sockets and closes the
     // store; it exits once this process has readied every session (see takeover.rs). Any
     // error before then returns them all to it.
@@ -519,7 +521,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = data_dir.canonicalize()?;
     std::fs::create_dir_all(&mount_root)?;
     // Imports mount their new workspace here, where no other local user may look.
-    let imports = mount_root.join(chaserfs_api::mountpoint::IMPORTS_DIR);
+    let imports = mount_root.join(chaserfs_service::mountpoint::IMPORTS_DIR);
     std::fs::create_dir_all(&imports)?;
     std::fs::set_permissions(
         &imports,
@@ -543,7 +545,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         github_url,
         accounts,
         host,
-        trust: chaserfs_api::service::Trust {
+        trust: chaserfs_service::service::Trust {
             suid: trust.insecure_suid,
             dev: trust.insecure_dev,
             privileged_xattrs: trust.insecure_privileged_xattrs,
@@ -613,12 +615,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!("pruning ended sessions: {}", e.message),
             }
         })?;
-        let mut app = http::router(svc.clone());
+        let mut app = chaserfs_http::router(svc.clone());
         match &listeners.metrics {
             Some(fd) => {
                 let metrics = tcp_listener(fd)?;
                 tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
-                let routes = http::metrics_router(svc.clone());
+                let routes = chaserfs_http::metrics_router(svc.clone());
                 tokio::spawn(listener::serve(
                     metrics,
                     routes,
@@ -626,7 +628,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     std::future::pending(),
                 ));
             }
-            None => app = app.merge(http::metrics_router(svc.clone())),
+            None => app = app.merge(chaserfs_http::metrics_router(svc.clone())),
         }
         let listeners = Arc::new(listeners);
         // Serves HTTP until SIGTERM, or until a successor takes over.
@@ -808,14 +810,14 @@ fn spawn_cluster_gc(
             let started = std::time::Instant::now();
             match chaserfs_cluster::gc::collect(&store, &cluster, grace) {
                 Ok(r) => {
-                    chaserfs_api::metrics::record_gc(
+                    chaserfs_service::metrics::record_gc(
                         started.elapsed(),
                         r.deleted_packs as u64,
                         r.freed_bytes,
                     );
                     tracing::info!("cluster gc: {r}")
                 }
-                Err(chaserfs_fs::FsError::Busy(_)) => {}
+                Err(chaserfs_engine::FsError::Busy(_)) => {}
                 Err(e) => tracing::error!("cluster gc: {e}"),
             }
         })?;

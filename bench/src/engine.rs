@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chaserfs_fs::keys::ROOT_INO;
-use chaserfs_fs::{roots, FileKind, NewNode, RootId, Store, Workspace};
+use chaserfs_engine::format::keys::ROOT_INO;
+use chaserfs_engine::{roots, FileKind, NewNode, RootId, Store, Workspace};
 use uuid::Uuid;
 
 fn machine() -> String {

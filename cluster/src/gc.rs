@@ -30,8 +30,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use chaserfs_fs::gc::Marks;
-use chaserfs_fs::{FsError, FsResult, Hash, ObjectKind, Store};
+use chaserfs_engine::ops::gc::Marks;
+use chaserfs_engine::{FsError, FsResult, Hash, ObjectKind, Store};
 
 use crate::meta::Fence;
 use crate::packs::{self, Entry, Location, Refresh};

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chaserfs_fs::{CommitToken, FsError, FsResult, Hash, ObjectKind};
+use chaserfs_engine::{CommitToken, FsError, FsResult, Hash, ObjectKind};
 use packs::{Index, Refresh};
 
 pub use meta::{Fence, Meta};
@@ -61,7 +61,7 @@ pub struct EtcdSecurity {
     pub cert_key_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-/// Both stores, as the engine's [`chaserfs_fs::Remote`].
+/// Both stores, as the engine's [`chaserfs_engine::Remote`].
 pub struct Cluster {
     runtime: Arc<Runtime>,
     pub objects: Objects,
@@ -245,7 +245,7 @@ impl Runtime {
     }
 }
 
-impl chaserfs_fs::Remote for Cluster {
+impl chaserfs_engine::Remote for Cluster {
     fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
         Ok(self.fetch(&[(kind, *hash)])?.pop().flatten())
     }
@@ -263,42 +263,45 @@ impl chaserfs_fs::Remote for Cluster {
         self.upload(objects, token)
     }
 
-    fn get_root(&self, id: chaserfs_fs::RootId) -> FsResult<Option<chaserfs_fs::RootRecord>> {
+    fn get_root(
+        &self,
+        id: chaserfs_engine::RootId,
+    ) -> FsResult<Option<chaserfs_engine::RootRecord>> {
         self.meta.get_root(id)
     }
 
-    fn list_roots(&self) -> FsResult<Vec<(chaserfs_fs::RootId, chaserfs_fs::RootRecord)>> {
+    fn list_roots(&self) -> FsResult<Vec<(chaserfs_engine::RootId, chaserfs_engine::RootRecord)>> {
         self.meta.list_roots()
     }
 
-    fn begin_commit(&self) -> FsResult<chaserfs_fs::CommitToken> {
+    fn begin_commit(&self) -> FsResult<chaserfs_engine::CommitToken> {
         self.meta.begin_commit()
     }
 
     fn create_root(
         &self,
-        id: chaserfs_fs::RootId,
-        record: &chaserfs_fs::RootRecord,
-        meta: &[chaserfs_fs::MetaOp],
-        token: chaserfs_fs::CommitToken,
+        id: chaserfs_engine::RootId,
+        record: &chaserfs_engine::RootRecord,
+        meta: &[chaserfs_engine::MetaOp],
+        token: chaserfs_engine::CommitToken,
     ) -> FsResult<()> {
         self.meta.create_root(id, record, meta, token)
     }
 
     fn copy_root(
         &self,
-        src: chaserfs_fs::RootId,
-        dsts: &[chaserfs_fs::RootId],
+        src: chaserfs_engine::RootId,
+        dsts: &[chaserfs_engine::RootId],
         dst_exists: bool,
-        meta: &[chaserfs_fs::MetaOp],
-    ) -> FsResult<chaserfs_fs::RootRecord> {
+        meta: &[chaserfs_engine::MetaOp],
+    ) -> FsResult<chaserfs_engine::RootRecord> {
         self.meta.copy_root(src, dsts, dst_exists, meta)
     }
 
     fn delete_roots(
         &self,
-        ids: &[chaserfs_fs::RootId],
-        meta: &[chaserfs_fs::MetaOp],
+        ids: &[chaserfs_engine::RootId],
+        meta: &[chaserfs_engine::MetaOp],
     ) -> FsResult<()> {
         self.meta.delete_roots(ids, meta)
     }
@@ -306,13 +309,13 @@ impl chaserfs_fs::Remote for Cluster {
     fn commit_root(
         &self,
         ws: uuid::Uuid,
-        record: &chaserfs_fs::RootRecord,
-        token: chaserfs_fs::CommitToken,
+        record: &chaserfs_engine::RootRecord,
+        token: chaserfs_engine::CommitToken,
     ) -> FsResult<()> {
         self.meta.commit_root(ws, record, token)
     }
 
-    fn meta_write(&self, meta: &[chaserfs_fs::MetaOp]) -> FsResult<()> {
+    fn meta_write(&self, meta: &[chaserfs_engine::MetaOp]) -> FsResult<()> {
         self.meta.write(meta)
     }
 
@@ -320,7 +323,7 @@ impl chaserfs_fs::Remote for Cluster {
         self.meta.scan(prefix)
     }
 
-    fn meta_changes(&self) -> FsResult<Vec<chaserfs_fs::MetaChange>> {
+    fn meta_changes(&self) -> FsResult<Vec<chaserfs_engine::MetaChange>> {
         self.meta.changes()
     }
 

@@ -21,8 +21,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chaserfs_fs::{
-    records, CommitToken, FsError, FsResult, Hash, MetaChange, MetaOp, RootId, RootRecord,
+use chaserfs_engine::format::records;
+use chaserfs_engine::{
+    CommitToken, FsError, FsResult, Hash, MetaChange, MetaOp, RootId, RootRecord,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
@@ -605,7 +606,7 @@ impl Meta {
                     None => when.push(Compare::create_revision(dst_key, CompareOp::Equal, 0)),
                 }
             }
-            record.committed_at = chaserfs_fs::Timespec::now();
+            record.committed_at = chaserfs_engine::Timespec::now();
             let mut ops: Vec<TxnOp> = dsts
                 .iter()
                 .map(|d| TxnOp::put(self.root_key(*d), records::encode(&record), None))

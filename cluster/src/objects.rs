@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chaserfs_fs::format::Format;
-use chaserfs_fs::{FsError, FsResult, Hash};
+use chaserfs_engine::format::Format;
+use chaserfs_engine::{FsError, FsResult, Hash};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
@@ -48,7 +48,7 @@ pub struct ObjectStats {
 }
 
 const PACKS: &str = "packs";
-/// The bucket's on-disk format record (`chaserfs_fs::format`), JSON.
+/// The bucket's on-disk format record (`chaserfs_engine::format`), JSON.
 const FORMAT: &str = "format";
 
 fn pack_key(pack: &Hash) -> Path {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chaserfs_fs::{FsError, FsResult, Hash, ObjectKind};
+use chaserfs_engine::{FsError, FsResult, Hash, ObjectKind};
 use parking_lot::Mutex;
 
 use crate::meta::PackScan;

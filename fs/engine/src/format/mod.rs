@@ -1,0 +1,92 @@
+//! The on-disk format's version and the constants that shape it. Each store records the format
+//! it was written in (a data dir in its `meta` column family, a cluster in its bucket); a build
+//! opens only stores of its own format, so a data dir or bucket written with another chunk
+//! size, node encoding or chunk codec is refused with both formats named instead of misread.
+
+pub mod codec;
+pub mod hash;
+pub mod keys;
+pub mod records;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FsError, FsResult};
+
+/// Bytes of file data per chunk: a file's chunk `i` holds bytes `[i * CHUNK_SIZE, (i + 1) *
+/// CHUNK_SIZE)`.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+
+/// What a store records of its format. Kept as JSON so that any later build can read it,
+/// whatever else it changes, and name what it found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Format {
+    /// Raised by any change to how stored bytes are read: keys, records, the tree.
+    pub version: u32,
+    pub chunk_size: u32,
+    /// How tree nodes and records are encoded (postcard, `tree.rs` and `records.rs`).
+    pub node_encoding: u32,
+    /// How chunk values are stored (a codec byte, then raw or lz4 bytes: `store.rs`).
+    pub chunk_codec: u32,
+}
+
+impl Format {
+    /// The format this build writes and reads. Stores written before formats were recorded
+    /// hold exactly this one, and are stamped with it when first opened.
+    pub const CURRENT: Format = Format {
+        version: 1,
+        chunk_size: CHUNK_SIZE as u32,
+        node_encoding: 1,
+        chunk_codec: 1,
+    };
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a format record encodes")
+    }
+
+    /// Checks a recorded format against this build's; `what` names the store in the error.
+    pub fn check(recorded: &[u8], what: &str) -> FsResult<()> {
+        let found: Format = serde_json::from_slice(recorded).map_err(|e| {
+            FsError::Format(format!(
+                "{what} has a format record this build cannot read ({e}): {}",
+                String::from_utf8_lossy(&recorded[..recorded.len().min(200)])
+            ))
+        })?;
+        if found != Self::CURRENT {
+            return Err(FsError::Format(format!(
+                "{what} was written in on-disk format {}; this build reads format {} only. \
+                 Run the chaserfs release that wrote it",
+                found.describe(),
+                Self::CURRENT.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (chunk size {}, node encoding {}, chunk codec {})",
+            self.version, self.chunk_size, self.node_encoding, self.chunk_codec
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_format_is_accepted_and_any_other_refused_naming_both() {
+        Format::check(&Format::CURRENT.encode(), "x").unwrap();
+        let other = Format {
+            chunk_size: 128 * 1024,
+            ..Format::CURRENT
+        };
+        let err = Format::check(&other.encode(), "data dir /d").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("data dir /d"), "{msg}");
+        assert!(msg.contains("chunk size 131072"), "{msg}");
+        assert!(msg.contains("chunk size 65536"), "{msg}");
+        let err = Format::check(b"{\"version\":", "x").unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+}

@@ -1,0 +1,174 @@
+//! Cluster mode: fetching objects before reads ask for them. A cold host reads a workspace
+//! from the object store, one request per node or chunk; requests made one after another
+//! cost a round trip each. Two patterns are predictable, and their objects are fetched in
+//! parallel batches on a background thread:
+//!
+//! - a directory first looked into (a lookup or a listing): the tree nodes holding its
+//!   entries and its children's records, then the first chunks of its children's files
+//!   (`find`, `cat *`, `git status`, a build);
+//! - a file read sequentially: the next [`READ_AHEAD`] bytes of its chunks.
+//!
+//! Best effort: a job dropped when the queue is full, or an object store error, only means
+//! the read fetches on its own.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Weak};
+
+use crate::error::FsResult;
+use crate::format::hash::Hash;
+use crate::format::keys;
+use crate::format::records::{self, DirSeq, Extent};
+use crate::remote::ObjectKind;
+use crate::store::Store;
+use crate::tree::Node;
+
+/// Bytes of a sequentially read file fetched ahead of the reader.
+pub const READ_AHEAD: u64 = 4 << 20;
+/// Per listed directory: at most this many tree nodes, and chunks of this many bytes.
+const DIR_NODES: usize = 256;
+const DIR_CHUNK_BYTES: u64 = 16 << 20;
+/// Per child file, its first chunks only: a directory listing says nothing of big files.
+const DIR_CHUNKS_PER_FILE: u64 = 4;
+/// Objects per parallel request batch.
+const BATCH: usize = 64;
+/// Jobs waiting; more are dropped.
+const QUEUE: usize = 64;
+
+pub(crate) enum Job {
+    /// Chunks, by hash.
+    Chunks(Vec<Hash>),
+    /// The children of directory `dir` in the tree at `root`: their records, then the first
+    /// chunks of their files.
+    Dir { root: Hash, dir: u64 },
+}
+
+pub(crate) struct Prefetcher {
+    jobs: SyncSender<Job>,
+}
+
+impl Prefetcher {
+    /// Starts the thread. It ends when the store (which owns the sender) is dropped.
+    pub(crate) fn start(store: Weak<Store>) -> Prefetcher {
+        let (jobs, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || run(store, rx))
+            .expect("spawning the prefetch thread");
+        Prefetcher { jobs }
+    }
+
+    pub(crate) fn send(&self, job: Job) {
+        let _ = self.jobs.try_send(job);
+    }
+}
+
+fn run(store: Weak<Store>, jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let done = match job {
+            Job::Chunks(hashes) => {
+                for batch in hashes.chunks(BATCH) {
+                    store.prefetch(ObjectKind::Chunk, batch);
+                }
+                Ok(())
+            }
+            Job::Dir { root, dir } => children(&store, root, dir),
+        };
+        if let Err(e) = done {
+            tracing::debug!("prefetch: {e}");
+        }
+    }
+}
+
+/// A directory's children: its entries' nodes, then the nodes holding the records of the
+/// inodes they name (the directory's files, created together, have neighbouring numbers),
+/// then the first chunks of those files.
+fn children(store: &Arc<Store>, root: Hash, dir: u64) -> FsResult<()> {
+    let (start, end) = keys::kind_range(dir, keys::Kind::DirSeq);
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for (_, v) in entries(&nodes(store, root, &start, &end)?, &start, &end) {
+        let e: DirSeq = records::decode(v)?;
+        (lo, hi) = (lo.min(e.ino), hi.max(e.ino));
+    }
+    if lo > hi {
+        return Ok(());
+    }
+    let (start, end) = (keys::inode(lo), keys::inode(hi.saturating_add(1)));
+    let leaves = nodes(store, root, &start, &end)?;
+    let mut chunks = Vec::new();
+    let mut bytes = 0u64;
+    for (k, v) in entries(&leaves, &start, &end) {
+        let Some(keys::Decoded::Extent(_, index)) = keys::decode(k) else {
+            continue;
+        };
+        if index >= DIR_CHUNKS_PER_FILE {
+            continue;
+        }
+        let e: Extent = records::decode(v)?;
+        bytes += u64::from(e.len);
+        if bytes > DIR_CHUNK_BYTES {
+            break;
+        }
+        chunks.push(e.hash);
+    }
+    for batch in chunks.chunks(BATCH) {
+        store.prefetch(ObjectKind::Chunk, batch);
+    }
+    Ok(())
+}
+
+/// The entries of `leaves` in `start..end`, in order.
+fn entries<'a>(
+    leaves: &'a [Arc<Node>],
+    start: &'a [u8],
+    end: &'a [u8],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    leaves
+        .iter()
+        .filter_map(|l| match &**l {
+            Node::Leaf(entries) => Some(entries),
+            Node::Branch(_) => None,
+        })
+        .flatten()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .filter(move |(k, _)| *k >= start && *k < end)
+}
+
+/// Walks the tree at `root` one level at a time, fetching each level's nodes that cover
+/// `start..end` in parallel batches (at most [`DIR_NODES`] in all); returns the leaves.
+fn nodes(store: &Arc<Store>, root: Hash, start: &[u8], end: &[u8]) -> FsResult<Vec<Arc<Node>>> {
+    let mut level = vec![root];
+    let mut leaves = Vec::new();
+    let mut fetched = 0;
+    while !level.is_empty() && fetched < DIR_NODES {
+        level.truncate(DIR_NODES - fetched);
+        fetched += level.len();
+        for batch in level.chunks(BATCH) {
+            store.prefetch(ObjectKind::Node, batch);
+        }
+        let mut next = Vec::new();
+        for h in &level {
+            let node = store.get_node(h)?;
+            match &*node {
+                Node::Leaf(_) => leaves.push(node.clone()),
+                Node::Branch(children) => {
+                    for (i, (first, child)) in children.iter().enumerate() {
+                        // Child i holds keys from its first key (any key, for the first
+                        // child) up to the next child's first key.
+                        let starts_before_end = i == 0 || first.as_slice() < end;
+                        let ends_after_start = children
+                            .get(i + 1)
+                            .is_none_or(|(next, _)| next.as_slice() > start);
+                        if starts_before_end && ends_after_start {
+                            next.push(*child);
+                        }
+                    }
+                }
+            }
+        }
+        level = next;
+    }
+    Ok(leaves)
+}

@@ -1,0 +1,42 @@
+//! The FUSE adapter's metrics (see the engine's `metrics.rs` for how they are recorded).
+
+use std::time::Instant;
+
+pub const FUSE_REQUEST_SECONDS: &str = "chaserfs_fuse_request_duration_seconds";
+pub const FUSE_IO_ERRORS: &str = "chaserfs_fuse_io_errors_total";
+
+/// Registers the help text of the adapter's metrics.
+pub fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_histogram!(
+        FUSE_REQUEST_SECONDS,
+        Unit::Seconds,
+        "FUSE requests served, by operation (the count is the number of requests)"
+    );
+    describe_counter!(
+        FUSE_IO_ERRORS,
+        "FUSE requests answered EIO: the store failed or found corruption (see the log)"
+    );
+}
+
+/// Times a FUSE request from its callback's start to its end (the reply), recorded on drop.
+pub struct FuseOp {
+    op: &'static str,
+    started: Instant,
+}
+
+impl FuseOp {
+    pub fn start(op: &'static str) -> FuseOp {
+        FuseOp {
+            op,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for FuseOp {
+    fn drop(&mut self) {
+        metrics::histogram!(FUSE_REQUEST_SECONDS, "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
