@@ -197,9 +197,9 @@ pub fn run(opts: ClientOpts, args: BenchArgs) -> anyhow::Result<()> {
             .enable_all()
             .build()
             .expect("signal runtime");
-        rt.block_on(crate::shutdown_signal());
+        rt.block_on(crate::signal::shutdown_signal());
         STOP.store(true, Ordering::SeqCst);
-        rt.block_on(crate::shutdown_signal());
+        rt.block_on(crate::signal::shutdown_signal());
         std::process::exit(130);
     });
 

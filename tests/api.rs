@@ -1,5 +1,7 @@
 //! The Workspaces API over real HTTP against the real daemon: every endpoint, rule and error
-//! of the seed and of issue 4. Filesystem state is checked through real FUSE mounts.
+//! of the API spec, and of clones, list filters and pages, names, templates, snapshots,
+//! deletes, bulk deletes, GitHub imports and accounts. Filesystem state is checked through
+//! real FUSE mounts.
 
 mod common;
 
@@ -1478,7 +1480,7 @@ fn openapi_document_matches_the_routes() {
         }
     }
     ops.sort();
-    // Every endpoint of the seed's API reference, and the session endpoints.
+    // Every endpoint of the API spec's reference, and the session endpoints.
     for want in [
         "GET /v1/workspaces",
         "POST /v1/workspaces",

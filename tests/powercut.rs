@@ -63,8 +63,37 @@ struct Acked {
     rows: u64,
 }
 
-/// Runs the clients on the session mounted at `mnt` until `stop` or an error (the daemon died).
-fn clients(mnt: &Path, cycle: usize, acked: &Arc<Mutex<Acked>>, stop: &Arc<AtomicBool>) {
+/// The clients' errors, told apart by when they came. Until the daemon is killed every call
+/// must succeed: an error then fails the run. After it the mount is gone and every call
+/// fails, as expected.
+#[derive(Default)]
+struct Errors {
+    /// Set just before the daemon is killed.
+    killed: AtomicBool,
+    /// Errors reported while `killed` was not set.
+    before_kill: Mutex<Vec<String>>,
+}
+
+impl Errors {
+    fn report(&self, client: &str, e: impl std::fmt::Display) {
+        if !self.killed.load(Ordering::SeqCst) {
+            self.before_kill
+                .lock()
+                .unwrap()
+                .push(format!("{client}: {e}"));
+        }
+    }
+}
+
+/// Runs the clients on the session mounted at `mnt` until `stop` or an error (the daemon
+/// died, or a failure: each goes to `errors`).
+fn clients(
+    mnt: &Path,
+    cycle: usize,
+    acked: &Arc<Mutex<Acked>>,
+    stop: &Arc<AtomicBool>,
+    errors: &Errors,
+) {
     std::thread::scope(|s| {
         // Files: create, write, fsync.
         s.spawn(|| {
@@ -80,7 +109,8 @@ fn clients(mnt: &Path, cycle: usize, acked: &Arc<Mutex<Acked>>, stop: &Arc<Atomi
                     f.write_all(&data)?;
                     f.sync_all()
                 })();
-                if ok.is_err() {
+                if let Err(e) = ok {
+                    errors.report(&format!("small/{name}"), e);
                     return;
                 }
                 acked.lock().unwrap().small.push((name, data));
@@ -118,7 +148,9 @@ fn clients(mnt: &Path, cycle: usize, acked: &Arc<Mutex<Acked>>, stop: &Arc<Atomi
                 }
                 Ok(())
             })();
-            let _ = ok;
+            if let Err(e) = ok {
+                errors.report("log and over", e);
+            }
         });
         // Atomic replace: write a temporary file, fsync, rename over, fsync the directory.
         s.spawn(|| loop {
@@ -134,7 +166,8 @@ fn clients(mnt: &Path, cycle: usize, acked: &Arc<Mutex<Acked>>, stop: &Arc<Atomi
                 std::fs::rename(&tmp, mnt.join("r"))?;
                 fsync_dir(mnt)
             })();
-            if ok.is_err() {
+            if let Err(e) = ok {
+                errors.report(&format!("r version {v}"), e);
                 return;
             }
             acked.lock().unwrap().renamed = v;
@@ -142,7 +175,9 @@ fn clients(mnt: &Path, cycle: usize, acked: &Arc<Mutex<Acked>>, stop: &Arc<Atomi
         // SQLite in WAL mode with synchronous=FULL: a row is acknowledged when its INSERT
         // (its own transaction) has returned.
         s.spawn(|| {
-            let _ = sqlite_inserts(mnt, acked, stop);
+            if let Err(e) = sqlite_inserts(mnt, acked, stop) {
+                errors.report("sqlite3", e);
+            }
         });
     });
 }
@@ -159,7 +194,7 @@ fn sqlite_inserts(
         .arg(mnt.join("db.sqlite"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
     let mut input = db.stdin.take().expect("piped");
     let mut output = BufReader::new(db.stdout.take().expect("piped"));
@@ -170,13 +205,22 @@ fn sqlite_inserts(
              CREATE TABLE IF NOT EXISTS t(n INTEGER PRIMARY KEY, pad TEXT);"
         )?;
         let mut line = String::new();
-        output.read_line(&mut line)?; // "wal"
+        output.read_line(&mut line)?;
+        if line.trim() != "wal" {
+            return Err(std::io::Error::other(format!(
+                "journal_mode=WAL answered {line:?}"
+            )));
+        }
         let mut n = acked.lock().unwrap().rows;
         // Rows a previous cycle committed without our seeing the answer are there too.
         writeln!(input, "SELECT coalesce(max(n), 0) FROM t;")?;
         line.clear();
         output.read_line(&mut line)?;
-        n = n.max(line.trim().parse().unwrap_or(0));
+        let max: u64 = line
+            .trim()
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("SELECT max(n) answered {line:?}")))?;
+        n = n.max(max);
         while !stop.load(Ordering::SeqCst) {
             n += 1;
             writeln!(
@@ -184,17 +228,25 @@ fn sqlite_inserts(
                 "INSERT INTO t VALUES({n}, hex(randomblob(200))); SELECT {n};"
             )?;
             line.clear();
-            if output.read_line(&mut line)? == 0 || line.trim() != n.to_string() {
-                return Ok(()); // the mount is gone
+            output.read_line(&mut line)?;
+            if line.trim() != n.to_string() {
+                // sqlite3 -bail exited at an error (its stderr says which), or answered
+                // something else.
+                return Err(std::io::Error::other(format!(
+                    "row {n}: sqlite3 answered {line:?}"
+                )));
             }
             acked.lock().unwrap().rows = n;
         }
         Ok(())
     })();
     drop(input);
-    let _ = db.kill();
-    let _ = db.wait();
-    result
+    let _ = db.kill(); // exited already, if it bailed out
+    let stderr = db.wait_with_output().map(|o| o.stderr).unwrap_or_default();
+    result.map_err(|e| {
+        let said = String::from_utf8_lossy(&stderr);
+        std::io::Error::other(format!("{e}; sqlite3's stderr: {}", said.trim()))
+    })
 }
 
 /// Everything acknowledged is there, whole. `small_from`: the first small file to read (all of
@@ -283,15 +335,26 @@ fn acknowledged_writes_survive_power_cuts() {
     let mut mnt = mnt;
     for cycle in 0..cycles {
         let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Errors::default());
         let runner = {
-            let (mnt, acked, stop) = (mnt.clone(), acked.clone(), stop.clone());
-            std::thread::spawn(move || clients(&mnt, cycle, &acked, &stop))
+            let (mnt, acked, stop, errors) =
+                (mnt.clone(), acked.clone(), stop.clone(), errors.clone());
+            std::thread::spawn(move || clients(&mnt, cycle, &acked, &stop, &errors))
         };
+        // Not a wait for anything: the power cut comes at a random moment of the writes.
         std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 1000));
         // The power cut: the daemon dies mid-write, then every unsynced byte and name goes.
+        errors.killed.store(true, Ordering::SeqCst);
         d.kill();
         stop.store(true, Ordering::SeqCst);
         runner.join().unwrap();
+        let early = errors.before_kill.lock().unwrap();
+        assert!(
+            early.is_empty(),
+            "cycle {cycle}: clients failed before the power cut:\n{}",
+            early.join("\n")
+        );
+        drop(early);
         pc.cut().unwrap();
         if let Err(report) = common::fsck(&data) {
             panic!("cycle {cycle}: fsck after the power cut: {report}");

@@ -1,4 +1,4 @@
-//! Every curl command of the seed, run as written (curl + jq) by tests/seed_commands.sh
+//! Every curl command of the API spec, run as written (curl + jq) by tests/seed_commands.sh
 //! against the real daemon, with imports served by a real `git daemon`.
 
 mod common;
@@ -8,7 +8,7 @@ use std::process::Command;
 use common::{Daemon, GitDaemon, Options};
 
 #[test]
-fn seed_curl_commands_work_as_written() {
+fn api_spec_curl_commands_work_as_written() {
     let repos = tempfile::tempdir().unwrap();
     common::make_repo(repos.path(), "owner", "repo");
     let git = GitDaemon::start(repos.path());
@@ -28,7 +28,7 @@ fn seed_curl_commands_work_as_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "seed commands failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- daemon\n{}",
+        "the API spec's curl commands failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- daemon\n{}",
         d.log()
     );
     assert!(stdout.contains("seed commands: all passed"), "{stdout}");

@@ -5,7 +5,9 @@
 mod common;
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{checksum, is_mounted, Daemon};
 use serde_json::json;
@@ -126,8 +128,11 @@ fn sigkill_keeps_every_fsynced_file_and_restart_cleans_the_stale_mount() {
     d.create_workspace("c");
     let (_, mnt) = d.mount("c", "c");
     let synced = Arc::new(Mutex::new(Vec::new()));
+    // Set just before the SIGKILL: the writer's errors after it are the daemon's death,
+    // before it a failure.
+    let killed = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (mnt, synced) = (mnt.clone(), synced.clone());
+        let (mnt, synced, killed) = (mnt.clone(), synced.clone(), killed.clone());
         std::thread::spawn(move || {
             for i in 0.. {
                 let name = format!("f{i}");
@@ -137,14 +142,24 @@ fn sigkill_keeps_every_fsynced_file_and_restart_cleans_the_stale_mount() {
                     f.write_all(&data)?;
                     f.sync_all()
                 })();
-                if ok.is_err() {
+                if let Err(e) = ok {
+                    assert!(
+                        killed.load(Ordering::SeqCst),
+                        "{name} failed before the SIGKILL: {e}"
+                    );
                     return; // the daemon is gone
                 }
                 synced.lock().unwrap().push((name, data));
             }
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The kill lands while the writer is busy: after it has fsynced a good number of files.
+    common::wait_until(
+        Duration::from_secs(60),
+        "the writer to fsync 50 files",
+        || synced.lock().unwrap().len() >= 50 || writer.is_finished(),
+    );
+    killed.store(true, Ordering::SeqCst);
     d.kill();
     writer.join().unwrap();
     let synced = synced.lock().unwrap().clone();
@@ -182,20 +197,22 @@ fn periodic_commits_save_unsynced_writes_from_a_crash() {
     let mut d = Daemon::start(); // tests run the daemon with --commit-interval 1
     d.create_workspace("p");
     let (_, mnt) = d.mount("p", "p");
-    std::fs::write(
-        mnt.join("never-fsynced.txt"),
-        b"saved by the periodic commit",
-    )
-    .unwrap();
-    // Past two commit intervals; the kernel's writeback cache flushes within ~1 s of a close.
-    std::thread::sleep(std::time::Duration::from_millis(3500));
+    const TEXT: &[u8] = b"saved by the periodic commit";
+    std::fs::write(mnt.join("never-fsynced.txt"), TEXT).unwrap();
+    // Until a periodic commit holds the file, bytes and all (the API reports the committed
+    // state; the kernel's writeback cache may send the bytes a moment after the close).
+    common::wait_until(
+        Duration::from_secs(30),
+        "a periodic commit of never-fsynced.txt",
+        || {
+            let (_, w) = d.call("GET", "/v1/workspaces/p", None);
+            w["persistence"]["files"] == 2 && w["persistence"]["logical_bytes"] == TEXT.len()
+        },
+    );
     d.kill();
     d.restart();
     let (_, mnt) = d.mount("p", "p");
-    assert_eq!(
-        std::fs::read(mnt.join("never-fsynced.txt")).unwrap(),
-        b"saved by the periodic commit"
-    );
+    assert_eq!(std::fs::read(mnt.join("never-fsynced.txt")).unwrap(), TEXT);
 }
 
 /// A workspace's files count, as the API reports it (committed state).
@@ -257,16 +274,14 @@ fn an_unlinked_open_file_stays_readable_until_closed_then_is_freed() {
     assert_eq!(out.trim(), "still here False");
     // Root, `keep`; the orphan goes once the kernel forgets it (asynchronously, so poll).
     let dir = std::fs::File::open(&mnt).unwrap();
-    let mut files = 0;
-    for _ in 0..50 {
-        dir.sync_all().unwrap();
-        files = committed_files(&d, "w");
-        if files == 2 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(files, 2, "the closed orphan was not freed");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the closed orphan to be freed (2 files committed)",
+        || {
+            dir.sync_all().unwrap();
+            committed_files(&d, "w") == 2
+        },
+    );
     d.unmount(&sid);
     assert_eq!(committed_files(&d, "w"), 2);
 }

@@ -5,15 +5,18 @@ mod common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 
-/// Writes a numbered line every 2 ms to an open file for `secs` seconds, stats and lists the
-/// directory between writes, keeps an unlinked file open, and reports what it saw.
+/// Writes a numbered line every 2 ms to an open file until the file `stop` exists (two
+/// minutes at most), stats and lists the directory between writes, keeps an unlinked file
+/// open, and reports what it saw.
 const WRITER: &str = r#"
 import os, sys, time
-root, secs = sys.argv[1], float(sys.argv[2])
+root, stop = sys.argv[1], sys.argv[2]
 f = os.open(root + "/log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 ino = os.fstat(f).st_ino
 g = open(root + "/gone.txt", "w+"); g.write("still here\n"); g.flush()
@@ -21,8 +24,8 @@ g = open(root + "/gone.txt", "w+"); g.write("still here\n"); g.flush()
 os.fsync(g.fileno())
 os.unlink(root + "/gone.txt")
 print("ready", flush=True)
-n, errors, end = 0, [], time.time() + secs
-while time.time() < end:
+n, errors, end = 0, [], time.time() + 120
+while not os.path.exists(stop) and time.time() < end:
     try:
         os.write(f, b"line %d\n" % n)
         n += 1
@@ -30,7 +33,7 @@ while time.time() < end:
         os.listdir(root)
     except OSError as e:
         errors.append(str(e))
-    time.sleep(0.002)
+    time.sleep(0.002)  # a steady pace of writes, not a wait
 os.fsync(f)
 # From the daemon, not the page cache: the file lives on only by the kernel's reference.
 with open("/proc/sys/vm/drop_caches", "w") as c:
@@ -47,10 +50,11 @@ fn takeover_keeps_open_files_writing_and_the_api_answering() {
     let mut d = Daemon::start();
     d.create_workspace("tk");
     let (session, path) = d.mount("tk", "tk");
+    let stop_writer = d.dir.path().join("writer-stop");
     let mut writer = Command::new("python3")
         .args(["-c", WRITER])
         .arg(&path)
-        .arg("4")
+        .arg(&stop_writer)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -59,37 +63,62 @@ fn takeover_keeps_open_files_writing_and_the_api_answering() {
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
 
-    // The API is called throughout; every call must answer.
+    // The API is called throughout, until `stop`; every call must answer.
     let url = d.url.clone();
     let key = d.key.clone();
-    let poller = std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let (mut ok, mut longest) = (0, Duration::ZERO);
-        let end = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < end {
-            let t = Instant::now();
-            let r = agent
-                .get(format!("{url}/v1/workspaces/tk"))
-                .header("Authorization", &format!("Bearer {key}"))
-                .call()
-                .expect("the API answers during the takeover");
-            assert_eq!(r.status(), 200);
-            ok += 1;
-            longest = longest.max(t.elapsed());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (ok, longest)
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (answered, stop) = (answered.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let r = agent
+                    .get(format!("{url}/v1/workspaces/tk"))
+                    .header("Authorization", &format!("Bearer {key}"))
+                    .call()
+                    .expect("the API answers during the takeover");
+                assert_eq!(r.status(), 200);
+                answered.fetch_add(1, Ordering::SeqCst);
+                longest = longest.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(10)); // a steady pace, not a wait
+            }
+            longest
+        })
+    };
+    // The takeover starts once both are under way, and they stop once both have gone on
+    // past it: the new daemon answers calls and takes writes. (A poller that failed ends the
+    // wait; joining it shows why.)
+    let log_bytes = || std::fs::metadata(path.join("log.txt")).map_or(0, |m| m.len());
+    let busy_since = |calls: usize, bytes: u64| {
+        poller.is_finished()
+            || (answered.load(Ordering::SeqCst) >= calls + 20 && log_bytes() >= bytes + 1000)
+    };
+    common::wait_until(
+        Duration::from_secs(30),
+        "API calls and writes before the takeover",
+        || busy_since(0, 0),
+    );
     let old_pid = d.pid();
     let started = Instant::now();
     assert_eq!(d.take_over(), 0, "the old daemon exits 0\n{}", d.log());
     eprintln!("takeover: old daemon gone after {:?}", started.elapsed());
     assert_ne!(d.pid(), old_pid);
-    let (calls, longest) = poller.join().unwrap();
+    let (calls, bytes) = (answered.load(Ordering::SeqCst), log_bytes());
+    common::wait_until(
+        Duration::from_secs(30),
+        "API calls and writes after the takeover",
+        || busy_since(calls, bytes),
+    );
+    stop.store(true, Ordering::SeqCst);
+    std::fs::write(&stop_writer, b"").unwrap();
+    let longest = poller.join().unwrap();
+    let calls = answered.load(Ordering::SeqCst);
     eprintln!("API: {calls} calls answered, longest {longest:?}");
 
     let mut rest = String::new();
@@ -248,15 +277,11 @@ fn a_successor_that_dies_after_the_handover_leaves_every_session_working() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let mut successor = d.successor(&["--accounts-file", fifo.to_str().unwrap()]);
     let lock = d.data_dir().canonicalize().unwrap().join("LOCK");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !holds(successor.id(), &lock) {
-        assert!(
-            Instant::now() < deadline,
-            "the successor never opened the store\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until(
+        Duration::from_secs(30),
+        "the successor to open the store",
+        || holds(successor.id(), &lock),
+    );
     successor.kill().unwrap();
     successor.wait().unwrap();
     serving_again(&d, pid, &session);

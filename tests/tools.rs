@@ -155,13 +155,27 @@ fn flock_and_fcntl_locks_exclude_other_processes() {
     d.create_workspace("locks");
     let (sid, mnt) = d.mount("locks", "l");
     std::fs::write(mnt.join("lockfile"), b"").unwrap();
-    // flock(2): a second process cannot take the lock while the first holds it.
-    let holder = std::process::Command::new("flock")
-        .args(["lockfile", "sleep", "3"])
+    // flock(2): a second process cannot take the lock while the first holds it. The holder
+    // says when it has the lock (a file outside the mount) and keeps it until its stdin
+    // closes.
+    let held = d.dir.path().join("lock-held");
+    let mut holder = std::process::Command::new("flock")
+        .args([
+            "lockfile",
+            "sh",
+            "-c",
+            "touch \"$0\" && exec cat >/dev/null",
+        ])
+        .arg(&held)
         .current_dir(&mnt)
+        .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the first flock to take the lock",
+        || held.exists(),
+    );
     let second = std::process::Command::new("flock")
         .args(["-n", "lockfile", "true"])
         .current_dir(&mnt)
@@ -185,7 +199,7 @@ fn flock_and_fcntl_locks_exclude_other_processes() {
         status.success(),
         "an fcntl lock was granted to a second process"
     );
-    let mut holder = holder;
+    drop(holder.stdin.take()); // the holder's `cat` ends, and the lock goes with it
     assert!(holder.wait().unwrap().success());
     assert!(std::process::Command::new("flock")
         .args(["-n", "lockfile", "true"])

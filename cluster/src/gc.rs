@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chaserfs_engine::ops::gc::Marks;
 use chaserfs_engine::{FsError, FsResult, Hash, ObjectKind, Store};
 
-use crate::meta::Fence;
+use crate::meta::packs::Fence;
 use crate::packs::{self, Entry, Location, Refresh};
 use crate::Cluster;
 

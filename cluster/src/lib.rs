@@ -22,7 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chaserfs_engine::{CommitToken, FsError, FsResult, Hash, ObjectKind};
 use packs::{Index, Refresh};
 
-pub use meta::{Fence, Meta};
+pub use meta::packs::Fence;
+pub use meta::Meta;
 pub use objects::{ObjectStats, Objects};
 
 /// Where the cluster's two stores are and how this host takes part.

@@ -2,7 +2,8 @@
 //! `packs/<blake3 hex of the pack>`. An
 //! object in a pack is stored as the local store keeps it: a chunk as its codec byte then raw
 //! or lz4 bytes, a node as its encoding. Names are content hashes, so a write of an existing
-//! name writes the same bytes.
+//! name writes the same bytes. The bucket is reached as any `object_store` backend; only
+//! [`Objects::new`] knows it is S3.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use chaserfs_engine::format::Format;
 use chaserfs_engine::{FsError, FsResult, Hash};
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
@@ -27,7 +28,7 @@ const PARALLEL: usize = 64;
 const PACKS_IN_FLIGHT: usize = 8;
 
 pub struct Objects {
-    s3: Arc<AmazonS3>,
+    store: Arc<dyn ObjectStore>,
     runtime: Arc<Runtime>,
     pub stats: ObjectStats,
 }
@@ -85,7 +86,7 @@ impl Objects {
             .build()
             .map_err(|e| s3_error("configuration", e))?;
         Ok(Objects {
-            s3: Arc::new(s3),
+            store: Arc::new(s3),
             runtime,
             stats: ObjectStats::default(),
         })
@@ -94,7 +95,7 @@ impl Objects {
     /// Fails clearly if the bucket cannot be listed (wrong endpoint, bucket or key).
     pub(crate) fn check(&self) -> FsResult<()> {
         self.runtime.block("S3 bucket check", async {
-            let mut list = self.s3.list(Some(&Path::from(PACKS)));
+            let mut list = self.store.list(Some(&Path::from(PACKS)));
             match list.next().await {
                 Some(Err(e)) => Err(s3_error("listing the bucket", e)),
                 _ => Ok(()),
@@ -108,14 +109,14 @@ impl Objects {
     pub(crate) fn check_format(&self, bucket: &str) -> FsResult<()> {
         let key = Path::from(FORMAT);
         self.runtime.block("S3 format record", async {
-            match self.s3.get(&key).await {
+            match self.store.get(&key).await {
                 Ok(found) => {
                     let bytes = found.bytes().await.map_err(|e| s3_error("get", e))?;
                     Format::check(&bytes, &format!("bucket {bucket}"))
                 }
                 Err(object_store::Error::NotFound { .. }) => {
                     let record = PutPayload::from(Format::CURRENT.encode());
-                    self.s3
+                    self.store
                         .put(&key, record)
                         .await
                         .map_err(|e| s3_error("put", e))?;
@@ -130,7 +131,11 @@ impl Objects {
     pub fn get_reads(&self, reads: &[Read]) -> FsResult<Vec<Option<Bytes>>> {
         self.runtime.block("S3 get", async {
             futures::stream::iter(reads.iter().map(|r| async move {
-                match self.s3.get_range(&pack_key(&r.pack), r.range.clone()).await {
+                match self
+                    .store
+                    .get_range(&pack_key(&r.pack), r.range.clone())
+                    .await
+                {
                     Ok(bytes) => {
                         let s = &self.stats;
                         s.get_requests.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +158,7 @@ impl Objects {
     pub fn put_packs(&self, packs: &[Pack]) -> FsResult<()> {
         self.runtime.block("S3 upload", async {
             futures::stream::iter(packs.iter().map(|p| async move {
-                self.s3
+                self.store
                     .put(&pack_key(&p.name), PutPayload::from(p.bytes.clone()))
                     .await
                     .map_err(|e| s3_error("put", e))?;
@@ -176,7 +181,7 @@ impl Objects {
     pub fn list_packs(&self) -> FsResult<Vec<(Hash, u64, std::time::SystemTime)>> {
         self.runtime.block("S3 list", async {
             let mut out = Vec::new();
-            let mut list = self.s3.list(Some(&Path::from(PACKS)));
+            let mut list = self.store.list(Some(&Path::from(PACKS)));
             while let Some(meta) = list.next().await {
                 let meta = meta.map_err(|e| s3_error("list", e))?;
                 let Some(hash) = meta.location.filename().and_then(Hash::from_hex) else {
@@ -192,9 +197,9 @@ impl Objects {
     pub fn delete_packs(&self, packs: &[Hash]) -> FsResult<()> {
         self.runtime.block("S3 delete", async {
             futures::stream::iter(packs.iter().map(|pack| {
-                let s3 = self.s3.clone();
+                let store = self.store.clone();
                 async move {
-                    match s3.delete(&pack_key(pack)).await {
+                    match store.delete(&pack_key(pack)).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                         Err(e) => Err(s3_error("delete", e)),
                     }

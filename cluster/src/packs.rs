@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chaserfs_engine::{FsError, FsResult, Hash, ObjectKind};
 use parking_lot::Mutex;
 
-use crate::meta::PackScan;
+use crate::meta::packs::PackScan;
 
 /// A pack is closed at this size, or at [`PACK_OBJECTS`] objects (so its index stays a
 /// small etcd value: 2048 x 41 bytes).

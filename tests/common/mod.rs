@@ -279,6 +279,28 @@ fn signal(child: &Child, sig: i32) {
     }
 }
 
+/// Polls `cond` every 50 ms until it holds; panics saying what it waited for if `timeout`
+/// passes first. For conditions a test would otherwise guess a sleep for.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(timeout, what, || cond().then_some(()));
+}
+
+/// Polls `f` every 50 ms until it gives a value, and returns it; panics saying what it
+/// waited for if `timeout` passes first.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether something is mounted at `path`.
 pub fn is_mounted(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -23,7 +23,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::model::Quota;
-use crate::service::FORK_MAX;
+
+/// Most workspaces one fork makes (as E2B allows): the ceiling of every account's
+/// `forks_per_call`.
+pub const FORK_MAX: usize = 100;
 
 /// One account's limits, the defaults and its own table merged.
 #[derive(Clone, Debug, PartialEq, Eq)]

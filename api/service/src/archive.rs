@@ -12,8 +12,11 @@ use chaserfs_engine::ops::archive::{self, ArchiveError};
 use chaserfs_engine::{roots, FsError, Hash, RootId, Store, Workspace};
 use tokio::sync::mpsc;
 
+use crate::error::{ApiError, ApiResult};
+use crate::index::{put, WORKSPACE};
 use crate::model::*;
-use crate::service::{check_image, now, put, ApiError, ApiResult, Service, WORKSPACE};
+use crate::names::check_image;
+use crate::service::Service;
 
 /// The archive's bytes go out in pieces of this size, at most `QUEUE` of them waiting.
 const PIECE: usize = 256 * 1024;
@@ -326,7 +329,7 @@ impl Service {
                 self.view(&done, 0)
             }
             Err(e) => {
-                let meta = [(crate::service::key(WORKSPACE, rec.id), None)];
+                let meta = [(crate::index::key(WORKSPACE, rec.id), None)];
                 if let Err(d) = roots::delete(&self.store, &[RootId::Workspace(rec.id)], &meta) {
                     tracing::error!("removing the failed import {}: {d}", rec.id);
                 } else {

@@ -12,8 +12,11 @@ use chaserfs_engine::{roots, Workspace};
 use chaserfs_fuse::adapter::MountOptions;
 use uuid::Uuid;
 
+use crate::error::{ApiError, ApiResult};
+use crate::index::{put, WORKSPACE};
 use crate::model::*;
-use crate::service::{check_image, now, put, ApiError, ApiResult, Service, WORKSPACE};
+use crate::names::check_image;
+use crate::service::Service;
 
 /// Checks `owner/repo` with GitHub's own character rules, so that nothing else (an option, a
 /// URL, a path) can reach git's command line.

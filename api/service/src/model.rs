@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// [`crate::service::NAME_RULE`] as a regular expression, for the OpenAPI document (the
+/// [`crate::names::NAME_RULE`] as a regular expression, for the OpenAPI document (the
 /// service checks names in code).
 pub const NAME_PATTERN: &str =
     r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]*[^\s/\x00-\x1f\x7f-\x9f])?$";
@@ -84,6 +84,16 @@ impl From<Quota> for chaserfs_engine::Limits {
     }
 }
 
+/// The time now as records carry it: RFC 3339, to the millisecond.
+pub(crate) fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// A committed state's time as views carry it.
+pub(crate) fn rfc3339(t: chaserfs_engine::Timespec) -> String {
+    humantime::format_rfc3339_millis(t.to_system_time()).to_string()
+}
+
 /// A workspace as stored under `W` + id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkspaceRecord {
@@ -117,7 +127,7 @@ impl WorkspaceRecord {
         image: Option<String>,
         template: bool,
     ) -> WorkspaceRecord {
-        let t = crate::service::now();
+        let t = now();
         WorkspaceRecord {
             id: Uuid::now_v7(),
             account: account.to_string(),
@@ -280,6 +290,22 @@ impl From<&SessionRecord> for SessionView {
 
 // ---- requests ----
 
+/// `GET /v1/workspaces` filters and page.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only templates (`true`) or only non-templates (`false`).
+    pub template: Option<bool>,
+    pub session_type: Option<SessionType>,
+    pub status: Option<WorkspaceStatus>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
 /// `POST /v1/workspaces`: fresh (`session_type` given) or cloned (`clone_from` given).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -354,6 +380,23 @@ pub enum ChangeKind {
     Added,
     Removed,
     Modified,
+}
+
+/// `GET /v1/workspaces/{workspace}/diff` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DiffQuery {
+    /// A snapshot (name or id), or `current`: the workspace's last commit.
+    pub from: String,
+    /// As `from`; default `current`.
+    pub to: Option<String>,
+    /// Most changes listed, 1 to 100000 (default 10000). A page also ends after about
+    /// 16 MiB of paths.
+    #[param(minimum = 1, maximum = 100000)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// `POST /v1/workspaces/import`.
@@ -508,6 +551,20 @@ pub struct BulkDeleteResult {
     pub id: Option<Uuid>,
     pub status: DeleteOutcome,
     pub error: Option<ErrorBody>,
+}
+
+/// `GET /v1/sessions` filter and page.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SessionQuery {
+    /// Only sessions in this status.
+    pub status: Option<SessionStatus>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// `POST /v1/sessions`.

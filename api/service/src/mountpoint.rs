@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
-use crate::service::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 
 /// The one path outside the mount root a session may mount at (and beneath).
 pub const WORKSPACE_ROOT: &str = "/workspace";

@@ -10,23 +10,16 @@ use chaserfs_fuse::adapter::{FuseAdapter, MountOptions};
 use chaserfs_fuse::mount::{session_config, FuseMount, MountFlags};
 use uuid::Uuid;
 
+use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::index::{key, put, Index, SESSION, WORKSPACE};
 use crate::metrics as m;
 use crate::model::*;
 use crate::mountpoint::{self, Mountpoint};
-use crate::service::{
-    check_limit, decode_cursor, encode_cursor, key, now, put, ApiError, ApiResult, ErrorKind,
-    Index, Service, SessionQuery, BUSY_WAIT, SESSION, WORKSPACE,
-};
+use crate::pages::{check_limit, decode_cursor, encode_cursor};
+use crate::service::{Mounted, Service, BUSY_WAIT};
 
 /// How often a stopping daemon retries the final commits that failed.
 const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
-
-pub(crate) struct Mounted {
-    pub(crate) ws: Arc<Workspace>,
-    /// `None` once unmounted while the final commit has not succeeded: the overlay stays here,
-    /// and the workspace open, until a retry commits it.
-    pub(crate) mount: Option<FuseMount>,
-}
 
 /// Tunes the mount's writeback and readahead (its backing device info in sysfs) the way a
 /// disk's are. Best effort: a kernel without a knob keeps its default.
@@ -85,39 +78,6 @@ impl Service {
         })?;
         tune_bdi(&at.path);
         Ok(mount)
-    }
-
-    /// Refuses a mount (a session, a GitHub import) beyond the account's active sessions, or,
-    /// when it can write (`writes`), while its workspaces hold all the bytes the operator
-    /// allows it.
-    pub(crate) fn check_session_room(
-        &self,
-        ix: &Index,
-        account: &str,
-        writes: bool,
-    ) -> ApiResult<()> {
-        let allowed = self.policy(account).active_sessions;
-        let sessions = ix
-            .sessions
-            .values()
-            .filter(|s| s.account == account && s.status == SessionStatus::Active)
-            .count();
-        let (_, imports) = ix.held_by(account);
-        let active = sessions as u64 + imports;
-        if active >= allowed {
-            return Err(ApiError::new(
-                crate::error::ErrorKind::TooManyRequests,
-                "too_many_sessions",
-                format!("the account has {active} active sessions; the operator allows {allowed}"),
-            ));
-        }
-        if writes && self.account_bytes_left(ix, account)? == Some(0) {
-            return Err(ApiError::forbidden(
-                "account_limit",
-                "the account's workspaces hold all the bytes the operator allows it",
-            ));
-        }
-        Ok(())
     }
 
     fn prepare_mountpoint(&self, raw: &str) -> ApiResult<Mountpoint> {

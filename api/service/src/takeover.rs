@@ -27,16 +27,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chaserfs_engine::Workspace;
+use chaserfs_engine::{Store, Workspace};
 use chaserfs_fuse::adapter::{FuseAdapter, MountOptions};
 use chaserfs_fuse::mount::{self, FuseMount, Prepared, Stopped};
 use chaserfs_fuse::offer::KernelOffer;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::{ApiError, ApiResult};
 use crate::model::{SessionRecord, SessionStatus};
-use crate::service::{ApiError, ApiResult, Service};
-use crate::sessions::Mounted;
+use crate::service::{Config, Mounted, Service};
 use chaserfs_fuse::mount::session_config;
 
 const REQUEST: &str = "chaserfs takeover 2\n";
@@ -311,6 +311,20 @@ fn resume(mounts: &mut HashMap<Uuid, Mounted>, id: Uuid, s: Stopped, options: Mo
 }
 
 impl Service {
+    /// As [`Service::new`], readying the sessions a running daemon handed over instead of
+    /// ending them; [`Service::serve_adopted`] serves them.
+    pub fn taking_over(
+        store: Arc<Store>,
+        config: Config,
+        keys: Vec<(String, blake3::Hash)>,
+        handover: &Handover,
+        fds: &mut [Option<std::os::fd::OwnedFd>],
+    ) -> ApiResult<(Arc<Service>, Adopted)> {
+        let svc = Self::load(store, config, keys)?;
+        let adopted = svc.adopt(handover, fds)?;
+        Ok((svc, adopted))
+    }
+
     /// Why this daemon cannot hand over now, if it cannot.
     fn can_hand_over(&self) -> Result<(), String> {
         if self.store.is_cluster() {

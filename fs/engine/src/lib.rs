@@ -21,6 +21,7 @@ pub mod tree;
 pub use error::{FsError, FsResult};
 pub use format::hash::Hash;
 pub use format::records::{FileKind, Timespec};
+pub use format::roots::{MetaOp, RootId, RootRecord};
 pub use posix::{Attr, DirEntry, Limits, NewNode, SetAttr, StatFs, TimeSet, Workspace};
 pub use remote::{CommitToken, MetaChange, ObjectKind, Remote};
-pub use store::{CacheStats, MetaOp, RootId, RootRecord, Store, StoreOptions};
+pub use store::{CacheStats, Store, StoreOptions};

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::error::{FsError, FsResult};
 use crate::format::keys::{self, ROOT_INO};
 use crate::format::records::{self, FileKind, Inode, Super, Timespec};
-use crate::store::{MetaOp, RootId, RootRecord, Store};
+use crate::format::roots::{MetaOp, RootId, RootRecord};
+use crate::store::Store;
 use crate::tree::{self, Changes};
 
 /// Creates a workspace holding an empty root directory (mode 0755, owned by root).

@@ -6,7 +6,9 @@
 pub mod codec;
 pub mod hash;
 pub mod keys;
+pub mod node;
 pub mod records;
+pub mod roots;
 
 use serde::{Deserialize, Serialize};
 

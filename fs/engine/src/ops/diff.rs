@@ -19,9 +19,10 @@ use std::sync::Arc;
 use crate::error::{FsError, FsResult};
 use crate::format::hash::Hash;
 use crate::format::keys::{self, Decoded, Kind, ROOT_INO};
+use crate::format::node::Node;
 use crate::format::records::{self, Dirent, FileKind, Inode};
 use crate::store::Store;
-use crate::tree::{self, Node, TreeIter};
+use crate::tree::{self, TreeIter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {

@@ -9,10 +9,12 @@ use std::collections::{HashMap, HashSet};
 use crate::error::FsResult;
 use crate::format::hash::Hash;
 use crate::format::keys::{self, Decoded, Kind, ROOT_INO};
+use crate::format::node::Node;
 use crate::format::records::{self, DirSeq, Dirent, Extent, FileKind, Inode, Super};
+use crate::format::roots::RootId;
 use crate::format::CHUNK_SIZE;
-use crate::store::{RootId, Store};
-use crate::tree::{Node, TreeIter};
+use crate::store::Store;
+use crate::tree::TreeIter;
 
 #[derive(Debug, Default)]
 pub struct FsckReport {
@@ -216,12 +218,6 @@ impl<'a> StreamCheck<'a> {
             problems.push(format!("{id:?}: keys out of order across nodes"));
         }
         self.last_key = Some(k.to_vec());
-        let bad = |problems: &mut Vec<String>, what: &str| {
-            problems.push(format!(
-                "{id:?}: bad {what} record under key {}",
-                hex::encode(k)
-            ))
-        };
         let decoded = keys::decode(k);
         let ino = match decoded {
             Some(
@@ -245,101 +241,138 @@ impl<'a> StreamCheck<'a> {
                 });
             }
         }
-        match decoded {
-            Some(Decoded::Super) => match Super::decode(v) {
-                Ok(s) => self.sup = Some(s),
-                Err(_) => bad(problems, "super"),
-            },
+        let ok = match decoded {
+            Some(Decoded::Super) => Super::decode(v).map(|s| self.sup = Some(s)).is_ok(),
             Some(Decoded::Orphan(ino)) => {
                 self.orphans.insert(ino);
+                true
             }
-            Some(Decoded::Inode(ino)) => match records::decode::<Inode>(v) {
-                Ok(i) => {
-                    self.files += 1;
-                    if i.kind == FileKind::Regular {
-                        self.logical += i.size;
-                    }
-                    self.meta += i.target.len() as u64;
-                    if let Some((sup, _)) = &self.sup {
-                        if ino >= sup.next_ino {
-                            problems.push(format!(
-                                "{id:?}: inode {ino} at or past next_ino {}",
-                                sup.next_ino
-                            ));
-                        }
-                    }
-                    if ino == ROOT_INO && i.kind == FileKind::Directory {
-                        self.root_ok = true;
-                    }
-                    self.cur.as_mut().expect("started above").inode = Some(i);
-                }
-                Err(_) => bad(problems, "inode"),
-            },
+            Some(Decoded::Inode(ino)) => self.inode(ino, v, problems),
             Some(Decoded::Xattr(_, name)) => {
                 self.meta += (name.len() + v.len()) as u64;
+                true
             }
-            Some(Decoded::Dirent(parent, name)) => match records::decode::<Dirent>(v) {
-                Ok(d) => {
-                    self.meta += name.len() as u64;
-                    self.links = self.links.wrapping_add(link_digest(d.ino, d.kind));
-                    let cur = self.cur.as_mut().expect("started above");
-                    if d.kind == FileKind::Directory {
-                        cur.subdirs += 1;
-                        self.parents = self.parents.wrapping_add(parent_digest(d.ino, parent));
-                    }
-                    let entry = digest(&[name, &d.ino.to_be_bytes(), &d.cookie.to_be_bytes()]);
-                    cur.index = cur.index.wrapping_add(entry);
-                    if !cur
-                        .inode
-                        .as_ref()
-                        .is_some_and(|i| i.kind == FileKind::Directory)
-                    {
-                        self.consistent = false;
-                    }
-                }
-                Err(_) => bad(problems, "dirent"),
-            },
-            Some(Decoded::DirSeq(_, cookie)) => match records::decode::<DirSeq>(v) {
-                Ok(s) => {
-                    let entry = digest(&[&s.name, &s.ino.to_be_bytes(), &cookie.to_be_bytes()]);
-                    let cur = self.cur.as_mut().expect("started above");
-                    cur.index = cur.index.wrapping_sub(entry);
-                }
-                Err(_) => bad(problems, "dirseq"),
-            },
-            Some(Decoded::Extent(ino, idx)) => match records::decode::<Extent>(v) {
-                Ok(e) => {
-                    let cur = self.cur.as_mut().expect("started above");
-                    match &cur.inode {
-                        Some(i) if i.kind == FileKind::Regular => {
-                            if idx * CHUNK_SIZE as u64 + e.len as u64 > i.size {
-                                problems.push(format!(
-                                    "{id:?}: inode {ino}: extent {idx} past end of file"
-                                ));
-                            }
-                        }
-                        _ => problems.push(format!(
-                            "{id:?}: extent {idx} of missing or non-regular inode {ino}"
-                        )),
-                    }
-                    cur.alloc += e.len as u64;
-                    if !good_chunks.contains(&e.hash) {
-                        // get_chunk decodes and verifies the hash.
-                        match self.store.get_chunk(&e.hash) {
-                            Err(err) => problems
-                                .push(format!("{id:?}: inode {ino}: chunk {}: {err}", e.hash)),
-                            Ok(data) if data.len() != e.len as usize => problems
-                                .push(format!("{id:?}: chunk {} has the wrong length", e.hash)),
-                            Ok(_) => {
-                                good_chunks.insert(e.hash);
-                            }
-                        }
-                    }
-                }
-                Err(_) => bad(problems, "extent"),
-            },
-            None => bad(problems, "unknown"),
+            Some(Decoded::Dirent(parent, name)) => self.dirent(parent, name, v),
+            Some(Decoded::DirSeq(_, cookie)) => self.dirseq(cookie, v),
+            Some(Decoded::Extent(ino, idx)) => self.extent(ino, idx, v, good_chunks, problems),
+            None => false,
+        };
+        if !ok {
+            let what = match decoded {
+                Some(Decoded::Super) => "super",
+                Some(Decoded::Inode(_)) => "inode",
+                Some(Decoded::Dirent(..)) => "dirent",
+                Some(Decoded::DirSeq(..)) => "dirseq",
+                Some(Decoded::Extent(..)) => "extent",
+                _ => "unknown",
+            };
+            problems.push(format!(
+                "{id:?}: bad {what} record under key {}",
+                hex::encode(k)
+            ));
         }
+    }
+
+    /// An inode's record; `false` if it does not decode.
+    fn inode(&mut self, ino: u64, v: &[u8], problems: &mut Vec<String>) -> bool {
+        let Ok(i) = records::decode::<Inode>(v) else {
+            return false;
+        };
+        self.files += 1;
+        if i.kind == FileKind::Regular {
+            self.logical += i.size;
+        }
+        self.meta += i.target.len() as u64;
+        if let Some((sup, _)) = &self.sup {
+            if ino >= sup.next_ino {
+                problems.push(format!(
+                    "{:?}: inode {ino} at or past next_ino {}",
+                    self.id, sup.next_ino
+                ));
+            }
+        }
+        if ino == ROOT_INO && i.kind == FileKind::Directory {
+            self.root_ok = true;
+        }
+        self.cur.as_mut().expect("started by entry").inode = Some(i);
+        true
+    }
+
+    /// A directory entry: its name, the link and parent it adds, its readdir index entry.
+    fn dirent(&mut self, parent: u64, name: &[u8], v: &[u8]) -> bool {
+        let Ok(d) = records::decode::<Dirent>(v) else {
+            return false;
+        };
+        self.meta += name.len() as u64;
+        self.links = self.links.wrapping_add(link_digest(d.ino, d.kind));
+        let cur = self.cur.as_mut().expect("started by entry");
+        if d.kind == FileKind::Directory {
+            cur.subdirs += 1;
+            self.parents = self.parents.wrapping_add(parent_digest(d.ino, parent));
+        }
+        let entry = digest(&[name, &d.ino.to_be_bytes(), &d.cookie.to_be_bytes()]);
+        cur.index = cur.index.wrapping_add(entry);
+        if !cur
+            .inode
+            .as_ref()
+            .is_some_and(|i| i.kind == FileKind::Directory)
+        {
+            self.consistent = false;
+        }
+        true
+    }
+
+    /// A readdir index entry: it cancels its directory entry's digest.
+    fn dirseq(&mut self, cookie: u64, v: &[u8]) -> bool {
+        let Ok(s) = records::decode::<DirSeq>(v) else {
+            return false;
+        };
+        let entry = digest(&[&s.name, &s.ino.to_be_bytes(), &cookie.to_be_bytes()]);
+        let cur = self.cur.as_mut().expect("started by entry");
+        cur.index = cur.index.wrapping_sub(entry);
+        true
+    }
+
+    /// A file's extent: within the file, and its chunk stored and whole (read once per chunk).
+    fn extent(
+        &mut self,
+        ino: u64,
+        idx: u64,
+        v: &[u8],
+        good_chunks: &mut HashSet<Hash>,
+        problems: &mut Vec<String>,
+    ) -> bool {
+        let Ok(e) = records::decode::<Extent>(v) else {
+            return false;
+        };
+        let id = self.id;
+        let cur = self.cur.as_mut().expect("started by entry");
+        match &cur.inode {
+            Some(i) if i.kind == FileKind::Regular => {
+                if idx * CHUNK_SIZE as u64 + e.len as u64 > i.size {
+                    problems.push(format!(
+                        "{id:?}: inode {ino}: extent {idx} past end of file"
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{id:?}: extent {idx} of missing or non-regular inode {ino}"
+            )),
+        }
+        cur.alloc += e.len as u64;
+        if !good_chunks.contains(&e.hash) {
+            // get_chunk decodes and verifies the hash.
+            match self.store.get_chunk(&e.hash) {
+                Err(err) => problems.push(format!("{id:?}: inode {ino}: chunk {}: {err}", e.hash)),
+                Ok(data) if data.len() != e.len as usize => {
+                    problems.push(format!("{id:?}: chunk {} has the wrong length", e.hash))
+                }
+                Ok(_) => {
+                    good_chunks.insert(e.hash);
+                }
+            }
+        }
+        true
     }
 
     /// What the inode's own records say, once all of them went past.
@@ -586,8 +619,8 @@ impl CrossCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::roots::RootRecord;
     use crate::posix::{NewNode, Workspace};
-    use crate::store::RootRecord;
     use crate::tree::{self, Changes};
     use std::sync::Arc;
 

@@ -23,9 +23,9 @@ use rocksdb::WriteBatch;
 use crate::error::FsResult;
 use crate::format::hash::Hash;
 use crate::format::keys;
+use crate::format::node::Node;
 use crate::format::records::{self, Extent};
-use crate::store::{Store, CF_CHUNKS, CF_NODES};
-use crate::tree::Node;
+use crate::store::{DeletedRange, Store, CF_CHUNKS, CF_NODES};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GcReport {
@@ -53,9 +53,6 @@ pub fn collect(store: &Store, compact: bool) -> FsResult<GcReport> {
     }
     Ok(report)
 }
-
-/// The first and last key a sweep deleted in a column family.
-pub type DeletedRange = (&'static str, Vec<u8>, Vec<u8>);
 
 /// What a collection found reachable. A cluster's collector (`chaserfs-cluster`) marks with
 /// it too.

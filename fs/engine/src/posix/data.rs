@@ -2,7 +2,18 @@
 //! spilling sealed chunks to the store, reads that merge buffers with stored chunks, and
 //! size changes.
 
-use super::*;
+use bytes::Bytes;
+
+use crate::error::{FsError, FsResult};
+use crate::format::hash::Hash;
+use crate::format::keys::{self, Kind};
+use crate::format::records::{self, Extent, FileKind, Inode, Timespec};
+use crate::format::CHUNK_SIZE;
+use crate::metrics as m;
+use crate::remote::prefetch::READ_AHEAD;
+
+use super::overlay::{State, READ_AHEAD_FILES};
+use super::types::*;
 use crate::store::copy_span;
 
 /// A stored chunk a read still has to fetch.

@@ -1,7 +1,15 @@
 //! Directory entries in the overlay: names added, removed and exchanged, link counts, and an
 //! inode's end once no name and no kernel reference is left.
 
-use super::*;
+use std::collections::HashSet;
+
+use crate::error::{FsError, FsResult};
+use crate::format::keys::{self, Decoded, ROOT_INO};
+use crate::format::records::{self, DirSeq, Dirent, FileKind, Timespec};
+use crate::format::CHUNK_SIZE;
+
+use super::overlay::State;
+use super::types::*;
 
 impl State {
     pub(super) fn add_entry(

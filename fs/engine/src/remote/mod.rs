@@ -9,7 +9,7 @@ pub(crate) mod prefetch;
 
 use crate::error::FsResult;
 use crate::format::hash::Hash;
-use crate::store::{MetaOp, RootId, RootRecord};
+use crate::format::roots::{MetaOp, RootId, RootRecord};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ObjectKind {

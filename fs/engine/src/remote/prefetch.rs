@@ -1,6 +1,6 @@
-//! Cluster mode: fetching objects before reads ask for them. A cold host reads a workspace
-//! from the object store, one request per node or chunk; requests made one after another
-//! cost a round trip each. Two patterns are predictable, and their objects are fetched in
+//! Cluster mode: a host's store ([`Store::open_cluster`]) and fetching objects before reads
+//! ask for them. A cold host reads a workspace from the object store, one request per node or
+//! chunk; requests made one after another cost a round trip each. Two patterns are predictable, and their objects are fetched in
 //! parallel batches on a background thread:
 //!
 //! - a directory first looked into (a lookup or a listing): the tree nodes holding its
@@ -11,16 +11,17 @@
 //! Best effort: a job dropped when the queue is full, or an object store error, only means
 //! the read fetches on its own.
 
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Weak};
 
-use crate::error::FsResult;
+use crate::error::{FsError, FsResult};
 use crate::format::hash::Hash;
 use crate::format::keys;
+use crate::format::node::Node;
 use crate::format::records::{self, DirSeq, Extent};
-use crate::remote::ObjectKind;
-use crate::store::Store;
-use crate::tree::Node;
+use crate::remote::{ObjectKind, Remote};
+use crate::store::{PrefetchJob, Store, StoreOptions};
 
 /// Bytes of a sequentially read file fetched ahead of the reader.
 pub const READ_AHEAD: u64 = 4 << 20;
@@ -34,47 +35,50 @@ const BATCH: usize = 64;
 /// Jobs waiting; more are dropped.
 const QUEUE: usize = 64;
 
-pub(crate) enum Job {
-    /// Chunks, by hash.
-    Chunks(Vec<Hash>),
-    /// The children of directory `dir` in the tree at `root`: their records, then the first
-    /// chunks of their files.
-    Dir { root: Hash, dir: u64 },
-}
-
-pub(crate) struct Prefetcher {
-    jobs: SyncSender<Job>,
-}
-
-impl Prefetcher {
-    /// Starts the thread. It ends when the store (which owns the sender) is dropped.
-    pub(crate) fn start(store: Weak<Store>) -> Prefetcher {
-        let (jobs, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("prefetch".into())
-            .spawn(move || run(store, rx))
-            .expect("spawning the prefetch thread");
-        Prefetcher { jobs }
-    }
-
-    pub(crate) fn send(&self, job: Job) {
-        let _ = self.jobs.try_send(job);
+impl Store {
+    /// Opens `path` as a cluster host's cache of objects (at most `cache_bytes` of them), with
+    /// roots, records and objects in `remote`. The directory is emptied first: it holds
+    /// nothing the cluster does not (what a crash left there was never acknowledged).
+    pub fn open_cluster(
+        path: &Path,
+        opts: StoreOptions,
+        remote: Arc<dyn Remote>,
+        cache_bytes: u64,
+    ) -> FsResult<Arc<Store>> {
+        if path.exists() {
+            std::fs::remove_dir_all(path)
+                .map_err(|e| FsError::Storage(format!("{}: {e}", path.display())))?;
+        }
+        let store = Self::open_inner(path, opts, Some(remote), cache_bytes)?;
+        store.set_prefetcher(start(Arc::downgrade(&store)));
+        Ok(store)
     }
 }
 
-fn run(store: Weak<Store>, jobs: Receiver<Job>) {
+/// Starts the thread; jobs go to the sender. It ends when the store (which owns the sender) is
+/// dropped.
+fn start(store: Weak<Store>) -> SyncSender<PrefetchJob> {
+    let (jobs, rx) = sync_channel(QUEUE);
+    std::thread::Builder::new()
+        .name("prefetch".into())
+        .spawn(move || run(store, rx))
+        .expect("spawning the prefetch thread");
+    jobs
+}
+
+fn run(store: Weak<Store>, jobs: Receiver<PrefetchJob>) {
     while let Ok(job) = jobs.recv() {
         let Some(store) = store.upgrade() else {
             return;
         };
         let done = match job {
-            Job::Chunks(hashes) => {
+            PrefetchJob::Chunks(hashes) => {
                 for batch in hashes.chunks(BATCH) {
                     store.prefetch(ObjectKind::Chunk, batch);
                 }
                 Ok(())
             }
-            Job::Dir { root, dir } => children(&store, root, dir),
+            PrefetchJob::Dir { root, dir } => children(&store, root, dir),
         };
         if let Err(e) = done {
             tracing::debug!("prefetch: {e}");

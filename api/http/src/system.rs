@@ -1,0 +1,61 @@
+//! What a host answers without a key: liveness, readiness (whether the store takes writes)
+//! and its Prometheus metrics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use chaserfs_service::error::{ApiError, ErrorKind};
+use chaserfs_service::model::ErrorResponse;
+use chaserfs_service::service::Service;
+
+use crate::extract::HttpError;
+use crate::metrics;
+
+/// Alive: the API is listening.
+#[utoipa::path(get, path = "/healthz", security(()),
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready: the store takes writes. After a failed write (descriptors or the disk ran out, a
+/// write the disk refused) it answers 503 `store_unhealthy` until the store has healed, in
+/// the background, with every session still mounted.
+#[utoipa::path(get, path = "/readyz", security(()), responses(
+    (status = 200, description = "ready", body = String, content_type = "text/plain"),
+    (status = 503, description = "the store does not take writes now", body = ErrorResponse)))]
+pub(crate) async fn readyz(State(svc): State<Arc<Service>>) -> Response {
+    match svc.store_failure() {
+        None => "ready".into_response(),
+        Some(why) => HttpError(ApiError::new(
+            ErrorKind::Unavailable,
+            "store_unhealthy",
+            format!("the store does not take writes ({why}); it heals once the cause has passed"),
+        ))
+        .into_response(),
+    }
+}
+
+/// Prometheus metrics of this host: FUSE requests, commits, fsyncs, chunks, store size,
+/// collections, sessions, API requests, imports. No key needed: no label names a workspace,
+/// snapshot or session. Served on `--metrics-listen` instead when that is given.
+#[utoipa::path(get, path = "/metrics", security(()), responses(
+    (status = 200, description = "Prometheus text format", body = String,
+     content_type = "text/plain"),
+    (status = 404, description = "metrics are not enabled in this process", body = String,
+     content_type = "text/plain")))]
+pub(crate) async fn metrics_text(State(svc): State<Arc<Service>>) -> Response {
+    match tokio::task::spawn_blocking(move || metrics::render(&svc)).await {
+        Ok(Some(text)) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process\n",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,354 @@
+//! Cluster mode: objects fetched from the object store and kept here, bounded (least recently
+//! used first), with reads that wait for a fetch already in flight instead of asking again;
+//! and chunks uploaded before a root may refer to them.
+
+use rocksdb::WriteOptions;
+use std::time::Duration;
+
+use crate::error::{FsError, FsResult};
+use crate::format::codec::decode_chunk;
+use crate::format::hash::Hash;
+use crate::remote::{CommitToken, ObjectKind, Remote};
+
+use std::sync::mpsc::SyncSender;
+
+use super::{kind_cf, Store, CF_CHUNKS, CF_NODES};
+
+/// Cluster mode: how long a commit uploads again while collections keep starting sweeps
+/// during its upload, before it fails.
+pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Bytes per upload request batch: bounds the memory an upload of staged chunks takes (the
+/// object store packs a batch into a few objects and sends them in parallel).
+pub(super) const UPLOAD_BATCH_BYTES: usize = 32 << 20;
+
+/// What the prefetcher fetches ahead of reads.
+pub(crate) enum PrefetchJob {
+    /// Chunks, by hash.
+    Chunks(Vec<Hash>),
+    /// The children of directory `dir` in the tree at `root`: their records, then the first
+    /// chunks of their files.
+    Dir { root: Hash, dir: u64 },
+}
+
+/// A cluster host's object cache: bytes held, the bound, and reads served locally (`hits`)
+/// or fetched from the object store (`misses`) since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CacheStats {
+    pub bytes: u64,
+    pub limit: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Of the misses, objects fetched ahead of a read (see `prefetch.rs`).
+    pub prefetched: u64,
+}
+
+impl Store {
+    /// Cluster mode: an object missing here, from the object store (checked against its
+    /// hash, then cached here). `None` without a cluster or if the object store lacks it.
+    pub(super) fn fetch(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        if self.wait_in_flight(hash) {
+            let db = self.db()?;
+            let local = db.get_cf(db.cf(kind_cf(kind)), hash.0)?;
+            drop(db);
+            if let Some(bytes) = local {
+                self.cache_touch(hash);
+                return Ok(Some(bytes));
+            }
+        }
+        let Some(bytes) = remote.get_object(kind, hash)? else {
+            return Ok(None);
+        };
+        self.admit(kind, hash, &bytes)?;
+        self.cache.lock().misses += 1;
+        Ok(Some(bytes))
+    }
+
+    /// Waits while a prefetch fetches `hash`; whether it did.
+    pub(super) fn wait_in_flight(&self, hash: &Hash) -> bool {
+        let mut in_flight = self.in_flight.lock();
+        if !in_flight.contains(hash) {
+            return false;
+        }
+        while in_flight.contains(hash) {
+            if self
+                .fetched
+                .wait_for(&mut in_flight, Duration::from_secs(60))
+                .timed_out()
+            {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Checks an object from the object store against its hash and caches it here.
+    pub(super) fn admit(&self, kind: ObjectKind, hash: &Hash, bytes: &[u8]) -> FsResult<()> {
+        let matches = match kind {
+            ObjectKind::Node => Hash::of(bytes) == *hash,
+            ObjectKind::Chunk => Hash::of(&decode_chunk(bytes)?) == *hash,
+        };
+        if !matches {
+            return Err(FsError::corrupt(format!(
+                "object {hash} from the object store does not match its hash"
+            )));
+        }
+        // The cache leaves twice the reserve free, so it never takes the room writes need.
+        // Past that it only costs the copy: the read goes on from memory, and the cache
+        // shrinks to what it holds, so later objects take the place of older ones.
+        if let Err(FsError::NoSpace) = self.check_space(bytes.len() as u64 + self.reserve_bytes) {
+            let mut c = self.cache.lock();
+            if c.limit > c.bytes {
+                tracing::warn!(
+                    "the cache disk is full: the object cache shrinks to {} MiB",
+                    c.bytes >> 20
+                );
+                c.limit = c.bytes;
+            }
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        let db = self.db()?;
+        db.put_cf_opt(db.cf(kind_cf(kind)), hash.0, bytes, &wo)?;
+        drop(db);
+        self.cache_insert(kind, *hash, bytes.len());
+        Ok(())
+    }
+
+    /// Cluster mode: fetches, in parallel, the objects of `hashes` not held here (see
+    /// `prefetch.rs`). Errors are left to the reads that need the objects.
+    pub(crate) fn prefetch(&self, kind: ObjectKind, hashes: &[Hash]) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let Ok(db) = self.db() else {
+            return;
+        };
+        let cf = db.cf(kind_cf(kind));
+        let wanted: Vec<Hash> = {
+            let mut in_flight = self.in_flight.lock();
+            hashes
+                .iter()
+                .filter(|h| {
+                    let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
+                        || (db.key_may_exist_cf(cf, h.0)
+                            && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
+                    !cached && in_flight.insert(**h)
+                })
+                .copied()
+                .collect()
+        };
+        drop(db);
+        if wanted.is_empty() {
+            return;
+        }
+        match remote.get_objects(kind, &wanted) {
+            Ok(objects) => {
+                let mut n = 0;
+                for (h, bytes) in wanted.iter().zip(objects) {
+                    let Some(bytes) = bytes else { continue };
+                    match self.admit(kind, h, &bytes) {
+                        Ok(()) => n += 1,
+                        Err(e) => tracing::warn!("prefetch: {e}"),
+                    }
+                }
+                let mut c = self.cache.lock();
+                c.misses += n;
+                c.prefetched += n;
+            }
+            Err(e) => tracing::debug!("prefetch: {e}"),
+        }
+        let mut in_flight = self.in_flight.lock();
+        for h in &wanted {
+            in_flight.remove(h);
+        }
+        self.fetched.notify_all();
+    }
+
+    /// Cluster mode: queues a prefetch for the background thread (`remote/prefetch.rs`); a
+    /// job that finds the queue full is dropped, and the read fetches on its own.
+    pub(crate) fn prefetch_later(&self, job: PrefetchJob) {
+        if let Some(jobs) = self.prefetcher.get() {
+            let _ = jobs.try_send(job);
+        }
+    }
+
+    /// Cluster mode: where [`Store::prefetch_later`] sends its jobs.
+    pub(crate) fn set_prefetcher(&self, jobs: SyncSender<PrefetchJob>) {
+        let _ = self.prefetcher.set(jobs);
+    }
+
+    /// Cluster mode: records an object as cached (uploaded or fetched) and evicts the least
+    /// recently used ones past the limit. Chunks not uploaded yet are never evicted.
+    pub(super) fn cache_insert(&self, kind: ObjectKind, hash: Hash, len: usize) {
+        if self.remote.is_none() {
+            return;
+        }
+        let evicted = {
+            let mut c = self.cache.lock();
+            if let Some((_, old)) = c.lru.put(hash, (kind, len as u32)) {
+                c.bytes -= u64::from(old);
+            }
+            c.bytes += len as u64;
+            let mut out = Vec::new();
+            while c.bytes > c.limit {
+                let Some((h, (k, n))) = c.lru.pop_lru() else {
+                    break;
+                };
+                c.bytes -= u64::from(n);
+                out.push((h, k));
+            }
+            out
+        };
+        if evicted.is_empty() {
+            return;
+        }
+        let staged = self.staged.lock();
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        for (h, k) in evicted {
+            if staged.values().any(|s| s.contains(&h)) {
+                continue;
+            }
+            let deleted = self
+                .db()
+                .and_then(|db| Ok(db.delete_cf_opt(db.cf(kind_cf(k)), h.0, &wo)?));
+            if let Err(e) = deleted {
+                tracing::warn!("evicting {h} from the cache: {e}");
+            }
+        }
+    }
+
+    pub(super) fn cache_touch(&self, hash: &Hash) {
+        if self.remote.is_some() {
+            let mut c = self.cache.lock();
+            c.lru.promote(hash);
+            c.hits += 1;
+        }
+    }
+
+    /// Cluster mode: the object cache's figures.
+    pub fn cache_stats(&self) -> CacheStats {
+        let c = self.cache.lock();
+        CacheStats {
+            bytes: c.bytes,
+            limit: c.limit,
+            hits: c.hits,
+            misses: c.misses,
+            prefetched: c.prefetched,
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Cluster mode: uploads `nodes` and every chunk staged for `owner`, in batches of about
+    /// [`UPLOAD_BATCH_BYTES`], before a root may refer to them. They stay staged until the
+    /// commit succeeds.
+    pub(super) fn upload(
+        &self,
+        remote: &dyn Remote,
+        owner: Option<uuid::Uuid>,
+        nodes: &[(Hash, Vec<u8>)],
+        token: CommitToken,
+    ) -> FsResult<Vec<Hash>> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        {
+            let db = self.db()?;
+            for (h, bytes) in nodes {
+                db.put_cf_opt(db.cf(CF_NODES), h.0, bytes, &wo)?;
+            }
+        }
+        let staged: Vec<Hash> = owner
+            .and_then(|ws| self.staged.lock().get(&ws).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        // Nodes and chunks share batches: a small commit is one upload.
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let nodes_then_chunks = nodes
+            .iter()
+            .map(|(h, b)| FsResult::Ok((ObjectKind::Node, *h, b.clone())))
+            .chain(staged.iter().map(|h| {
+                let db = self.db()?;
+                let stored = db
+                    .get_cf(db.cf(CF_CHUNKS), h.0)?
+                    .ok_or_else(|| FsError::corrupt(format!("staged chunk {h} is missing")))?;
+                Ok((ObjectKind::Chunk, *h, stored))
+            }));
+        for object in nodes_then_chunks {
+            let object: (ObjectKind, Hash, Vec<u8>) = object?;
+            batch_bytes += object.2.len();
+            batch.push(object);
+            if batch_bytes >= UPLOAD_BATCH_BYTES {
+                remote.put_objects(std::mem::take(&mut batch), token)?;
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            remote.put_objects(batch, token)?;
+        }
+        for (h, b) in nodes {
+            self.cache_insert(ObjectKind::Node, *h, b.len());
+        }
+        Ok(staged)
+    }
+
+    /// Cluster mode: uploads what a new root of `owner` refers to and then writes the root
+    /// with `write_root`, again from the upload if a collection started in between (its
+    /// sweep may have deleted an object the upload found present). A success unstages the
+    /// workspace's chunks, now in the object store and referenced.
+    pub(super) fn upload_and_write_root(
+        &self,
+        remote: &dyn Remote,
+        owner: Option<uuid::Uuid>,
+        nodes: &[(Hash, Vec<u8>)],
+        write_root: impl Fn(CommitToken) -> FsResult<()>,
+    ) -> FsResult<()> {
+        // Each refusal means a sweep started during the upload; sweeps are rare (one per
+        // `--gc-interval`), so this gives up only if collections run back to back.
+        let started = std::time::Instant::now();
+        let uploaded = loop {
+            let token = remote.begin_commit()?;
+            let written = self
+                .upload(remote, owner, nodes, token)
+                .and_then(|uploaded| write_root(token).map(|()| uploaded));
+            match written {
+                Err(FsError::Stale) if started.elapsed() < STALE_RETRY_FOR => {
+                    tracing::info!("a collection started during the upload: uploading again");
+                }
+                Err(FsError::Stale) => {
+                    return Err(FsError::Storage(format!(
+                        "collections kept starting during this commit's upload for {:?}",
+                        STALE_RETRY_FOR
+                    )))
+                }
+                Err(e) => return Err(e),
+                Ok(uploaded) => break uploaded,
+            }
+        };
+        if let Some(ws) = owner {
+            if let Some(set) = self.staged.lock().get_mut(&ws) {
+                for h in &uploaded {
+                    set.remove(h);
+                }
+            }
+            for h in uploaded {
+                let db = self.db()?;
+                let len = db
+                    .get_pinned_cf(db.cf(CF_CHUNKS), h.0)?
+                    .map_or(0, |v| v.len());
+                drop(db);
+                self.cache_insert(ObjectKind::Chunk, h, len);
+            }
+        }
+        Ok(())
+    }
+}

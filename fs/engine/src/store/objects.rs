@@ -1,0 +1,216 @@
+//! Objects by hash: tree nodes (decoded, cached) and file data chunks, read and written.
+
+use rocksdb::{FlushOptions, ReadOptions, WriteOptions};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::error::{FsError, FsResult};
+use crate::format::codec::{decode_chunk, encode_chunk, CHUNK_RAW};
+use crate::format::hash::Hash;
+use crate::format::node::Node;
+use crate::remote::ObjectKind;
+
+use super::{Store, CF_CHUNKS, CF_NODES};
+
+/// Copies `data[from..]` into `dst`; bytes of `dst` past the end of `data` stay as they are.
+pub(crate) fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
+    if from < data.len() {
+        let m = dst.len().min(data.len() - from);
+        dst[..m].copy_from_slice(&data[from..from + m]);
+    }
+}
+
+impl Store {
+    pub fn get_node(&self, hash: &Hash) -> FsResult<Arc<Node>> {
+        if let Some(n) = self.nodes.get(hash) {
+            return Ok(n);
+        }
+        let local = {
+            let db = self.db()?;
+            let found = db.get_pinned_cf(db.cf(CF_NODES), hash.0)?;
+            match found {
+                Some(bytes) => Some((Arc::new(Node::decode(&bytes)?), bytes.len())),
+                None => None,
+            }
+        };
+        let node = match local {
+            Some((node, len)) => {
+                self.cache_touch(hash);
+                self.nodes.insert(*hash, node.clone(), len);
+                node
+            }
+            None => {
+                let bytes = self
+                    .fetch(ObjectKind::Node, hash)?
+                    .ok_or_else(|| FsError::corrupt(format!("missing node {hash}")))?;
+                let node = Arc::new(Node::decode(&bytes)?);
+                self.nodes.insert(*hash, node.clone(), bytes.len());
+                node
+            }
+        };
+        Ok(node)
+    }
+
+    /// The raw encoding of a node, for fsck.
+    pub fn get_node_bytes(&self, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+        let local = {
+            let db = self.db()?;
+            db.get_cf(db.cf(CF_NODES), hash.0)?
+        };
+        match local {
+            Some(b) => Ok(Some(b)),
+            None => self.fetch(ObjectKind::Node, hash),
+        }
+    }
+
+    /// Reads a chunk and verifies it against its BLAKE3 address. RocksDB's own CRC check is
+    /// skipped for chunks: the hash covers the same bytes, and is several times faster than the
+    /// portable CRC32C this RocksDB build uses.
+    pub fn get_chunk(&self, hash: &Hash) -> FsResult<Vec<u8>> {
+        let mut ro = ReadOptions::default();
+        ro.set_verify_checksums(false);
+        let db = self.db()?;
+        let data = match db.get_pinned_cf_opt(db.cf(CF_CHUNKS), hash.0, &ro)? {
+            Some(stored) => {
+                self.cache_touch(hash);
+                decode_chunk(&stored)?
+            }
+            None => decode_chunk(
+                &self
+                    .fetch(ObjectKind::Chunk, hash)?
+                    .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?,
+            )?,
+        };
+        if Hash::of(&data) != *hash {
+            return Err(FsError::corrupt(format!(
+                "chunk {hash} does not match its hash"
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Copies bytes `from..from + dst.len()` of a chunk of `len` bytes into `dst` (bytes past
+    /// its end stay as they are: zeros), decoding straight from RocksDB's pinned value where
+    /// the chunk is stored raw. The file read path: RocksDB checks the blob's CRC32C (in
+    /// hardware, see `.cargo/config.toml`), which costs a fraction of rehashing the chunk
+    /// with BLAKE3 on every read; [`Store::get_chunk`] (fsck, read-modify-write) still does.
+    pub fn read_chunk(&self, hash: &Hash, len: usize, from: usize, dst: &mut [u8]) -> FsResult<()> {
+        let db = self.db()?;
+        let Some(stored) = db.get_pinned_cf(db.cf(CF_CHUNKS), hash.0)? else {
+            let stored = self
+                .fetch(ObjectKind::Chunk, hash)?
+                .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
+            let data = decode_chunk(&stored)?;
+            if data.len() != len {
+                return Err(FsError::corrupt(format!(
+                    "chunk {hash} has the wrong length"
+                )));
+            }
+            copy_span(dst, &data, from);
+            return Ok(());
+        };
+        self.cache_touch(hash);
+        let wrong_length = || FsError::corrupt(format!("chunk {hash} has the wrong length"));
+        let mut copy = |data: &[u8]| {
+            if data.len() != len {
+                return Err(wrong_length());
+            }
+            copy_span(dst, data, from);
+            Ok(())
+        };
+        match stored.split_first() {
+            Some((&CHUNK_RAW, raw)) => copy(raw),
+            _ => copy(&decode_chunk(&stored)?),
+        }
+    }
+
+    /// Whether a chunk needs no writing. In cluster mode, never: a chunk cached here may be
+    /// gone from the object store (collected) and another workspace's chunks may never be
+    /// committed, so each overlay uploads every chunk it seals, and the upload skips what the
+    /// object store holds.
+    pub fn chunk_exists(&self, hash: &Hash) -> FsResult<bool> {
+        if self.remote.is_some() {
+            return Ok(false);
+        }
+        let db = self.db()?;
+        let cf = db.cf(CF_CHUNKS);
+        if !db.key_may_exist_cf(cf, hash.0) {
+            return Ok(false);
+        }
+        let found = db.get_pinned_cf(cf, hash.0)?.is_some();
+        Ok(found)
+    }
+
+    /// Writes chunks without the WAL: the bytes go to disk once, into blob files, at the next
+    /// flush. Callers pin them first; [`Store::commit`] flushes before any root refers to them.
+    /// In cluster mode they are staged for upload with workspace `owner`'s next commit.
+    pub fn put_chunks_unlogged<C: AsRef<[u8]>>(
+        &self,
+        owner: Option<uuid::Uuid>,
+        chunks: &[(Hash, C)],
+    ) -> FsResult<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let cf = db.cf(CF_CHUNKS);
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        // One put per chunk, not one batch: a batch of many MiB grows by doubling into fresh
+        // pages (copies and page faults were a third of a sequential write's daemon CPU), and
+        // unlogged chunk writes need no atomicity (they are pinned until a commit refers to them).
+        for (h, data) in chunks {
+            self.wrote(db.put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo))?;
+            // After the put: a flush that takes it from the set started after it landed.
+            self.unflushed.lock().insert(*h);
+        }
+        drop(db);
+        // Counted after the write: a flush that starts after this count covers these bytes.
+        self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
+        if let (Some(_), Some(ws)) = (&self.remote, owner) {
+            self.staged
+                .lock()
+                .entry(ws)
+                .or_default()
+                .extend(chunks.iter().map(|(h, _)| *h));
+        }
+        Ok(())
+    }
+
+    /// Makes every unlogged chunk write that completed before this call durable. Every path
+    /// that flushes `chunks` (commits, compaction) goes through here, and each flush records
+    /// only the writes it was sure to cover: the count read *before* it started. A write that
+    /// lands during a flush stays counted as unflushed, so the next commit flushes again.
+    pub(super) fn flush_chunks(&self, always: bool) -> FsResult<()> {
+        let covered = self.chunk_flushes.written.load(Ordering::SeqCst);
+        if !always && self.chunk_flushes.flushed.load(Ordering::SeqCst) >= covered {
+            return Ok(());
+        }
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        {
+            // Held throughout, so no heal runs between taking the set and putting it back.
+            let db = self.db()?;
+            // Chunks written from now on are not covered by this flush.
+            let covering = std::mem::take(&mut *self.unflushed.lock());
+            if let Err(e) = self.wrote(db.flush_cf_opt(db.cf(CF_CHUNKS), &fo)) {
+                self.unflushed.lock().extend(covering);
+                return Err(e);
+            }
+        }
+        #[cfg(test)]
+        if let Some(hook) = self.chunk_flushes.after_flush_hook.lock().take() {
+            hook();
+        }
+        self.chunk_flushes
+            .flushed
+            .fetch_max(covered, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether some unlogged chunk write is not known to be flushed.
+    pub fn chunks_unflushed(&self) -> bool {
+        self.chunk_flushes.flushed.load(Ordering::SeqCst)
+            < self.chunk_flushes.written.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,109 @@
+//! `chaserfs sessions` and `chaserfs mount`: starting, listing and ending sessions over the
+//! API; `mount` holds one open until Ctrl-C.
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use super::{s, seg, table, Client, ClientOpts};
+
+#[derive(Subcommand)]
+pub enum SessionsCmd {
+    /// Mount a workspace at a path on the daemon's machine.
+    Start {
+        workspace: String,
+        mountpoint: String,
+        /// Serve extended attributes (off by default: each write costs an extra round trip).
+        #[arg(long)]
+        xattrs: bool,
+        /// Mount this snapshot of the workspace instead, read-only.
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    List,
+    /// Commit, unmount and end a session.
+    End {
+        id: String,
+    },
+}
+
+pub fn run(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
+    let c = Client::new(opts);
+    match cmd {
+        SessionsCmd::Start {
+            workspace,
+            mountpoint,
+            xattrs,
+            snapshot,
+        } => {
+            let body = json!({"workspace": workspace, "mountpoint": mountpoint, "xattrs": xattrs,
+                              "snapshot": snapshot});
+            let sess = c.call("POST", "/v1/sessions", Some(body))?;
+            c.print(&sess, |v| session_rows(std::slice::from_ref(v)));
+        }
+        SessionsCmd::List => {
+            let list = c.all_pages("/v1/sessions?limit=1000", "sessions")?;
+            c.print(&json!({"sessions": list}), |_| session_rows(&list));
+        }
+        SessionsCmd::End { id } => {
+            let sess = c.call("DELETE", &format!("/v1/sessions/{}", seg(&id)), None)?;
+            c.print(&sess, |v| session_rows(std::slice::from_ref(v)));
+        }
+    }
+    Ok(())
+}
+
+/// Starts a session at `path` and ends it (commit, unmount) on Ctrl-C or SIGTERM.
+pub fn mount(
+    opts: ClientOpts,
+    workspace: String,
+    path: String,
+    xattrs: bool,
+) -> anyhow::Result<()> {
+    let c = Client::new(opts);
+    let body = json!({"workspace": workspace, "mountpoint": path, "xattrs": xattrs});
+    let sess = c.call("POST", "/v1/sessions", Some(body))?;
+    let id = s(&sess["id"]);
+    if c.opts.json {
+        println!("{}", serde_json::to_string(&sess)?);
+    } else {
+        println!("mounted {workspace} at {path} (session {id}); Ctrl-C ends the session");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::signal::shutdown_signal());
+    let ended = c.call("DELETE", &format!("/v1/sessions/{id}"), None)?;
+    if c.opts.json {
+        println!("{}", serde_json::to_string(&ended)?);
+    } else {
+        println!("session {id} ended; {workspace} committed and unmounted");
+    }
+    Ok(())
+}
+
+fn session_rows(list: &[Value]) {
+    let rows = list
+        .iter()
+        .map(|x| {
+            vec![
+                s(&x["id"]),
+                s(&x["workspace_id"]),
+                s(&x["mountpoint"]),
+                s(&x["status"]),
+                s(&x["created_at"]),
+                s(&x["ended_at"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "WORKSPACE",
+            "MOUNTPOINT",
+            "STATUS",
+            "STARTED",
+            "ENDED",
+        ],
+        rows,
+    );
+}
