@@ -9,9 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-MIB="${1:-1024}"
+source bench/lib.sh
+MIB=1024
+bench_args "[MiB]" MIB -- "$@"
 
-source bench/daemon.sh archive
+bench_work archive
+bench_daemon "$WORK"
 now() { date +%s.%N; }
 peak_rss() { awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$DAEMON/status"; }
 populate() {

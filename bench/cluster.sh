@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cluster figures (issue 10), each beside a baseline from the same run: a native ext4
+# Cluster figures, each beside a baseline from the same run: a native ext4
 # directory on the same disk, and a single-host chaserfs (RocksDB). The cluster is
 # scripts/cluster.sh's (3 etcd members, 3 Garage nodes with replication 3, all on loopback)
 # with two chaserfs hosts, A and B.
@@ -8,41 +8,33 @@
 #
 # Prints: sequential write with fsync (on A: the upload), cold session start on B (a host
 # that never saw the workspace), cold and warm sequential read and tree read on B, the time
-# for another host to take a workspace over after SIGKILL, and B's cache figures. Clone and
-# snapshot throughput on the cluster: `api-bench --cluster DIR` (bench/src/api.rs).
+# for another host to take a workspace over after SIGKILL, and B's cache figures. Clone,
+# snapshot and restore throughput on a cluster host: `bash bench/api.sh --cluster DIR`
+# (`chaserfs bench` against a daemon on the stores `scripts/cluster.sh start DIR` started).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+source bench/lib.sh
 SIZE_MIB=1024
 FILES=10000
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --size-mib) SIZE_MIB="$2"; shift 2 ;;
-        --files) FILES="$2"; shift 2 ;;
-        *) echo "usage: $0 [--size-mib N] [--files N]" >&2; exit 2 ;;
-    esac
-done
+bench_args "[--size-mib N] [--files N]" --size-mib=SIZE_MIB --files=FILES -- "$@"
 bash scripts/install-cluster-stores.sh
-cargo build --release --bin chaserfs -q
-BIN="$CARGO_TARGET_DIR/release/chaserfs"
-WORK="$(mktemp -d /var/tmp/chaserfs-cluster-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    bash scripts/cluster.sh stop "$WORK/stores" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-failed() { echo "bench/cluster.sh: failed at line $1; daemon logs:" >&2; tail -n 20 "$WORK"/*.log >&2; }
+bench_work cluster-bench
+stop_stores() { bash scripts/cluster.sh stop "$WORK/stores"; }
+BENCH_AT_EXIT+=(stop_stores)
+failed() { echo "bench/cluster.sh: failed at line $1; daemon logs:" >&2; tail -n 20 "$WORK"/*/daemon.log >&2; }
 trap 'failed $LINENO' ERR
 PORT_BASE=$((10000 + RANDOM % 5000)) bash scripts/cluster.sh start "$WORK/stores" >/dev/null
 source "$WORK/stores/env"
+# The single host must not see the cluster's variables (the flags read them too); the
+# cluster hosts get them as flags.
+export -n CHASER_S3_ENDPOINT CHASER_S3_BUCKET CHASER_ETCD_ENDPOINTS
 KEY=chs_cluster_bench_key
 echo "default $KEY" >"$WORK/keys"
 LEASE_TTL=10
 
-# start NAME PORT [cluster]: a daemon, single-host unless the third argument is given.
+# start NAME PORT [cluster]: a daemon in $WORK/NAME (mounts in $WORK/NAME/mnt, log in
+# $WORK/NAME/daemon.log), single-host unless the third argument is given.
 start() {
     local name=$1 port=$2 args=()
     if [ "${3:-}" = cluster ]; then
@@ -50,13 +42,8 @@ start() {
             --etcd-endpoints "$CHASER_ETCD_ENDPOINTS" --host-name "$name"
             --lease-ttl "$LEASE_TTL" --commit-interval 3600)
     fi
-    # (The single host must not see the cluster's variables: the flags read them too.)
-    env -u CHASER_S3_ENDPOINT -u CHASER_S3_BUCKET -u CHASER_ETCD_ENDPOINTS \
-        "$BIN" serve --data-dir "$WORK/$name" --listen "127.0.0.1:$port" --mount-root "$WORK/$name-mnt" \
-        --api-keys-file "$WORK/keys" "${args[@]}" >"$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
-    eval "PID_$name=$!"
-    until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.1; done
+    bench_daemon "$WORK/$name" "$port" --api-keys-file "$WORK/keys" "${args[@]}"
+    eval "PID_$name=$DAEMON"
 }
 api() { # api PORT METHOD PATH [BODY]
     curl -sSf -X "$2" "http://127.0.0.1:$1$3" -H "Authorization: Bearer $KEY" \
@@ -119,36 +106,36 @@ drop_caches; read_all "$WORK/native"; NR_BIG=$R_BIG; NR_TREE=$R_TREE
 
 # Single host.
 api "$PL" POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/null
-SL=$(session "$PL" bench "$WORK/local-mnt/w")
-write "$WORK/local-mnt/w"; LW_BIG=$W_BIG; LW_TREE=$W_TREE
+SL=$(session "$PL" bench "$WORK/local/mnt/w")
+write "$WORK/local/mnt/w"; LW_BIG=$W_BIG; LW_TREE=$W_TREE
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
-t0=$(now); SL=$(session "$PL" bench "$WORK/local-mnt/w"); LMOUNT=$(secs "$t0" "$(now)")
-drop_caches; read_all "$WORK/local-mnt/w"; LR_BIG=$R_BIG; LR_TREE=$R_TREE
+t0=$(now); SL=$(session "$PL" bench "$WORK/local/mnt/w"); LMOUNT=$(secs "$t0" "$(now)")
+drop_caches; read_all "$WORK/local/mnt/w"; LR_BIG=$R_BIG; LR_TREE=$R_TREE
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
 
 # Cluster: written on A (every fsync uploads to Garage and commits in etcd), read on B.
 api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/null
-SA=$(session "$PA" bench "$WORK/a-mnt/w")
-write "$WORK/a-mnt/w"; CW_BIG=$W_BIG; CW_TREE=$W_TREE
+SA=$(session "$PA" bench "$WORK/a/mnt/w")
+write "$WORK/a/mnt/w"; CW_BIG=$W_BIG; CW_TREE=$W_TREE
 t0=$(now); api "$PA" DELETE "/v1/sessions/$SA" >/dev/null; CEND=$(secs "$t0" "$(now)")
-t0=$(now); SB=$(session "$PB" bench "$WORK/b-mnt/w"); CMOUNT=$(secs "$t0" "$(now)")
-drop_caches; read_all "$WORK/b-mnt/w"; CR_BIG=$R_BIG; CR_TREE=$R_TREE
-drop_caches; read_all "$WORK/b-mnt/w"; WR_BIG=$R_BIG; WR_TREE=$R_TREE
+t0=$(now); SB=$(session "$PB" bench "$WORK/b/mnt/w"); CMOUNT=$(secs "$t0" "$(now)")
+drop_caches; read_all "$WORK/b/mnt/w"; CR_BIG=$R_BIG; CR_TREE=$R_TREE
+drop_caches; read_all "$WORK/b/mnt/w"; WR_BIG=$R_BIG; WR_TREE=$R_TREE
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 
 # Failover: SIGKILL A with a session open; B retries its session start until A's hold expires.
-SA=$(session "$PA" bench "$WORK/a-mnt/w")
-echo synced >"$WORK/a-mnt/w/last" && sync "$WORK/a-mnt/w/last"
+SA=$(session "$PA" bench "$WORK/a/mnt/w")
+echo synced >"$WORK/a/mnt/w/last" && sync "$WORK/a/mnt/w/last"
 kill -KILL "$PID_a"; t0=$(now)
-until SB=$(session "$PB" bench "$WORK/b-mnt/w2" 2>/dev/null) && [ -n "$SB" ] && [ "$SB" != null ]; do
+until SB=$(session "$PB" bench "$WORK/b/mnt/w2" 2>/dev/null) && [ -n "$SB" ] && [ "$SB" != null ]; do
     sleep 0.1
 done
 FAILOVER=$(secs "$t0" "$(now)")
-[ "$(cat "$WORK/b-mnt/w2/last")" = synced ] || { echo "failover lost the fsynced file" >&2; exit 1; }
+[ "$(cat "$WORK/b/mnt/w2/last")" = synced ] || { echo "failover lost the fsynced file" >&2; exit 1; }
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
-umount -l "$WORK/a-mnt/w" 2>/dev/null || true
+umount -l "$WORK/a/mnt/w" 2>/dev/null || true
 kill -TERM "$PID_b"; wait "$PID_b" || true
-STATS=$(grep -o 'cluster objects: .*' "$WORK/b.log" | tail -1)
+STATS=$(grep -o 'cluster objects: .*' "$WORK/b/daemon.log" | tail -1)
 
 mibs() { echo "$1 / $2" | bc -l | xargs printf '%.0f MiB/s'; }
 fps() { echo "$FILES / $1" | bc -l | xargs printf '%.0f files/s'; }

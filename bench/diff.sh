@@ -9,10 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-N="${1:-100000}"
+source bench/lib.sh
+N=100000
+bench_args "[N]" N -- "$@"
 RUNS=5
 
-source bench/daemon.sh diff
+bench_work diff
+bench_daemon "$WORK"
 now_ms() { echo "$(date +%s%N) / 1000000" | bc -l; }
 median() { sort -g | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]}'; }
 

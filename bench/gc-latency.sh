@@ -8,10 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-N="${1:-1000}"
+source bench/lib.sh
+N=1000
+bench_args "[N]" N -- "$@"
 SAMPLES=100
 
-source bench/daemon.sh gclatency
+bench_work gclatency
+bench_daemon "$WORK"
 now_ms() { echo "$(date +%s%N) / 1000000" | bc -l; }
 
 # N distinct files in `src`, N clones of it, then the files deleted from `src`.

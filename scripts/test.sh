@@ -57,9 +57,9 @@ cargo test --release --workspace 2>&1 | tee "$log"
 echo "== engine tests with overflow checks and debug assertions"
 cargo test --release -p chaserfs-engine --test model --test crash \
     --config 'profile.release.package.chaserfs-engine.overflow-checks=true' \
-    --config 'profile.release.package.chaserfs-engine.debug-assertions=true' 2>&1 | tee -a "$log"
-echo "== the model test's cluster variants (3 etcd members, 3 Garage nodes)"
-cargo test --release -p chaserfs-engine --test model -- --ignored 2>&1 | tee -a "$log"
+    --config 'profile.release.package.chaserfs-engine.debug-assertions=true' \
+    -- --skip cluster_store_matches_the_model --skip a_collector_that_lost_its_lease 2>&1 |
+    tee -a "$log"
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log" "$stores_log"

@@ -1,14 +1,23 @@
 //! `chaserfs bench`: clone, snapshot, restore, create, delete and session start/end against a
-//! running daemon, with N clients, for a duration or a count per operation. Everything runs
-//! on workspaces the bench makes itself (named `bench-XXXXXXXX-...`, a clone of `--workspace`
-//! or a fresh one), so the daemon's own workspaces are read once and never changed, and all
-//! of it is deleted at the end, also after Ctrl-C.
+//! running daemon, with N clients (or each of a list of client counts), for a duration or a
+//! count per operation. Everything runs on workspaces the bench makes itself (named
+//! `bench-XXXXXXXX-...`: a clone of `--workspace`, a fresh one, or with `--files` fresh ones
+//! filled through a session), so the daemon's own workspaces are read once and never changed,
+//! and all of it is deleted at the end, also after Ctrl-C. `--baseline` measures beside the
+//! results, in the same run, the HTTP floor (`GET /healthz` with the same clients) and a
+//! native `cp -a` of the same tree on the same disk, and prints each row's p50 against them.
+//!
+//! This file holds the flags, the rows and the report; `work` runs the operations, `baseline`
+//! makes trees and measures the native copy, `plot` draws the SVG.
 
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+mod baseline;
+mod plot;
+mod work;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -20,7 +29,7 @@ use crate::client::{seg, table, Client, ClientOpts};
 pub struct BenchArgs {
     /// Workspace the bench's workspaces start from (cloned once, never changed); a fresh
     /// empty workspace without it. Refused while it has an active session.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "files")]
     workspace: Option<String>,
     /// Operations to measure, one after another.
     #[arg(
@@ -30,9 +39,14 @@ pub struct BenchArgs {
         default_value = "clone,snapshot,restore,create,delete,session"
     )]
     ops: Vec<Op>,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
-    clients: u64,
+    /// Concurrent clients; a list (`1,8`) runs every operation with each in turn.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1",
+        value_parser = clap::value_parser!(u64).range(1..=256)
+    )]
+    clients: Vec<u64>,
     /// Seconds each operation runs for (unless --count).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -45,6 +59,20 @@ pub struct BenchArgs {
     /// Draw latency over time and a latency histogram into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Start from a fresh workspace holding N small files (1,000 per directory), written
+    /// through a session mounted under --mount-root, so the bench must run on the daemon's
+    /// host. A list (`1,100000`) measures every operation on each size in turn.
+    #[arg(long, value_delimiter = ',')]
+    files: Vec<u64>,
+    /// Also measure, in the same run: the HTTP floor (`GET /healthz` with the same clients,
+    /// count and duration) and, with --files, a native `cp -a` + sync of the same tree in
+    /// --baseline-dir; each row's p50 is printed as a multiple of both.
+    #[arg(long)]
+    baseline: bool,
+    /// Where --baseline makes and copies the native tree: a directory on the daemon's data
+    /// disk, for a like-for-like copy.
+    #[arg(long, default_value = "/var/tmp")]
+    baseline_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,6 +86,9 @@ enum Op {
     Session,
 }
 
+/// The name of the HTTP floor's rows (`--baseline`).
+const FLOOR: &str = "GET /healthz";
+
 /// One timed call: when it started (since the bench began), how long it took, whether it
 /// answered 2xx.
 #[derive(Clone, Copy)]
@@ -67,9 +98,12 @@ struct Sample {
     ok: bool,
 }
 
-/// The samples of one row of the table.
+/// The samples of one row of the table: one operation, with one client count, on one
+/// workspace (`files`: its size, with --files).
 struct Row {
     name: &'static str,
+    clients: u64,
+    files: Option<u64>,
     seconds: f64,
     samples: Vec<Sample>,
     first_error: Option<String>,
@@ -84,20 +118,47 @@ impl Row {
     fn errors(&self) -> usize {
         self.samples.iter().filter(|s| !s.ok).count()
     }
-    fn json(&self) -> Value {
+    /// The row's name in a plot's legend: with its clients and size when the run has several.
+    fn label(&self, several: bool) -> String {
+        match (several, self.files) {
+            (false, _) => self.name.to_string(),
+            (true, None) => format!("{}, {}", self.name, counted(self.clients, "client")),
+            (true, Some(n)) => format!(
+                "{}, {}, {}",
+                self.name,
+                counted(self.clients, "client"),
+                counted(n, "file")
+            ),
+        }
+    }
+    fn json(&self, baselines: Option<&baseline::Baselines>) -> Value {
         let ms = self.ok_ms();
-        json!({
+        let p50 = quantile(&ms, 0.50);
+        let mut v = json!({
             "op": self.name,
+            "clients": self.clients,
             "ops": ms.len(),
             "errors": self.errors(),
             "first_error": self.first_error,
             "seconds": self.seconds,
             "ops_per_sec": ms.len() as f64 / self.seconds.max(1e-9),
-            "p50_ms": quantile(&ms, 0.50),
+            "p50_ms": p50,
             "p95_ms": quantile(&ms, 0.95),
             "p99_ms": quantile(&ms, 0.99),
             "max_ms": ms.last().copied(),
-        })
+        });
+        if let Some(n) = self.files {
+            v["files"] = json!(n);
+        }
+        if let (Some(b), Some(p50)) = (baselines, p50) {
+            if self.name != FLOOR {
+                v["x_http_floor"] = json!(b.floor_ms(self.clients).map(|f| p50 / f));
+                if let Some(n) = self.files {
+                    v["x_native_cp_a"] = json!(b.native_ms(n).map(|c| p50 / c));
+                }
+            }
+        }
+        v
     }
 }
 
@@ -112,81 +173,8 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 /// Set by Ctrl-C or SIGTERM: the clients stop, the bench cleans up and exits.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// What the bench made, deleted at the end whatever happened.
-#[derive(Default)]
-struct Made {
-    workspaces: Vec<String>,
-    sessions: Vec<String>,
-}
-
-struct Bench<'a> {
-    c: &'a Client,
-    run: String,
-    started: Instant,
-    made: Mutex<Made>,
-    next: AtomicU64,
-}
-
-impl Bench<'_> {
-    /// A name no other call of this run uses.
-    fn name(&self, kind: &str) -> String {
-        format!(
-            "{}-{kind}{}",
-            self.run,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-
-    fn create(&self, body: Value) -> anyhow::Result<String> {
-        let w = self.c.call("POST", "/v1/workspaces", Some(body))?;
-        let id = w["id"]
-            .as_str()
-            .context("workspace without id")?
-            .to_string();
-        self.made.lock().unwrap().workspaces.push(id.clone());
-        Ok(id)
-    }
-
-    /// Times one call, recording it in `samples`.
-    fn timed<T>(
-        &self,
-        samples: &mut Vec<Sample>,
-        err: &mut Option<String>,
-        call: impl FnOnce() -> anyhow::Result<T>,
-    ) -> Option<T> {
-        let t0 = Instant::now();
-        let r = call();
-        samples.push(Sample {
-            at: t0.duration_since(self.started).as_secs_f64(),
-            ms: t0.elapsed().as_secs_f64() * 1e3,
-            ok: r.is_ok(),
-        });
-        match r {
-            Ok(v) => Some(v),
-            Err(e) => {
-                err.get_or_insert_with(|| format!("{e:#}"));
-                None
-            }
-        }
-    }
-
-    /// Deletes every workspace the bench made, ending its sessions first.
-    fn clean_up(&self) -> anyhow::Result<usize> {
-        let made = std::mem::take(&mut *self.made.lock().unwrap());
-        for id in &made.sessions {
-            let _ = self.c.call("DELETE", &format!("/v1/sessions/{id}"), None);
-        }
-        let mut deleted = 0;
-        for ids in made.workspaces.chunks(1000) {
-            let r = self.c.call(
-                "POST",
-                "/v1/workspaces/bulk-delete",
-                Some(json!({"workspace_ids": ids, "force": true})),
-            )?;
-            deleted += r["deleted"].as_u64().unwrap_or(0) as usize;
-        }
-        Ok(deleted)
-    }
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
 }
 
 pub fn run(opts: ClientOpts, args: BenchArgs) -> anyhow::Result<()> {
@@ -215,63 +203,100 @@ pub fn run(opts: ClientOpts, args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let run_id = format!("bench-{:08x}", rand::random::<u32>());
-    let b = Bench {
+    let b = work::Bench {
         c: &c,
+        args: &args,
         run: run_id.clone(),
         started: Instant::now(),
-        made: Mutex::new(Made::default()),
+        made: Mutex::new(work::Made::default()),
         next: AtomicU64::new(1),
     };
-    let result = measure(&b, &args, source.as_deref());
+    let result = work::measure(&b, source.as_deref());
     let cleaned = b.clean_up();
-    let rows = result?;
+    let (rows, baselines) = result?;
     let deleted = cleaned.context("cleaning up the bench's workspaces")?;
+    let baselines = args.baseline.then_some(baselines);
 
     let report = json!({
         "url": c.opts.api_url,
         "run": run_id,
-        "clients": args.clients,
+        "clients": match args.clients[..] {
+            [one] => json!(one),
+            _ => json!(args.clients),
+        },
         "count": args.count,
         "duration": if args.count.is_none() { Some(args.duration) } else { None },
         "source": args.workspace,
-        "interrupted": STOP.load(Ordering::SeqCst),
-        "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "files": (!args.files.is_empty()).then_some(&args.files),
+        "interrupted": stopped(),
+        "results": rows.iter().map(|r| r.json(baselines.as_ref())).collect::<Vec<_>>(),
+        "baseline": baselines.as_ref().map(|b| b.json(&args.baseline_dir)),
         "cleaned_up_workspaces": deleted,
     });
+    let several = args.clients.len() > 1 || args.files.len() > 1;
     if let Some(path) = &args.plot {
-        plot(path, &rows).with_context(|| format!("drawing {}", path.display()))?;
+        plot::plot(path, &rows, several).with_context(|| format!("drawing {}", path.display()))?;
     }
     if c.opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_table(&report);
+        print_table(&report, &args);
         for r in &rows {
             if let Some(e) = &r.first_error {
-                println!("{}: first error: {e}", r.name);
+                println!("{}: first error: {e}", r.label(several));
             }
         }
+        if let Some(b) = &baselines {
+            b.print(&args.baseline_dir);
+        }
+        print_sizes(&report);
         println!("cleaned up: {deleted} workspaces deleted");
         if let Some(path) = &args.plot {
             println!("plot: {}", path.display());
         }
     }
-    if STOP.load(Ordering::SeqCst) {
+    if stopped() {
         eprintln!("interrupted: stopped early and cleaned up");
         std::process::exit(130);
     }
     Ok(())
 }
 
-fn print_table(report: &Value) {
+/// `1 client`, `8 clients`.
+fn counted(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// A ratio, with two decimals unless it is far below 1.
+fn times(x: f64) -> String {
+    if x >= 0.1 {
+        format!("{x:.2}x")
+    } else {
+        format!("{x:.2e}x")
+    }
+}
+
+/// One row per result; FILES with --files, and the p50's multiples of the baselines with
+/// --baseline.
+fn print_table(report: &Value, args: &BenchArgs) {
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+    let x = |v: &Value| v.as_f64().map_or("-".into(), times);
+    let sizes = !args.files.is_empty();
     let rows = report["results"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|r| {
-            vec![
-                r["op"].as_str().unwrap_or_default().to_string(),
-                report["clients"].to_string(),
+            let mut row = vec![r["op"].as_str().unwrap_or_default().to_string()];
+            if sizes {
+                row.push(r["files"].as_u64().map_or("-".into(), |n| n.to_string()));
+            }
+            row.extend([
+                r["clients"].to_string(),
                 r["ops"].to_string(),
                 format!("{:.1}", r["ops_per_sec"].as_f64().unwrap_or(0.0)),
                 f(&r["p50_ms"]),
@@ -279,301 +304,67 @@ fn print_table(report: &Value) {
                 f(&r["p99_ms"]),
                 f(&r["max_ms"]),
                 r["errors"].to_string(),
-            ]
+            ]);
+            if args.baseline {
+                row.push(x(&r["x_http_floor"]));
+                if sizes {
+                    row.push(x(&r["x_native_cp_a"]));
+                }
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "OP", "CLIENTS", "OPS", "OPS/S", "P50 MS", "P95 MS", "P99 MS", "MAX MS", "ERRORS",
-        ],
-        rows,
-    );
-}
-
-/// Sets up the bench's workspaces, then runs each operation in turn.
-fn measure(b: &Bench<'_>, args: &BenchArgs, source: Option<&str>) -> anyhow::Result<Vec<Row>> {
-    let fresh = || json!({"session_type": "sandbox", "name": b.name("w")});
-    let src = match source {
-        Some(id) => b.create(json!({"clone_from": id, "name": b.name("src")}))?,
-        None => b.create(fresh())?,
-    };
-    let base = b.name("base");
-    if args.ops.contains(&Op::Restore) {
-        let path = format!("/v1/workspaces/{src}/snapshots");
-        b.c.call("POST", &path, Some(json!({"name": base})))?;
+    let mut headers = vec!["OP"];
+    if sizes {
+        headers.push("FILES");
     }
-    // One workspace per client for sessions: a workspace has one session at a time.
-    let mut session_ws = Vec::new();
-    if args.ops.contains(&Op::Session) {
-        for _ in 0..args.clients {
-            session_ws.push(b.create(json!({"clone_from": src, "name": b.name("s")}))?);
+    headers.extend([
+        "CLIENTS", "OPS", "OPS/S", "P50 MS", "P95 MS", "P99 MS", "MAX MS", "ERRORS",
+    ]);
+    if args.baseline {
+        headers.push("P50/FLOOR");
+        if sizes {
+            headers.push("P50/CP -A");
         }
     }
-
-    let mut rows = Vec::new();
-    for op in &args.ops {
-        if STOP.load(Ordering::SeqCst) {
-            break;
-        }
-        let names: &[&'static str] = match op {
-            Op::Clone => &["clone"],
-            Op::Snapshot => &["snapshot"],
-            Op::Restore => &["restore"],
-            Op::Create => &["create"],
-            Op::Delete => &["delete"],
-            Op::Session => &["session start", "session end"],
-        };
-        // One client's loop body: the samples of each of `names`.
-        let step = |client: usize, out: &mut [Vec<Sample>], err: &mut Option<String>| {
-            let (first, rest) = out.split_first_mut().expect("a row");
-            match op {
-                Op::Clone => {
-                    b.timed(first, err, || {
-                        b.create(json!({"clone_from": src, "name": b.name("c")}))
-                    });
-                }
-                Op::Snapshot => {
-                    let path = format!("/v1/workspaces/{src}/snapshots");
-                    let body = json!({"name": b.name("snap")});
-                    b.timed(first, err, || b.c.call("POST", &path, Some(body)));
-                }
-                Op::Restore => {
-                    let path = format!("/v1/workspaces/{src}/snapshots/{base}/restore");
-                    b.timed(first, err, || b.c.call("POST", &path, None));
-                }
-                Op::Create => {
-                    b.timed(first, err, || b.create(fresh()));
-                }
-                Op::Delete => {
-                    // The clone to delete is made untimed; a failed delete leaves it to
-                    // the clean-up.
-                    match b.create(json!({"clone_from": src, "name": b.name("d")})) {
-                        Ok(id) => {
-                            let path = format!("/v1/workspaces/{id}");
-                            if b.timed(first, err, || b.c.call("DELETE", &path, None))
-                                .is_some()
-                            {
-                                b.made.lock().unwrap().workspaces.retain(|w| *w != id);
-                            }
-                        }
-                        Err(e) => {
-                            err.get_or_insert_with(|| format!("making a clone to delete: {e:#}"));
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-                Op::Session => {
-                    let body = json!({
-                        "workspace": session_ws[client],
-                        "mountpoint": format!("{}/{}-{client}", args.mount_root, b.run),
-                    });
-                    let started = b.timed(first, err, || {
-                        let s = b.c.call("POST", "/v1/sessions", Some(body))?;
-                        let id = s["id"].as_str().context("session without id")?.to_string();
-                        b.made.lock().unwrap().sessions.push(id.clone());
-                        Ok(id)
-                    });
-                    if let Some(id) = started {
-                        let path = format!("/v1/sessions/{id}");
-                        if b.timed(&mut rest[0], err, || b.c.call("DELETE", &path, None))
-                            .is_some()
-                        {
-                            b.made.lock().unwrap().sessions.retain(|s| *s != id);
-                        }
-                    }
-                }
-            }
-        };
-        rows.extend(run_op(args, names, &step));
-    }
-    Ok(rows)
+    table(&headers, rows);
 }
 
-type Step<'s> = dyn Fn(usize, &mut [Vec<Sample>], &mut Option<String>) + Sync + 's;
-
-/// Runs `step` on every client until the count or the duration is used up, with a live
-/// progress line on a terminal.
-fn run_op(args: &BenchArgs, names: &[&'static str], step: &Step<'_>) -> Vec<Row> {
-    let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs_f64(args.duration.max(0.0));
-    let claimed = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
-    let failed = AtomicU64::new(0);
-    let finished = AtomicBool::new(false);
-    let more = || {
-        !STOP.load(Ordering::SeqCst)
-            && match args.count {
-                Some(n) => claimed.fetch_add(1, Ordering::Relaxed) < n,
-                None => Instant::now() < deadline,
-            }
-    };
-    let per_client = std::thread::scope(|s| {
-        let progress = std::io::stderr().is_terminal().then(|| {
-            s.spawn(|| {
-                while !finished.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(250));
-                    let n = done.load(Ordering::Relaxed);
-                    let secs = t0.elapsed().as_secs_f64();
-                    let goal = match args.count {
-                        Some(c) => format!("{n}/{c} ops"),
-                        None => format!("{secs:.1}/{:.0} s, {n} ops", args.duration),
-                    };
-                    eprint!(
-                        "\r\x1b[K{:<14} {goal}  {:.1} ops/s  errors {}",
-                        names[0],
-                        n as f64 / secs.max(1e-9),
-                        failed.load(Ordering::Relaxed)
-                    );
-                    let _ = std::io::stderr().flush();
-                }
-                eprint!("\r\x1b[K");
-            })
-        });
-        let clients: Vec<_> = (0..args.clients as usize)
-            .map(|client| {
-                let (more, done, failed) = (&more, &done, &failed);
-                s.spawn(move || {
-                    let mut out: Vec<Vec<Sample>> = names.iter().map(|_| Vec::new()).collect();
-                    let mut err = None;
-                    let errors =
-                        |out: &[Vec<Sample>]| out.iter().flatten().filter(|x| !x.ok).count() as u64;
-                    while more() {
-                        let before = errors(&out);
-                        step(client, &mut out, &mut err);
-                        done.fetch_add(1, Ordering::Relaxed);
-                        failed.fetch_add(errors(&out) - before, Ordering::Relaxed);
-                    }
-                    (out, err)
-                })
-            })
-            .collect();
-        let results: Vec<_> = clients
-            .into_iter()
-            .map(|h| h.join().expect("bench client"))
-            .collect();
-        finished.store(true, Ordering::SeqCst);
-        if let Some(p) = progress {
-            let _ = p.join();
-        }
-        results
-    });
-    let seconds = t0.elapsed().as_secs_f64();
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let mut samples = Vec::new();
-            let mut first_error = None;
-            for (out, err) in &per_client {
-                samples.extend_from_slice(&out[i]);
-                if first_error.is_none() {
-                    first_error.clone_from(err);
-                }
-            }
-            samples.sort_by(|a, b| a.at.total_cmp(&b.at));
-            Row {
-                name,
-                seconds,
-                samples,
-                first_error,
-            }
-        })
-        .collect()
-}
-
-/// Latency over time (each call a dot, at when it started) above a histogram of latencies
-/// (log-spaced bins, each operation's share of its calls), one colour per operation.
-fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    let all: Vec<&Sample> = rows.iter().flat_map(|r| &r.samples).collect();
-    let lo = all.iter().map(|s| s.ms).fold(f64::MAX, f64::min).max(0.01);
-    let hi = all.iter().map(|s| s.ms).fold(0.0, f64::max).max(lo * 2.0);
-    let end = all.iter().map(|s| s.at).fold(0.0, f64::max).max(0.1);
-    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
-
-    let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (top, bottom) = root.split_vertically(470);
-    let mut over_time = ChartBuilder::on(&top)
-        .caption("chaserfs bench: latency over time", ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..end * 1.02, (lo * 0.8..hi * 1.25).log_scale())
-        .map_err(|e| err(&e))?;
-    over_time
-        .configure_mesh()
-        .x_desc("seconds since the bench started")
-        .y_desc("latency (ms)")
-        .draw()
-        .map_err(|e| err(&e))?;
-    // At most ~2,500 dots per operation, so the file stays small on long runs.
-    for (i, r) in rows.iter().enumerate() {
-        let colour = Palette99::pick(i).to_rgba();
-        let every = r.samples.len().div_ceil(2500).max(1);
-        over_time
-            .draw_series(
-                r.samples
-                    .iter()
-                    .step_by(every)
-                    .map(|s| Circle::new((s.at, s.ms.max(lo)), 2, colour.filled())),
-            )
-            .map_err(|e| err(&e))?
-            .label(r.name)
-            .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
-    }
-    // Upper left: the slow operations (sessions) come last, on the right.
-    over_time
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-
-    const BINS: usize = 40;
-    let ratio = (hi / lo).ln() / BINS as f64;
-    let bin_of = |ms: f64| (((ms.max(lo) / lo).ln() / ratio) as usize).min(BINS - 1);
-    // Shares rather than counts, so a slow operation's few calls show beside a fast one's many.
-    let shares: Vec<Vec<f64>> = rows
-        .iter()
-        .map(|r| {
-            let mut c = vec![0.0; BINS];
-            for s in &r.samples {
-                c[bin_of(s.ms)] += 100.0 / r.samples.len() as f64;
-            }
-            c
-        })
+/// With several --files sizes: each larger workspace's p50 and ops/s as multiples of the
+/// smallest one's, operation by operation (what a workspace's size costs).
+fn print_sizes(report: &Value) {
+    let rows: Vec<&Value> = report["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["files"].is_u64())
         .collect();
-    let top_share = shares.iter().flatten().copied().fold(1.0, f64::max);
-    let mut hist = ChartBuilder::on(&bottom)
-        .caption("latency histogram", ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0.0..top_share * 1.1)
-        .map_err(|e| err(&e))?;
-    hist.configure_mesh()
-        .x_desc("latency (ms)")
-        .y_desc("% of the operation's calls")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, (r, c)) in rows.iter().zip(&shares).enumerate() {
-        let colour = Palette99::pick(i).to_rgba();
-        let centre = |k: usize| lo * ((k as f64 + 0.5) * ratio).exp();
-        hist.draw_series(LineSeries::new(
-            c.iter().enumerate().map(|(k, n)| (centre(k), *n)),
-            colour.stroke_width(2),
-        ))
-        .map_err(|e| err(&e))?
-        .label(r.name)
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    let Some(smallest) = rows.iter().filter_map(|r| r["files"].as_u64()).min() else {
+        return;
+    };
+    let mut header = false;
+    for r in &rows {
+        let Some(base) = rows
+            .iter()
+            .find(|b| b["files"] == smallest && b["op"] == r["op"] && b["clients"] == r["clients"])
+        else {
+            continue;
+        };
+        if r["files"] == smallest {
+            continue;
+        }
+        let ratio = |k: &str| Some(r[k].as_f64()? / base[k].as_f64().filter(|v| *v > 0.0)?);
+        if !header {
+            println!("against the {smallest}-file workspace (p50, ops/s):");
+            header = true;
+        }
+        println!(
+            "  {}, {}, {}: p50 {}, ops/s {}",
+            counted(r["files"].as_u64().unwrap_or_default(), "file"),
+            r["op"].as_str().unwrap_or_default(),
+            counted(r["clients"].as_u64().unwrap_or_default(), "client"),
+            ratio("p50_ms").map_or("-".into(), times),
+            ratio("ops_per_sec").map_or("-".into(), times),
+        );
     }
-    hist.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
 }

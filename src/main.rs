@@ -95,6 +95,9 @@ enum Command {
     Gc {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Print the collection's report as one JSON object.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -298,18 +301,48 @@ fn run() -> anyhow::Result<()> {
                 bail!("fsck found problems");
             }
         }
-        Command::Gc { data_dir, cluster } => match cluster.open_store(&data_dir, "gc")? {
+        Command::Gc {
+            data_dir,
+            json,
+            cluster,
+        } => match cluster.open_store(&data_dir, "gc")? {
             (store, None) => {
                 let r = gc::collect(&store, true)?;
-                println!(
-                    "gc: {} roots; kept {} nodes and {} chunks; deleted {} nodes and {} chunks",
-                    r.roots, r.live_nodes, r.live_chunks, r.deleted_nodes, r.deleted_chunks
-                );
+                if json {
+                    let report = serde_json::json!({
+                        "roots": r.roots,
+                        "live_nodes": r.live_nodes,
+                        "live_chunks": r.live_chunks,
+                        "deleted_nodes": r.deleted_nodes,
+                        "deleted_chunks": r.deleted_chunks,
+                    });
+                    println!("{report}");
+                } else {
+                    println!(
+                        "gc: {} roots; kept {} nodes and {} chunks; deleted {} nodes and {} \
+                         chunks",
+                        r.roots, r.live_nodes, r.live_chunks, r.deleted_nodes, r.deleted_chunks
+                    );
+                }
             }
             (store, Some((_, c))) => {
                 let grace = Duration::from_secs(cluster.gc_grace);
                 let r = chaserfs_cluster::gc::collect(&store, &c, grace)?;
-                println!("gc: {r}");
+                if json {
+                    let report = serde_json::json!({
+                        "roots": r.roots,
+                        "packs": r.packs,
+                        "live_nodes": r.live_nodes,
+                        "live_chunks": r.live_chunks,
+                        "deleted_packs": r.deleted_packs,
+                        "repacked_packs": r.repacked_packs,
+                        "freed_bytes": r.freed_bytes,
+                        "copied_bytes": r.copied_bytes,
+                    });
+                    println!("{report}");
+                } else {
+                    println!("gc: {r}");
+                }
             }
         },
     }

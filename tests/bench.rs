@@ -1,5 +1,6 @@
 //! `chaserfs bench` against a real daemon: every operation measured, the table, --json and
-//! --plot, a workspace in use refused, and nothing left behind, also after Ctrl-C.
+//! --plot, a workspace in use refused, and nothing left behind, also after Ctrl-C; workspaces
+//! of N files (--files) with several client counts, beside the baselines (--baseline).
 
 mod common;
 
@@ -195,4 +196,115 @@ fn bench_refuses_a_workspace_in_use_and_cleans_up_after_ctrl_c() {
         before,
         "Ctrl-C left the bench's workspaces behind"
     );
+}
+
+#[test]
+fn bench_fills_workspaces_of_n_files_and_sets_rows_against_the_baselines() {
+    let d = Daemon::start();
+    let before = state(&d);
+    let dir = d.dir.path().to_str().unwrap();
+    let out = bench(
+        &d,
+        &[
+            "--files",
+            "1,300",
+            "--clients",
+            "1,2",
+            "--ops",
+            "clone,restore",
+            "--count",
+            "4",
+            "--baseline",
+            "--baseline-dir",
+            dir,
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("filled a workspace with 300 files"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(&str, u64, Option<u64>)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ops"], 4, "{r}");
+            assert_eq!(r["errors"], 0, "{r}");
+            if r["op"] != "GET /healthz" {
+                assert!(r["x_http_floor"].as_f64().unwrap() > 0.0, "{r}");
+                assert!(r["x_native_cp_a"].as_f64().unwrap() > 0.0, "{r}");
+            }
+            let op = r["op"].as_str().unwrap();
+            (op, r["clients"].as_u64().unwrap(), r["files"].as_u64())
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for clients in [1, 2] {
+        expected.push(("GET /healthz", clients, None));
+        for files in [1, 300] {
+            expected.push(("clone", clients, Some(files)));
+            expected.push(("restore", clients, Some(files)));
+        }
+    }
+    assert_eq!(rows, expected);
+    assert_eq!(report["clients"], serde_json::json!([1, 2]));
+    let native = report["baseline"]["native_cp_a"].as_array().unwrap();
+    assert_eq!(native.len(), 2, "{report}");
+    assert!(native.iter().all(|n| n["ms"].as_f64().unwrap() > 0.0));
+    assert_eq!(
+        report["baseline"]["http_floor"].as_array().unwrap().len(),
+        2
+    );
+    // Per size: the source and a clone per client (2); 4 clones per row of clones.
+    assert_eq!(report["cleaned_up_workspaces"], 2 * 3 + 4 * 4, "{report}");
+    assert_eq!(state(&d), before, "the bench left something behind");
+}
+
+/// The table with --files and --baseline: a FILES column, the two ratio columns, the
+/// baselines and the sizes' comparison under it; no native tree left behind.
+#[test]
+fn bench_table_shows_sizes_and_baselines() {
+    let d = Daemon::start();
+    let before = state(&d);
+    let dir = d.dir.path().to_str().unwrap();
+    let out = bench(
+        &d,
+        &[
+            "--files",
+            "1,50",
+            "--ops",
+            "clone",
+            "--count",
+            "3",
+            "--baseline",
+            "--baseline-dir",
+            dir,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.starts_with("OP ") && header.contains(" FILES ") && header.ends_with("P50/CP -A"),
+        "{text}"
+    );
+    for line in [
+        "baseline, HTTP floor",
+        "baseline, native cp -a",
+        "against the 1-file workspace",
+        "50 files, clone, 1 client: p50 ",
+    ] {
+        assert!(text.contains(line), "{line} missing: {text}");
+    }
+    let left: Vec<_> = std::fs::read_dir(d.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("-native-"))
+        .collect();
+    assert!(left.is_empty(), "native trees left behind: {left:?}");
+    assert_eq!(state(&d), before);
 }

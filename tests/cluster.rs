@@ -591,14 +591,13 @@ impl Stores {
 
 /// The packs `chaserfs gc`'s report says it repacked ("gc: ... deleted N packs (M repacked),
 /// ..." on stdout). The one place these tests read the CLI's text: `gc` has no `--json`.
-fn repacked_packs(stdout: &str) -> usize {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("gc: "))
-        .unwrap_or_else(|| panic!("no report line in gc's output: {stdout}"));
-    line.split_once(" repacked)")
-        .and_then(|(head, _)| head.rsplit_once('(')?.1.parse().ok())
-        .unwrap_or_else(|| panic!("no repacked count in gc's report: {line}"))
+/// The packs a collection repacked, from `chaserfs gc --json`'s report.
+fn repacked_packs(stdout: &str) -> u64 {
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("gc's report is not JSON ({e}): {stdout}"));
+    report["repacked_packs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no repacked_packs in gc's report: {report}"))
 }
 
 fn rand_suffix() -> u64 {
@@ -691,7 +690,7 @@ fn a_mostly_dead_pack_is_repacked() {
     a.unmount(&sid);
     let before = stores.wait_bucket_bytes("the bucket to count both files", |n| n >= 6 << 20);
     let gc = stores
-        .cli_command(&["gc", "--gc-grace", "0"])
+        .cli_command(&["gc", "--json", "--gc-grace", "0"])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&gc.stdout);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every curl command of the seed (../shared/seeds/000_6a3183f83c6bee6f.txt), as written, with
+# Every curl command of the Workspaces API reference this API implements, as written, with
 # <workspace> replaced by a real selector, against CHASER_API_URL with CHASER_API_KEY. jq checks
 # each answer. CHASER_MOUNT_ROOT is where the script may start a session; the daemon's
 # --github-url must serve owner/repo. Run by tests/seed.rs.
