@@ -1143,3 +1143,103 @@ fn a_collector_that_lost_its_lease_touches_nothing() {
     b.meta.end_sweep();
     b.meta.unlock_gc();
 }
+
+/// An object the bucket hands back altered (bit rot, a tampered pack) is never read as data:
+/// a cold host's read of it fails with a corrupt-store error (EIO through FUSE), again on a
+/// retry, while the objects beside it in the same pack read back whole.
+#[test]
+fn a_corrupted_object_in_the_bucket_is_never_read_as_data() {
+    let Some(stores) = ClusterStores::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = stores.connect_as("corrupt/", "host-a");
+    let store = Store::open_cluster(
+        &dir.path().join("a"),
+        StoreOptions::default(),
+        a.clone(),
+        1 << 30,
+    )
+    .unwrap();
+    store.meta_scan(&[]).unwrap();
+    let id = Uuid::new_v4();
+    roots::create_workspace(&store, id, &[]).unwrap();
+    // Three chunks of incompressible bytes (stored raw, so one flipped byte is in one chunk).
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let data: Vec<u8> = (0..3 * CHUNK_SIZE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let ino = {
+        let ws = Workspace::open(store.clone(), id).unwrap();
+        let node = NewNode {
+            kind: FileKind::Regular,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: b"",
+        };
+        let ino = ws.create(ROOT_INO, b"victim", node).unwrap().ino;
+        ws.write(ino, 0, &data).unwrap();
+        ws.commit(true).unwrap();
+        ws.close().unwrap();
+        ino
+    };
+    drop(store);
+
+    // Flip one byte in the middle of the pack that holds the file's second chunk.
+    let packs = a.objects.list_packs().unwrap();
+    let (pack, len, _) = *packs
+        .iter()
+        .max_by_key(|(_, len, _)| *len)
+        .expect("the commit uploaded a pack");
+    assert!(len > 3 * CS, "the chunks share one pack: {packs:?}");
+    let read = chaserfs_cluster::packs::Read {
+        pack,
+        range: 0..len,
+        parts: Vec::new(),
+    };
+    let mut bytes = a.objects.get_reads(&[read]).unwrap()[0]
+        .clone()
+        .unwrap()
+        .to_vec();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &data[CHUNK_SIZE..CHUNK_SIZE + 64])
+        .unwrap();
+    bytes[at + 100] ^= 0xff;
+    let altered = chaserfs_cluster::packs::Pack {
+        name: pack,
+        bytes,
+        entries: Vec::new(),
+    };
+    a.objects.put_packs(&[altered]).unwrap();
+
+    // Another host, cold: the good chunks read, the altered one never does.
+    let b = stores.connect_as("corrupt/", "host-b");
+    let store =
+        Store::open_cluster(&dir.path().join("b"), StoreOptions::default(), b, 1 << 30).unwrap();
+    store.meta_scan(&[]).unwrap();
+    let ws = Workspace::open(store.clone(), id).unwrap();
+    assert_eq!(ws.read(ino, 0, CHUNK_SIZE).unwrap(), &data[..CHUNK_SIZE]);
+    assert_eq!(
+        ws.read(ino, 2 * CS, CHUNK_SIZE).unwrap(),
+        &data[2 * CHUNK_SIZE..]
+    );
+    for _ in 0..2 {
+        match ws.read(ino, CS, CHUNK_SIZE) {
+            Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
+            Ok(got) => panic!(
+                "an altered chunk was read as data ({} bytes, equal to the original: {})",
+                got.len(),
+                got == data[CHUNK_SIZE..2 * CHUNK_SIZE]
+            ),
+        }
+    }
+    ws.close().unwrap();
+}
