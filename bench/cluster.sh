@@ -8,7 +8,11 @@
 #
 # Prints: sequential write with fsync (on A: the upload), cold session start on B (a host
 # that never saw the workspace), cold and warm sequential read and tree read on B, the time
-# for another host to take a workspace over after SIGKILL, and B's cache figures. Clone,
+# for another host to take a workspace over after SIGKILL, and B's cache figures. Before any
+# chaserfs host starts, store-bench (bench/src/store.rs) measures the stores alone on the
+# same bucket and etcd (S3 PUT/GET of 8 MiB and 64 KiB objects, ranged 64 KiB GETs out of
+# 8 MiB objects, etcd compare-and-put txns); its table is printed, and the upload and
+# sequential read rows again as fractions of the matching store ceiling. Clone,
 # snapshot and restore throughput on a cluster host: `bash bench/api.sh --cluster DIR`
 # (`chaserfs bench` against a daemon on the stores `scripts/cluster.sh start DIR` started).
 set -Eeuo pipefail
@@ -20,12 +24,29 @@ FILES=10000
 bench_args "[--size-mib N] [--files N]" --size-mib=SIZE_MIB --files=FILES -- "$@"
 bash scripts/install-cluster-stores.sh
 bench_work cluster-bench
+cargo build --release -p chaserfs-bench --bin store-bench -q
+STORE_BENCH="$CARGO_TARGET_DIR/release/store-bench"
+# The Garage scripts/cluster.sh runs (its own lookup), and how it was built.
+GARAGE="${GARAGE_BIN:-$(command -v garage || echo /var/cache/chaserfs/garage/bin/garage)}"
+if [ "$GARAGE" = /var/cache/chaserfs/garage/bin/garage ]; then
+    GARAGE_BUILD="built by scripts/install-cluster-stores.sh: opt-level 1, SQLite metadata"
+else
+    GARAGE_BUILD="not built by scripts/install-cluster-stores.sh; its build flags unknown"
+fi
+GARAGE_ABOUT="$("$GARAGE" --version | sed -n 1p) at $GARAGE ($GARAGE_BUILD)"
 stop_stores() { bash scripts/cluster.sh stop "$WORK/stores"; }
 BENCH_AT_EXIT+=(stop_stores)
 failed() { echo "bench/cluster.sh: failed at line $1; daemon logs:" >&2; tail -n 20 "$WORK"/*/daemon.log >&2; }
 trap 'failed $LINENO' ERR
 PORT_BASE=$((10000 + RANDOM % 5000)) bash scripts/cluster.sh start "$WORK/stores" >/dev/null
 source "$WORK/stores/env"
+# The stores' ceiling, measured before any chaserfs host loads the machine; the page cache is
+# dropped before each GET run as before the cold reads below.
+echo "stores alone (store-bench, before any chaserfs host started); Garage: $GARAGE_ABOUT;" \
+    "data and metadata fsync ${GARAGE_FSYNC:-true}; $("${ETCD_BIN:-etcd}" --version | sed -n 1p)"
+echo
+"$STORE_BENCH" "$WORK/stores/env" --drop-caches --json-file "$WORK/store.json" \
+    2>"$WORK/store-bench.log" || { tail -n 20 "$WORK/store-bench.log" >&2; exit 1; }
 # The single host must not see the cluster's variables (the flags read them too); the
 # cluster hosts get them as flags.
 export -n CHASER_S3_ENDPOINT CHASER_S3_BUCKET CHASER_ETCD_ENDPOINTS
@@ -142,6 +163,7 @@ fps() { echo "$FILES / $1" | bc -l | xargs printf '%.0f files/s'; }
 ratio() { echo "$2 / $1" | bc -l | xargs printf '%.2fx'; }
 echo
 echo "cluster: 3 etcd + 3 Garage (replication 3) on loopback; ${SIZE_MIB} MiB file, $FILES files ($TREE_MIB MiB)"
+echo "Garage: $GARAGE_ABOUT"
 echo
 echo "| workload | native ext4 | single host | cluster | cluster / native |"
 echo "|---|---|---|---|---|"
@@ -156,3 +178,28 @@ printf 'session end on A (final commit): %.2f s\n' "$CEND"
 printf 'session start: single host %.3f s, cold on B %.3f s\n' "$LMOUNT" "$CMOUNT"
 printf 'failover after SIGKILL of A: %.1f s (lease TTL %s s)\n' "$FAILOVER" "$LEASE_TTL"
 echo "B's $STATS"
+
+# The cluster's rows again, each as a fraction of what the stores alone gave (store-bench
+# above): the upload against whole 8 MiB PUTs (a pack is up to 8 MiB), the sequential reads
+# against ranged 64 KiB GETs (how chunks are read out of packs) and whole 8 MiB GETs. The
+# best of 8 and 64 in flight is the ceiling where both were measured.
+ceiling() { # ceiling ROW...: "MIB_PER_S IN_FLIGHT OPERATION" of the fastest of those rows
+    local rows
+    rows=$(printf '.rows.%s,' "$@")
+    jq -r "[${rows%,}] | max_by(.mib_per_s) | \"\(.mib_per_s) \(.in_flight) \(.operation)\"" \
+        "$WORK/store.json"
+}
+vs() { # vs LABEL SECONDS ROW...: a row of the cluster figure against that ceiling
+    local mib in_flight op
+    read -r mib in_flight op <<<"$(ceiling "${@:3}")"
+    printf '| %s | %s | %s, %s in flight: %.0f MiB/s | %.2fx |\n' "$1" "$(mibs "$SIZE_MIB" "$2")" \
+        "$op" "$in_flight" "$mib" "$(echo "$SIZE_MIB / $2 / $mib" | bc -l)"
+}
+echo
+echo "| cluster row | cluster | store ceiling (store-bench) | cluster / ceiling |"
+echo "|---|---|---|---|"
+vs "sequential write + fsync (A): the upload" "$CW_BIG" put_8mib_x8 put_8mib_x64
+vs "sequential read, cold (B)" "$CR_BIG" range_64kib_x64
+vs "sequential read, cold (B)" "$CR_BIG" get_8mib_x8 get_8mib_x64
+vs "sequential read, B's cache" "$WR_BIG" range_64kib_x64
+vs "sequential read, B's cache" "$WR_BIG" get_8mib_x8 get_8mib_x64

@@ -142,7 +142,7 @@ impl State {
             return Err(e);
         }
         for (h, _) in &chunks {
-            self.pending.remove(h);
+            self.pending.shift_remove(h);
         }
         Ok(())
     }

@@ -3,7 +3,6 @@
 use crate::error::{FsError, FsResult};
 use crate::format::records::{FileKind, Timespec};
 use crate::format::CHUNK_SIZE;
-use crate::store::PrefetchJob;
 
 use super::types::*;
 use super::Workspace;
@@ -18,7 +17,7 @@ impl Workspace {
             let plan = st.read_plan(ino, offset, len)?;
             if self.store.is_cluster() {
                 if let Some(ahead) = st.read_ahead(ino, offset, len)? {
-                    self.store.prefetch_later(PrefetchJob::Chunks(ahead));
+                    self.store.read_ahead_later(&ahead);
                 }
             }
             if plan.1.is_empty() {
@@ -55,7 +54,7 @@ impl Workspace {
                 st.spilling.remove(h);
                 // A commit meanwhile took what it found in `pending` and wrote it itself.
                 if stored.is_ok() {
-                    st.pending.remove(h);
+                    st.pending.shift_remove(h);
                 } else if st.pending.contains_key(h) {
                     st.pending_bytes += d.len();
                 }

@@ -271,7 +271,7 @@ impl Workspace {
         }
         let node_pins: Vec<Hash> = nodes.iter().map(|(h, _)| *h).chain([root]).collect();
         self.store.pin(node_pins.iter().copied());
-        let chunks: Vec<(Hash, Bytes)> = st.pending.drain().collect();
+        let chunks: Vec<(Hash, Bytes)> = st.pending.drain(..).collect();
         let record = RootRecord {
             root,
             generation: st.generation + 1,

@@ -2,6 +2,7 @@
 //! (dirty entries, inodes and chunks), and reads that see both.
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -27,8 +28,10 @@ pub(super) struct State {
     pub(super) inodes: HashMap<u64, Inode>,
     pub(super) chunks: BTreeMap<(u64, u64), Vec<u8>>,
     pub(super) dirty_bytes: usize,
-    /// Sealed chunks not known to be in the store, shared with spills writing them.
-    pub(super) pending: HashMap<Hash, Bytes>,
+    /// Sealed chunks not known to be in the store, shared with spills writing them; in the
+    /// order they were sealed, which a cluster host's packs keep (files are read back in the
+    /// order they were written).
+    pub(super) pending: IndexMap<Hash, Bytes>,
     /// Bytes of `pending` no spill has taken yet.
     pub(super) pending_bytes: usize,
     /// Pending chunks a spill is writing outside the lock (see [`Workspace::write`]).
@@ -256,7 +259,7 @@ impl State {
             inodes: HashMap::new(),
             chunks: BTreeMap::new(),
             dirty_bytes: 0,
-            pending: HashMap::new(),
+            pending: IndexMap::new(),
             pending_bytes: 0,
             spilling: HashSet::new(),
             defer_spills: false,

@@ -11,6 +11,7 @@
 //! Best effort: a job dropped when the queue is full, or an object store error, only means
 //! the read fetches on its own.
 
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Weak};
@@ -24,7 +25,7 @@ use crate::remote::{ObjectKind, Remote};
 use crate::store::{PrefetchJob, Store, StoreOptions};
 
 /// Bytes of a sequentially read file fetched ahead of the reader.
-pub const READ_AHEAD: u64 = 4 << 20;
+pub const READ_AHEAD: u64 = 32 << 20;
 /// Per listed directory: at most this many tree nodes, and chunks of this many bytes.
 const DIR_NODES: usize = 256;
 const DIR_CHUNK_BYTES: u64 = 16 << 20;
@@ -34,6 +35,9 @@ const DIR_CHUNKS_PER_FILE: u64 = 4;
 const BATCH: usize = 64;
 /// Jobs waiting; more are dropped.
 const QUEUE: usize = 64;
+/// Threads running jobs: a sequential reader's next pieces download while it reads the
+/// ones before (each piece is released to the reader as soon as it is here).
+const THREADS: usize = 4;
 
 impl Store {
     /// Opens `path` as a cluster host's cache of objects (at most `cache_bytes` of them), with
@@ -55,27 +59,33 @@ impl Store {
     }
 }
 
-/// Starts the thread; jobs go to the sender. It ends when the store (which owns the sender) is
-/// dropped.
+/// Starts the threads; jobs go to the sender. They end when the store (which owns the
+/// sender) is dropped.
 fn start(store: Weak<Store>) -> SyncSender<PrefetchJob> {
     let (jobs, rx) = sync_channel(QUEUE);
-    std::thread::Builder::new()
-        .name("prefetch".into())
-        .spawn(move || run(store, rx))
-        .expect("spawning the prefetch thread");
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..THREADS {
+        let (store, rx) = (store.clone(), rx.clone());
+        std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || run(store, rx))
+            .expect("spawning a prefetch thread");
+    }
     jobs
 }
 
-fn run(store: Weak<Store>, jobs: Receiver<PrefetchJob>) {
-    while let Ok(job) = jobs.recv() {
+fn run(store: Weak<Store>, jobs: Arc<Mutex<Receiver<PrefetchJob>>>) {
+    loop {
+        let Ok(job) = jobs.lock().recv() else {
+            return;
+        };
         let Some(store) = store.upgrade() else {
             return;
         };
         let done = match job {
-            PrefetchJob::Chunks(hashes) => {
-                for batch in hashes.chunks(BATCH) {
-                    store.prefetch(ObjectKind::Chunk, batch);
-                }
+            // One call, so the object store's reads of the batch run in parallel.
+            PrefetchJob::Marked(hashes) => {
+                store.fetch_marked(ObjectKind::Chunk, &hashes);
                 Ok(())
             }
             PrefetchJob::Dir { root, dir } => children(&store, root, dir),

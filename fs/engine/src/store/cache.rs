@@ -3,6 +3,8 @@
 //! and chunks uploaded before a root may refer to them.
 
 use rocksdb::WriteOptions;
+use std::collections::HashSet;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
 use crate::error::{FsError, FsResult};
@@ -10,13 +12,15 @@ use crate::format::codec::decode_chunk;
 use crate::format::hash::Hash;
 use crate::remote::{CommitToken, ObjectKind, Remote};
 
-use std::sync::mpsc::SyncSender;
-
 use super::{kind_cf, Store, CF_CHUNKS, CF_NODES};
 
 /// Cluster mode: how long a commit uploads again while collections keep starting sweeps
 /// during its upload, before it fails.
 pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// A sequential reader's read-ahead is fetched in pieces of this many chunks (8 MiB, a pack's
+/// size), side by side on the prefetch threads, each released to the reader when it is here.
+const READ_AHEAD_PIECE: usize = 128;
 
 /// Bytes per upload request batch: bounds the memory an upload of staged chunks takes (the
 /// object store packs a batch into a few objects and sends them in parallel).
@@ -24,8 +28,8 @@ pub(super) const UPLOAD_BATCH_BYTES: usize = 32 << 20;
 
 /// What the prefetcher fetches ahead of reads.
 pub(crate) enum PrefetchJob {
-    /// Chunks, by hash.
-    Chunks(Vec<Hash>),
+    /// Chunks, by hash, marked in flight by [`Store::read_ahead_later`].
+    Marked(Vec<Hash>),
     /// The children of directory `dir` in the tree at `root`: their records, then the first
     /// chunks of their files.
     Dir { root: Hash, dir: u64 },
@@ -122,31 +126,44 @@ impl Store {
     /// Cluster mode: fetches, in parallel, the objects of `hashes` not held here (see
     /// `prefetch.rs`). Errors are left to the reads that need the objects.
     pub(crate) fn prefetch(&self, kind: ObjectKind, hashes: &[Hash]) {
+        let wanted = self.mark_in_flight(kind, hashes);
+        self.fetch_marked(kind, &wanted);
+    }
+
+    /// Marks the objects of `hashes` neither held here nor already in flight as in flight:
+    /// a read that needs one waits for its fetch ([`Store::wait_in_flight`]) instead of asking
+    /// the object store again. Whoever marks them fetches them ([`Store::fetch_marked`]).
+    pub(crate) fn mark_in_flight(&self, kind: ObjectKind, hashes: &[Hash]) -> Vec<Hash> {
+        if self.remote.is_none() {
+            return Vec::new();
+        }
+        let Ok(db) = self.db() else {
+            return Vec::new();
+        };
+        let cf = db.cf(kind_cf(kind));
+        let mut in_flight = self.in_flight.lock();
+        hashes
+            .iter()
+            .filter(|h| {
+                let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
+                    || (db.key_may_exist_cf(cf, h.0)
+                        && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
+                !cached && in_flight.insert(**h)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Fetches objects [`Store::mark_in_flight`] marked, caches them, and clears their marks
+    /// (waking the reads that wait for them), whether or not the fetch succeeded.
+    pub(crate) fn fetch_marked(&self, kind: ObjectKind, wanted: &[Hash]) {
         let Some(remote) = &self.remote else {
             return;
         };
-        let Ok(db) = self.db() else {
-            return;
-        };
-        let cf = db.cf(kind_cf(kind));
-        let wanted: Vec<Hash> = {
-            let mut in_flight = self.in_flight.lock();
-            hashes
-                .iter()
-                .filter(|h| {
-                    let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
-                        || (db.key_may_exist_cf(cf, h.0)
-                            && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
-                    !cached && in_flight.insert(**h)
-                })
-                .copied()
-                .collect()
-        };
-        drop(db);
         if wanted.is_empty() {
             return;
         }
-        match remote.get_objects(kind, &wanted) {
+        match remote.get_objects(kind, wanted) {
             Ok(objects) => {
                 let mut n = 0;
                 for (h, bytes) in wanted.iter().zip(objects) {
@@ -162,8 +179,12 @@ impl Store {
             }
             Err(e) => tracing::debug!("prefetch: {e}"),
         }
+        self.clear_in_flight(wanted);
+    }
+
+    fn clear_in_flight(&self, hashes: &[Hash]) {
         let mut in_flight = self.in_flight.lock();
-        for h in &wanted {
+        for h in hashes {
             in_flight.remove(h);
         }
         self.fetched.notify_all();
@@ -174,6 +195,26 @@ impl Store {
     pub(crate) fn prefetch_later(&self, job: PrefetchJob) {
         if let Some(jobs) = self.prefetcher.get() {
             let _ = jobs.try_send(job);
+        }
+    }
+
+    /// Cluster mode: queues a fetch of a file's next chunks, marked in flight at once (so the
+    /// reader, about to need the first of them, waits for the batch instead of fetching each
+    /// alone). A job the full queue drops is unmarked.
+    pub(crate) fn read_ahead_later(&self, hashes: &[Hash]) {
+        let Some(jobs) = self.prefetcher.get() else {
+            return;
+        };
+        let marked = self.mark_in_flight(ObjectKind::Chunk, hashes);
+        // In pieces, fetched side by side, each released to the reader when it is here.
+        for piece in marked.chunks(READ_AHEAD_PIECE) {
+            if let Err(
+                TrySendError::Full(PrefetchJob::Marked(piece))
+                | TrySendError::Disconnected(PrefetchJob::Marked(piece)),
+            ) = jobs.try_send(PrefetchJob::Marked(piece.to_vec()))
+            {
+                self.clear_in_flight(&piece);
+            }
         }
     }
 
@@ -336,9 +377,8 @@ impl Store {
         };
         if let Some(ws) = owner {
             if let Some(set) = self.staged.lock().get_mut(&ws) {
-                for h in &uploaded {
-                    set.remove(h);
-                }
+                let uploaded: HashSet<&Hash> = uploaded.iter().collect();
+                set.retain(|h| !uploaded.contains(h));
             }
             for h in uploaded {
                 let db = self.db()?;

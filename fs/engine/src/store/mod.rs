@@ -10,6 +10,7 @@
 //! Objects are immutable. Anything that is about to make a root reference an object pins it
 //! first ([`Store::pin`]); the garbage collector never deletes a pinned object (see `gc.rs`).
 
+use indexmap::IndexSet;
 use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
@@ -127,7 +128,7 @@ pub struct Store {
     /// root refers to yet. Each commit uploads its workspace's (again, if a collection
     /// started meanwhile) and only a successful commit clears them. A crash loses them with
     /// the overlay they belong to, so they are not recorded on disk.
-    staged: Mutex<HashMap<uuid::Uuid, HashSet<Hash>>>,
+    staged: Mutex<HashMap<uuid::Uuid, IndexSet<Hash>>>,
     /// Cluster mode: uploaded or fetched objects kept in RocksDB, bounded.
     cache: Mutex<ObjectCache>,
     /// Cluster mode: objects a prefetch is fetching; a read that misses one waits for it
