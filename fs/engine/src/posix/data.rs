@@ -3,6 +3,7 @@
 //! size changes.
 
 use bytes::Bytes;
+use std::collections::HashSet;
 
 use crate::error::{FsError, FsResult};
 use crate::format::hash::Hash;
@@ -141,9 +142,9 @@ impl State {
             self.pending_bytes = chunks.iter().map(|(_, d)| d.len()).sum();
             return Err(e);
         }
-        for (h, _) in &chunks {
-            self.pending.shift_remove(h);
-        }
+        // One pass that keeps the order (a removal each would move the rest each time).
+        let spilled: HashSet<Hash> = chunks.iter().map(|(h, _)| *h).collect();
+        self.pending.retain(|h, _| !spilled.contains(h));
         Ok(())
     }
 

@@ -1,6 +1,9 @@
 //! Operations on a file's bytes and attributes: read, write, fallocate, copy, seek, setattr.
 
+use std::collections::HashSet;
+
 use crate::error::{FsError, FsResult};
+use crate::format::hash::Hash;
 use crate::format::records::{FileKind, Timespec};
 use crate::format::CHUNK_SIZE;
 
@@ -12,20 +15,25 @@ impl Workspace {
     pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
         // Plan under the lock, fetch stored chunks outside it so reads run in parallel. The
         // chunks are pinned meanwhile: a commit racing this read cannot let the GC take them.
-        let (mut out, fetch) = {
+        let (ahead, (mut out, fetch)) = {
             let mut st = self.state.lock();
             let plan = st.read_plan(ino, offset, len)?;
-            if self.store.is_cluster() {
-                if let Some(ahead) = st.read_ahead(ino, offset, len)? {
-                    self.store.read_ahead_later(&ahead);
-                }
+            let ahead = match self.store.is_cluster() {
+                true => st.read_ahead(ino, offset, len)?,
+                false => None,
+            };
+            if !plan.1.is_empty() {
+                self.store.pin(plan.1.iter().map(|c| c.extent.hash));
             }
-            if plan.1.is_empty() {
-                return Ok(plan.0); // all in memory, or holes
-            }
-            self.store.pin(plan.1.iter().map(|c| c.extent.hash));
-            plan
+            (ahead, plan)
         };
+        // Marked and queued outside the workspace's lock (it checks what the cache holds).
+        if let Some(ahead) = ahead {
+            self.store.read_ahead_later(&ahead);
+        }
+        if fetch.is_empty() {
+            return Ok(out); // all in memory, or holes
+        }
         let fetched = fetch.iter().try_for_each(|c| {
             let dst = &mut out[c.at..c.at + c.len];
             self.store
@@ -53,11 +61,14 @@ impl Workspace {
             for (h, d) in &queued {
                 st.spilling.remove(h);
                 // A commit meanwhile took what it found in `pending` and wrote it itself.
-                if stored.is_ok() {
-                    st.pending.shift_remove(h);
-                } else if st.pending.contains_key(h) {
+                if stored.is_err() && st.pending.contains_key(h) {
                     st.pending_bytes += d.len();
                 }
+            }
+            if stored.is_ok() {
+                // One pass that keeps the order (a removal each would move the rest each time).
+                let spilled: HashSet<&Hash> = queued.iter().map(|(h, _)| h).collect();
+                st.pending.retain(|h, _| !spilled.contains(h));
             }
             stored?;
         }

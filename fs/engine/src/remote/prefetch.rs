@@ -13,7 +13,7 @@
 
 use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Weak};
 
 use crate::error::{FsError, FsResult};
@@ -22,7 +22,7 @@ use crate::format::keys;
 use crate::format::node::Node;
 use crate::format::records::{self, DirSeq, Extent};
 use crate::remote::{ObjectKind, Remote};
-use crate::store::{PrefetchJob, Store, StoreOptions};
+use crate::store::{PrefetchJob, PrefetchQueues, Store, StoreOptions};
 
 /// Bytes of a sequentially read file fetched ahead of the reader.
 pub const READ_AHEAD: u64 = 32 << 20;
@@ -35,9 +35,11 @@ const DIR_CHUNKS_PER_FILE: u64 = 4;
 const BATCH: usize = 64;
 /// Jobs waiting; more are dropped.
 const QUEUE: usize = 64;
-/// Threads running jobs: a sequential reader's next pieces download while it reads the
-/// ones before (each piece is released to the reader as soon as it is here).
-const THREADS: usize = 4;
+/// Threads fetching read-ahead pieces: a sequential reader's next pieces download while it
+/// reads the ones before (each piece is released to the reader as soon as it is here).
+const PIECE_THREADS: usize = 4;
+/// Threads walking directories (fetching a listing's nodes and first chunks).
+const WALK_THREADS: usize = 4;
 
 impl Store {
     /// Opens `path` as a cluster host's cache of objects (at most `cache_bytes` of them), with
@@ -59,19 +61,26 @@ impl Store {
     }
 }
 
-/// Starts the threads; jobs go to the sender. They end when the store (which owns the
-/// sender) is dropped.
-fn start(store: Weak<Store>) -> SyncSender<PrefetchJob> {
-    let (jobs, rx) = sync_channel(QUEUE);
-    let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..THREADS {
-        let (store, rx) = (store.clone(), rx.clone());
-        std::thread::Builder::new()
-            .name("prefetch".into())
-            .spawn(move || run(store, rx))
-            .expect("spawning a prefetch thread");
+/// Starts the threads: [`PIECE_THREADS`] for read-ahead pieces, [`WALK_THREADS`] for
+/// directory walks, each set on its own queue. They end when the store (which owns the
+/// senders) is dropped.
+fn start(store: Weak<Store>) -> PrefetchQueues {
+    let queue = |threads: usize| {
+        let (jobs, rx) = sync_channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..threads {
+            let (store, rx) = (store.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name("prefetch".into())
+                .spawn(move || run(store, rx))
+                .expect("spawning a prefetch thread");
+        }
+        jobs
+    };
+    PrefetchQueues {
+        pieces: queue(PIECE_THREADS),
+        walks: queue(WALK_THREADS),
     }
-    jobs
 }
 
 fn run(store: Weak<Store>, jobs: Arc<Mutex<Receiver<PrefetchJob>>>) {

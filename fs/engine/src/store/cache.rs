@@ -26,6 +26,13 @@ const READ_AHEAD_PIECE: usize = 128;
 /// object store packs a batch into a few objects and sends them in parallel).
 pub(super) const UPLOAD_BATCH_BYTES: usize = 32 << 20;
 
+/// Where prefetch jobs go: read-ahead pieces, which readers wait for, to threads of their own,
+/// never queued behind directory walks (each of which takes several round trips).
+pub(crate) struct PrefetchQueues {
+    pub(crate) pieces: SyncSender<PrefetchJob>,
+    pub(crate) walks: SyncSender<PrefetchJob>,
+}
+
 /// What the prefetcher fetches ahead of reads.
 pub(crate) enum PrefetchJob {
     /// Chunks, by hash, marked in flight by [`Store::read_ahead_later`].
@@ -77,10 +84,12 @@ impl Store {
         if !in_flight.contains(hash) {
             return false;
         }
+        // One deadline: every finished fetch wakes every waiter.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while in_flight.contains(hash) {
             if self
                 .fetched
-                .wait_for(&mut in_flight, Duration::from_secs(60))
+                .wait_until(&mut in_flight, deadline)
                 .timed_out()
             {
                 break;
@@ -163,6 +172,14 @@ impl Store {
         if wanted.is_empty() {
             return;
         }
+        // Cleared however this ends (a panic included): a mark left set holds readers.
+        struct Clear<'a>(&'a Store, &'a [Hash]);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                self.0.clear_in_flight(self.1);
+            }
+        }
+        let _clear = Clear(self, wanted);
         match remote.get_objects(kind, wanted) {
             Ok(objects) => {
                 let mut n = 0;
@@ -179,7 +196,6 @@ impl Store {
             }
             Err(e) => tracing::debug!("prefetch: {e}"),
         }
-        self.clear_in_flight(wanted);
     }
 
     fn clear_in_flight(&self, hashes: &[Hash]) {
@@ -193,8 +209,8 @@ impl Store {
     /// Cluster mode: queues a prefetch for the background thread (`remote/prefetch.rs`); a
     /// job that finds the queue full is dropped, and the read fetches on its own.
     pub(crate) fn prefetch_later(&self, job: PrefetchJob) {
-        if let Some(jobs) = self.prefetcher.get() {
-            let _ = jobs.try_send(job);
+        if let Some(queues) = self.prefetcher.get() {
+            let _ = queues.walks.try_send(job);
         }
     }
 
@@ -202,7 +218,7 @@ impl Store {
     /// reader, about to need the first of them, waits for the batch instead of fetching each
     /// alone). A job the full queue drops is unmarked.
     pub(crate) fn read_ahead_later(&self, hashes: &[Hash]) {
-        let Some(jobs) = self.prefetcher.get() else {
+        let Some(queues) = self.prefetcher.get() else {
             return;
         };
         let marked = self.mark_in_flight(ObjectKind::Chunk, hashes);
@@ -211,7 +227,7 @@ impl Store {
             if let Err(
                 TrySendError::Full(PrefetchJob::Marked(piece))
                 | TrySendError::Disconnected(PrefetchJob::Marked(piece)),
-            ) = jobs.try_send(PrefetchJob::Marked(piece.to_vec()))
+            ) = queues.pieces.try_send(PrefetchJob::Marked(piece.to_vec()))
             {
                 self.clear_in_flight(&piece);
             }
@@ -219,8 +235,8 @@ impl Store {
     }
 
     /// Cluster mode: where [`Store::prefetch_later`] sends its jobs.
-    pub(crate) fn set_prefetcher(&self, jobs: SyncSender<PrefetchJob>) {
-        let _ = self.prefetcher.set(jobs);
+    pub(crate) fn set_prefetcher(&self, queues: PrefetchQueues) {
+        let _ = self.prefetcher.set(queues);
     }
 
     /// Cluster mode: records an object as cached (uploaded or fetched) and evicts the least

@@ -19,7 +19,6 @@ use rocksdb::{
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ mod roots;
 mod space;
 
 pub use cache::CacheStats;
-pub(crate) use cache::PrefetchJob;
+pub(crate) use cache::{PrefetchJob, PrefetchQueues};
 pub use compaction::DeletedRange;
 pub(crate) use objects::copy_span;
 pub use space::DiskSpace;
@@ -135,7 +134,7 @@ pub struct Store {
     /// (`fetched`) instead of asking the object store again.
     in_flight: Mutex<HashSet<Hash>>,
     fetched: Condvar,
-    prefetcher: OnceLock<SyncSender<PrefetchJob>>,
+    prefetcher: OnceLock<PrefetchQueues>,
 }
 
 /// Objects a cluster host keeps locally, least recently used first, and their bytes.
