@@ -9,6 +9,9 @@
 //! Data dirs live under `--dir` (default: a temp dir under /var/tmp, on the same disk as a
 //! plain file baseline).
 
+mod machine;
+
+use machine::machine;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,21 +21,6 @@ use anyhow::{Context, Result};
 use chaserfs_engine::format::keys::ROOT_INO;
 use chaserfs_engine::{roots, FileKind, NewNode, RootId, Store, Workspace};
 use uuid::Uuid;
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cpu}, {cores} cores")
-}
 
 fn new_file(ws: &Workspace, parent: u64, name: &str) -> Result<u64> {
     let n = NewNode::owned_by_root(FileKind::Regular, 0o644);

@@ -26,6 +26,9 @@
 //! `etcd_txn_x1`, `etcd_txn_x16` and so on; `--json-file PATH` prints the table and writes
 //! the JSON to PATH (what `bench/cluster.sh` reads its ceilings from).
 
+mod machine;
+
+use machine::machine;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -530,21 +533,6 @@ fn progress(row: Row) -> Row {
         row.store, row.operation, row.in_flight
     );
     row
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cpu}, {cores} cores")
 }
 
 fn print_table(config: &Config, args: &Args, rows: &[Row]) {
