@@ -129,6 +129,33 @@ fn fresh_workspaces_fields_and_selectors() {
     assert_eq!((s, &g["name"]), (200, &json!(id)));
 }
 
+/// Warming is for cluster hosts; on a single host, where everything is local, it answers
+/// at once and fetches nothing, and selects workspaces like every route.
+#[test]
+fn warm_on_a_single_host_fetches_nothing() {
+    let d = Daemon::start();
+    let id = d.create_workspace("warm")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = d.call("POST", "/v1/workspaces/warm/warm", None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["workspace_id"], id.as_str());
+    assert_eq!(
+        (&v["cluster"], &v["nodes"], &v["chunks"]),
+        (&json!(false), &json!(0), &json!(0))
+    );
+    let (s, e) = d.call("POST", "/v1/workspaces/other/warm", None);
+    assert_error(s, &e, 404, "workspace_not_found");
+    let (s, e) = d.call_as(
+        "chs_wrong",
+        "POST",
+        &format!("/v1/workspaces/{id}/warm"),
+        None,
+    );
+    assert_eq!(s, 401, "{e}");
+}
+
 #[test]
 fn names_set_clear_and_rules() {
     let d = Daemon::start();

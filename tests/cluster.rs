@@ -521,6 +521,69 @@ fn cold_start_on_another_host() {
     b.unmount(&sid);
 }
 
+/// A host asked to warm a workspace ahead of a session holds its whole tree and data: the
+/// session then starts and reads every file with the object store stopped (a read that still
+/// needed it would stall and fail). A host that lacks the tree starts fetching it at session
+/// start too.
+#[test]
+fn a_warmed_host_reads_with_the_object_store_stopped() {
+    let Some(stores) = Stores::start_or_skip(&[]) else {
+        return;
+    };
+    let a = stores.host("host-a", &[]);
+    let b = stores.host("host-b", &["--request-timeout", "5"]);
+    a.create_workspace("warm");
+    let (sid, path) = a.mount("warm", "warm");
+    for d in 0..10 {
+        std::fs::create_dir(path.join(format!("d{d}"))).unwrap();
+        for f in 0..100 {
+            std::fs::write(
+                path.join(format!("d{d}/f{f}")),
+                format!("{d}/{f}\n").repeat(f + 1),
+            )
+            .unwrap();
+        }
+    }
+    let big = common::noise(5, 6 << 20);
+    write_synced(&path.join("big"), &big);
+    a.unmount(&sid);
+
+    let (s, v) = b.call("POST", "/v1/workspaces/warm/warm", None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["cluster"], true, "{v}");
+    assert!(v["nodes"].as_u64().unwrap() > 0, "{v}");
+    // Every file's chunk, and the big file's 96.
+    assert!(v["chunks"].as_u64().unwrap() >= 1000 + 96, "{v}");
+    assert!(v["chunk_bytes"].as_u64().unwrap() >= 6 << 20, "{v}");
+    let (s, e) = b.call("POST", "/v1/workspaces/nope/warm", None);
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("workspace_not_found")),
+        "{e}"
+    );
+
+    let garage: Vec<i32> = (1..=3)
+        .map(|i| stores.pid(&format!("GARAGE_PID_{i}")))
+        .collect();
+    garage.iter().for_each(|&p| signal(p, libc::SIGSTOP));
+    let (sid, path) = b.mount("warm", "warm-b");
+    let read = std::panic::catch_unwind(|| {
+        for d in 0..10 {
+            for f in 0..100 {
+                let text = std::fs::read_to_string(path.join(format!("d{d}/f{f}"))).unwrap();
+                assert_eq!(text, format!("{d}/{f}\n").repeat(f + 1));
+            }
+        }
+        assert!(
+            std::fs::read(path.join("big")).unwrap() == big,
+            "big differs"
+        );
+    });
+    garage.iter().for_each(|&p| signal(p, libc::SIGCONT));
+    read.expect("a warmed workspace read with the object store stopped");
+    b.unmount(&sid);
+}
+
 /// A workspace 100,000 directories deep with a directory of 1,000,000 entries, made on one
 /// host, read back whole by a cold session on another (`CHASERFS_DEEP_*` change the sizes).
 #[test]

@@ -57,6 +57,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/workspaces/{workspace}/archive", get(workspace_archive))
         .route("/v1/workspaces/{workspace}/name", put(set_name))
         .route("/v1/workspaces/{workspace}/template", put(set_template))
+        .route("/v1/workspaces/{workspace}/warm", post(warm_workspace))
         .route("/v1/workspaces/{workspace}/quota", put(set_quota))
         .route(
             "/v1/workspaces/{workspace}/snapshots",
@@ -124,6 +125,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
         workspace_archive,
         set_name,
         set_template,
+        warm_workspace,
         set_quota,
         list_snapshots,
         create_snapshot,

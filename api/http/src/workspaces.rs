@@ -193,6 +193,24 @@ pub(crate) async fn set_name(
     Ok(Json(blocking(move || svc.rename(&a, &sel, name)).await?))
 }
 
+/// Warm a workspace on this host ahead of a session (cluster mode): fetch its committed tree
+/// (its whole namespace) and its most recently modified files' chunks, up to half the host's
+/// object cache. Returns when they are here; a session started next reads them locally. A
+/// single host holds everything already (`cluster: false`, nothing fetched).
+#[utoipa::path(post, path = "/v1/workspaces/{workspace}/warm",
+    params(("workspace" = String, Path, description = "name or id")), responses(
+    (status = 200, body = WarmView),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse)))]
+pub(crate) async fn warm_workspace(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    sel: Result<Path<String>, PathRejection>,
+) -> Result<Json<WarmView>, HttpError> {
+    let Path(sel) = sel.map_err(path_error)?;
+    Ok(Json(blocking(move || svc.warm_workspace(&a, &sel)).await?))
+}
+
 /// Turn template mode on or off.
 #[utoipa::path(put, path = "/v1/workspaces/{workspace}/template", request_body = SetTemplate,
     params(("workspace" = String, Path, description = "name or id")), responses(

@@ -207,6 +207,20 @@ pub enum SessionStatus {
     CommitFailed,
 }
 
+/// What `POST /v1/workspaces/{workspace}/warm` fetched onto this host.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct WarmView {
+    pub workspace_id: Uuid,
+    /// `false` on a single host, where everything is local and nothing is fetched.
+    pub cluster: bool,
+    /// Tree nodes of the committed state (its whole namespace), now on this host.
+    pub nodes: u64,
+    /// Chunks of its most recently modified files now on this host (at most half the
+    /// host's object cache), and their bytes.
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+}
+
 /// A workspace as served.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = Workspace)]

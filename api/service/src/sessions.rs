@@ -55,6 +55,8 @@ impl Service {
         options: MountOptions,
     ) -> ApiResult<FuseMount> {
         let fsname = format!("chaserfs:{}", ws.id());
+        // A cluster host that lacks the tree starts fetching it now, behind what reads ask for.
+        self.store.hydrate_later(ws.committed_root());
         let flags = MountFlags {
             read_only: options.read_only,
             suid: self.config.trust.suid,

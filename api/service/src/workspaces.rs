@@ -305,6 +305,24 @@ impl Service {
         self.view(&rec, snaps)
     }
 
+    /// Fetches a workspace's committed tree, and its newest files' chunks, onto this host
+    /// ahead of a session (the engine's `Store::hydrate`); returns when they are here. A
+    /// single host holds everything already.
+    pub fn warm_workspace(&self, account: &str, selector: &str) -> ApiResult<WarmView> {
+        let id = self.lock().resolve(account, selector)?.id;
+        let root = self.store.get_root(RootId::Workspace(id))?.ok_or_else(|| {
+            ApiError::not_found("workspace_not_found", format!("workspace {id} was deleted"))
+        })?;
+        let done = self.store.hydrate(root.root)?;
+        Ok(WarmView {
+            workspace_id: id,
+            cluster: self.store.is_cluster(),
+            nodes: done.nodes,
+            chunks: done.chunks,
+            chunk_bytes: done.chunk_bytes,
+        })
+    }
+
     /// Applies `change` to a workspace's record and writes it.
     fn update_record(
         &self,

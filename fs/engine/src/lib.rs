@@ -23,5 +23,5 @@ pub use format::hash::Hash;
 pub use format::records::{FileKind, Timespec};
 pub use format::roots::{MetaOp, RootId, RootRecord};
 pub use posix::{Attr, DirEntry, Limits, NewNode, SetAttr, StatFs, TimeSet, Workspace};
-pub use remote::{CommitToken, MetaChange, ObjectKind, Remote};
+pub use remote::{CommitToken, Hydrated, MetaChange, ObjectKind, Remote};
 pub use store::{CacheStats, Store, StoreOptions};

@@ -5,7 +5,10 @@
 //! metadata store. The engine only sees this trait: `chaserfs-cluster` implements it over S3
 //! and etcd.
 
+pub(crate) mod hydrate;
 pub(crate) mod prefetch;
+
+pub use hydrate::Hydrated;
 
 use crate::error::FsResult;
 use crate::format::hash::Hash;

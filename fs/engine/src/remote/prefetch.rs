@@ -40,6 +40,10 @@ const QUEUE: usize = 64;
 const PIECE_THREADS: usize = 4;
 /// Threads walking directories (fetching a listing's nodes and first chunks).
 const WALK_THREADS: usize = 4;
+/// Hydrations (whole trees, `hydrate.rs`): one at a time, behind what readers ask for.
+const HYDRATE_THREADS: usize = 1;
+/// Hydrations waiting; more are dropped.
+const HYDRATE_QUEUE: usize = 4;
 
 impl Store {
     /// Opens `path` as a cluster host's cache of objects (at most `cache_bytes` of them), with
@@ -62,11 +66,11 @@ impl Store {
 }
 
 /// Starts the threads: [`PIECE_THREADS`] for read-ahead pieces, [`WALK_THREADS`] for
-/// directory walks, each set on its own queue. They end when the store (which owns the
-/// senders) is dropped.
+/// directory walks, [`HYDRATE_THREADS`] for hydrations, each set on its own queue. They end
+/// when the store (which owns the senders) is dropped.
 fn start(store: Weak<Store>) -> PrefetchQueues {
-    let queue = |threads: usize| {
-        let (jobs, rx) = sync_channel(QUEUE);
+    let queue = |threads: usize, waiting: usize| {
+        let (jobs, rx) = sync_channel(waiting);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..threads {
             let (store, rx) = (store.clone(), rx.clone());
@@ -78,8 +82,9 @@ fn start(store: Weak<Store>) -> PrefetchQueues {
         jobs
     };
     PrefetchQueues {
-        pieces: queue(PIECE_THREADS),
-        walks: queue(WALK_THREADS),
+        pieces: queue(PIECE_THREADS, QUEUE),
+        walks: queue(WALK_THREADS, QUEUE),
+        hydrations: queue(HYDRATE_THREADS, HYDRATE_QUEUE),
     }
 }
 
@@ -98,6 +103,9 @@ fn run(store: Weak<Store>, jobs: Arc<Mutex<Receiver<PrefetchJob>>>) {
                 Ok(())
             }
             PrefetchJob::Dir { root, dir } => children(&store, root, dir),
+            PrefetchJob::Hydrate(root) => store.hydrate(root).map(|h| {
+                tracing::debug!("hydrated {root}: {h:?}");
+            }),
         };
         if let Err(e) = done {
             tracing::debug!("prefetch: {e}");

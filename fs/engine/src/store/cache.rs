@@ -27,10 +27,12 @@ const READ_AHEAD_PIECE: usize = 128;
 pub(super) const UPLOAD_BATCH_BYTES: usize = 32 << 20;
 
 /// Where prefetch jobs go: read-ahead pieces, which readers wait for, to threads of their own,
-/// never queued behind directory walks (each of which takes several round trips).
+/// never queued behind directory walks (each of which takes several round trips); whole-tree
+/// hydrations, the least urgent, to one thread of their own.
 pub(crate) struct PrefetchQueues {
     pub(crate) pieces: SyncSender<PrefetchJob>,
     pub(crate) walks: SyncSender<PrefetchJob>,
+    pub(crate) hydrations: SyncSender<PrefetchJob>,
 }
 
 /// What the prefetcher fetches ahead of reads.
@@ -40,6 +42,8 @@ pub(crate) enum PrefetchJob {
     /// The children of directory `dir` in the tree at `root`: their records, then the first
     /// chunks of their files.
     Dir { root: Hash, dir: u64 },
+    /// The whole tree at `root` (see `remote/hydrate.rs`).
+    Hydrate(Hash),
 }
 
 /// A cluster host's object cache: bytes held, the bound, and reads served locally (`hits`)
@@ -211,6 +215,14 @@ impl Store {
     pub(crate) fn prefetch_later(&self, job: PrefetchJob) {
         if let Some(queues) = self.prefetcher.get() {
             let _ = queues.walks.try_send(job);
+        }
+    }
+
+    /// Cluster mode: queues a hydration of the tree at `root` (`remote/hydrate.rs`) for the
+    /// background; dropped if several are waiting already.
+    pub fn hydrate_later(&self, root: Hash) {
+        if let Some(queues) = self.prefetcher.get() {
+            let _ = queues.hydrations.try_send(PrefetchJob::Hydrate(root));
         }
     }
 

@@ -1,0 +1,128 @@
+//! Hydration: a cluster host about to serve a workspace it has not seen fetches the whole
+//! namespace first (every tree node, a level at a time in parallel batches), so `ls -R`,
+//! `find` and `git status` then run on local reads; and then its most recently modified
+//! files' chunks, up to a budget, so their first reads are local too. Session starts queue
+//! it in the background (`remote/prefetch.rs`); a scheduler that knows where the next session
+//! lands asks for it ahead (`POST /v1/workspaces/{id}/warm`), and that call returns when it
+//! is done.
+
+use parking_lot::Mutex;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::error::FsResult;
+use crate::format::hash::Hash;
+use crate::format::keys::{self, Decoded};
+use crate::format::node::Node;
+use crate::format::records::{self, Extent, Inode, Timespec};
+use crate::remote::ObjectKind;
+use crate::store::Store;
+
+/// Tree nodes per parallel request batch.
+const NODE_BATCH: usize = 64;
+/// Chunks per parallel request batch: 8 MiB of full chunks, a pack's size.
+const CHUNK_BATCH: usize = 128;
+/// Chunks a hydration considers at most, whatever their sizes: bounds its memory (a heap
+/// entry is ~64 bytes) on a tree of millions of tiny files.
+const MAX_CHUNKS: usize = 1 << 18;
+
+/// One hydration at a time: each fetches in parallel batches already, and more would only
+/// split the bandwidth and the cache between them (and let many warm calls pile up fetches).
+static HYDRATING: Mutex<()> = Mutex::new(());
+
+/// What a hydration fetched (objects already here are not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Hydrated {
+    /// Tree nodes in the state's tree.
+    pub nodes: u64,
+    /// Chunks chosen (within the budget), and their bytes.
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+}
+
+/// A chunk to fetch, ordered by how soon its file was modified, then by its place in the
+/// file: the heap keeps the most wanted ones within the budget.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Wanted {
+    mtime: Timespec,
+    first: Reverse<u64>,
+    hash: Hash,
+    len: u32,
+}
+
+impl Store {
+    /// Cluster mode: fetches every node of the tree at `root`, then its chunks, newest files
+    /// first, up to half the object cache (the rest stays for what sessions read). Objects
+    /// held here already cost nothing. Without a cluster, everything is local: does nothing.
+    pub fn hydrate(&self, root: Hash) -> FsResult<Hydrated> {
+        let mut done = Hydrated::default();
+        if !self.is_cluster() {
+            return Ok(done);
+        }
+        let _one = HYDRATING.lock();
+        let chunk_budget = self.cache_stats().limit / 2;
+        let mut wanted = BinaryHeap::new();
+        let mut bytes = 0u64;
+        // The inode whose records the walk is in (keys sort by inode, its attributes first).
+        let mut current = (0u64, Timespec::default());
+        let mut level = vec![root];
+        while !level.is_empty() {
+            done.nodes += level.len() as u64;
+            for batch in level.chunks(NODE_BATCH) {
+                self.prefetch(ObjectKind::Node, batch);
+            }
+            let mut next = Vec::new();
+            for h in &level {
+                match &*self.get_node(h)? {
+                    Node::Branch(children) => next.extend(children.iter().map(|(_, c)| *c)),
+                    Node::Leaf(entries) => {
+                        for (k, v) in entries {
+                            match keys::decode(k) {
+                                Some(Decoded::Inode(ino)) => {
+                                    let inode: Inode = records::decode(v)?;
+                                    current = (ino, inode.mtime);
+                                }
+                                Some(Decoded::Extent(ino, index)) if chunk_budget > 0 => {
+                                    let e: Extent = records::decode(v)?;
+                                    let mtime = if ino == current.0 {
+                                        current.1
+                                    } else {
+                                        Timespec::default()
+                                    };
+                                    bytes += u64::from(e.len);
+                                    wanted.push(Reverse(Wanted {
+                                        mtime,
+                                        first: Reverse(index),
+                                        hash: e.hash,
+                                        len: e.len,
+                                    }));
+                                    // Drop the least wanted past the budget.
+                                    while bytes > chunk_budget || wanted.len() > MAX_CHUNKS {
+                                        let Some(Reverse(w)) = wanted.pop() else {
+                                            break;
+                                        };
+                                        bytes -= u64::from(w.len);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            level = next;
+        }
+        // Most wanted first: newest files, each from its start.
+        let order: Vec<Hash> = wanted
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse(w)| w.hash)
+            .collect();
+        done.chunks = order.len() as u64;
+        done.chunk_bytes = bytes;
+        for batch in order.chunks(CHUNK_BATCH) {
+            self.prefetch(ObjectKind::Chunk, batch);
+        }
+        Ok(done)
+    }
+}
