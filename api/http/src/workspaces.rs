@@ -201,7 +201,8 @@ pub(crate) async fn set_name(
     params(("workspace" = String, Path, description = "name or id")), responses(
     (status = 200, body = WarmView),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
-    (status = 404, body = ErrorResponse)))]
+    (status = 404, body = ErrorResponse),
+    (status = 503, body = ErrorResponse, description = "another warm-up runs on this host")))]
 pub(crate) async fn warm_workspace(
     State(svc): State<Arc<Service>>,
     Account(a): Account,

@@ -1,6 +1,8 @@
 //! How a chunk's bytes are stored: a codec byte, then the bytes raw or lz4-compressed
 //! (`Format::chunk_codec`). Locally and in a cluster's packs alike.
 
+use std::borrow::Cow;
+
 use crate::error::{FsError, FsResult};
 
 /// Codec bytes of stored chunk values.
@@ -29,9 +31,15 @@ pub fn encode_chunk(raw: &[u8]) -> Vec<u8> {
 }
 
 pub fn decode_chunk(stored: &[u8]) -> FsResult<Vec<u8>> {
+    chunk_bytes(stored).map(Cow::into_owned)
+}
+
+/// A chunk's bytes: borrowed from `stored` where it is raw (no copy), else decompressed.
+pub fn chunk_bytes(stored: &[u8]) -> FsResult<Cow<'_, [u8]>> {
     match stored.split_first() {
-        Some((&CHUNK_RAW, rest)) => Ok(rest.to_vec()),
+        Some((&CHUNK_RAW, rest)) => Ok(Cow::Borrowed(rest)),
         Some((&CHUNK_LZ4, rest)) => lz4_flex::block::decompress_size_prepended(rest)
+            .map(Cow::Owned)
             .map_err(|e| FsError::corrupt(format!("chunk does not decompress: {e}"))),
         _ => Err(FsError::corrupt("unknown chunk codec")),
     }

@@ -25,7 +25,7 @@ use crate::remote::{ObjectKind, Remote};
 use crate::store::{PrefetchJob, PrefetchQueues, Store, StoreOptions};
 
 /// Bytes of a sequentially read file fetched ahead of the reader.
-pub const READ_AHEAD: u64 = 32 << 20;
+pub const READ_AHEAD: u64 = 64 << 20;
 /// Per listed directory: at most this many tree nodes, and chunks of this many bytes.
 const DIR_NODES: usize = 256;
 const DIR_CHUNK_BYTES: u64 = 16 << 20;
@@ -37,7 +37,7 @@ const BATCH: usize = 64;
 const QUEUE: usize = 64;
 /// Threads fetching read-ahead pieces: a sequential reader's next pieces download while it
 /// reads the ones before (each piece is released to the reader as soon as it is here).
-const PIECE_THREADS: usize = 4;
+const PIECE_THREADS: usize = 8;
 /// Threads walking directories (fetching a listing's nodes and first chunks).
 const WALK_THREADS: usize = 4;
 /// Hydrations (whole trees, `hydrate.rs`): one at a time, behind what readers ask for.

@@ -2,13 +2,15 @@
 //! used first), with reads that wait for a fetch already in flight instead of asking again;
 //! and chunks uploaded before a root may refer to them.
 
+use indexmap::IndexMap;
 use rocksdb::WriteOptions;
 use std::collections::HashSet;
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{FsError, FsResult};
-use crate::format::codec::decode_chunk;
+use crate::format::codec::chunk_bytes;
 use crate::format::hash::Hash;
 use crate::remote::{CommitToken, ObjectKind, Remote};
 
@@ -21,6 +23,11 @@ pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// A sequential reader's read-ahead is fetched in pieces of this many chunks (8 MiB, a pack's
 /// size), side by side on the prefetch threads, each released to the reader when it is here.
 const READ_AHEAD_PIECE: usize = 128;
+
+/// Cluster mode: chunks the prefetcher fetched are also held in memory, the latest this many
+/// bytes of them (twice the read-ahead): the reader they were fetched for copies them from
+/// here, without waiting for their write into RocksDB or reading them back out of it.
+const FRESH_BYTES: usize = 64 << 20;
 
 /// Bytes per upload request batch: bounds the memory an upload of staged chunks takes (the
 /// object store packs a batch into a few objects and sends them in parallel).
@@ -58,7 +65,37 @@ pub struct CacheStats {
     pub prefetched: u64,
 }
 
+/// Chunks fetched ahead of reads, verified, as stored (codec byte first), oldest first (see
+/// [`FRESH_BYTES`]).
+#[derive(Default)]
+pub(super) struct FreshChunks {
+    chunks: IndexMap<Hash, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl FreshChunks {
+    fn insert(&mut self, hash: Hash, data: Arc<Vec<u8>>) {
+        self.bytes += data.len();
+        if let Some(old) = self.chunks.insert(hash, data) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > FRESH_BYTES {
+            let Some((_, old)) = self.chunks.shift_remove_index(0) else {
+                break;
+            };
+            self.bytes -= old.len();
+        }
+    }
+}
+
 impl Store {
+    /// Cluster mode: a chunk the prefetcher fetched lately, if memory still holds it.
+    pub(super) fn fresh_chunk(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
+        let data = self.fresh.lock().chunks.get(hash).cloned()?;
+        self.cache_touch(hash);
+        Some(data)
+    }
+
     /// Cluster mode: an object missing here, from the object store (checked against its
     /// hash, then cached here). `None` without a cluster or if the object store lacks it.
     pub(super) fn fetch(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
@@ -104,15 +141,12 @@ impl Store {
 
     /// Checks an object from the object store against its hash and caches it here.
     pub(super) fn admit(&self, kind: ObjectKind, hash: &Hash, bytes: &[u8]) -> FsResult<()> {
-        let matches = match kind {
-            ObjectKind::Node => Hash::of(bytes) == *hash,
-            ObjectKind::Chunk => Hash::of(&decode_chunk(bytes)?) == *hash,
-        };
-        if !matches {
-            return Err(FsError::corrupt(format!(
-                "object {hash} from the object store does not match its hash"
-            )));
-        }
+        verify(kind, hash, bytes)?;
+        self.cache_put(kind, hash, bytes)
+    }
+
+    /// Caches a verified object here.
+    fn cache_put(&self, kind: ObjectKind, hash: &Hash, bytes: &[u8]) -> FsResult<()> {
         // The cache leaves twice the reserve free, so it never takes the room writes need.
         // Past that it only costs the copy: the read goes on from memory, and the cache
         // shrinks to what it holds, so later objects take the place of older ones.
@@ -154,13 +188,17 @@ impl Store {
             return Vec::new();
         };
         let cf = db.cf(kind_cf(kind));
+        let fresh = self.fresh.lock();
         let mut in_flight = self.in_flight.lock();
         hashes
             .iter()
             .filter(|h| {
-                let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
-                    || (db.key_may_exist_cf(cf, h.0)
-                        && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
+                let cached = match kind {
+                    ObjectKind::Node => self.nodes.get(h).is_some(),
+                    // Fetched, and in RocksDB soon if not already.
+                    ObjectKind::Chunk => fresh.chunks.contains_key(*h),
+                } || (db.key_may_exist_cf(cf, h.0)
+                    && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
                 !cached && in_flight.insert(**h)
             })
             .copied()
@@ -183,23 +221,38 @@ impl Store {
                 self.0.clear_in_flight(self.1);
             }
         }
-        let _clear = Clear(self, wanted);
-        match remote.get_objects(kind, wanted) {
-            Ok(objects) => {
-                let mut n = 0;
-                for (h, bytes) in wanted.iter().zip(objects) {
-                    let Some(bytes) = bytes else { continue };
-                    match self.admit(kind, h, &bytes) {
-                        Ok(()) => n += 1,
-                        Err(e) => tracing::warn!("prefetch: {e}"),
-                    }
-                }
-                let mut c = self.cache.lock();
-                c.misses += n;
-                c.prefetched += n;
+        let clear = Clear(self, wanted);
+        let objects = match remote.get_objects(kind, wanted) {
+            Ok(objects) => objects,
+            Err(e) => return tracing::debug!("prefetch: {e}"),
+        };
+        let mut verified = Vec::with_capacity(wanted.len());
+        for (h, bytes) in wanted.iter().zip(objects) {
+            let Some(bytes) = bytes else { continue };
+            match verify(kind, h, &bytes) {
+                Ok(()) => verified.push((h, Arc::new(bytes))),
+                Err(e) => tracing::warn!("prefetch: {e}"),
             }
-            Err(e) => tracing::debug!("prefetch: {e}"),
         }
+        // Chunks go to memory first, and their readers are woken before the writes into
+        // RocksDB (which nodes, read from there, wait for).
+        if kind == ObjectKind::Chunk {
+            let mut fresh = self.fresh.lock();
+            for (h, bytes) in &verified {
+                fresh.insert(**h, bytes.clone());
+            }
+            drop(fresh);
+            drop(clear);
+        }
+        let n = verified.len() as u64;
+        for (h, bytes) in verified {
+            if let Err(e) = self.cache_put(kind, h, &bytes) {
+                tracing::warn!("prefetch: {e}");
+            }
+        }
+        let mut c = self.cache.lock();
+        c.misses += n;
+        c.prefetched += n;
     }
 
     fn clear_in_flight(&self, hashes: &[Hash]) {
@@ -419,4 +472,18 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Checks an object from the object store against its hash.
+fn verify(kind: ObjectKind, hash: &Hash, bytes: &[u8]) -> FsResult<()> {
+    let matches = match kind {
+        ObjectKind::Node => Hash::of(bytes) == *hash,
+        ObjectKind::Chunk => Hash::of(&chunk_bytes(bytes)?) == *hash,
+    };
+    if !matches {
+        return Err(FsError::corrupt(format!(
+            "object {hash} from the object store does not match its hash"
+        )));
+    }
+    Ok(())
 }

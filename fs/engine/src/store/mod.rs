@@ -134,6 +134,8 @@ pub struct Store {
     /// (`fetched`) instead of asking the object store again.
     in_flight: Mutex<HashSet<Hash>>,
     fetched: Condvar,
+    /// Cluster mode: the chunks the prefetcher fetched lately, in memory.
+    fresh: Mutex<cache::FreshChunks>,
     prefetcher: OnceLock<PrefetchQueues>,
 }
 
@@ -322,6 +324,7 @@ impl Store {
             }),
             in_flight: Mutex::new(HashSet::new()),
             fetched: Condvar::new(),
+            fresh: Mutex::new(cache::FreshChunks::default()),
             prefetcher: OnceLock::new(),
         });
         let weak = Arc::downgrade(&store);

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::error::{FsError, FsResult};
-use crate::format::codec::{decode_chunk, encode_chunk, CHUNK_RAW};
+use crate::format::codec::{chunk_bytes, decode_chunk, encode_chunk, CHUNK_RAW};
 use crate::format::hash::Hash;
 use crate::format::node::Node;
 use crate::remote::ObjectKind;
@@ -95,6 +95,18 @@ impl Store {
     /// hardware, see `.cargo/config.toml`), which costs a fraction of rehashing the chunk
     /// with BLAKE3 on every read; [`Store::get_chunk`] (fsck, read-modify-write) still does.
     pub fn read_chunk(&self, hash: &Hash, len: usize, from: usize, dst: &mut [u8]) -> FsResult<()> {
+        let wrong_length = || FsError::corrupt(format!("chunk {hash} has the wrong length"));
+        if self.remote.is_some() {
+            // Fetched ahead of this read and verified then: copied from memory.
+            if let Some(stored) = self.fresh_chunk(hash) {
+                let data = chunk_bytes(&stored)?;
+                if data.len() != len {
+                    return Err(wrong_length());
+                }
+                copy_span(dst, &data, from);
+                return Ok(());
+            }
+        }
         let db = self.db()?;
         let Some(stored) = db.get_pinned_cf(db.cf(CF_CHUNKS), hash.0)? else {
             let stored = self
@@ -102,15 +114,12 @@ impl Store {
                 .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
             let data = decode_chunk(&stored)?;
             if data.len() != len {
-                return Err(FsError::corrupt(format!(
-                    "chunk {hash} has the wrong length"
-                )));
+                return Err(wrong_length());
             }
             copy_span(dst, &data, from);
             return Ok(());
         };
         self.cache_touch(hash);
-        let wrong_length = || FsError::corrupt(format!("chunk {hash} has the wrong length"));
         let mut copy = |data: &[u8]| {
             if data.len() != len {
                 return Err(wrong_length());
