@@ -46,6 +46,49 @@ fn a_session_mounts_and_its_files_persist_across_sessions_and_restarts() {
     d.unmount(&sid2);
 }
 
+/// The times a writer's `stat` showed are the times every later session shows, to the
+/// nanosecond: git's index records them, and a mismatch makes `git status` read every file
+/// again (on a cold cluster host, from the object store). The kernel keeps a written file's
+/// mtime and ctime itself on these mounts (writeback cache) and sends both when it flushes.
+#[test]
+fn a_later_session_shows_the_times_the_writer_saw() {
+    use std::os::unix::fs::MetadataExt;
+    let times = |path: &std::path::Path| {
+        let m = std::fs::metadata(path).unwrap();
+        (
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.len(),
+        )
+    };
+    let d = Daemon::start();
+    d.create_workspace("times");
+    let (sid, mnt) = d.mount("times", "a");
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        let path = mnt.join(format!("f{i}"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&vec![i as u8; 1000 * (i + 1)]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        f.write_all(b"more").unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        seen.push(times(&path));
+    }
+    d.unmount(&sid);
+    let (sid, mnt) = d.mount("times", "b");
+    for (i, want) in seen.iter().enumerate() {
+        let got = times(&mnt.join(format!("f{i}")));
+        assert_eq!(
+            &got, want,
+            "f{i}: (mtime, ctime, size) now vs as its writer saw them"
+        );
+    }
+    d.unmount(&sid);
+}
+
 #[test]
 fn mountpoints_are_checked_and_a_workspace_has_one_session() {
     let d = Daemon::start();

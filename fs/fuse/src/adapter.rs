@@ -248,7 +248,7 @@ impl Filesystem for FuseAdapter {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<std::time::SystemTime>,
+        ctime: Option<std::time::SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
@@ -267,6 +267,7 @@ impl Filesystem for FuseAdapter {
             size,
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
+            ctime: ctime.map(Timespec::from_system_time),
         };
         attr(reply, self.ws.setattr(ino.0, &set));
     }

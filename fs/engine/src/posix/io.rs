@@ -237,7 +237,7 @@ impl Workspace {
         if let Some(t) = set.mtime {
             i.mtime = pick(t);
         }
-        i.ctime = now;
+        i.ctime = set.ctime.unwrap_or(now);
         st.save(ino, i);
         st.attr(ino)
     }

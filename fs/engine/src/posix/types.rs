@@ -64,6 +64,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
+    /// The change time the kernel keeps itself on a writeback-cache mount, sent with the
+    /// times it flushes: stored as sent, so every later session (on any host) shows the
+    /// ctime the writer saw, as git's index recorded it. Otherwise the change time is now.
+    pub ctime: Option<Timespec>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

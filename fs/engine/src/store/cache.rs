@@ -25,13 +25,14 @@ pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 const READ_AHEAD_PIECE: usize = 128;
 
 /// Cluster mode: chunks the prefetcher fetched are also held in memory, the latest this many
-/// bytes of them (twice the read-ahead): the reader they were fetched for copies them from
+/// bytes of them (as much as the read-ahead): the reader they were fetched for copies them from
 /// here, without waiting for their write into RocksDB or reading them back out of it.
 const FRESH_BYTES: usize = 64 << 20;
 
 /// Bytes per upload request batch: bounds the memory an upload of staged chunks takes (the
-/// object store packs a batch into a few objects and sends them in parallel).
-pub(super) const UPLOAD_BATCH_BYTES: usize = 32 << 20;
+/// object store packs a batch into 8 MiB objects and sends them in parallel: eight, as many
+/// as `chaserfs-cluster` puts at once).
+pub(super) const UPLOAD_BATCH_BYTES: usize = 64 << 20;
 
 /// Where prefetch jobs go: read-ahead pieces, which readers wait for, to threads of their own,
 /// never queued behind directory walks (each of which takes several round trips); whole-tree
