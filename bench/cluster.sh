@@ -2,30 +2,48 @@
 # Cluster figures, each beside a baseline from the same run: a native ext4
 # directory on the same disk, and a single-host chaserfs (RocksDB). The cluster is
 # scripts/cluster.sh's (3 etcd members, 3 Garage nodes with replication 3, all on loopback)
-# with two chaserfs hosts, A and B.
+# with two chaserfs hosts, A and B, and beside JuiceFS on the same stores (etcd metadata, a
+# second Garage bucket; bench/cluster-jfs.sh has its configuration) with hosts A and B of its
+# own: one JuiceFS mount writes, then a fresh one with another, empty cache dir reads.
 #
-#   bash bench/cluster.sh [--size-mib N] [--files N]   (defaults: 1024 MiB, 10000 files)
+#   bash bench/cluster.sh [--size-mib N] [--files N] [--git-files N] [--jfs-git 1]
+#       (defaults: 1024 MiB, 10000 files, 20000 files in the git repository)
+#   STORE_BENCH=PATH skips building store-bench (as CHASERFS_BIN skips building chaserfs).
 #
 # Prints: sequential write with fsync (on A: the upload), cold session start on B (a host
 # that never saw the workspace), cold and warm sequential read and tree read on B, the time
-# for another host to take a workspace over after SIGKILL, and B's cache figures. Before any
-# chaserfs host starts, store-bench (bench/src/store.rs) measures the stores alone on the
-# same bucket and etcd (S3 PUT/GET of 8 MiB and 64 KiB objects, ranged 64 KiB GETs out of
-# 8 MiB objects, etcd compare-and-put txns); its table is printed, and the upload and
-# sequential read rows again as fractions of the matching store ceiling. Clone,
+# for another host to take a workspace over after SIGKILL, B's cache figures, and the reads on
+# B after a restart (its cache empty) and a warm-ahead call (POST .../warm); each also
+# for JuiceFS, with a chaserfs / JuiceFS ratio. Then `git status` in a repository of
+# --git-files files: on the single host after a session restart with the page cache dropped,
+# and on B, which never saw that workspace, each cold and then warm (for JuiceFS too with
+# --jfs-git 1: off by default, as JuiceFS uploads each file as it is closed and copying the
+# repository in takes minutes). And the peak RSS (VmHWM) of A's and B's daemons and of
+# JuiceFS's mounts. Before any chaserfs host starts, store-bench (bench/src/store.rs)
+# measures the stores alone on the same bucket and etcd (S3 PUT/GET of 8 MiB and 64 KiB
+# objects, ranged 64 KiB GETs out of 8 MiB objects, etcd compare-and-put txns); its table is
+# printed, and the upload and sequential read rows (chaserfs's and JuiceFS's) again as
+# fractions of the matching store ceiling. Clone,
 # snapshot and restore throughput on a cluster host: `bash bench/api.sh --cluster DIR`
 # (`chaserfs bench` against a daemon on the stores `scripts/cluster.sh start DIR` started).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 source bench/lib.sh
+source bench/cluster-jfs.sh
 SIZE_MIB=1024
 FILES=10000
-bench_args "[--size-mib N] [--files N]" --size-mib=SIZE_MIB --files=FILES -- "$@"
+GIT_FILES=20000
+JFS_GIT=0
+bench_args "[--size-mib N] [--files N] [--git-files N] [--jfs-git 1]" --size-mib=SIZE_MIB \
+    --files=FILES --git-files=GIT_FILES --jfs-git=JFS_GIT -- "$@"
 bash scripts/install-cluster-stores.sh
+jfs_install
 bench_work cluster-bench
-cargo build --release -p chaserfs-bench --bin store-bench -q
-STORE_BENCH="$CARGO_TARGET_DIR/release/store-bench"
+if [ -z "${STORE_BENCH:-}" ]; then
+    cargo build --release -p chaserfs-bench --bin store-bench -q
+    STORE_BENCH="$CARGO_TARGET_DIR/release/store-bench"
+fi
 # The Garage scripts/cluster.sh runs (its own lookup), and how it was built.
 GARAGE="${GARAGE_BIN:-$(command -v garage || echo /var/cache/chaserfs/garage/bin/garage)}"
 if [ "$GARAGE" = /var/cache/chaserfs/garage/bin/garage ]; then
@@ -35,8 +53,12 @@ else
 fi
 GARAGE_ABOUT="$("$GARAGE" --version | sed -n 1p) at $GARAGE ($GARAGE_BUILD)"
 stop_stores() { bash scripts/cluster.sh stop "$WORK/stores"; }
-BENCH_AT_EXIT+=(stop_stores)
-failed() { echo "bench/cluster.sh: failed at line $1; daemon logs:" >&2; tail -n 20 "$WORK"/*/daemon.log >&2; }
+# JuiceFS unmounts while its stores still answer.
+BENCH_AT_EXIT+=(jfs_stop stop_stores)
+failed() {
+    echo "bench/cluster.sh: failed at line $1; daemon logs:" >&2
+    tail -n 20 "$WORK"/*/daemon.log "$WORK"/jfs/*/mount.log >&2 2>/dev/null
+}
 trap 'failed $LINENO' ERR
 PORT_BASE=$((10000 + RANDOM % 5000)) bash scripts/cluster.sh start "$WORK/stores" >/dev/null
 source "$WORK/stores/env"
@@ -47,6 +69,9 @@ echo "stores alone (store-bench, before any chaserfs host started); Garage: $GAR
 echo
 "$STORE_BENCH" "$WORK/stores/env" --drop-caches --json-file "$WORK/store.json" \
     2>"$WORK/store-bench.log" || { tail -n 20 "$WORK/store-bench.log" >&2; exit 1; }
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l; }
+jfs_format
 # The single host must not see the cluster's variables (the flags read them too); the
 # cluster hosts get them as flags.
 export -n CHASER_S3_ENDPOINT CHASER_S3_BUCKET CHASER_ETCD_ENDPOINTS
@@ -70,29 +95,36 @@ api() { # api PORT METHOD PATH [BODY]
     curl -sSf -X "$2" "http://127.0.0.1:$1$3" -H "Authorization: Bearer $KEY" \
         -H "Content-Type: application/json" ${4:+-d "$4"}
 }
-now() { date +%s.%N; }
-secs() { echo "$2 - $1" | bc -l; }
 PA=$((30000 + RANDOM % 2000)); PB=$((PA + 1)); PL=$((PA + 2))
 start a "$PA" cluster
 start b "$PB" cluster
 start local "$PL"
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
-# The data: one file of random bytes, and a tree of FILES small files (100 per directory,
-# 1 to 8 KiB each), made once on ext4 and copied into each target.
-mkdir -p "$WORK/src/tree"
-head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/src/big"
-python3 - "$WORK/src/tree" "$FILES" <<'PY'
+# The data: one file of random bytes, a tree of FILES small files (100 per directory, 1 to
+# 8 KiB each), and a git repository of GIT_FILES files (100 per directory, 256 B to 4 KiB,
+# the size of source files) with one commit, made once on ext4 and copied into each target.
+make_files() { # make_files DIR N MIN_BYTES MAX_BYTES
+    python3 - "$@" <<'PY'
 import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(7)
 for i in range(n):
     d = os.path.join(root, f"d{i // 100}")
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, f"f{i}"), "wb") as f:
-        f.write(rng.randbytes(rng.randint(1024, 8192)))
+        f.write(rng.randbytes(rng.randint(lo, hi)))
 PY
+}
+mkdir -p "$WORK/src"
+head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/src/big"
+make_files "$WORK/src/tree" "$FILES" 1024 8192
 TREE_MIB=$(du -sm "$WORK/src/tree" | cut -f1)
+make_files "$WORK/src/git" "$GIT_FILES" 256 4096
+git -C "$WORK/src/git" init -q
+git -C "$WORK/src/git" add -A
+git -C "$WORK/src/git" -c user.name=bench -c user.email=bench@localhost commit -q -m files
+GIT_MIB=$(du -sm "$WORK/src/git" | cut -f1)
 
 session() { # session PORT WORKSPACE MOUNTPOINT: prints the session id
     api "$1" POST /v1/sessions "{\"workspace\":\"$2\",\"mountpoint\":\"$3\"}" | jq -r .id
@@ -119,6 +151,26 @@ read_all() {
     t2=$(now)
     R_BIG=$(secs "$t0" "$t1"); R_TREE=$(secs "$t1" "$t2")
 }
+# git_copy DIR: the repository copied into DIR/repo, its index refreshed there (git status
+# rewrites it with this filesystem's inode numbers and times, as after a checkout), synced.
+git_copy() {
+    cp -a "$WORK/src/git" "$1/repo"
+    git -C "$1/repo" status --porcelain >/dev/null
+    sync -f "$1" && sync "$1/repo"
+}
+# git_status DIR: `git status --porcelain` in DIR/repo, which must find nothing changed; sets
+# GIT_SECS, and GIT_REWROTE to yes if git rewrote the index (some file's stat data differed
+# from the index's, so git read the file to compare it), looked at after the run so as not to
+# warm anything.
+git_status() {
+    local t0 out
+    t0=$(now)
+    out=$(git -C "$1/repo" status --porcelain)
+    GIT_SECS=$(secs "$t0" "$(now)")
+    [ -z "$out" ] || { echo "git status in $1/repo found changes: ${out:0:200}" >&2; return 1; }
+    GIT_REWROTE=no
+    if [ "$(echo "$(stat -c %.9Y "$1/repo/.git/index") >= $t0" | bc)" = 1 ]; then GIT_REWROTE=yes; fi
+}
 
 # Native ext4, on the same disk.
 mkdir -p "$WORK/native"
@@ -133,6 +185,15 @@ api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
 t0=$(now); SL=$(session "$PL" bench "$WORK/local/mnt/w"); LMOUNT=$(secs "$t0" "$(now)")
 drop_caches; read_all "$WORK/local/mnt/w"; LR_BIG=$R_BIG; LR_TREE=$R_TREE
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
+# git status after the session is restarted and the page cache dropped, then again.
+api "$PL" POST /v1/workspaces '{"session_type":"sandbox","name":"git"}' >/dev/null
+SL=$(session "$PL" git "$WORK/local/mnt/g")
+git_copy "$WORK/local/mnt/g"
+api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
+SL=$(session "$PL" git "$WORK/local/mnt/g")
+drop_caches; git_status "$WORK/local/mnt/g"; LG_COLD=$GIT_SECS; LG_REWROTE=$GIT_REWROTE
+git_status "$WORK/local/mnt/g"; LG_WARM=$GIT_SECS
+api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
 
 # Cluster: written on A (every fsync uploads to Garage and commits in etcd), read on B.
 api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/null
@@ -143,11 +204,59 @@ t0=$(now); SB=$(session "$PB" bench "$WORK/b/mnt/w"); CMOUNT=$(secs "$t0" "$(now
 drop_caches; read_all "$WORK/b/mnt/w"; CR_BIG=$R_BIG; CR_TREE=$R_TREE
 drop_caches; read_all "$WORK/b/mnt/w"; WR_BIG=$R_BIG; WR_TREE=$R_TREE
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
+# git status on B in a second workspace, written on A, that B has never seen (its cache holds
+# none of it): cold, then warm.
+api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"git"}' >/dev/null
+SA=$(session "$PA" git "$WORK/a/mnt/g")
+git_copy "$WORK/a/mnt/g"
+api "$PA" DELETE "/v1/sessions/$SA" >/dev/null
+t0=$(now); SB=$(session "$PB" git "$WORK/b/mnt/g"); GMOUNT=$(secs "$t0" "$(now)")
+drop_caches; git_status "$WORK/b/mnt/g"; CG_COLD=$GIT_SECS; CG_REWROTE=$GIT_REWROTE
+git_status "$WORK/b/mnt/g"; CG_WARM=$GIT_SECS
+api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
+
+# JuiceFS on the same stores, the same workloads: written by its host A's mount, which then
+# unmounts; read by host B's, a fresh mount with another, empty cache dir.
+jfs_mount a
+write "$WORK/jfs/a/mnt"; JW_BIG=$W_BIG; JW_TREE=$W_TREE
+if [ "$JFS_GIT" = 1 ]; then
+    # In parallel: each close waits for its PUT, and how the files got there is not measured.
+    mkdir "$WORK/jfs/a/mnt/repo"
+    (cd "$WORK/src/git" && find . -type d -print0 | (cd "$WORK/jfs/a/mnt/repo" && xargs -0 mkdir -p) \
+        && find . ! -type d -print0 | xargs -0 -P 32 -n 64 cp -a --parents -t "$WORK/jfs/a/mnt/repo")
+    git -C "$WORK/jfs/a/mnt/repo" status --porcelain >/dev/null
+    sync -f "$WORK/jfs/a/mnt" && sync "$WORK/jfs/a/mnt/repo"
+fi
+jfs_umount a; JHWM_A=$JFS_HWM
+jfs_mount b; JMOUNT=$JFS_MOUNT
+drop_caches; read_all "$WORK/jfs/b/mnt"; JR_BIG=$R_BIG; JR_TREE=$R_TREE
+drop_caches; read_all "$WORK/jfs/b/mnt"; JWR_BIG=$R_BIG; JWR_TREE=$R_TREE
+if [ "$JFS_GIT" = 1 ]; then
+    drop_caches; git_status "$WORK/jfs/b/mnt"; JG_COLD=$GIT_SECS; JG_REWROTE=$GIT_REWROTE
+    git_status "$WORK/jfs/b/mnt"; JG_WARM=$GIT_SECS
+fi
+jfs_umount b; JHWM_B=$JFS_HWM; JSTATS_B=$JFS_STATS
+
+# Warm-ahead: B restarted (a cluster host empties its cache at start), asked to warm the
+# workspace (POST .../warm returns once the tree and the newest chunks are here), then a
+# session and the reads with the page cache dropped: what a scheduler that knows where the
+# next session lands gets.
+hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; } # peak RSS, MiB
+HWM_B=$(hwm "$PID_b")
+kill -TERM "$PID_b"; wait "$PID_b" || true
+STATS=$(grep -o 'cluster objects: .*' "$WORK/b/daemon.log" | tail -1)
+start b "$PB" cluster
+t0=$(now); WARMED=$(api "$PB" POST /v1/workspaces/bench/warm); WARM_SECS=$(secs "$t0" "$(now)")
+SB=$(session "$PB" bench "$WORK/b/mnt/w")
+drop_caches; read_all "$WORK/b/mnt/w"; AR_BIG=$R_BIG; AR_TREE=$R_TREE
+api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 
 # Failover: SIGKILL A with a session open; B retries its session start until A's hold expires.
 SA=$(session "$PA" bench "$WORK/a/mnt/w")
 echo synced >"$WORK/a/mnt/w/last" && sync "$WORK/a/mnt/w/last"
+HWM_A=$(hwm "$PID_a")
 kill -KILL "$PID_a"; t0=$(now)
+wait "$PID_a" 2>/dev/null || true # reaped here, or bash reports "Killed" amid the output
 until SB=$(session "$PB" bench "$WORK/b/mnt/w2" 2>/dev/null) && [ -n "$SB" ] && [ "$SB" != null ]; do
     sleep 0.1
 done
@@ -156,50 +265,75 @@ FAILOVER=$(secs "$t0" "$(now)")
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 umount -l "$WORK/a/mnt/w" 2>/dev/null || true
 kill -TERM "$PID_b"; wait "$PID_b" || true
-STATS=$(grep -o 'cluster objects: .*' "$WORK/b/daemon.log" | tail -1)
 
 mibs() { echo "$1 / $2" | bc -l | xargs printf '%.0f MiB/s'; }
 fps() { echo "$FILES / $1" | bc -l | xargs printf '%.0f files/s'; }
 ratio() { echo "$2 / $1" | bc -l | xargs printf '%.2fx'; }
+commas() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 echo
 echo "cluster: 3 etcd + 3 Garage (replication 3) on loopback; ${SIZE_MIB} MiB file, $FILES files ($TREE_MIB MiB)"
 echo "Garage: $GARAGE_ABOUT"
+echo "JuiceFS: $JFS_ABOUT; etcd metadata (prefix jfs), Garage bucket jfs; defaults but ${JFS_FLAGS[*]}"
+echo "  (--writeback off: each file's close waits for its upload, fsync for the rest)"
 echo
-echo "| workload | native ext4 | single host | cluster | cluster / native |"
-echo "|---|---|---|---|---|"
-echo "| sequential write + fsync (A) | $(mibs "$SIZE_MIB" "$NW_BIG") | $(mibs "$SIZE_MIB" "$LW_BIG") | $(mibs "$SIZE_MIB" "$CW_BIG") | $(ratio "$CW_BIG" "$NW_BIG") |"
-echo "| tree copy + sync (A) | $(fps "$NW_TREE") | $(fps "$LW_TREE") | $(fps "$CW_TREE") | $(ratio "$CW_TREE" "$NW_TREE") |"
-echo "| sequential read, cold (B) | $(mibs "$SIZE_MIB" "$NR_BIG") | $(mibs "$SIZE_MIB" "$LR_BIG") | $(mibs "$SIZE_MIB" "$CR_BIG") | $(ratio "$CR_BIG" "$NR_BIG") |"
-echo "| tree read, cold (B) | $(fps "$NR_TREE") | $(fps "$LR_TREE") | $(fps "$CR_TREE") | $(ratio "$CR_TREE" "$NR_TREE") |"
-echo "| sequential read, B's cache | | | $(mibs "$SIZE_MIB" "$WR_BIG") | $(ratio "$WR_BIG" "$NR_BIG") |"
-echo "| tree read, B's cache | | | $(fps "$WR_TREE") | $(ratio "$WR_TREE" "$NR_TREE") |"
+# Both ratios are of speeds: above 1, the first is faster.
+echo "| workload | native ext4 | single host | cluster | JuiceFS | cluster / native | cluster / JuiceFS |"
+echo "|---|---|---|---|---|---|---|"
+echo "| sequential write + fsync (A) | $(mibs "$SIZE_MIB" "$NW_BIG") | $(mibs "$SIZE_MIB" "$LW_BIG") | $(mibs "$SIZE_MIB" "$CW_BIG") | $(mibs "$SIZE_MIB" "$JW_BIG") | $(ratio "$CW_BIG" "$NW_BIG") | $(ratio "$CW_BIG" "$JW_BIG") |"
+echo "| tree copy + sync (A) | $(fps "$NW_TREE") | $(fps "$LW_TREE") | $(fps "$CW_TREE") | $(fps "$JW_TREE") | $(ratio "$CW_TREE" "$NW_TREE") | $(ratio "$CW_TREE" "$JW_TREE") |"
+echo "| sequential read, cold (B) | $(mibs "$SIZE_MIB" "$NR_BIG") | $(mibs "$SIZE_MIB" "$LR_BIG") | $(mibs "$SIZE_MIB" "$CR_BIG") | $(mibs "$SIZE_MIB" "$JR_BIG") | $(ratio "$CR_BIG" "$NR_BIG") | $(ratio "$CR_BIG" "$JR_BIG") |"
+echo "| tree read, cold (B) | $(fps "$NR_TREE") | $(fps "$LR_TREE") | $(fps "$CR_TREE") | $(fps "$JR_TREE") | $(ratio "$CR_TREE" "$NR_TREE") | $(ratio "$CR_TREE" "$JR_TREE") |"
+echo "| sequential read, B's cache | | | $(mibs "$SIZE_MIB" "$WR_BIG") | $(mibs "$SIZE_MIB" "$JWR_BIG") | $(ratio "$WR_BIG" "$NR_BIG") | $(ratio "$WR_BIG" "$JWR_BIG") |"
+echo "| tree read, B's cache | | | $(fps "$WR_TREE") | $(fps "$JWR_TREE") | $(ratio "$WR_TREE" "$NR_TREE") | $(ratio "$WR_TREE" "$JWR_TREE") |"
+echo "| sequential read, B warmed ahead | | | $(mibs "$SIZE_MIB" "$AR_BIG") | | $(ratio "$AR_BIG" "$NR_BIG") | |"
+echo "| tree read, B warmed ahead | | | $(fps "$AR_TREE") | | $(ratio "$AR_TREE" "$NR_TREE") | |"
 echo
 printf 'session end on A (final commit): %.2f s\n' "$CEND"
-printf 'session start: single host %.3f s, cold on B %.3f s\n' "$LMOUNT" "$CMOUNT"
+# JuiceFS's is a new process's (its mount is its session); chaserfs's daemon is already up.
+printf 'session start: single host %.3f s, cold on B %.3f s; JuiceFS mount on B (process start to root visible) %.3f s\n' \
+    "$LMOUNT" "$CMOUNT" "$JMOUNT"
 printf 'failover after SIGKILL of A: %.1f s (lease TTL %s s)\n' "$FAILOVER" "$LEASE_TTL"
-echo "B's $STATS"
+echo "B's $STATS (before its restart)"
+printf 'warm-ahead on B after its restart: %.2f s (%s)\n' "$WARM_SECS" \
+    "$(echo "$WARMED" | jq -r '"\(.nodes) nodes, \(.chunks) chunks, \(.chunk_bytes / 1048576 | floor) MiB"')"
+echo "JuiceFS B's $JSTATS_B"
+printf 'git status, %s files (%s MiB with .git): single host %.2f s, cold on B %.2f s (B / single host = %.1fx), warm on B %.2f s\n' \
+    "$(commas "$GIT_FILES")" "$GIT_MIB" "$LG_COLD" "$CG_COLD" "$(echo "$CG_COLD / $LG_COLD" | bc -l)" "$CG_WARM"
+printf '  (warm single host %.2f s; session start on B %.3f s; the cold run rewrote the index: single host %s, B %s)\n' \
+    "$LG_WARM" "$GMOUNT" "$LG_REWROTE" "$CG_REWROTE"
+if [ "$JFS_GIT" = 1 ]; then
+    printf 'git status, JuiceFS: cold on B %.2f s, warm on B %.2f s (the cold run rewrote the index: %s)\n' \
+        "$JG_COLD" "$JG_WARM" "$JG_REWROTE"
+else
+    echo "git status, JuiceFS: not run (--jfs-git 1)"
+fi
+echo "B's daemon peak RSS through the cold and cached reads: $HWM_B MiB (A's: $HWM_A MiB; JuiceFS mount on B: $JHWM_B MiB, on A: $JHWM_A MiB)"
 
-# The cluster's rows again, each as a fraction of what the stores alone gave (store-bench
-# above): the upload against whole 8 MiB PUTs (a pack is up to 8 MiB), the sequential reads
-# against ranged 64 KiB GETs (how chunks are read out of packs) and whole 8 MiB GETs. The
-# best of 8 and 64 in flight is the ceiling where both were measured.
+# The upload and sequential read rows again, each as a fraction of what the stores alone gave
+# (store-bench above): the upload against whole 8 MiB PUTs (a chaserfs pack is up to 8 MiB, a
+# JuiceFS block 4 MiB), the sequential reads against ranged 64 KiB GETs (how chaserfs reads
+# chunks out of packs) and whole 8 MiB GETs. The best of 8 and 64 in flight is the ceiling
+# where both were measured.
 ceiling() { # ceiling ROW...: "MIB_PER_S IN_FLIGHT OPERATION" of the fastest of those rows
     local rows
     rows=$(printf '.rows.%s,' "$@")
     jq -r "[${rows%,}] | max_by(.mib_per_s) | \"\(.mib_per_s) \(.in_flight) \(.operation)\"" \
         "$WORK/store.json"
 }
-vs() { # vs LABEL SECONDS ROW...: a row of the cluster figure against that ceiling
+vs() { # vs LABEL SECONDS ROW...: a row's figure against that ceiling
     local mib in_flight op
     read -r mib in_flight op <<<"$(ceiling "${@:3}")"
     printf '| %s | %s | %s, %s in flight: %.0f MiB/s | %.2fx |\n' "$1" "$(mibs "$SIZE_MIB" "$2")" \
         "$op" "$in_flight" "$mib" "$(echo "$SIZE_MIB / $2 / $mib" | bc -l)"
 }
 echo
-echo "| cluster row | cluster | store ceiling (store-bench) | cluster / ceiling |"
+echo "| row | figure | store ceiling (store-bench) | figure / ceiling |"
 echo "|---|---|---|---|"
-vs "sequential write + fsync (A): the upload" "$CW_BIG" put_8mib_x8 put_8mib_x64
-vs "sequential read, cold (B)" "$CR_BIG" range_64kib_x64
-vs "sequential read, cold (B)" "$CR_BIG" get_8mib_x8 get_8mib_x64
-vs "sequential read, B's cache" "$WR_BIG" range_64kib_x64
-vs "sequential read, B's cache" "$WR_BIG" get_8mib_x8 get_8mib_x64
+vs "cluster: sequential write + fsync (A): the upload" "$CW_BIG" put_8mib_x8 put_8mib_x64
+vs "cluster: sequential read, cold (B)" "$CR_BIG" range_64kib_x64
+vs "cluster: sequential read, cold (B)" "$CR_BIG" get_8mib_x8 get_8mib_x64
+vs "cluster: sequential read, B's cache" "$WR_BIG" range_64kib_x64
+vs "cluster: sequential read, B's cache" "$WR_BIG" get_8mib_x8 get_8mib_x64
+vs "JuiceFS: sequential write + fsync (A): the upload" "$JW_BIG" put_8mib_x8 put_8mib_x64
+vs "JuiceFS: sequential read, cold (B)" "$JR_BIG" range_64kib_x64
+vs "JuiceFS: sequential read, cold (B)" "$JR_BIG" get_8mib_x8 get_8mib_x64
