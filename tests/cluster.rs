@@ -584,6 +584,56 @@ fn a_warmed_host_reads_with_the_object_store_stopped() {
     b.unmount(&sid);
 }
 
+/// A large write goes up to the object store while it is written, before its fsync; a
+/// collection that deletes those packs before the fsync (no root refers to them yet) only
+/// makes the fsync send them again: the other host reads every byte.
+#[test]
+fn a_large_write_goes_up_before_its_fsync_and_a_collection_cannot_lose_it() {
+    let Some(stores) = Stores::start_or_skip(&[]) else {
+        return;
+    };
+    let quiet = ["--gc-interval", "0", "--commit-interval", "3600"];
+    let a = stores.host("host-a", &quiet);
+    let b = stores.host("host-b", &quiet);
+    a.create_workspace("ahead");
+    let (sid, path) = a.mount("ahead", "ahead");
+    let data = common::noise(21, 112 << 20);
+    let src = stores.dir.path().join("ahead-src");
+    std::fs::write(&src, &data).unwrap();
+    // O_DIRECT: the bytes reach the daemon now, not when the page cache writes them back;
+    // and no fsync, so no commit.
+    let dd = Command::new("dd")
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", path.join("big").display()))
+        .args(["bs=1M", "oflag=direct", "status=none"])
+        .output()
+        .unwrap();
+    assert!(
+        dd.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dd.stderr)
+    );
+    let sent = stores.wait_bucket_bytes("an upload ahead of the fsync", |n| n >= 64 << 20);
+    println!("{} MiB in the bucket before any fsync", sent >> 20);
+
+    let report = collect(&stores);
+    assert!(report["deleted_packs"].as_u64().unwrap() >= 1, "{report}");
+
+    std::fs::File::open(path.join("big"))
+        .unwrap()
+        .sync_all()
+        .expect("the fsync sends what the collection deleted again");
+    a.unmount(&sid);
+    let (sid, path) = b.mount("ahead", "ahead-b");
+    assert!(
+        std::fs::read(path.join("big")).unwrap() == data,
+        "B reads other bytes"
+    );
+    b.unmount(&sid);
+    let (ok, out) = stores.cli(&["fsck"]);
+    assert!(ok, "cluster fsck: {out}");
+}
+
 /// A workspace 100,000 directories deep with a directory of 1,000,000 entries, made on one
 /// host, read back whole by a cold session on another (`CHASERFS_DEEP_*` change the sizes).
 #[test]
@@ -652,15 +702,20 @@ impl Stores {
     }
 }
 
-/// The packs `chaserfs gc`'s report says it repacked ("gc: ... deleted N packs (M repacked),
-/// ..." on stdout). The one place these tests read the CLI's text: `gc` has no `--json`.
-/// The packs a collection repacked, from `chaserfs gc --json`'s report.
-fn repacked_packs(stdout: &str) -> u64 {
-    let report: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("gc's report is not JSON ({e}): {stdout}"));
-    report["repacked_packs"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no repacked_packs in gc's report: {report}"))
+/// One collection across the cluster (`chaserfs gc --json`, no grace period): its report.
+fn collect(stores: &Stores) -> Value {
+    let gc = stores
+        .cli_command(&["gc", "--json", "--gc-grace", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&gc.stdout);
+    assert!(
+        gc.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("gc's report is not JSON ({e}): {stdout}"))
 }
 
 fn rand_suffix() -> u64 {
@@ -752,18 +807,9 @@ fn a_mostly_dead_pack_is_repacked() {
     std::fs::remove_file(path.join("drop")).unwrap();
     a.unmount(&sid);
     let before = stores.wait_bucket_bytes("the bucket to count both files", |n| n >= 6 << 20);
-    let gc = stores
-        .cli_command(&["gc", "--json", "--gc-grace", "0"])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&gc.stdout);
-    assert!(
-        gc.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
+    let report = collect(&stores);
     println!("{report}");
-    assert!(repacked_packs(&report) >= 1, "{report}");
+    assert!(report["repacked_packs"].as_u64().unwrap() >= 1, "{report}");
     let (sid, path) = b.mount("mixed", "mixed-b");
     assert_eq!(std::fs::read(path.join("keep")).unwrap(), keep);
     assert!(!path.join("drop").exists());

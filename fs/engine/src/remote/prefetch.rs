@@ -61,6 +61,7 @@ impl Store {
         }
         let store = Self::open_inner(path, opts, Some(remote), cache_bytes)?;
         store.set_prefetcher(start(Arc::downgrade(&store)));
+        store.start_uploader();
         Ok(store)
     }
 }

@@ -393,13 +393,19 @@ impl Store {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        // Chunks sent ahead (`ahead.rs`) are in the object store still, unless a collection
+        // started since: then every staged chunk is offered again.
+        let skip = match owner.map(|ws| self.sent_ahead(ws)) {
+            Some((n, Some(first))) if first == token => n.min(staged.len()),
+            _ => 0,
+        };
         // Nodes and chunks share batches: a small commit is one upload.
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let nodes_then_chunks = nodes
             .iter()
             .map(|(h, b)| FsResult::Ok((ObjectKind::Node, *h, b.clone())))
-            .chain(staged.iter().map(|h| {
+            .chain(staged[skip..].iter().map(|h| {
                 let db = self.db()?;
                 let stored = db
                     .get_cf(db.cf(CF_CHUNKS), h.0)?
@@ -438,6 +444,10 @@ impl Store {
         // Each refusal means a sweep started during the upload; sweeps are rare (one per
         // `--gc-interval`), so this gives up only if collections run back to back.
         let started = std::time::Instant::now();
+        // Never beside an upload ahead of this workspace's (`ahead.rs`): both would pack
+        // the same chunks.
+        let lock = owner.map(|ws| self.upload_lock(ws));
+        let _one = lock.as_ref().map(|l| l.lock());
         let uploaded = loop {
             let token = remote.begin_commit()?;
             let written = self
@@ -462,6 +472,7 @@ impl Store {
                 let uploaded: HashSet<&Hash> = uploaded.iter().collect();
                 set.retain(|h| !uploaded.contains(h));
             }
+            self.reset_ahead(ws, false);
             for h in uploaded {
                 let db = self.db()?;
                 let len = db

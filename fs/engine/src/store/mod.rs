@@ -28,6 +28,7 @@ use crate::format::Format;
 use crate::remote::{ObjectKind, Remote};
 use node_cache::NodeCache;
 
+mod ahead;
 mod cache;
 mod compaction;
 mod node_cache;
@@ -136,6 +137,9 @@ pub struct Store {
     fetched: Condvar,
     /// Cluster mode: the chunks the prefetcher fetched lately, in memory.
     fresh: Mutex<cache::FreshChunks>,
+    /// Cluster mode: staged chunks sent before their commit (`ahead.rs`), and where to ask.
+    ahead: Mutex<ahead::Ahead>,
+    uploader: OnceLock<std::sync::mpsc::SyncSender<uuid::Uuid>>,
     prefetcher: OnceLock<PrefetchQueues>,
 }
 
@@ -325,6 +329,8 @@ impl Store {
             in_flight: Mutex::new(HashSet::new()),
             fetched: Condvar::new(),
             fresh: Mutex::new(cache::FreshChunks::default()),
+            ahead: Mutex::new(ahead::Ahead::default()),
+            uploader: OnceLock::new(),
             prefetcher: OnceLock::new(),
         });
         let weak = Arc::downgrade(&store);

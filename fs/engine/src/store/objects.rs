@@ -177,11 +177,13 @@ impl Store {
         // Counted after the write: a flush that starts after this count covers these bytes.
         self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
         if let (Some(_), Some(ws)) = (&self.remote, owner) {
-            self.staged
-                .lock()
-                .entry(ws)
-                .or_default()
-                .extend(chunks.iter().map(|(h, _)| *h));
+            let staged = {
+                let mut staged = self.staged.lock();
+                let set = staged.entry(ws).or_default();
+                set.extend(chunks.iter().map(|(h, _)| *h));
+                set.len()
+            };
+            self.upload_ahead_later(ws, staged);
         }
         Ok(())
     }

@@ -296,6 +296,7 @@ impl Store {
 
     pub(crate) fn mark_closed(&self, id: uuid::Uuid) {
         self.staged.lock().remove(&id);
+        self.reset_ahead(id, true);
         if self.open.lock().remove(&id) {
             if let Some(remote) = &self.remote {
                 remote.release(id);

@@ -1,0 +1,129 @@
+//! Cluster mode: a large write's chunks go up to the object store while it is written, so its
+//! fsync (the commit) sends only the tail. Once a workspace has a batch of staged chunks not
+//! sent yet, a thread of its own uploads them, a batch at a time. They stay staged: the
+//! commit still offers every staged chunk, and the object store's index of what it holds
+//! skips those already sent (or sends them again if a collection deleted them meanwhile, as
+//! for any upload that a sweep overtook). Best effort: a full queue or an error leaves the
+//! work to the commit.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Weak};
+
+use crate::error::{FsError, FsResult};
+use crate::format::hash::Hash;
+use crate::format::CHUNK_SIZE;
+use crate::remote::{CommitToken, ObjectKind};
+
+use super::cache::UPLOAD_BATCH_BYTES;
+use super::{Store, CF_CHUNKS};
+
+/// Staged chunks per upload ahead: a batch of full chunks.
+const AHEAD_CHUNKS: usize = UPLOAD_BATCH_BYTES / CHUNK_SIZE;
+
+/// Per workspace: how many of its staged chunks (a prefix, in staging order) were sent ahead
+/// and the commit token the first batch was sent with, and the lock its uploads take, so an
+/// upload ahead and a commit never send the same chunks side by side (each would make a pack
+/// of them, and both packs would stay).
+#[derive(Default)]
+pub(super) struct Ahead {
+    sent: HashMap<uuid::Uuid, (usize, CommitToken)>,
+    locks: HashMap<uuid::Uuid, Arc<Mutex<()>>>,
+}
+
+impl Store {
+    /// Starts the uploader thread; it ends when the store is dropped.
+    pub(crate) fn start_uploader(self: &Arc<Self>) {
+        let (tx, rx) = sync_channel::<uuid::Uuid>(4);
+        let store: Weak<Store> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("upload-ahead".into())
+            .spawn(move || {
+                while let Ok(ws) = rx.recv() {
+                    let Some(store) = store.upgrade() else { return };
+                    if let Err(e) = store.upload_ahead(ws) {
+                        tracing::debug!("upload ahead: {e}");
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = self.uploader.set(tx);
+            }
+            Err(e) => tracing::warn!("no upload-ahead thread: {e}"),
+        }
+    }
+
+    /// After a write staged chunks for `ws`: asks the uploader to send them once a batch is
+    /// waiting.
+    pub(super) fn upload_ahead_later(&self, ws: uuid::Uuid, staged: usize) {
+        let Some(tx) = self.uploader.get() else {
+            return;
+        };
+        let (sent, _) = self.sent_ahead(ws);
+        if staged >= sent + AHEAD_CHUNKS {
+            let _ = tx.try_send(ws);
+        }
+    }
+
+    /// How many of `ws`'s staged chunks were sent ahead (the first ones), and the commit token
+    /// the first batch was sent with: a commit with the same token (no collection started
+    /// since) need not send them again.
+    pub(super) fn sent_ahead(&self, ws: uuid::Uuid) -> (usize, Option<CommitToken>) {
+        match self.ahead.lock().sent.get(&ws) {
+            Some(&(n, token)) => (n, Some(token)),
+            None => (0, None),
+        }
+    }
+
+    /// The lock `ws`'s uploads (ahead and at commit) take.
+    pub(super) fn upload_lock(&self, ws: uuid::Uuid) -> Arc<Mutex<()>> {
+        self.ahead.lock().locks.entry(ws).or_default().clone()
+    }
+
+    /// After a commit of `ws` sent its staged chunks, or when it closes: counts from the
+    /// start again (what a commit left staged came after its upload began).
+    pub(super) fn reset_ahead(&self, ws: uuid::Uuid, closed: bool) {
+        let mut ahead = self.ahead.lock();
+        ahead.sent.remove(&ws);
+        if closed {
+            ahead.locks.remove(&ws);
+        }
+    }
+
+    /// Sends `ws`'s staged chunks not sent yet, a batch at a time, while full batches wait.
+    fn upload_ahead(&self, ws: uuid::Uuid) -> FsResult<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let lock = self.upload_lock(ws);
+        loop {
+            // Per batch: a commit meanwhile waits for one batch at most.
+            let _one = lock.lock();
+            let (sent, first) = self.sent_ahead(ws);
+            let batch: Vec<Hash> = match self.staged.lock().get(&ws) {
+                Some(set) if set.len() >= sent + AHEAD_CHUNKS => {
+                    set.iter().skip(sent).take(AHEAD_CHUNKS).copied().collect()
+                }
+                _ => return Ok(()),
+            };
+            let mut objects = Vec::with_capacity(batch.len());
+            for h in &batch {
+                let db = self.db()?;
+                let stored = db.get_cf(db.cf(CF_CHUNKS), h.0)?;
+                drop(db);
+                // Gone: the workspace closed, or its file was removed and the chunk freed.
+                let stored = stored.ok_or(FsError::NotFound)?;
+                objects.push((ObjectKind::Chunk, *h, stored));
+            }
+            let token = remote.begin_commit()?;
+            remote.put_objects(objects, token)?;
+            let first = first.unwrap_or(token);
+            self.ahead
+                .lock()
+                .sent
+                .insert(ws, (sent + batch.len(), first));
+        }
+    }
+}
