@@ -134,8 +134,24 @@ impl Stores {
         available(extra).then(Stores::start)
     }
 
-    /// Starts the stores; they must be installed (see [`Stores::start_or_skip`]).
+    /// Starts the stores; they must be installed (see [`Stores::start_or_skip`]). A start
+    /// that fails (once in a CI run, all three Garage nodes aborted as they started) is tried
+    /// again on other ports, twice at most, and said on stderr.
     pub fn start() -> Stores {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Stores::try_start() {
+                Ok(stores) => return stores,
+                Err(why) => {
+                    let _ = writeln!(std::io::stderr(), "stores did not start, again: {why}");
+                    failures.push(why);
+                }
+            }
+        }
+        panic!("cluster.sh start failed three times: {failures:#?}");
+    }
+
+    fn try_start() -> Result<Stores, String> {
         let dir = tempfile::Builder::new()
             .prefix("chaserfs-cluster")
             .tempdir_in("/var/tmp")
@@ -157,12 +173,26 @@ impl Stores {
             cmd.env("ETCD_BIN", etcd);
         }
         let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "cluster.sh start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let logs: String = (1..=3)
+                .map(|i| {
+                    let log = std::fs::read_to_string(dir.path().join(format!("garage{i}.log")));
+                    let log = log.unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    format!("garage{i}.log ends: {tail:?}\n")
+                })
+                .collect();
+            let _ = Command::new("bash")
+                .arg(script())
+                .arg("stop")
+                .arg(dir.path())
+                .status();
+            return Err(format!(
+                "ports from {base}: {}{}{logs}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         let env = std::fs::read_to_string(dir.path().join("env"))
             .unwrap()
             .lines()
@@ -170,11 +200,11 @@ impl Stores {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Stores {
+        Ok(Stores {
             prefix: format!("/test-{}-{slot}/", std::process::id()),
             dir,
             env,
-        }
+        })
     }
 
     pub fn var(&self, k: &str) -> &str {

@@ -100,7 +100,7 @@ fn run(store: Weak<Store>, jobs: Arc<Mutex<Receiver<PrefetchJob>>>) {
         let done = match job {
             // One call, so the object store's reads of the batch run in parallel.
             PrefetchJob::Marked(hashes) => {
-                store.fetch_marked(ObjectKind::Chunk, &hashes);
+                store.fetch_marked(ObjectKind::Chunk, &hashes, true);
                 Ok(())
             }
             PrefetchJob::Dir { root, dir } => children(&store, root, dir),

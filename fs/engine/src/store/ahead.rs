@@ -7,7 +7,7 @@
 //! work to the commit.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Weak};
 
@@ -22,14 +22,24 @@ use super::{Store, CF_CHUNKS};
 /// Staged chunks per upload ahead: a batch of full chunks.
 const AHEAD_CHUNKS: usize = UPLOAD_BATCH_BYTES / CHUNK_SIZE;
 
-/// Per workspace: how many of its staged chunks (a prefix, in staging order) were sent ahead
-/// and the commit token the first batch was sent with, and the lock its uploads take, so an
-/// upload ahead and a commit never send the same chunks side by side (each would make a pack
-/// of them, and both packs would stay).
+/// Per workspace: what was sent ahead, whether the uploader has it queued, and the lock its
+/// uploads take, so an upload ahead and a commit never send the same chunks side by side
+/// (each would make a pack of them, and both packs would stay).
 #[derive(Default)]
 pub(super) struct Ahead {
-    sent: HashMap<uuid::Uuid, (usize, CommitToken)>,
+    sent: HashMap<uuid::Uuid, Sent>,
+    queued: HashSet<uuid::Uuid>,
     locks: HashMap<uuid::Uuid, Arc<Mutex<()>>>,
+}
+
+struct Sent {
+    /// How far into the staged chunks (in staging order) the uploader got: its progress only.
+    through: usize,
+    /// The chunks it sent: in packs the object store indexed, which stay while no
+    /// collection starts, whichever session staged them.
+    hashes: HashSet<Hash>,
+    /// The commit token the first of them went up with.
+    first: CommitToken,
 }
 
 impl Store {
@@ -55,25 +65,36 @@ impl Store {
         }
     }
 
-    /// After a write staged chunks for `ws`: asks the uploader to send them once a batch is
-    /// waiting.
+    /// After a write staged chunks for `ws` (`staged` of them now): asks the uploader to
+    /// send them once a batch is waiting.
     pub(super) fn upload_ahead_later(&self, ws: uuid::Uuid, staged: usize) {
         let Some(tx) = self.uploader.get() else {
             return;
         };
-        let (sent, _) = self.sent_ahead(ws);
-        if staged >= sent + AHEAD_CHUNKS {
-            let _ = tx.try_send(ws);
+        let mut ahead = self.ahead.lock();
+        let through = ahead.sent.get(&ws).map_or(0, |s| s.through);
+        // Queued once: the uploader goes on while full batches wait.
+        if staged >= through + AHEAD_CHUNKS && ahead.queued.insert(ws) && tx.try_send(ws).is_err() {
+            ahead.queued.remove(&ws);
         }
     }
 
-    /// How many of `ws`'s staged chunks were sent ahead (the first ones), and the commit token
-    /// the first batch was sent with: a commit with the same token (no collection started
-    /// since) need not send them again.
-    pub(super) fn sent_ahead(&self, ws: uuid::Uuid) -> (usize, Option<CommitToken>) {
-        match self.ahead.lock().sent.get(&ws) {
-            Some(&(n, token)) => (n, Some(token)),
-            None => (0, None),
+    /// Of `ws`'s staged `chunks`, those a commit with `token` must still offer: all but the
+    /// ones sent ahead, unless a collection started since the first of those went up.
+    pub(super) fn not_sent_ahead(
+        &self,
+        ws: uuid::Uuid,
+        token: CommitToken,
+        chunks: &[Hash],
+    ) -> Vec<Hash> {
+        let ahead = self.ahead.lock();
+        match ahead.sent.get(&ws) {
+            Some(sent) if sent.first == token => chunks
+                .iter()
+                .filter(|h| !sent.hashes.contains(*h))
+                .copied()
+                .collect(),
+            _ => chunks.to_vec(),
         }
     }
 
@@ -82,8 +103,8 @@ impl Store {
         self.ahead.lock().locks.entry(ws).or_default().clone()
     }
 
-    /// After a commit of `ws` sent its staged chunks, or when it closes: counts from the
-    /// start again (what a commit left staged came after its upload began).
+    /// After a commit of `ws` sent its staged chunks, or when it closes: starts again (what
+    /// a commit left staged came after its upload began).
     pub(super) fn reset_ahead(&self, ws: uuid::Uuid, closed: bool) {
         let mut ahead = self.ahead.lock();
         ahead.sent.remove(&ws);
@@ -97,15 +118,19 @@ impl Store {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
+        self.ahead.lock().queued.remove(&ws);
         let lock = self.upload_lock(ws);
         loop {
             // Per batch: a commit meanwhile waits for one batch at most.
             let _one = lock.lock();
-            let (sent, first) = self.sent_ahead(ws);
+            let through = self.ahead.lock().sent.get(&ws).map_or(0, |s| s.through);
             let batch: Vec<Hash> = match self.staged.lock().get(&ws) {
-                Some(set) if set.len() >= sent + AHEAD_CHUNKS => {
-                    set.iter().skip(sent).take(AHEAD_CHUNKS).copied().collect()
-                }
+                Some(set) if set.len() >= through + AHEAD_CHUNKS => set
+                    .iter()
+                    .skip(through)
+                    .take(AHEAD_CHUNKS)
+                    .copied()
+                    .collect(),
                 _ => return Ok(()),
             };
             let mut objects = Vec::with_capacity(batch.len());
@@ -119,11 +144,14 @@ impl Store {
             }
             let token = remote.begin_commit()?;
             remote.put_objects(objects, token)?;
-            let first = first.unwrap_or(token);
-            self.ahead
-                .lock()
-                .sent
-                .insert(ws, (sent + batch.len(), first));
+            let mut ahead = self.ahead.lock();
+            let sent = ahead.sent.entry(ws).or_insert_with(|| Sent {
+                through: 0,
+                hashes: HashSet::new(),
+                first: token,
+            });
+            sent.through = through + batch.len();
+            sent.hashes.extend(batch);
         }
     }
 }

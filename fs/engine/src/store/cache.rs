@@ -24,10 +24,12 @@ pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// size), side by side on the prefetch threads, each released to the reader when it is here.
 const READ_AHEAD_PIECE: usize = 128;
 
-/// Cluster mode: chunks the prefetcher fetched are also held in memory, the latest this many
+/// Cluster mode: chunks of read-ahead pieces are also held in memory, the latest this many
 /// bytes of them (as much as the read-ahead): the reader they were fetched for copies them from
 /// here, without waiting for their write into RocksDB or reading them back out of it.
 const FRESH_BYTES: usize = 64 << 20;
+/// ... and at most this many of them (a sequential reader's chunks are mostly full ones).
+const FRESH_CHUNKS: usize = 4096;
 
 /// Bytes per upload request batch: bounds the memory an upload of staged chunks takes (the
 /// object store packs a batch into 8 MiB objects and sends them in parallel: eight, as many
@@ -80,7 +82,7 @@ impl FreshChunks {
         if let Some(old) = self.chunks.insert(hash, data) {
             self.bytes -= old.len();
         }
-        while self.bytes > FRESH_BYTES {
+        while self.bytes > FRESH_BYTES || self.chunks.len() > FRESH_CHUNKS {
             let Some((_, old)) = self.chunks.shift_remove_index(0) else {
                 break;
             };
@@ -104,6 +106,10 @@ impl Store {
             return Ok(None);
         };
         if self.wait_in_flight(hash) {
+            // A read-ahead piece wakes its readers before it writes into RocksDB.
+            if let Some(stored) = self.fresh_chunk(hash) {
+                return Ok(Some(stored.to_vec()));
+            }
             let db = self.db()?;
             let local = db.get_cf(db.cf(kind_cf(kind)), hash.0)?;
             drop(db);
@@ -175,7 +181,7 @@ impl Store {
     /// `prefetch.rs`). Errors are left to the reads that need the objects.
     pub(crate) fn prefetch(&self, kind: ObjectKind, hashes: &[Hash]) {
         let wanted = self.mark_in_flight(kind, hashes);
-        self.fetch_marked(kind, &wanted);
+        self.fetch_marked(kind, &wanted, false);
     }
 
     /// Marks the objects of `hashes` neither held here nor already in flight as in flight:
@@ -189,26 +195,33 @@ impl Store {
             return Vec::new();
         };
         let cf = db.cf(kind_cf(kind));
-        let fresh = self.fresh.lock();
-        let mut in_flight = self.in_flight.lock();
-        hashes
+        // Looked up without the locks, which every read takes: an object stored meanwhile
+        // is only fetched twice.
+        let missing: Vec<Hash> = hashes
             .iter()
             .filter(|h| {
-                let cached = match kind {
-                    ObjectKind::Node => self.nodes.get(h).is_some(),
-                    // Fetched, and in RocksDB soon if not already.
-                    ObjectKind::Chunk => fresh.chunks.contains_key(*h),
-                } || (db.key_may_exist_cf(cf, h.0)
-                    && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
-                !cached && in_flight.insert(**h)
+                let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
+                    || (db.key_may_exist_cf(cf, h.0)
+                        && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
+                !cached
             })
             .copied()
+            .collect();
+        drop(db);
+        let fresh = self.fresh.lock();
+        let mut in_flight = self.in_flight.lock();
+        missing
+            .into_iter()
+            // In memory (fetched, in RocksDB soon), or being fetched.
+            .filter(|h| !fresh.chunks.contains_key(h) && in_flight.insert(*h))
             .collect()
     }
 
     /// Fetches objects [`Store::mark_in_flight`] marked, caches them, and clears their marks
-    /// (waking the reads that wait for them), whether or not the fetch succeeded.
-    pub(crate) fn fetch_marked(&self, kind: ObjectKind, wanted: &[Hash]) {
+    /// (waking the reads that wait for them), whether or not the fetch succeeded. A
+    /// read-ahead piece (`hand_over`) goes to memory first, and its readers are woken before
+    /// its writes into RocksDB.
+    pub(crate) fn fetch_marked(&self, kind: ObjectKind, wanted: &[Hash], hand_over: bool) {
         let Some(remote) = &self.remote else {
             return;
         };
@@ -235,9 +248,7 @@ impl Store {
                 Err(e) => tracing::warn!("prefetch: {e}"),
             }
         }
-        // Chunks go to memory first, and their readers are woken before the writes into
-        // RocksDB (which nodes, read from there, wait for).
-        if kind == ObjectKind::Chunk {
+        if hand_over && kind == ObjectKind::Chunk {
             let mut fresh = self.fresh.lock();
             for (h, bytes) in &verified {
                 fresh.insert(**h, bytes.clone());
@@ -395,9 +406,9 @@ impl Store {
             .collect();
         // Chunks sent ahead (`ahead.rs`) are in the object store still, unless a collection
         // started since: then every staged chunk is offered again.
-        let skip = match owner.map(|ws| self.sent_ahead(ws)) {
-            Some((n, Some(first))) if first == token => n.min(staged.len()),
-            _ => 0,
+        let offered = match owner {
+            Some(ws) => self.not_sent_ahead(ws, token, &staged),
+            None => Vec::new(),
         };
         // Nodes and chunks share batches: a small commit is one upload.
         let mut batch = Vec::new();
@@ -405,7 +416,7 @@ impl Store {
         let nodes_then_chunks = nodes
             .iter()
             .map(|(h, b)| FsResult::Ok((ObjectKind::Node, *h, b.clone())))
-            .chain(staged[skip..].iter().map(|h| {
+            .chain(offered.iter().map(|h| {
                 let db = self.db()?;
                 let stored = db
                     .get_cf(db.cf(CF_CHUNKS), h.0)?
