@@ -30,12 +30,13 @@ const MAX_CHUNKS: usize = 1 << 18;
 /// split the bandwidth and the cache between them (and let many warm calls pile up fetches).
 static HYDRATING: Mutex<()> = Mutex::new(());
 
-/// What a hydration fetched (objects already here are not counted).
+/// What a hydration went through; objects already here cost nothing and count too.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Hydrated {
     /// Tree nodes in the state's tree.
     pub nodes: u64,
-    /// Chunks chosen (within the budget), and their bytes.
+    /// Chunks chosen (within the budget), and their bytes (a chunk in several files counts
+    /// once for each).
     pub chunks: u64,
     pub chunk_bytes: u64,
 }
@@ -82,11 +83,13 @@ impl Store {
         let mut level = vec![root];
         while !level.is_empty() {
             done.nodes += level.len() as u64;
-            for batch in level.chunks(NODE_BATCH) {
-                self.prefetch(ObjectKind::Node, batch);
-            }
             let mut next = Vec::new();
-            for h in &level {
+            // A batch fetched, then read: a level larger than the cache is never fetched
+            // whole before its first nodes are read (they would be evicted and fetched again).
+            for (i, h) in level.iter().enumerate() {
+                if i % NODE_BATCH == 0 {
+                    self.prefetch(ObjectKind::Node, &level[i..level.len().min(i + NODE_BATCH)]);
+                }
                 match &*self.get_node(h)? {
                     Node::Branch(children) => next.extend(children.iter().map(|(_, c)| *c)),
                     Node::Leaf(entries) => {
