@@ -896,6 +896,7 @@ fn accounts_are_isolated() {
             Some(json!({"template": true})),
         ),
         ("GET", format!("/v1/workspaces/{a_id}/snapshots"), None),
+        ("POST", format!("/v1/workspaces/{a_id}/warm"), None),
         (
             "POST",
             format!("/v1/workspaces/{a_id}/snapshots"),
