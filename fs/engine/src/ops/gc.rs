@@ -25,7 +25,7 @@ use crate::format::hash::Hash;
 use crate::format::keys;
 use crate::format::node::Node;
 use crate::format::records::{self, Extent};
-use crate::store::{DeletedRange, Store, CF_CHUNKS, CF_NODES};
+use crate::store::{DeletedRange, KeyScan, Store, CF_CHUNKS, CF_NODES};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GcReport {
@@ -137,8 +137,8 @@ fn sweep(
     let mut range: Option<DeletedRange> = None;
     let mut candidates = Vec::with_capacity(SWEEP_BATCH);
     let cf = db.cf(cf_name);
-    let mut iter = db.raw_iterator_cf(cf);
-    iter.seek_to_first();
+    // Keys only: a default iterator would read every chunk's bytes out of the blob files.
+    let mut iter = KeyScan::new(&db, cf);
     loop {
         let done = !iter.valid();
         if !done {
