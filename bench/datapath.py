@@ -1,20 +1,24 @@
 """Runs the data-path workloads on every target, interleaved per workload, and prints one table.
 
 Called by bench/datapath.sh, which mounts the targets:
-    python3 bench/datapath.py --work DIR --size-mib N --daemon-pid PID NAME=DIR...
+    python3 bench/datapath.py --work DIR --size-mib N --daemon-pid PID --daemon-url URL NAME=DIR...
 The first target is the baseline (native); every other figure is shown as a ratio to it,
-oriented so that higher is better for the target.
+oriented so that higher is better for the target. For the small-file workloads it also prints
+the FUSE requests the `chaserfs` target's daemon served per file, by operation, from the
+daemon's /metrics.
 """
 
 import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 
 
 def sh(*cmd, cwd=None):
@@ -70,6 +74,14 @@ class PeakRss:
                     return
 
 
+def fuse_requests(url):
+    """FUSE requests the daemon has served since it started, by operation (kernel requests
+    fuser answers alone, such as IOCTL, are not counted)."""
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    pattern = r'^chaserfs_fuse_request_duration_seconds_count\{op="(\w+)"\} (\d+)$'
+    return {m[1]: int(m[2]) for m in re.finditer(pattern, text, re.M)}
+
+
 def small_files(d, n):
     os.mkdir(d)
     for i in range(n):
@@ -115,6 +127,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--daemon-pid", type=int, required=True)
+    ap.add_argument("--daemon-url", required=True)
     ap.add_argument("targets", nargs="+")
     a = ap.parse_args()
     targets = [t.split("=", 1) for t in a.targets]
@@ -124,8 +137,9 @@ def main():
     stdlib, tree_files = make_inputs(a.work)
     results = {}  # workload -> {target: value}
     rows = []  # (key, label, unit, higher_is_better)
+    requests = {}  # workload label -> (files, {op: requests})
 
-    def workload(key, label, unit, higher, fn, cold=False, rss_label=None):
+    def workload(key, label, unit, higher, fn, cold=False, rss_label=None, files=None):
         rows.append((key, label, unit, higher))
         results[key] = {}
         for name, d in targets:
@@ -136,9 +150,16 @@ def main():
                 os.sync()
             if rss_label and name == "chaserfs":
                 rss.reset()
+            if files and name == "chaserfs":
+                before = fuse_requests(a.daemon_url)
             results[key][name] = fn(d)
             if rss_label and name == "chaserfs":
                 rss.read(rss_label)
+            if files and name == "chaserfs":
+                os.sync()  # what the kernel still holds to write back is part of the cost
+                after = fuse_requests(a.daemon_url)
+                requests[label] = (files, {op: n - before.get(op, 0) for op, n in after.items()
+                                           if n > before.get(op, 0)})
             print(f"  {label}: {name} {results[key][name]:.4g} {unit}", file=sys.stderr)
 
     workload("seqw", f"sequential write {a.size_mib} MiB, 1 MiB blocks, fsync at end", "MB/s",
@@ -178,13 +199,13 @@ def main():
         os.unlink(os.path.join(d, "append"))
         os.unlink(os.path.join(d, "over"))
     workload("small", "create + stat + unlink, 30,000 files", "s", False,
-             lambda d: timed(lambda: small_files(os.path.join(d, "small"), 30000)))
+             lambda d: timed(lambda: small_files(os.path.join(d, "small"), 30000)), files=30000)
     def untar(name, dest):
         os.makedirs(dest, exist_ok=True)
         return timed(lambda: sh("tar", "-xf", os.path.join(a.work, name), "-C", dest))
 
     workload("tiny", "tar -x of 20,000 tiny files", "s", False,
-             lambda d: untar("tiny.tar", os.path.join(d, "tiny")))
+             lambda d: untar("tiny.tar", os.path.join(d, "tiny")), files=20000)
     workload("untar", f"untar of {tree_files:,} files (Python stdlib + site-packages)", "s",
              False, lambda d: untar("tree.tar", d), rss_label="untar")
     tree = os.path.basename(stdlib)
@@ -223,6 +244,11 @@ def main():
                 r = v / results[key][base] if higher else results[key][base] / v
                 cells.append(f"{fig} ({r:.2f}x)")
         print(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
+    print("\nFUSE requests per file, chaserfs (from the daemon's /metrics, writeback included):")
+    for label, (files, ops) in requests.items():
+        by_op = ", ".join(f"{op} {n / files:.2f}" for op, n in
+                          sorted(ops.items(), key=lambda kv: -kv[1]))
+        print(f"- {label}: {sum(ops.values()) / files:.2f} ({by_op})")
     print("\nchaserfs daemon peak RSS: " + ", ".join(
         f"{k} {v} MiB" for k, v in rss.peaks.items()))
 

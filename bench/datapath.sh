@@ -69,7 +69,7 @@ stop_peers() {
 }
 BENCH_AT_EXIT+=(stop_peers)
 
-python3 bench/datapath.py --work "$WORK" --size-mib "$SIZE_MIB" --daemon-pid "$DAEMON" $targets
+python3 bench/datapath.py --work "$WORK" --size-mib "$SIZE_MIB" --daemon-pid "$DAEMON" --daemon-url "$URL" $targets
 api DELETE "/v1/sessions/$SID" >/dev/null
 [ "$PEERS" = 1 ] && api DELETE "/v1/sessions/$XSID" >/dev/null
 printf '\nSession mount: %s ms, unmount: %s ms (median of 10, over HTTP)\n' "$MOUNT_MS" "$UNMOUNT_MS"

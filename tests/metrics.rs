@@ -216,3 +216,48 @@ fn metrics_listen_moves_the_endpoint_and_logs_can_be_json() {
         "{log}"
     );
 }
+
+/// A name found missing is remembered by the kernel (a negative entry), so asking again costs
+/// no FUSE request; and whatever then creates the name through the mount is seen at once.
+#[test]
+fn a_missing_name_is_looked_up_once() {
+    let d = Daemon::start();
+    d.create_workspace("w");
+    let (sid, path) = d.mount("w", "m");
+    let metrics = format!("{}/metrics", d.url);
+    let lookups = || {
+        let (_, text) = get(&metrics);
+        sample(
+            &text,
+            "chaserfs_fuse_request_duration_seconds_count",
+            &[("op", "lookup")],
+        )
+    };
+    let before = lookups();
+    for name in ["file", "dir", "renamed", "linked"] {
+        for _ in 0..100 {
+            let e = std::fs::metadata(path.join(name)).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        }
+    }
+    assert_eq!(lookups() - before, 4.0, "400 stats of 4 missing names");
+
+    std::fs::write(path.join("file"), b"now here").unwrap();
+    assert_eq!(std::fs::read(path.join("file")).unwrap(), b"now here");
+    std::fs::create_dir(path.join("dir")).unwrap();
+    assert!(path.join("dir").is_dir());
+    std::fs::rename(path.join("file"), path.join("renamed")).unwrap();
+    assert!(!path.join("file").exists());
+    assert_eq!(std::fs::read(path.join("renamed")).unwrap(), b"now here");
+    std::fs::hard_link(path.join("renamed"), path.join("linked")).unwrap();
+    assert_eq!(std::fs::read(path.join("linked")).unwrap(), b"now here");
+    std::fs::remove_file(path.join("linked")).unwrap();
+    assert!(!path.join("linked").exists());
+    d.unmount(&sid);
+
+    // A later session sees what this one made.
+    let (_, path) = d.mount("w", "m2");
+    assert!(path.join("dir").is_dir());
+    assert_eq!(std::fs::read(path.join("renamed")).unwrap(), b"now here");
+    assert!(!path.join("file").exists() && !path.join("linked").exists());
+}

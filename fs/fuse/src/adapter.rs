@@ -129,6 +129,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes sent with a negative entry: the kernel reads only the node id (0).
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
@@ -230,7 +251,14 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _op = FuseOp::start("lookup");
-        self.entry(reply, self.ws.lookup(parent.0, name.as_bytes()));
+        match self.ws.lookup(parent.0, name.as_bytes()) {
+            // A negative entry (node 0) the kernel keeps for TTL, as it keeps found ones: no
+            // process changes a mounted workspace but through this mount, which updates the
+            // kernel's entries as it goes. Tools probe many missing names (a compiler's include
+            // path, Python's import path, git's config files) and ask again each time.
+            Err(FsError::NotFound) => reply.entry(&TTL, &negative_attr(), Generation(0)),
+            r => self.entry(reply, r),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
