@@ -128,6 +128,8 @@ def main():
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--daemon-pid", type=int, required=True)
     ap.add_argument("--daemon-url", required=True)
+    ap.add_argument("--floor-us", type=float, required=True,
+                    help="one FUSE round trip with nothing behind it (fuse-floor)")
     ap.add_argument("targets", nargs="+")
     a = ap.parse_args()
     targets = [t.split("=", 1) for t in a.targets]
@@ -137,7 +139,7 @@ def main():
     stdlib, tree_files = make_inputs(a.work)
     results = {}  # workload -> {target: value}
     rows = []  # (key, label, unit, higher_is_better)
-    requests = {}  # workload label -> (files, {op: requests})
+    requests = {}  # workload key -> (label, files, {op: requests})
 
     def workload(key, label, unit, higher, fn, cold=False, rss_label=None, files=None):
         rows.append((key, label, unit, higher))
@@ -158,8 +160,9 @@ def main():
             if files and name == "chaserfs":
                 os.sync()  # what the kernel still holds to write back is part of the cost
                 after = fuse_requests(a.daemon_url)
-                requests[label] = (files, {op: n - before.get(op, 0) for op, n in after.items()
-                                           if n > before.get(op, 0)})
+                requests[key] = (label, files, {op: n - before.get(op, 0)
+                                                for op, n in after.items()
+                                                if n > before.get(op, 0)})
             print(f"  {label}: {name} {results[key][name]:.4g} {unit}", file=sys.stderr)
 
     workload("seqw", f"sequential write {a.size_mib} MiB, 1 MiB blocks, fsync at end", "MB/s",
@@ -244,11 +247,18 @@ def main():
                 r = v / results[key][base] if higher else results[key][base] / v
                 cells.append(f"{fig} ({r:.2f}x)")
         print(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
-    print("\nFUSE requests per file, chaserfs (from the daemon's /metrics, writeback included):")
-    for label, (files, ops) in requests.items():
+    print(f"\nFUSE round trip with nothing behind it (fuse-floor, this machine, this run): "
+          f"{a.floor_us:.1f} µs.")
+    print("FUSE requests per file, chaserfs (from the daemon's /metrics, writeback included; "
+          "the floor is those requests at that round trip, against native's time):")
+    for key, (label, files, ops) in requests.items():
+        per_file = sum(ops.values()) / files
         by_op = ", ".join(f"{op} {n / files:.2f}" for op, n in
                           sorted(ops.items(), key=lambda kv: -kv[1]))
-        print(f"- {label}: {sum(ops.values()) / files:.2f} ({by_op})")
+        floor = per_file * files * a.floor_us / 1e6
+        native = results[key][names[0]]
+        print(f"- {label}: {per_file:.2f} ({by_op}); floor {floor:.2f} s = "
+              f"{floor / native:.1f}x native, measured {results[key]['chaserfs'] / native:.1f}x")
     print("\nchaserfs daemon peak RSS: " + ", ".join(
         f"{k} {v} MiB" for k, v in rss.peaks.items()))
 

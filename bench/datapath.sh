@@ -2,7 +2,10 @@
 # Data-path comparison: the same workloads, interleaved per workload, on a native ext4
 # directory, a chaserfs session mount (xattrs off, the default), a second one with xattrs on,
 # JuiceFS 1.4 (SQLite metadata + local file storage) and fuse-overlayfs, all on the same disk. Prints one markdown table with ratios to native, the
-# daemon's peak RSS during the sequential write and the untar, and session mount latency.
+# daemon's peak RSS during the sequential write and the untar, and session mount latency; and
+# for the small-file rows the FUSE requests per file (the daemon's /metrics) set against one
+# FUSE round trip with nothing behind it, measured in the same run (bench/src/fuse_floor.rs;
+# FUSE_FLOOR=PATH skips building it).
 #
 #   bash bench/datapath.sh [--size-mib N] [--only chaserfs]   (default 2048 MiB)
 #
@@ -36,6 +39,12 @@ if [ "$PEERS" = 1 ] && [ ! -x "$JFS" ]; then
 fi
 
 bench_work datapath
+# One FUSE round trip with nothing behind it, the floor the small-file rows are set against.
+if [ -z "${FUSE_FLOOR:-}" ]; then
+    cargo build --release -p chaserfs-bench --bin fuse-floor -q
+    FUSE_FLOOR="$CARGO_TARGET_DIR/release/fuse-floor"
+fi
+FLOOR_US=$("$FUSE_FLOOR" --json | jq .round_trip_us)
 bench_daemon "$WORK"
 api POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/null
 
@@ -69,7 +78,7 @@ stop_peers() {
 }
 BENCH_AT_EXIT+=(stop_peers)
 
-python3 bench/datapath.py --work "$WORK" --size-mib "$SIZE_MIB" --daemon-pid "$DAEMON" --daemon-url "$URL" $targets
+python3 bench/datapath.py --work "$WORK" --size-mib "$SIZE_MIB" --daemon-pid "$DAEMON" --daemon-url "$URL" --floor-us "$FLOOR_US" $targets
 api DELETE "/v1/sessions/$SID" >/dev/null
 [ "$PEERS" = 1 ] && api DELETE "/v1/sessions/$XSID" >/dev/null
 printf '\nSession mount: %s ms, unmount: %s ms (median of 10, over HTTP)\n' "$MOUNT_MS" "$UNMOUNT_MS"
