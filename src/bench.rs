@@ -6,6 +6,7 @@
 //! and all of it is deleted at the end, also after Ctrl-C. `--baseline` measures beside the
 //! results, in the same run, the HTTP floor (`GET /healthz` with the same clients) and a
 //! native `cp -a` of the same tree on the same disk, and prints each row's p50 against them.
+//! It exits non-zero, after its report, when any call failed.
 //!
 //! This file holds the flags, the rows and the report; `work` runs the operations, `baseline`
 //! makes trees and measures the native copy, `plot` draws the SVG.
@@ -47,7 +48,8 @@ pub struct BenchArgs {
         value_parser = clap::value_parser!(u64).range(1..=256)
     )]
     clients: Vec<u64>,
-    /// Seconds each operation runs for (unless --count).
+    /// Seconds each operation runs for (unless --count): a run lasts about this times the
+    /// number of operations (a session is one operation, two rows), plus the clean-up.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Operations of each kind, instead of a duration.
@@ -234,8 +236,12 @@ pub fn run(opts: ClientOpts, args: BenchArgs) -> anyhow::Result<()> {
         "cleaned_up_workspaces": deleted,
     });
     let several = args.clients.len() > 1 || args.files.len() > 1;
+    let calls: usize = rows.iter().map(|r| r.samples.len()).sum();
+    let errors: usize = rows.iter().map(Row::errors).sum();
     if let Some(path) = &args.plot {
-        plot::plot(path, &rows, several).with_context(|| format!("drawing {}", path.display()))?;
+        let heading = heading(&report, &args, calls, errors);
+        plot::plot(path, &heading, &rows, several)
+            .with_context(|| format!("drawing {}", path.display()))?;
     }
     if c.opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -259,7 +265,33 @@ pub fn run(opts: ClientOpts, args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("interrupted: stopped early and cleaned up");
         std::process::exit(130);
     }
+    if errors > 0 {
+        bail!("{errors} of {calls} operations failed (the ERRORS column; each row's first error above)");
+    }
     Ok(())
+}
+
+/// The plot's first line: what ran, where, when, and how many calls failed.
+fn heading(report: &Value, args: &BenchArgs, calls: usize, errors: usize) -> String {
+    let how_long = match args.count {
+        Some(n) => format!("{n} calls per operation"),
+        None => format!("{} s per operation", args.duration),
+    };
+    let mut parts = vec![
+        format!("{}", report["run"].as_str().unwrap_or_default()),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        report["url"].as_str().unwrap_or_default().to_string(),
+        format!("clients {}", report["clients"]),
+        how_long,
+    ];
+    if let Some(ws) = &args.workspace {
+        parts.push(format!("from {ws}"));
+    }
+    if !args.files.is_empty() {
+        parts.push(format!("files {}", report["files"]));
+    }
+    parts.push(format!("{errors} of {calls} calls failed"));
+    parts.join(" | ")
 }
 
 /// `1 client`, `8 clients`.

@@ -27,6 +27,9 @@ struct Cli {
     /// Log as text lines, or as one JSON object per line. `RUST_LOG` sets the levels.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CHASER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// The API client's flags, accepted before or after the command.
+    #[command(flatten)]
+    client: client::ClientOpts,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,29 +46,21 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Workspaces over the API (CHASER_API_URL, CHASER_API_KEY).
     Workspaces {
-        #[command(flatten)]
-        opts: client::ClientOpts,
         #[command(subcommand)]
         cmd: client::workspaces::WorkspacesCmd,
     },
     /// Snapshots over the API.
     Snapshots {
-        #[command(flatten)]
-        opts: client::ClientOpts,
         #[command(subcommand)]
         cmd: client::snapshots::SnapshotsCmd,
     },
     /// Sessions over the API.
     Sessions {
-        #[command(flatten)]
-        opts: client::ClientOpts,
         #[command(subcommand)]
         cmd: client::sessions::SessionsCmd,
     },
     /// Mount a workspace at PATH (a session) until Ctrl-C, which ends it.
     Mount {
-        #[command(flatten)]
-        opts: client::ClientOpts,
         workspace: String,
         path: String,
         /// Serve extended attributes (off by default: each write costs an extra round trip).
@@ -75,8 +70,6 @@ enum Command {
     /// Benchmark clone, snapshot, restore, create, delete and session start/end against a
     /// running daemon (on workspaces it makes and deletes).
     Bench {
-        #[command(flatten)]
-        opts: client::ClientOpts,
         #[command(flatten)]
         args: bench::BenchArgs,
     },
@@ -269,16 +262,15 @@ fn run() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve::serve(*args)?,
-        Command::Workspaces { opts, cmd } => client::workspaces::run(opts, cmd)?,
-        Command::Snapshots { opts, cmd } => client::snapshots::run(opts, cmd)?,
-        Command::Sessions { opts, cmd } => client::sessions::run(opts, cmd)?,
+        Command::Workspaces { cmd } => client::workspaces::run(cli.client, cmd)?,
+        Command::Snapshots { cmd } => client::snapshots::run(cli.client, cmd)?,
+        Command::Sessions { cmd } => client::sessions::run(cli.client, cmd)?,
         Command::Mount {
-            opts,
             workspace,
             path,
             xattrs,
-        } => client::sessions::mount(opts, workspace, path, xattrs)?,
-        Command::Bench { opts, args } => bench::run(opts, args)?,
+        } => client::sessions::mount(cli.client, workspace, path, xattrs)?,
+        Command::Bench { args } => bench::run(cli.client, args)?,
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin().read_line(&mut key)?;

@@ -118,6 +118,10 @@ fn bench_measures_every_operation_and_leaves_nothing_behind() {
         assert!(plot.contains(label), "{label} missing from the plot");
     }
     assert!(plot.matches("<circle").count() >= 7 * 12, "a dot per call");
+    assert!(
+        plot.contains("clients 3 | 12 calls per operation | from src | 0 of 84 calls failed"),
+        "the parameters are missing from the plot"
+    );
 
     // The table, for one operation.
     let out = bench(&d, &["--ops", "clone", "--count", "5"]);
@@ -133,6 +137,53 @@ fn bench_measures_every_operation_and_leaves_nothing_behind() {
     assert_eq!(row[..3], ["clone", "1", "5"], "{text}");
     assert_eq!(*row.last().unwrap(), "0", "errors: {text}");
     assert_eq!(state(&d), before);
+}
+
+/// Calls that fail make the run fail: sessions under a mount root the daemon refuses.
+#[test]
+fn bench_exits_non_zero_when_calls_fail() {
+    let d = Daemon::start();
+    let out = Command::new(common::bin())
+        .args([
+            "bench",
+            "--mount-root",
+            "/nonexistent-root",
+            "--ops",
+            "clone,session",
+        ])
+        .args(["--count", "3", "--json"])
+        .env("CHASER_API_URL", &d.url)
+        .env("CHASER_API_KEY", &d.key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 of 6 operations failed"), "{stderr}");
+    // The report is still printed: the clones worked, every session start failed, and no end
+    // was attempted.
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors: Vec<(String, u64, u64)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let op = r["op"].as_str().unwrap().to_string();
+            (
+                op,
+                r["ops"].as_u64().unwrap(),
+                r["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("clone".into(), 3, 0),
+            ("session start".into(), 0, 3),
+            ("session end".into(), 0, 0)
+        ],
+        "{report}"
+    );
 }
 
 #[test]

@@ -71,6 +71,20 @@ fn workspaces_snapshots_and_sessions_from_the_cli() {
     std::fs::write(mnt.join("f.txt"), "cli\n").unwrap();
     let sessions = ok(&d, &["sessions", "list"]);
     assert!(sessions.contains("active"), "{sessions}");
+    let listed = json(
+        &d,
+        &[
+            "sessions",
+            "list",
+            "--workspace",
+            "proj",
+            "--status",
+            "active",
+        ],
+    );
+    assert_eq!(listed["sessions"][0]["id"], s["id"], "{listed}");
+    let listed = json(&d, &["sessions", "list", "--status", "ended"]);
+    assert_eq!(listed["sessions"], serde_json::json!([]), "{listed}");
     let ended = json(&d, &["sessions", "end", s["id"].as_str().unwrap()]);
     assert_eq!(ended["status"], "ended");
 
@@ -109,7 +123,32 @@ fn workspaces_snapshots_and_sessions_from_the_cli() {
     json(&d, &["sessions", "end", ro["id"].as_str().unwrap()]);
     let s = json(&d, &["sessions", "start", "proj", &mnt_s]);
     std::fs::write(mnt.join("new.txt"), "n\n").unwrap();
-    json(&d, &["sessions", "end", s["id"].as_str().unwrap()]);
+    // Ended by its workspace's name, the flags before the command (no environment).
+    let out = Command::new(common::bin())
+        .args(["--api-url", &d.url, "--api-key", &d.key, "--json"])
+        .args(["sessions", "end", "proj"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ended: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&ended["id"], &ended["status"]),
+        (&s["id"], &"ended".into())
+    );
+    let out = Command::new(common::bin())
+        .args(["sessions", "end", "proj"])
+        .env("CHASER_API_URL", &d.url)
+        .env("CHASER_API_KEY", &d.key)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "chaserfs: workspace proj has no active session",
+        "one line, no backtrace"
+    );
     let diff = ok(&d, &["workspaces", "diff", "proj", "--from", "v1"]);
     assert_eq!(diff, "M /\n+ /new.txt\n");
     // Out as tar and tar.zst, and back in as new workspaces with the same contents.

@@ -226,6 +226,19 @@ fn hosts_serve_the_same_workspaces() {
     // One writer per workspace: while A has it mounted, B can neither mount nor delete it.
     let (s, v, _) = start_session(&b, "alpha", "alpha-b");
     assert_eq!(s, 409, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.ends_with(&format!("{sid}, on host host-a")), "{v}");
+    // Any host says which host serves the session, and filters by host.
+    let (s, v) = b.call("GET", "/v1/sessions?workspace=alpha&status=active", None);
+    assert_eq!(s, 200, "{v}");
+    let active = v["sessions"].as_array().unwrap();
+    assert_eq!(active.len(), 1, "{v}");
+    assert_eq!(
+        (&active[0]["id"], &active[0]["host"]),
+        (&json!(sid), &json!("host-a"))
+    );
+    let (_, v) = b.call("GET", "/v1/sessions?host=host-b&status=active", None);
+    assert_eq!(v["sessions"], json!([]), "{v}");
     let (s, v) = b.call("DELETE", "/v1/workspaces/alpha?force=true", None);
     assert_eq!(s, 409, "{v}");
     a.unmount(&sid);

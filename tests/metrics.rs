@@ -240,7 +240,20 @@ fn a_missing_name_is_looked_up_once() {
             assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
         }
     }
-    assert_eq!(lookups() - before, 4.0, "400 stats of 4 missing names");
+    // A request is counted just after its reply: wait for the fourth, then check no more came.
+    let text = scrape_until(&metrics, |t| {
+        sample(
+            t,
+            "chaserfs_fuse_request_duration_seconds_count",
+            &[("op", "lookup")],
+        ) >= before + 4.0
+    });
+    let after = sample(
+        &text,
+        "chaserfs_fuse_request_duration_seconds_count",
+        &[("op", "lookup")],
+    );
+    assert_eq!(after - before, 4.0, "400 stats of 4 missing names");
 
     std::fs::write(path.join("file"), b"now here").unwrap();
     assert_eq!(std::fs::read(path.join("file")).unwrap(), b"now here");
@@ -260,4 +273,47 @@ fn a_missing_name_is_looked_up_once() {
     assert!(path.join("dir").is_dir());
     assert_eq!(std::fs::read(path.join("renamed")).unwrap(), b"now here");
     assert!(!path.join("file").exists() && !path.join("linked").exists());
+}
+
+/// `/healthz` answers without a key with the daemon's version and how long it has served;
+/// `/metrics` has the build, the start time and every error counter from the start.
+#[test]
+fn a_fresh_daemon_tells_its_version_uptime_and_zero_errors() {
+    let d = Daemon::start();
+    let (status, body) = get(&format!("{}/healthz", d.url));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    let first = v["uptime_seconds"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, body) = get(&format!("{}/healthz", d.url));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["uptime_seconds"].as_u64().unwrap() > first, "{v}");
+
+    // Every error counter is there from the start, at 0, with the build and the start time.
+    let (_, text) = get(&format!("{}/metrics", d.url));
+    for counter in [
+        "chaserfs_commit_errors_total",
+        "chaserfs_fuse_io_errors_total",
+        "chaserfs_sessions_started_total",
+        "chaserfs_gc_objects_freed_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l == format!("{counter} 0")),
+            "{counter} missing:\n{text}"
+        );
+    }
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(
+        sample(&text, "chaserfs_build_info", &version),
+        1.0,
+        "{text}"
+    );
+    let started = sample(&text, "chaserfs_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - 60.0 < started && started <= now, "{started} vs {now}");
 }

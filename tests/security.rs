@@ -894,6 +894,28 @@ fn session_lists_are_paged_and_filtered() {
     let active = active["sessions"].as_array().unwrap();
     assert_eq!(active.len(), 1);
     assert_eq!(active[0]["id"], live.as_str());
+    // By workspace (name or id), and by host (none on a single host).
+    d.create_workspace("other");
+    let (elsewhere, _) = d.mount("other", "elsewhere");
+    let ids_of = |query: &str| -> Vec<String> {
+        let (s, v) = d.call("GET", &format!("/v1/sessions?{query}"), None);
+        assert_eq!(s, 200, "{query}: {v}");
+        v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids_of("workspace=other"), [elsewhere.as_str()]);
+    assert_eq!(ids_of("workspace=w&status=active"), [live.as_str()]);
+    let (_, w) = d.call("GET", "/v1/workspaces/w", None);
+    let w_id = w["id"].as_str().unwrap();
+    assert_eq!(ids_of(&format!("workspace={w_id}")).len(), 4);
+    assert!(ids_of("host=somewhere").is_empty());
+    let (s, v) = d.call("GET", "/v1/sessions?workspace=nope", None);
+    assert_eq!(s, 404, "{v}");
+    d.unmount(&elsewhere);
     for bad in [
         "limit=0",
         "limit=1001",

@@ -436,3 +436,26 @@ fn a_snapshot_mounts_read_only_beside_its_workspace() {
     d.stop();
     common::fsck(&d.data_dir()).unwrap();
 }
+
+/// A mountpoint directory the daemon made goes when its session ends; one that was there
+/// before stays.
+#[test]
+fn an_ended_session_leaves_no_directory_the_daemon_made() {
+    let d = Daemon::start();
+    d.create_workspace("w");
+    let (sid, made) = d.mount("w", "made/here");
+    assert!(is_mounted(&made));
+    d.unmount(&sid);
+    assert!(!made.exists(), "{} is still there", made.display());
+    assert!(
+        made.parent().unwrap().is_dir(),
+        "only the mountpoint itself goes"
+    );
+
+    let kept = d.mount_root().join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    let (sid, path) = d.mount("w", "kept");
+    assert_eq!(path, kept);
+    d.unmount(&sid);
+    assert!(kept.is_dir(), "a directory the daemon did not make is left");
+}

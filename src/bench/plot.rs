@@ -21,8 +21,13 @@ fn err(e: &dyn std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
-/// Draws `rows` into `path`; `several`: the legend names each row's clients and size too.
-pub(super) fn plot(path: &Path, rows: &[Row], several: bool) -> anyhow::Result<()> {
+/// Dots in the latency-over-time chart, all rows together: the file stays under 200 KB however
+/// long the run (each row keeps an even sample of its calls, and every failed one).
+const MAX_DOTS: usize = 1500;
+
+/// Draws `rows` into `path` under `heading` (the run's parameters, date and errors);
+/// `several`: the legend names each row's clients and size too.
+pub(super) fn plot(path: &Path, heading: &str, rows: &[Row], several: bool) -> anyhow::Result<()> {
     let all: Vec<&Sample> = rows.iter().flat_map(|r| &r.samples).collect();
     let lo = all.iter().map(|s| s.ms).fold(f64::MAX, f64::min).max(0.01);
     let span = Span {
@@ -30,9 +35,17 @@ pub(super) fn plot(path: &Path, rows: &[Row], several: bool) -> anyhow::Result<(
         hi: all.iter().map(|s| s.ms).fold(0.0, f64::max).max(lo * 2.0),
         end: all.iter().map(|s| s.at).fold(0.0, f64::max).max(0.1),
     };
-    let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 930)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (top, bottom) = root.split_vertically(470);
+    let (title, charts) = root.split_vertically(30);
+    title
+        .draw_text(
+            heading,
+            &("sans-serif", 15).into_text_style(&title),
+            (15, 10),
+        )
+        .map_err(|e| err(&e))?;
+    let (top, bottom) = charts.split_vertically(470);
     over_time(&top, rows, &span, several)?;
     histogram(&bottom, rows, &span, several)?;
     root.present().map_err(|e| err(&e))?;
@@ -59,16 +72,17 @@ fn over_time(
         .y_desc("latency (ms)")
         .draw()
         .map_err(|e| err(&e))?;
-    // At most ~2,500 dots per row, so the file stays small on long runs.
+    let per_row = (MAX_DOTS / rows.len().max(1)).max(1);
     for (i, r) in rows.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
-        let every = r.samples.len().div_ceil(2500).max(1);
+        let every = r.samples.len().div_ceil(per_row).max(1);
         chart
             .draw_series(
                 r.samples
                     .iter()
-                    .step_by(every)
-                    .map(|s| Circle::new((s.at, s.ms.max(lo)), 2, colour.filled())),
+                    .enumerate()
+                    .filter(|(k, s)| k % every == 0 || !s.ok)
+                    .map(|(_, s)| Circle::new((s.at, s.ms.max(lo)), 2, colour.filled())),
             )
             .map_err(|e| err(&e))?
             .label(r.label(several))

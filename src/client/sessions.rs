@@ -19,10 +19,22 @@ pub enum SessionsCmd {
         #[arg(long)]
         snapshot: Option<String>,
     },
-    List,
-    /// Commit, unmount and end a session.
+    /// Sessions, oldest first; every host's in a cluster.
+    List {
+        /// Only sessions in this status (`active`, `ended`, `commit_failed`).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this workspace's sessions (name or id).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Cluster mode: only the sessions this host serves.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Commit, unmount and end a session: by its id, or a workspace's (name or id) active one.
     End {
-        id: String,
+        #[arg(value_name = "SESSION_OR_WORKSPACE")]
+        target: String,
     },
 }
 
@@ -40,16 +52,41 @@ pub fn run(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
             let sess = c.call("POST", "/v1/sessions", Some(body))?;
             c.print(&sess, |v| session_rows(std::slice::from_ref(v)));
         }
-        SessionsCmd::List => {
-            let list = c.all_pages("/v1/sessions?limit=1000", "sessions")?;
+        SessionsCmd::List {
+            status,
+            workspace,
+            host,
+        } => {
+            let mut query = String::from("/v1/sessions?limit=1000");
+            for (k, v) in [("status", status), ("workspace", workspace), ("host", host)] {
+                if let Some(v) = v {
+                    query += &format!("&{k}={}", seg(&v));
+                }
+            }
+            let list = c.all_pages(&query, "sessions")?;
             c.print(&json!({"sessions": list}), |_| session_rows(&list));
         }
-        SessionsCmd::End { id } => {
+        SessionsCmd::End { target } => {
+            let id = session_of(&c, &target)?;
             let sess = c.call("DELETE", &format!("/v1/sessions/{}", seg(&id)), None)?;
             c.print(&sess, |v| session_rows(std::slice::from_ref(v)));
         }
     }
     Ok(())
+}
+
+/// The session `target` names: a session id, or else a workspace's active session.
+fn session_of(c: &Client, target: &str) -> anyhow::Result<String> {
+    if let Ok(sess) = c.call("GET", &format!("/v1/sessions/{}", seg(target)), None) {
+        return Ok(s(&sess["id"]));
+    }
+    let ws = c
+        .call("GET", &format!("/v1/workspaces/{}", seg(target)), None)
+        .map_err(|e| anyhow::anyhow!("no session or workspace {target}: {e:#}"))?;
+    match ws["active_session_id"].as_str() {
+        Some(id) => Ok(id.to_string()),
+        None => anyhow::bail!("workspace {target} has no active session"),
+    }
 }
 
 /// Starts a session at `path` and ends it (commit, unmount) on Ctrl-C or SIGTERM.
@@ -90,6 +127,7 @@ fn session_rows(list: &[Value]) {
                 s(&x["workspace_id"]),
                 s(&x["mountpoint"]),
                 s(&x["status"]),
+                s(&x["host"]),
                 s(&x["created_at"]),
                 s(&x["ended_at"]),
             ]
@@ -101,6 +139,7 @@ fn session_rows(list: &[Value]) {
             "WORKSPACE",
             "MOUNTPOINT",
             "STATUS",
+            "HOST",
             "STARTED",
             "ENDED",
         ],

@@ -3,7 +3,7 @@
 //! Handlers live in one module per resource; this file routes them, and makes and serves the
 //! document that lists them.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
@@ -38,6 +38,7 @@ use system::*;
 use workspaces::*;
 
 pub fn router(svc: Arc<Service>) -> Router {
+    LazyLock::force(&STARTED);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -136,7 +137,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
         get_session,
         end_session,
     ),
-    components(schemas(ErrorResponse, ErrorBody, ArchiveFormat)),
+    components(schemas(ErrorResponse, ErrorBody, ArchiveFormat, Health)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

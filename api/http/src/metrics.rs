@@ -16,6 +16,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "chaserfs_http_requests_total";
 pub const HTTP_SECONDS: &str = "chaserfs_http_request_duration_seconds";
+pub const BUILD_INFO: &str = "chaserfs_build_info";
+pub const START_TIME: &str = "chaserfs_start_time_seconds";
 
 /// Latency buckets, in seconds: FUSE requests take tens of microseconds, imports minutes.
 const BUCKETS: &[f64] = &[
@@ -59,6 +61,17 @@ fn describe() {
         Unit::Seconds,
         "API request latency, by method and route template"
     );
+    metrics::describe_gauge!(BUILD_INFO, "Always 1; its `version` label is the daemon's");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::describe_gauge!(
+        START_TIME,
+        Unit::Seconds,
+        "When this process started, in seconds since the Unix epoch (a takeover restarts it)"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(START_TIME).set(now);
 }
 
 /// A route layer: tags the response with the route template that served it, for [`track`].

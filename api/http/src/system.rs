@@ -1,11 +1,15 @@
 //! What a host answers without a key: liveness, readiness (whether the store takes writes)
 //! and its Prometheus metrics.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use chaserfs_service::error::{ApiError, ErrorKind};
 use chaserfs_service::model::ErrorResponse;
@@ -14,11 +18,29 @@ use chaserfs_service::service::Service;
 use crate::extract::HttpError;
 use crate::metrics;
 
-/// Alive: the API is listening.
+/// When this process started serving (set as the router is built).
+pub(crate) static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// What `/healthz` answers: alive, which build, for how long.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`: any answer means the API is up (`/readyz` says whether writes are taken).
+    pub status: &'static str,
+    /// The daemon's version.
+    pub version: &'static str,
+    /// Seconds since this process started serving (a takeover's successor counts anew).
+    pub uptime_seconds: u64,
+}
+
+/// Alive: the API is listening; with the daemon's version and uptime.
 #[utoipa::path(get, path = "/healthz", security(()),
-    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
-pub(crate) async fn healthz() -> &'static str {
-    "ok"
+    responses((status = 200, description = "alive", body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: STARTED.elapsed().as_secs(),
+    })
 }
 
 /// Ready: the store takes writes. After a failed write (descriptors or the disk ran out, a

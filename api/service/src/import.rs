@@ -140,11 +140,12 @@ impl Service {
     fn clone_into(&self, id: Uuid, url: &str, token: Option<&str>) -> Result<(), String> {
         let path = self.import_mountpoint(id);
         let rel = path.strip_prefix(&self.config.mount_root).expect("beneath");
-        let dir = crate::mountpoint::open_beneath(&self.config.mount_root, rel, 0o700)
+        let (dir, made) = crate::mountpoint::open_beneath(&self.config.mount_root, rel, 0o700)
             .map_err(|e| format!("import mountpoint: {}", e.message))?;
         let at = crate::mountpoint::Mountpoint {
             dir,
             path: path.clone(),
+            made,
         };
         let ws = Arc::new(Workspace::open(self.store.clone(), id).map_err(|e| e.to_string())?);
         {

@@ -59,6 +59,15 @@ pub fn describe() {
         "Sum of every workspace's file sizes (shared data counted once per workspace)"
     );
     describe_gauge!(WORKSPACES, "Workspaces, every account");
+    // At 0 from the start, so rates and alerts on them read 0, not "no data".
+    for counter in [
+        SESSIONS_STARTED,
+        SESSIONS_ENDED,
+        GC_OBJECTS_FREED,
+        GC_BYTES_FREED,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
 }
 
 /// A duration in milliseconds to 0.01 ms, for log lines.

@@ -187,6 +187,9 @@ pub struct SessionRecord {
     /// A read-only session of this snapshot (of `workspace_id`) instead of the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<Uuid>,
+    /// The daemon made the mountpoint directory: it removes it when the session ends.
+    #[serde(default)]
+    pub made_mountpoint: bool,
 }
 
 impl SessionRecord {
@@ -283,6 +286,8 @@ pub struct SessionView {
     pub snapshot_id: Option<Uuid>,
     /// A snapshot's session: every change answers EROFS.
     pub read_only: bool,
+    /// Cluster mode: the host serving the session (its `--host-name`); null on a single host.
+    pub host: Option<String>,
 }
 
 impl From<&SessionRecord> for SessionView {
@@ -298,6 +303,7 @@ impl From<&SessionRecord> for SessionView {
             xattrs: s.xattrs,
             snapshot_id: s.snapshot_id,
             read_only: s.snapshot_id.is_some(),
+            host: s.host.clone(),
         }
     }
 }
@@ -574,6 +580,10 @@ pub struct BulkDeleteResult {
 pub struct SessionQuery {
     /// Only sessions in this status.
     pub status: Option<SessionStatus>,
+    /// Only sessions of this workspace (name or id; the id of a deleted one also works).
+    pub workspace: Option<String>,
+    /// Cluster mode: only sessions this host serves (its `--host-name`).
+    pub host: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,

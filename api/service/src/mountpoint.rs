@@ -21,10 +21,21 @@ pub const WORKSPACE_ROOT: &str = "/workspace";
 /// Under the mount root, root-only (0700): where imports mount their new workspace.
 pub const IMPORTS_DIR: &str = ".imports";
 
-/// A directory to mount on: its `O_PATH` descriptor and the path it was reached by.
+/// A directory to mount on: its `O_PATH` descriptor, the path it was reached by, and whether
+/// the daemon made it (then it is removed again when its session ends).
 pub struct Mountpoint {
     pub dir: OwnedFd,
     pub path: PathBuf,
+    pub made: bool,
+}
+
+impl Mountpoint {
+    /// A mount on it failed: the directory goes again if the daemon made it.
+    pub fn forget(&self) {
+        if self.made {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
 }
 
 /// Resolves (creating what is missing) a session's requested mountpoint: an empty directory
@@ -63,7 +74,7 @@ pub fn resolve(raw: &str, mount_root: &Path, data_dir: &Path) -> ApiResult<Mount
     if path.starts_with(data_dir) || data_dir.starts_with(&path) {
         return Err(not_allowed("the mountpoint overlaps the data dir"));
     }
-    let dir = open_beneath(base, rel, 0o755)?;
+    let (dir, made) = open_beneath(base, rel, 0o755)?;
     // Empty: a mount would hide what is there.
     let listed = std::fs::read_dir(fd_path(&dir))
         .map_err(|e| ApiError::bad("invalid_mountpoint", e.to_string()))?;
@@ -73,17 +84,18 @@ pub fn resolve(raw: &str, mount_root: &Path, data_dir: &Path) -> ApiResult<Mount
             "the mountpoint is not an empty directory",
         ));
     }
-    Ok(Mountpoint { dir, path })
+    Ok(Mountpoint { dir, path, made })
 }
 
 /// Opens (making missing directories with `mode`) the directory `rel` beneath `base`,
-/// following no symlink and crossing no mount.
-pub fn open_beneath(base: &Path, rel: &Path, mode: u32) -> ApiResult<OwnedFd> {
+/// following no symlink and crossing no mount; and whether it made the last one.
+pub fn open_beneath(base: &Path, rel: &Path, mode: u32) -> ApiResult<(OwnedFd, bool)> {
     let bad = |code: &'static str, msg: String| ApiError::bad(code, msg);
     let mut dir: OwnedFd = std::fs::File::open(base)
         .map_err(|e| bad("invalid_mountpoint", format!("{}: {e}", base.display())))?
         .into();
     let mut at = base.to_path_buf();
+    let mut made = false;
     let mut rest = rel.components().peekable();
     while let Some(c) = rest.next() {
         let name = c.as_os_str();
@@ -101,7 +113,11 @@ pub fn open_beneath(base: &Path, rel: &Path, mode: u32) -> ApiResult<OwnedFd> {
         let mut opened = openat2(dir.as_fd(), name, how());
         if matches!(opened, Err(Errno::ENOENT)) {
             match nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(mode)) {
-                Ok(()) | Err(Errno::EEXIST) => opened = openat2(dir.as_fd(), name, how()),
+                Ok(()) => {
+                    made = last;
+                    opened = openat2(dir.as_fd(), name, how());
+                }
+                Err(Errno::EEXIST) => opened = openat2(dir.as_fd(), name, how()),
                 Err(e) => {
                     return Err(bad(
                         "invalid_mountpoint",
@@ -155,7 +171,7 @@ pub fn open_beneath(base: &Path, rel: &Path, mode: u32) -> ApiResult<OwnedFd> {
             }
         }
     }
-    Ok(dir)
+    Ok((dir, made))
 }
 
 /// The path the kernel reads `fd`'s directory through (a magic link to the object itself).

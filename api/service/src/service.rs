@@ -248,6 +248,9 @@ impl Service {
     /// Runs `act` under the index lock on a workspace no session or slow operation holds.
     /// With `force`, an active session is ended first (commit, unmount); without, 409.
     /// `deleting`: a session whose final commit failed is ended by dropping its changes.
+    /// Nothing changes a mounted workspace but its mount: the kernel keeps found and missing
+    /// names for the entry TTL (`fs/fuse/src/adapter.rs`), so a change made here to a live one
+    /// would have to invalidate them.
     pub(crate) fn with_idle_workspace<T>(
         &self,
         account: &str,

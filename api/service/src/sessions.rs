@@ -122,9 +122,15 @@ impl Service {
                 // In a cluster, a session whose host is gone (its hold on the workspace
                 // expired with the host's lease) is over: a new one takes its place.
                 if !self.host_lost(active, ws.id) {
+                    let host = ix.sessions.get(&active).and_then(|s| s.host.as_deref());
                     return Err(ApiError::conflict(
                         "session_active",
-                        format!("workspace already has active session {active}"),
+                        match host {
+                            Some(h) => format!(
+                                "workspace already has active session {active}, on host {h}"
+                            ),
+                            None => format!("workspace already has active session {active}"),
+                        },
                     ));
                 }
             }
@@ -163,11 +169,14 @@ impl Service {
             xattrs: req.xattrs,
             read_only: true,
         };
-        let mount = self.mount(snap.clone(), &at, options)?;
+        let mount = self
+            .mount(snap.clone(), &at, options)
+            .inspect_err(|_| at.forget())?;
         let session = SessionRecord {
             id: Uuid::now_v7(),
             account: account.to_string(),
             workspace_id: ws_id,
+            made_mountpoint: at.made,
             mountpoint: at.path,
             status: SessionStatus::Active,
             created_at: now(),
@@ -242,12 +251,15 @@ impl Service {
             let ix = self.lock();
             ws.set_limits(self.limits_of(&ix, &ix.workspaces[&ws_id])?);
         }
-        let mount = self.mount(ws.clone(), &at, options)?;
+        let mount = self
+            .mount(ws.clone(), &at, options)
+            .inspect_err(|_| at.forget())?;
         let t = now();
         let session = SessionRecord {
             id: Uuid::now_v7(),
             account: account.to_string(),
             workspace_id: ws_id,
+            made_mountpoint: at.made,
             mountpoint: at.path,
             status: SessionStatus::Active,
             created_at: t.clone(),
@@ -296,11 +308,22 @@ impl Service {
         let limit = check_limit(q.limit)?;
         let after = decode_cursor(q.cursor.as_deref())?;
         let ix = self.lock();
+        let workspace = match q.workspace.as_deref() {
+            None => None,
+            Some(sel) => match (ix.resolve(account, sel), Uuid::parse_str(sel)) {
+                (Ok(w), _) => Some(w.id),
+                // A deleted workspace's ended sessions, by its id.
+                (Err(_), Ok(id)) => Some(id),
+                (Err(e), Err(_)) => return Err(e),
+            },
+        };
         let mut page: Vec<&SessionRecord> = ix
             .sessions
             .values()
             .filter(|s| s.account == account)
             .filter(|s| q.status.is_none_or(|want| s.status == want))
+            .filter(|s| workspace.is_none_or(|id| s.workspace_id == id))
+            .filter(|s| q.host.is_none() || s.host == q.host)
             .filter(|s| {
                 after
                     .as_ref()
@@ -426,6 +449,7 @@ impl Service {
             ));
         }
         let mounted = self.mounts.lock().remove(&s.id);
+        let unmounted_here = mounted.as_ref().is_some_and(|m| m.mount.is_some());
         // The workspace stays open (held, in a cluster) until the session is recorded ended,
         // so no other host takes the session for lost meanwhile.
         let mut closing = None;
@@ -490,6 +514,12 @@ impl Service {
         });
         drop(ix);
         drop(closing);
+        // A directory the daemon made for the mount goes with it (if still empty): the
+        // directories above it are the daemon's, writable by no one else, so the path still
+        // names it. Never on another host's behalf.
+        if unmounted_here && s.made_mountpoint {
+            let _ = std::fs::remove_dir(&s.mountpoint);
+        }
         if recorded.is_ok() {
             metrics::counter!(m::SESSIONS_ENDED).increment(1);
             let lasted = humantime::parse_rfc3339_weak(&s.created_at)

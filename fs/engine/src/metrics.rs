@@ -51,4 +51,14 @@ pub fn describe() {
         CHUNKS_DEDUPLICATED,
         "Chunks written whose content was stored already (kept once)"
     );
+    // At 0 from the start, so an alert on them reads 0, not "no data", until one fires.
+    for counter in [
+        COMMIT_BYTES,
+        COMMIT_ERRORS,
+        CHUNKS_WRITTEN,
+        CHUNK_BYTES_WRITTEN,
+        CHUNKS_DEDUPLICATED,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
 }

@@ -24,9 +24,10 @@ pub(crate) struct KeyScan<'a> {
 
 #[allow(unsafe_code)]
 impl<'a> KeyScan<'a> {
+    /// `cf` must be a column family of `db` (the store has one database).
     pub(crate) fn new(db: &'a DB, cf: &'a ColumnFamily) -> KeyScan<'a> {
-        // SAFETY: `db` and `cf` outlive the iterator (the lifetime says so); the options are
-        // freed after it, in `drop`.
+        // SAFETY: `db` and `cf` (one of its column families) outlive the iterator (the
+        // lifetime says so); the options are freed after it, in `drop`.
         unsafe {
             let opts = ffi::rocksdb_readoptions_create();
             ffi::rocksdb_readoptions_set_allow_unprepared_value(opts, 1);
@@ -57,6 +58,9 @@ impl<'a> KeyScan<'a> {
         // until it moves, which needs `&mut self`.
         unsafe {
             let p = ffi::rocksdb_iter_key(self.iter, &mut len);
+            if len == 0 {
+                return Some(&[]);
+            }
             Some(std::slice::from_raw_parts(p.cast::<u8>(), len))
         }
     }
