@@ -4,7 +4,8 @@ set -euo pipefail
 
 need=()
 # protobuf-compiler: etcd's client API is generated from its .proto files at build time.
-for pkg in build-essential clang libclang-dev pkg-config protobuf-compiler fuse3 git sqlite3 jq curl bc e2fsprogs util-linux zstd; do
+# systemd: systemd-analyze, which checks the unit scripts/package.sh ships.
+for pkg in build-essential clang libclang-dev pkg-config protobuf-compiler fuse3 git sqlite3 jq curl bc e2fsprogs util-linux zstd systemd; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -5,6 +5,7 @@
 mod bench;
 mod client;
 mod keys;
+mod notify;
 mod serve;
 mod signal;
 mod store;
@@ -129,8 +130,9 @@ struct ServeArgs {
     metrics_listen: Option<String>,
     /// Take over from the daemon running on this data dir, without unmounting its sessions:
     /// it commits, hands its mounts and listening sockets over, and exits (for upgrades).
-    /// `--listen` and `--metrics-listen` are the old daemon's sockets then.
-    #[arg(long)]
+    /// `--listen` and `--metrics-listen` are the old daemon's sockets then. A daemon sent
+    /// SIGHUP starts its own successor this way (with CHASER_TAKEOVER=true).
+    #[arg(long, env = "CHASER_TAKEOVER")]
     takeover: bool,
     /// Most HTTP connections open at once (on each listener); at the limit a new connection
     /// closes the one idle longest.

@@ -224,6 +224,9 @@ fn take_over(
     let metrics = handover.metrics_listener.and_then(|i| fds[i].take());
     let (svc, adopted) = Service::taking_over(store, config, keys, &handover, &mut fds)
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    // Under systemd this process becomes the service's main one before the old one exits
+    // (the unit says NotifyAccess=all); the old one says so again if this fails now.
+    crate::notify::notify(&format!("MAINPID={}", std::process::id()));
     takeover::acknowledge(conn).map_err(anyhow::Error::msg)?;
     svc.serve_adopted(adopted);
     tracing::info!(
@@ -308,8 +311,8 @@ fn router(
     Ok(app)
 }
 
-/// Serves HTTP until SIGTERM, or until a successor takes over: then this process hands its
-/// sessions and sockets over and exits. A takeover refused (requests still running) or
+/// Serves HTTP until SIGTERM, or until a successor takes over (asked by `serve --takeover`,
+/// or started here at SIGHUP): then this process hands its sessions and sockets over and exits. A takeover refused (requests still running) or
 /// failed serves again.
 async fn serve_http(
     svc: &Arc<Service>,
@@ -318,6 +321,8 @@ async fn serve_http(
     limits: listener::Limits,
     successor: &mut Receiver<takeover::Request>,
 ) -> anyhow::Result<()> {
+    // SIGHUP (`systemctl reload`) starts a successor that takes over (`notify.rs`).
+    let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         let listener = tcp_listener(&listeners.api)?;
         tracing::info!("listening on {}", listener.local_addr()?);
@@ -326,13 +331,18 @@ async fn serve_http(
         let mut server = tokio::spawn(listener::serve(listener, app.clone(), limits, async move {
             let _ = stopped.await;
         }));
+        crate::notify::ready();
         // Without a takeover socket the channel is closed and only a signal ends this.
-        let request = tokio::select! {
-            _ = shutdown_signal() => None,
-            Some(r) = successor.recv() => Some(r),
+        let request = loop {
+            tokio::select! {
+                _ = shutdown_signal() => break None,
+                _ = reload.recv() => crate::notify::reload(),
+                Some(r) = successor.recv() => break Some(r),
+            }
         };
         let _ = stop.send(());
         let Some(request) = request else {
+            crate::notify::notify("STOPPING=1");
             // Requests in flight get a while to finish; a client that holds its request
             // open longer does not hold up the commit of every session.
             match tokio::time::timeout(DRAIN_ON_STOP, &mut server).await {

@@ -944,6 +944,19 @@ fn accounts_are_isolated() {
     assert_error(s, &e, 404, "session_not_found");
     let (_, l) = bob("GET", "/v1/sessions", None);
     assert_eq!(l["sessions"].as_array().unwrap().len(), 0);
+    // Filtered by alice's workspace id, bob's list is empty; by its name, it is his own.
+    let (s, l) = bob("GET", &format!("/v1/sessions?workspace={a_id}"), None);
+    assert_eq!(
+        (s, l["sessions"].as_array().unwrap().len()),
+        (200, 0),
+        "{l}"
+    );
+    let (s, l) = bob("GET", "/v1/sessions?workspace=shared&status=active", None);
+    assert_eq!(
+        (s, l["sessions"].as_array().unwrap().len()),
+        (200, 0),
+        "{l}"
+    );
     d.unmount(&session);
     // Alice's things are intact.
     let (s, g) = d.call("GET", &format!("/v1/workspaces/{a_id}"), None);

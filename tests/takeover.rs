@@ -45,16 +45,19 @@ print("gone", g.read().strip())
 print("same_ino", os.stat(root + "/log.txt").st_ino == ino)
 "#;
 
-#[test]
-fn takeover_keeps_open_files_writing_and_the_api_answering() {
-    let mut d = Daemon::start();
-    d.create_workspace("tk");
-    let (session, path) = d.mount("tk", "tk");
-    let stop_writer = d.dir.path().join("writer-stop");
+/// Starts [`WRITER`] in `root` until `stop` exists; returns it and its output, once it has
+/// said it is ready.
+fn start_writer(
+    root: &std::path::Path,
+    stop: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
     let mut writer = Command::new("python3")
         .args(["-c", WRITER])
-        .arg(&path)
-        .arg(&stop_writer)
+        .arg(root)
+        .arg(stop)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -62,6 +65,16 @@ fn takeover_keeps_open_files_writing_and_the_api_answering() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
+    (writer, out)
+}
+
+#[test]
+fn takeover_keeps_open_files_writing_and_the_api_answering() {
+    let mut d = Daemon::start();
+    d.create_workspace("tk");
+    let (session, path) = d.mount("tk", "tk");
+    let stop_writer = d.dir.path().join("writer-stop");
+    let (mut writer, mut out) = start_writer(&path, &stop_writer);
 
     // The API is called throughout, until `stop`; every call must answer.
     let url = d.url.clone();
@@ -305,4 +318,100 @@ fn remounted_holds(d: &Daemon, ws: &str, open: &str) {
         std::fs::read_to_string(again.join("after.txt")).unwrap(),
         "after\n"
     );
+}
+
+/// systemd's side of `Type=notify` (packaging/chaserfs.service), played over a real
+/// NOTIFY_SOCKET: READY at start; a reload (SIGHUP, as `ExecReload`) while a process writes in
+/// a session: RELOADING, then the successor's MAINPID and READY, and the old daemon exits 0
+/// with no write failed; a stop of the new main process; then a cold start with the same
+/// command line, which finds every line written.
+#[test]
+fn a_reload_by_sighup_moves_the_service_to_its_successor() {
+    use std::os::unix::net::UnixDatagram;
+    let notify_dir = tempfile::tempdir().unwrap();
+    let socket_path = notify_dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut d = Daemon::start_with(common::Options {
+        env: vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
+        ..Default::default()
+    });
+    let old_pid = d.pid();
+    assert_eq!(recv(), format!("MAINPID={old_pid}\nREADY=1"));
+
+    d.create_workspace("tk");
+    let (_, path) = d.mount("tk", "tk");
+    let stop_writer = d.dir.path().join("writer-stop");
+    let (mut writer, mut out) = start_writer(&path, &stop_writer);
+    let log_bytes = || std::fs::metadata(path.join("log.txt")).map_or(0, |m| m.len());
+    common::wait_until(Duration::from_secs(30), "writes before the reload", || {
+        log_bytes() >= 1000
+    });
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &old_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    assert_eq!(recv(), "RELOADING=1");
+    let main_pid: i32 = recv()
+        .strip_prefix("MAINPID=")
+        .expect("the successor's MAINPID")
+        .parse()
+        .unwrap();
+    assert_ne!(main_pid, old_pid);
+    assert_eq!(recv(), format!("MAINPID={main_pid}\nREADY=1"));
+    let code = common::wait_for(Duration::from_secs(30), "the old daemon's exit", || {
+        d.exited()
+    });
+    assert_eq!(code, 0, "{}", d.log());
+    let bytes = log_bytes();
+    common::wait_until(Duration::from_secs(30), "writes after the reload", || {
+        log_bytes() >= bytes + 1000
+    });
+    std::fs::write(&stop_writer, b"").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(writer.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("errors 0 "), "{rest}");
+    let lines: usize = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("lines "))
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // `systemctl stop`: SIGTERM to the main process, now the successor.
+    let term = Command::new("kill")
+        .args(["-TERM", &main_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(recv(), "STOPPING=1");
+    common::wait_until(Duration::from_secs(60), "the successor's exit", || {
+        // Gone, or a zombie its new parent has not reaped yet.
+        match std::fs::read_to_string(format!("/proc/{main_pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z'),
+        }
+    });
+
+    // A cold start, with the same command line and no takeover.
+    d.restart();
+    assert_eq!(recv(), format!("MAINPID={}\nREADY=1", d.pid()));
+    let (_, again) = d.mount("tk", "tk2");
+    let text = std::fs::read_to_string(again.join("log.txt")).unwrap();
+    assert_eq!(text.lines().count(), lines, "every line written came back");
 }

@@ -42,7 +42,9 @@ pub(crate) async fn start_session(
 /// oldest first, a page at a time.
 #[utoipa::path(get, path = "/v1/sessions", params(SessionQuery), responses(
     (status = 200, body = SessionList),
-    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 404, body = ErrorResponse, description = "`workspace` names no workspace of the account"),
+    (status = 409, body = ErrorResponse, description = "`workspace` is one workspace's name and another's id")))]
 pub(crate) async fn list_sessions(
     State(svc): State<Arc<Service>>,
     Account(a): Account,
