@@ -310,6 +310,15 @@ fn a_fresh_daemon_tells_its_version_uptime_and_zero_errors() {
         1.0,
         "{text}"
     );
+    // The process: memory and descriptors as /proc shows them.
+    let rss = sample(&text, "process_resident_memory_bytes", &[]);
+    assert!(rss > (1 << 20) as f64 && rss < (4u64 << 30) as f64, "{rss}");
+    let fds = sample(&text, "process_open_fds", &[]);
+    let open = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .count() as f64;
+    assert!(fds > 3.0 && (fds - open).abs() < 16.0, "{fds} vs {open}");
+    assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
     let started = sample(&text, "chaserfs_start_time_seconds", &[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -61,6 +61,13 @@ fn describe() {
         Unit::Seconds,
         "API request latency, by method and route template"
     );
+    metrics::describe_gauge!(PROCESS_RSS, Unit::Bytes, "The daemon's resident memory");
+    metrics::describe_gauge!(PROCESS_FDS, "Descriptors the daemon has open");
+    describe_counter!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time the daemon has used, user and system (whole seconds)"
+    );
     metrics::describe_gauge!(BUILD_INFO, "Always 1; its `version` label is the daemon's");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::describe_gauge!(
@@ -128,5 +135,39 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub fn render(svc: &Service) -> Option<String> {
     let handle = HANDLE.get()?;
     publish_gauges(svc.counts(), || svc.gauges());
+    publish_process();
     Some(handle.render())
+}
+
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_FDS: &str = "process_open_fds";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+
+/// The daemon process's memory, descriptors and CPU time, read from /proc at each scrape
+/// (under the names Prometheus's own clients use).
+fn publish_process() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(kib) = rss_kib {
+            metrics::gauge!(PROCESS_RSS).set((kib * 1024) as f64);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(PROCESS_FDS).set(fds.count() as f64);
+    }
+    // utime and stime, fields 14 and 15, in USER_HZ ticks (100 a second on Linux, whatever
+    // the kernel's own tick); the command name before them may hold spaces, so count from ')'.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        let after_name = stat.rsplit(')').next().unwrap_or_default();
+        let ticks: u64 = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse::<u64>().ok())
+            .sum();
+        metrics::counter!(PROCESS_CPU).absolute(ticks / 100);
+    }
 }
