@@ -219,6 +219,7 @@ fn metrics_listen_moves_the_endpoint_and_logs_can_be_json() {
 
 /// A name found missing is remembered by the kernel (a negative entry), so asking again costs
 /// no FUSE request; and whatever then creates the name through the mount is seen at once.
+/// Errors answered are counted by operation and errno.
 #[test]
 fn a_missing_name_is_looked_up_once() {
     let d = Daemon::start();
@@ -266,6 +267,28 @@ fn a_missing_name_is_looked_up_once() {
     assert_eq!(std::fs::read(path.join("linked")).unwrap(), b"now here");
     std::fs::remove_file(path.join("linked")).unwrap();
     assert!(!path.join("linked").exists());
+    // Errors the engine answers (not those the kernel answers itself, such as EEXIST for a
+    // name it holds) are counted by operation and errno.
+    std::fs::write(path.join("dir/f"), b"x").unwrap();
+    std::fs::create_dir(path.join("other")).unwrap();
+    std::fs::write(path.join("other/g"), b"y").unwrap();
+    let e = std::fs::remove_dir(path.join("dir")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    let e = std::fs::rename(path.join("other"), path.join("dir")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    std::fs::remove_file(path.join("dir/f")).unwrap();
+    let (_, text) = get(&metrics);
+    let errors = "chaserfs_fuse_errors_total";
+    assert_eq!(
+        sample(&text, errors, &[("op", "rename"), ("errno", "ENOTEMPTY")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, errors, &[("op", "rmdir"), ("errno", "ENOTEMPTY")]),
+        1.0,
+        "{text}"
+    );
     d.unmount(&sid);
 
     // A later session sees what this one made.

@@ -55,26 +55,31 @@ pub enum FsError {
 impl FsError {
     /// The errno a POSIX caller sees.
     pub fn errno(&self) -> i32 {
+        self.errno_and_name().0
+    }
+
+    /// The errno and its name (for metrics labels: a closed set).
+    pub fn errno_and_name(&self) -> (i32, &'static str) {
         match self {
-            FsError::NotFound => libc::ENOENT,
-            FsError::Exists => libc::EEXIST,
-            FsError::NotDir => libc::ENOTDIR,
-            FsError::IsDir => libc::EISDIR,
-            FsError::NotEmpty => libc::ENOTEMPTY,
-            FsError::Invalid(_) => libc::EINVAL,
-            FsError::NameTooLong => libc::ENAMETOOLONG,
-            FsError::FileTooBig => libc::EFBIG,
-            FsError::NoAttr => libc::ENODATA,
-            FsError::Range => libc::ERANGE,
-            FsError::NotSupported => libc::EOPNOTSUPP,
-            FsError::NotPermitted => libc::EPERM,
-            FsError::TooManyLinks => libc::EMLINK,
-            FsError::NoSuchOffset => libc::ENXIO,
-            FsError::Busy(_) => libc::EBUSY,
-            FsError::Stale => libc::EAGAIN,
-            FsError::NoSpace => libc::ENOSPC,
-            FsError::QuotaExceeded => libc::EDQUOT,
-            FsError::Corrupt(_) | FsError::Storage(_) | FsError::Format(_) => libc::EIO,
+            FsError::NotFound => (libc::ENOENT, "ENOENT"),
+            FsError::Exists => (libc::EEXIST, "EEXIST"),
+            FsError::NotDir => (libc::ENOTDIR, "ENOTDIR"),
+            FsError::IsDir => (libc::EISDIR, "EISDIR"),
+            FsError::NotEmpty => (libc::ENOTEMPTY, "ENOTEMPTY"),
+            FsError::Invalid(_) => (libc::EINVAL, "EINVAL"),
+            FsError::NameTooLong => (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+            FsError::FileTooBig => (libc::EFBIG, "EFBIG"),
+            FsError::NoAttr => (libc::ENODATA, "ENODATA"),
+            FsError::Range => (libc::ERANGE, "ERANGE"),
+            FsError::NotSupported => (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+            FsError::NotPermitted => (libc::EPERM, "EPERM"),
+            FsError::TooManyLinks => (libc::EMLINK, "EMLINK"),
+            FsError::NoSuchOffset => (libc::ENXIO, "ENXIO"),
+            FsError::Busy(_) => (libc::EBUSY, "EBUSY"),
+            FsError::Stale => (libc::EAGAIN, "EAGAIN"),
+            FsError::NoSpace => (libc::ENOSPC, "ENOSPC"),
+            FsError::QuotaExceeded => (libc::EDQUOT, "EDQUOT"),
+            FsError::Corrupt(_) | FsError::Storage(_) | FsError::Format(_) => (libc::EIO, "EIO"),
         }
     }
 

@@ -18,7 +18,7 @@ use chaserfs_engine::error::FsError;
 use chaserfs_engine::format::records::{FileKind, Timespec};
 use chaserfs_engine::posix::{Attr, NewNode, SetAttr, TimeSet, Workspace};
 
-use crate::metrics::{FuseOp, FUSE_IO_ERRORS};
+use crate::metrics::{current_op, FuseOp, FUSE_ERRORS, FUSE_IO_ERRORS};
 use crate::offer::{KernelOffer, OfferSlot};
 
 /// Entries and attributes are cached by the kernel this long: the daemon is the only writer.
@@ -73,6 +73,8 @@ impl FuseAdapter {
 }
 
 fn errno(e: FsError) -> Errno {
+    let (code, name) = e.errno_and_name();
+    metrics::counter!(FUSE_ERRORS, "op" => current_op(), "errno" => name).increment(1);
     if matches!(e, FsError::Storage(_) | FsError::Corrupt(_)) {
         metrics::counter!(FUSE_IO_ERRORS).increment(1);
         // At most one line every 10 s: a failing store fails every request, and says so once.
@@ -94,7 +96,7 @@ fn errno(e: FsError) -> Errno {
             tracing::error!("I/O error: {e} (further ones within 10 s are counted, not logged)");
         }
     }
-    Errno::from_i32(e.errno())
+    Errno::from_i32(code)
 }
 
 fn file_type(k: FileKind) -> FileType {

@@ -4,6 +4,17 @@ use std::time::Instant;
 
 pub const FUSE_REQUEST_SECONDS: &str = "chaserfs_fuse_request_duration_seconds";
 pub const FUSE_IO_ERRORS: &str = "chaserfs_fuse_io_errors_total";
+pub const FUSE_ERRORS: &str = "chaserfs_fuse_errors_total";
+
+thread_local! {
+    /// The FUSE operation this thread serves now (set by [`FuseOp::start`]).
+    static CURRENT_OP: std::cell::Cell<&'static str> = const { std::cell::Cell::new("other") };
+}
+
+/// The FUSE operation the calling thread serves.
+pub fn current_op() -> &'static str {
+    CURRENT_OP.with(std::cell::Cell::get)
+}
 
 /// Registers the help text of the adapter's metrics.
 pub fn describe() {
@@ -12,6 +23,10 @@ pub fn describe() {
         FUSE_REQUEST_SECONDS,
         Unit::Seconds,
         "FUSE requests served, by operation (the count is the number of requests)"
+    );
+    describe_counter!(
+        FUSE_ERRORS,
+        "FUSE requests the engine answered with an error, by operation and errno name"
     );
     describe_counter!(
         FUSE_IO_ERRORS,
@@ -29,6 +44,7 @@ pub struct FuseOp {
 
 impl FuseOp {
     pub fn start(op: &'static str) -> FuseOp {
+        CURRENT_OP.with(|c| c.set(op));
         FuseOp {
             op,
             started: Instant::now(),
