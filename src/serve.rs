@@ -18,7 +18,6 @@ use chaserfs_service::takeover;
 use tokio::sync::mpsc::Receiver;
 
 use crate::keys::load_keys;
-use crate::signal::shutdown_signal;
 use crate::store::Joined;
 use crate::{ClusterArgs, ServeArgs};
 
@@ -73,6 +72,13 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // store; it exits once this process has readied every session (see takeover.rs). Any
     // error before then returns them all to it.
     let started = Instant::now();
+    if takeover {
+        // A stop or a reload sent to the service while this process takes over (it is the
+        // main process from its MAINPID on) must not kill it before it serves: held until
+        // its handlers are set (`serve_http`). Threads started from here on inherit the mask;
+        // child processes start with an empty one (std resets it).
+        block_stop_signals();
+    }
     let inherited = if takeover {
         if cluster.s3_endpoint.is_some() {
             bail!("--takeover is not supported for cluster hosts");
@@ -321,8 +327,15 @@ async fn serve_http(
     limits: listener::Limits,
     successor: &mut Receiver<takeover::Request>,
 ) -> anyhow::Result<()> {
+    // Registered once, so a signal that comes while a takeover drains or hands over is kept
+    // for the loop below (a refused or failed takeover serves on, then stops if asked).
     // SIGHUP (`systemctl reload`) starts a successor that takes over (`notify.rs`).
-    let mut reload = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut reload = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    // A successor blocked these until now (see `serve`): pending ones arrive here.
+    unblock_stop_signals();
     loop {
         let listener = tcp_listener(&listeners.api)?;
         tracing::info!("listening on {}", listener.local_addr()?);
@@ -335,7 +348,8 @@ async fn serve_http(
         // Without a takeover socket the channel is closed and only a signal ends this.
         let request = loop {
             tokio::select! {
-                _ = shutdown_signal() => break None,
+                _ = term.recv() => break None,
+                _ = int.recv() => break None,
                 _ = reload.recv() => crate::notify::reload(),
                 Some(r) = successor.recv() => break Some(r),
             }
@@ -494,4 +508,26 @@ fn spawn_cluster_gc(
             }
         })?;
     Ok(())
+}
+
+/// SIGTERM, SIGINT and SIGHUP: what systemd or an operator sends the daemon.
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+fn block_stop_signals() {
+    if let Err(e) = stop_signals().thread_block() {
+        tracing::warn!("blocking signals during the takeover: {e}");
+    }
+}
+
+fn unblock_stop_signals() {
+    if let Err(e) = stop_signals().thread_unblock() {
+        tracing::warn!("unblocking signals: {e}");
+    }
 }

@@ -367,6 +367,16 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
         .parse()
         .unwrap();
     assert_ne!(main_pid, old_pid);
+    // Not this test's child: killed if the test fails before it stops it.
+    struct Successor(Option<i32>);
+    impl Drop for Successor {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+    let mut successor = Successor(Some(main_pid));
     assert_eq!(recv(), format!("MAINPID={main_pid}\nREADY=1"));
     let code = common::wait_for(Duration::from_secs(30), "the old daemon's exit", || {
         d.exited()
@@ -407,6 +417,7 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
                 .starts_with('Z'),
         }
     });
+    successor.0 = None;
 
     // A cold start, with the same command line and no takeover.
     d.restart();
@@ -414,4 +425,75 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
     let (_, again) = d.mount("tk", "tk2");
     let text = std::fs::read_to_string(again.join("log.txt")).unwrap();
     assert_eq!(text.lines().count(), lines, "every line written came back");
+}
+
+/// A stop sent the moment the successor of a reload becomes the main process (before it
+/// serves) is kept until it can act on it: it finishes the takeover, says READY, then stops
+/// cleanly (every session committed and unmounted), instead of dying with the mounts.
+#[test]
+fn a_stop_during_a_reload_is_not_lost() {
+    use std::os::unix::net::UnixDatagram;
+    let notify_dir = tempfile::tempdir().unwrap();
+    let socket_path = notify_dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut d = Daemon::start_with(common::Options {
+        env: vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
+        ..Default::default()
+    });
+    let old_pid = d.pid();
+    assert_eq!(recv(), format!("MAINPID={old_pid}\nREADY=1"));
+    d.create_workspace("tk");
+    let (_, path) = d.mount("tk", "tk");
+    // Written but not synced: only a clean stop commits it.
+    std::fs::write(path.join("kept.txt"), b"committed at the stop\n").unwrap();
+
+    let kill = |sig: &str, pid: i32| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    kill("-HUP", old_pid);
+    assert_eq!(recv(), "RELOADING=1");
+    let main_pid: i32 = recv()
+        .strip_prefix("MAINPID=")
+        .expect("the successor's MAINPID")
+        .parse()
+        .unwrap();
+    kill("-TERM", main_pid);
+    assert_eq!(recv(), format!("MAINPID={main_pid}\nREADY=1"));
+    assert_eq!(recv(), "STOPPING=1");
+    common::wait_until(Duration::from_secs(60), "the successor's exit", || {
+        match std::fs::read_to_string(format!("/proc/{main_pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z'),
+        }
+    });
+    assert_eq!(
+        common::wait_for(Duration::from_secs(30), "the old daemon's exit", || d
+            .exited()),
+        0
+    );
+    assert!(!common::is_mounted(&path), "the stop unmounted the session");
+    d.restart();
+    assert_eq!(recv(), format!("MAINPID={}\nREADY=1", d.pid()));
+    let (_, again) = d.mount("tk", "tk2");
+    assert_eq!(
+        std::fs::read_to_string(again.join("kept.txt")).unwrap(),
+        "committed at the stop\n"
+    );
 }

@@ -313,8 +313,8 @@ impl Service {
             Some(sel) => match (ix.resolve(account, sel), Uuid::parse_str(sel)) {
                 (Ok(w), _) => Some(w.id),
                 // A deleted workspace's ended sessions, by its id.
-                (Err(_), Ok(id)) => Some(id),
-                (Err(e), Err(_)) => return Err(e),
+                (Err(e), Ok(id)) if e.code == "workspace_not_found" => Some(id),
+                (Err(e), _) => return Err(e),
             },
         };
         let mut page: Vec<&SessionRecord> = ix
