@@ -61,6 +61,14 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trust,
         cluster,
     } = args;
+    if takeover {
+        // A stop or a reload sent to the service while this process takes over (it is the
+        // main process from its MAINPID on) must not kill it before it serves: held until
+        // its handlers are set (`serve_http`). First thing, before any thread starts (every
+        // thread inherits the mask, and a signal goes to any thread not blocking it); child
+        // processes start with an empty mask (std resets it).
+        block_stop_signals();
+    }
     let commit_interval = Duration::from_secs(commit_interval.max(1));
     raise_open_files_limit();
     let limits = listener::Limits {
@@ -72,13 +80,6 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // store; it exits once this process has readied every session (see takeover.rs). Any
     // error before then returns them all to it.
     let started = Instant::now();
-    if takeover {
-        // A stop or a reload sent to the service while this process takes over (it is the
-        // main process from its MAINPID on) must not kill it before it serves: held until
-        // its handlers are set (`serve_http`). Threads started from here on inherit the mask;
-        // child processes start with an empty one (std resets it).
-        block_stop_signals();
-    }
     let inherited = if takeover {
         if cluster.s3_endpoint.is_some() {
             bail!("--takeover is not supported for cluster hosts");
