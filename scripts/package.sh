@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package: the release binary without its debug info as /usr/bin/chaserfs,
-# and the systemd unit (packaging/chaserfs.service) as /lib/systemd/system/chaserfs.service.
+# the systemd unit (packaging/chaserfs.service) as /lib/systemd/system/chaserfs.service, and
+# the config file (packaging/config.toml) as /etc/chaserfs/config.toml, a conffile: an upgrade
+# keeps the operator's edits.
 #
 #   bash scripts/package.sh [--bin PATH] [--out DIR]
 #       --bin: package this build instead of building one (CHASERFS_BIN does the same)
@@ -31,11 +33,13 @@ ARCH=$(dpkg --print-architecture)
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 install -d "$STAGE/usr/bin" "$STAGE/lib/systemd/system" "$STAGE/DEBIAN" \
-    "$STAGE/usr/share/doc/chaserfs"
+    "$STAGE/usr/share/doc/chaserfs" "$STAGE/etc/chaserfs"
 # The release build keeps line tables for backtraces (hundreds of MB); the package does not.
 objcopy --strip-debug "$BIN" "$STAGE/usr/bin/chaserfs"
 chmod 0755 "$STAGE/usr/bin/chaserfs"
 install -m 0644 packaging/chaserfs.service "$STAGE/lib/systemd/system/chaserfs.service"
+install -m 0644 packaging/config.toml "$STAGE/etc/chaserfs/config.toml"
+echo /etc/chaserfs/config.toml >"$STAGE/DEBIAN/conffiles"
 install -m 0644 README.md "$STAGE/usr/share/doc/chaserfs/README.md"
 cat >"$STAGE/DEBIAN/control" <<CONTROL
 Package: chaserfs

@@ -4,6 +4,7 @@
 
 mod bench;
 mod client;
+mod config;
 mod keys;
 mod notify;
 mod serve;
@@ -100,6 +101,11 @@ enum Command {
 /// `chaserfs serve`'s flags.
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// TOML file of these flags by their long names (`data-dir = "/srv/chaserfs"`,
+    /// `cache-size = "20G"`); a flag given on the command line or by its environment variable
+    /// overrides it. Default: /etc/chaserfs/config.toml, if it exists.
+    #[arg(long, env = "CHASER_CONFIG")]
+    config: Option<PathBuf>,
     /// RocksDB data dir (created if missing).
     #[arg(long, default_value = "/var/lib/chaserfs")]
     data_dir: PathBuf,
@@ -249,7 +255,18 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (args, config) = config::command_line()?;
+    let cli = Cli::try_parse_from(args).unwrap_or_else(|e| {
+        // The command line alone parsed (`command_line`): the bad value is the file's.
+        match config {
+            Some(path) if e.use_stderr() => {
+                eprint!("{e}");
+                eprintln!("(the value is from the config file {})", path.display());
+                std::process::exit(2)
+            }
+            _ => e.exit(),
+        }
+    });
     // `info` unless RUST_LOG says otherwise: requests, sessions and collections are worth seeing.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -44,6 +44,7 @@ type Stats = Option<(Arc<Store>, Arc<Cluster>)>;
 /// Starts the daemon, and serves until SIGTERM or until a successor takes over.
 pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ServeArgs {
+        config: _,
         data_dir,
         listen,
         api_keys_file,

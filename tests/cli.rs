@@ -284,3 +284,76 @@ fn mount_runs_until_ctrl_c() {
     );
     d.unmount(&session);
 }
+
+/// `serve`'s config file: its values apply where neither a flag nor its environment variable
+/// is given (here `listen`, `mount-root` and `log-format` from the file, `data-dir` from the
+/// command line over the file's); a key that is no flag of serve, or a value the flag refuses,
+/// stops the daemon with an error that names the file.
+#[test]
+fn serve_reads_its_config_file() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("config.toml");
+    let from_file = dir.path().join("data-from-file");
+    let from_flag = dir.path().join("data-from-flag");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {:?}\nlisten = \"127.0.0.1:{port}\"\nmount_root = {:?}\n\
+             log-format = \"json\"\nsession-retention = \"2h\"\n",
+            from_file,
+            dir.path().join("mnt")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--data-dir"])
+        .arg(&from_flag)
+        .env("CHASER_CONFIG", &config)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    common::wait_until(
+        Duration::from_secs(30),
+        "the daemon on the file's port",
+        || ureq::get(&url).call().is_ok(),
+    );
+    assert!(from_flag.join("api-key").exists());
+    assert!(!from_file.exists());
+    // SAFETY: stopping our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let first = log.lines().find(|l| l.starts_with('{')).expect(&log);
+    assert!(serde_json::from_str::<Value>(first).is_ok(), "{log}");
+
+    for (text, code, says) in [
+        ("bogus = 1\n", 1, "`bogus` is not a flag"),
+        ("takeover = true\n", 1, "`takeover` is not a flag"),
+        ("commit-interval = \"soon\"\n", 2, "invalid value 'soon'"),
+        ("listen = [\n", 1, "TOML parse error"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(common::bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{text}: {stderr}");
+        assert!(stderr.contains(says), "{text}: {stderr}");
+        assert!(
+            stderr.contains(config.to_str().unwrap()),
+            "{text}: {stderr}"
+        );
+    }
+}

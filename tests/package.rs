@@ -1,6 +1,7 @@
 //! The Debian package (`scripts/package.sh`) of this very build: it installs with dpkg into a
-//! scratch root with a dpkg database of its own, puts a binary without debug info and the
-//! systemd unit in place, and the unit passes `systemd-analyze verify` without a warning.
+//! scratch root with a dpkg database of its own, puts a binary without debug info, the
+//! systemd unit and the config file (a conffile) in place, the unit passes `systemd-analyze
+//! verify` without a warning, and the installed binary serves with the shipped config.
 
 mod common;
 
@@ -47,6 +48,10 @@ fn the_package_installs_the_binary_and_a_unit_that_verifies() {
         .arg(format!("--root={}", root.display()))
         .args(["-s", "chaserfs"]));
     assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(
+        status.contains("Conffiles:\n /etc/chaserfs/config.toml "),
+        "{status}"
+    );
     let bin = root.join("usr/bin/chaserfs");
     let version = run(Command::new(&bin).arg("--version"));
     assert_eq!(
@@ -64,7 +69,7 @@ fn the_package_installs_the_binary_and_a_unit_that_verifies() {
     // /usr/bin/chaserfs): no error and no warning.
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/chaserfs.service")).unwrap();
     assert!(
-        unit.contains("ExecStart=/usr/bin/chaserfs serve "),
+        unit.contains("ExecStart=/usr/bin/chaserfs serve --config /etc/chaserfs/config.toml\n"),
         "{unit}"
     );
     let check = dir.path().join("chaserfs.service");
@@ -82,4 +87,30 @@ fn the_package_installs_the_binary_and_a_unit_that_verifies() {
         verify.status.success() && verify.stderr.is_empty() && verify.stdout.is_empty(),
         "{verify:?}"
     );
+
+    // The shipped config parses and serves; the scratch dirs and port are flags over it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(root.join("etc/chaserfs/config.toml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--mount-root")
+        .arg(dir.path().join("mnt"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the installed daemon",
+        || ureq::get(&url).call().is_ok(),
+    );
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
 }
