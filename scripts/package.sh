@@ -41,6 +41,7 @@ install -m 0644 packaging/chaserfs.service "$STAGE/lib/systemd/system/chaserfs.s
 install -m 0644 packaging/config.toml "$STAGE/etc/chaserfs/config.toml"
 echo /etc/chaserfs/config.toml >"$STAGE/DEBIAN/conffiles"
 install -m 0644 README.md "$STAGE/usr/share/doc/chaserfs/README.md"
+install -m 0644 packaging/grafana-dashboard.json "$STAGE/usr/share/doc/chaserfs/grafana-dashboard.json"
 cat >"$STAGE/DEBIAN/control" <<CONTROL
 Package: chaserfs
 Version: $VERSION

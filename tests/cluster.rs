@@ -534,6 +534,69 @@ fn cold_start_on_another_host() {
     b.unmount(&sid);
 }
 
+/// The sample Grafana dashboard on two cluster hosts after a short run (A writes, B reads
+/// cold, both collect): every panel has data, and the cluster's series count what happened.
+#[test]
+fn the_sample_dashboard_has_data_on_cluster_hosts() {
+    let Some(stores) = Stores::start_or_skip(&[]) else {
+        return;
+    };
+    let a = stores.host("host-a", &["--gc-interval", "1"]);
+    let b = stores.host("host-b", &["--gc-interval", "1"]);
+    a.create_workspace("dash");
+    let (sid, path) = a.mount("dash", "dash");
+    let data = common::noise(9, 4 << 20);
+    write_synced(&path.join("data"), &data);
+    a.unmount(&sid);
+    let (sid, path) = b.mount("dash", "dash-b");
+    assert!(std::fs::read(path.join("data")).unwrap() == data);
+    b.unmount(&sid);
+
+    let scrape = |d: &Daemon| {
+        ureq::get(format!("{}/metrics", d.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let collections = "chaserfs_gc_duration_seconds_count";
+    let (ta, tb) = common::wait_for(Duration::from_secs(60), "a collection", || {
+        let (ta, tb) = (scrape(&a), scrape(&b));
+        (value(&ta, collections) + value(&tb, collections) >= 1.0).then_some((ta, tb))
+    });
+    let missing = common::panels_without_data(&[&ta, &tb], |_| false);
+    assert!(missing.is_empty(), "no data for {missing:?}:\n{ta}\n{tb}");
+
+    let requests = "chaserfs_cluster_request_duration_seconds_count";
+    let put = format!("{requests}{{store=\"s3\",op=\"put\"}}");
+    let get = format!("{requests}{{store=\"s3\",op=\"get\"}}");
+    let txn = format!("{requests}{{store=\"etcd\",op=\"txn\"}}");
+    assert!(value(&ta, &put) >= 1.0, "{ta}");
+    assert!(value(&tb, &get) >= 1.0, "{tb}");
+    assert!(value(&ta, &txn) >= 1.0 && value(&tb, &txn) >= 1.0);
+    assert_eq!(value(&ta, "chaserfs_cluster_request_errors_total"), 0.0);
+    assert!(
+        value(&tb, "chaserfs_cluster_cache_misses_total") >= 64.0,
+        "{tb}"
+    );
+    assert!(value(&tb, "chaserfs_cluster_cache_limit_bytes") > 0.0);
+    assert_eq!(value(&tb, "chaserfs_cluster_leases_lost_total"), 0.0);
+    // Renewed every third of the lease TTL (3 s here).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let renewed = value(&tb, "chaserfs_cluster_lease_renewed_timestamp_seconds");
+    assert!(now - renewed < 10.0, "renewed at {renewed}, now {now}");
+}
+
 /// A host asked to warm a workspace ahead of a session holds its whole tree and data: the
 /// session then starts and reads every file with the object store stopped (a read that still
 /// needed it would stall and fail). A host that lacks the tree starts fetching it at session

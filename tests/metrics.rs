@@ -109,6 +109,14 @@ fn metrics_count_what_sessions_and_requests_did() {
     assert!(sample(&text, "chaserfs_chunks_deduplicated_total", &[]) >= 16.0);
     assert_eq!(sample(&text, "chaserfs_sessions_started_total", &[]), 1.0);
     assert_eq!(sample(&text, "chaserfs_sessions_ended_total", &[]), 1.0);
+    let asked = [("reason", "request")];
+    assert_eq!(sample(&text, "chaserfs_sessions_ended_total", &asked), 1.0);
+    assert_eq!(
+        sample(&text, "chaserfs_session_end_duration_seconds_count", &[]),
+        1.0
+    );
+    assert!(sample(&text, "chaserfs_store_disk_free_bytes", &[]) > 0.0);
+    assert!(sample(&text, "chaserfs_store_disk_reserve_bytes", &[]) > 0.0);
     assert_eq!(sample(&text, "chaserfs_sessions_active", &[]), 0.0);
     assert_eq!(sample(&text, "chaserfs_workspaces", &[]), 2.0);
     assert!(sample(&text, "chaserfs_store_logical_bytes", &[]) >= (2 << 20) as f64);
@@ -160,6 +168,10 @@ fn metrics_count_what_sessions_and_requests_did() {
         sample(&text, "chaserfs_gc_objects_freed_total", &[]) >= 16.0,
         "{text}"
     );
+    // Every panel of the sample dashboard but the cluster's has data (tests/cluster.rs
+    // checks those on cluster hosts).
+    let missing = common::panels_without_data(&[&text], |title| title.starts_with("Cluster"));
+    assert!(missing.is_empty(), "no data for {missing:?}:\n{text}");
 
     // The log: one line per request and per session start and end, with ids.
     let log = d.log();

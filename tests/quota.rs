@@ -83,6 +83,32 @@ fn quotas_limit_bytes_and_inodes_show_in_df_and_pass_to_clones() {
     std::fs::remove_file(mnt.join("f0")).unwrap();
     std::fs::create_dir(mnt.join("dir")).unwrap();
 
+    // An operator sees it: the workspace at its inode quota, and the EDQUOT answers by op.
+    let near_quota_and_edquot = |text: &str| {
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum()
+        };
+        value("chaserfs_workspaces_near_quota ") == 1.0
+            && value("chaserfs_fuse_errors_total{op=\"mknod\",errno=\"EDQUOT\"}") >= 1.0
+            && value("chaserfs_fuse_errors_total{op=\"mkdir\",errno=\"EDQUOT\"}") >= 1.0
+    };
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the quota gauge and EDQUOT counters",
+        || {
+            let text = ureq::get(format!("{}/metrics", d.url))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap();
+            near_quota_and_edquot(&text)
+        },
+    );
+
     // Raised through the API while mounted: enforced at once.
     let (s, w) = d.call(
         "PUT",

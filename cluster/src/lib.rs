@@ -10,6 +10,7 @@
 
 pub mod gc;
 mod meta;
+pub mod metrics;
 mod objects;
 pub mod packs;
 
@@ -77,6 +78,7 @@ impl Cluster {
     pub fn connect(config: &ClusterConfig) -> FsResult<Arc<Cluster>> {
         // rustls needs a process-wide crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        metrics::describe();
         let runtime = Arc::new(Runtime::new(config.request_timeout)?);
         let objects = Objects::new(config, runtime.clone())?;
         let meta = Meta::connect(config, runtime.clone())?;

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chaserfs_engine::format::Format;
@@ -17,6 +17,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
+use crate::metrics::record;
 use crate::packs::{Pack, Read};
 use crate::{ClusterConfig, Runtime};
 
@@ -131,11 +132,14 @@ impl Objects {
     pub fn get_reads(&self, reads: &[Read]) -> FsResult<Vec<Option<Bytes>>> {
         self.runtime.block("S3 get", async {
             futures::stream::iter(reads.iter().map(|r| async move {
-                match self
+                let started = Instant::now();
+                let got = self
                     .store
                     .get_range(&pack_key(&r.pack), r.range.clone())
-                    .await
-                {
+                    .await;
+                let ok = matches!(got, Ok(_) | Err(object_store::Error::NotFound { .. }));
+                record("s3", "get", started, ok);
+                match got {
                     Ok(bytes) => {
                         let s = &self.stats;
                         s.get_requests.fetch_add(1, Ordering::Relaxed);
@@ -158,10 +162,13 @@ impl Objects {
     pub fn put_packs(&self, packs: &[Pack]) -> FsResult<()> {
         self.runtime.block("S3 upload", async {
             futures::stream::iter(packs.iter().map(|p| async move {
-                self.store
+                let started = Instant::now();
+                let put = self
+                    .store
                     .put(&pack_key(&p.name), PutPayload::from(p.bytes.clone()))
-                    .await
-                    .map_err(|e| s3_error("put", e))?;
+                    .await;
+                record("s3", "put", started, put.is_ok());
+                put.map_err(|e| s3_error("put", e))?;
                 let s = &self.stats;
                 s.packs_uploaded.fetch_add(1, Ordering::Relaxed);
                 s.uploaded
@@ -179,7 +186,8 @@ impl Objects {
 
     /// Every pack in the bucket: (name, size, last modified), for the collector.
     pub fn list_packs(&self) -> FsResult<Vec<(Hash, u64, std::time::SystemTime)>> {
-        self.runtime.block("S3 list", async {
+        let started = Instant::now();
+        let listed = self.runtime.block("S3 list", async {
             let mut out = Vec::new();
             let mut list = self.store.list(Some(&Path::from(PACKS)));
             while let Some(meta) = list.next().await {
@@ -190,7 +198,9 @@ impl Objects {
                 out.push((hash, meta.size, meta.last_modified.into()));
             }
             Ok(out)
-        })
+        });
+        record("s3", "list", started, listed.is_ok());
+        listed
     }
 
     /// Deletes packs, [`PARALLEL`] at a time.
@@ -199,7 +209,11 @@ impl Objects {
             futures::stream::iter(packs.iter().map(|pack| {
                 let store = self.store.clone();
                 async move {
-                    match store.delete(&pack_key(pack)).await {
+                    let started = Instant::now();
+                    let deleted = store.delete(&pack_key(pack)).await;
+                    let ok = matches!(deleted, Ok(()) | Err(object_store::Error::NotFound { .. }));
+                    record("s3", "delete", started, ok);
+                    match deleted {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                         Err(e) => Err(s3_error("delete", e)),
                     }

@@ -715,3 +715,55 @@ print(width, depth, open("bottom").read().strip())
         super::python(CHECK, dir).trim().to_string()
     }
 }
+
+/// The sample Grafana dashboard (`packaging/grafana-dashboard.json`): each panel's title and
+/// the metrics its queries read (a histogram's `_bucket`/`_count` series as rendered).
+pub fn dashboard_panels() -> Vec<(String, Vec<String>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    panels
+        .iter()
+        .map(|p| {
+            let mut metrics = Vec::new();
+            for target in p["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for prefix in ["chaserfs_", "process_"] {
+                    for (at, _) in expr.match_indices(prefix) {
+                        let name: String = expr[at..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        if !metrics.contains(&name) {
+                            metrics.push(name);
+                        }
+                    }
+                }
+            }
+            (p["title"].as_str().expect("title").to_string(), metrics)
+        })
+        .collect()
+}
+
+/// Whether a `/metrics` text has a sample of `metric` (any labels).
+pub fn has_series(text: &str, metric: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix(metric)
+            .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+    })
+}
+
+/// The dashboard's panels some metric of which none of `scrapes` has.
+pub fn panels_without_data(scrapes: &[&str], skip: impl Fn(&str) -> bool) -> Vec<String> {
+    dashboard_panels()
+        .into_iter()
+        .filter(|(title, _)| !skip(title))
+        .flat_map(|(title, metrics)| {
+            metrics
+                .into_iter()
+                .filter(|m| !scrapes.iter().any(|t| has_series(t, m)))
+                .map(move |m| format!("{title}: {m}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

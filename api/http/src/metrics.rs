@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use chaserfs_service::metrics::{millis, publish_gauges};
+use chaserfs_service::metrics::{millis, publish_cache, publish_gauges};
 use chaserfs_service::service::Service;
 use metrics::{describe_counter, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -135,6 +135,9 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub fn render(svc: &Service) -> Option<String> {
     let handle = HANDLE.get()?;
     publish_gauges(svc.counts(), || svc.gauges());
+    if let Some(cache) = svc.cache_stats() {
+        publish_cache(cache);
+    }
     publish_process();
     Some(handle.render())
 }

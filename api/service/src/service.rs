@@ -30,6 +30,7 @@ pub use crate::config::{Config, Trust};
 use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::index::{scan, Index, SESSION, SNAPSHOT, WORKSPACE};
 use crate::model::{SessionRecord, SnapshotRecord, WorkspaceRecord, WorkspaceStatus};
+use crate::sessions::EndReason;
 
 /// How often a write is decided again when records keep changing on other hosts under it.
 const STALE_RETRIES: u64 = 20;
@@ -126,17 +127,39 @@ impl Service {
         (self.mounts.lock().len(), workspaces)
     }
 
+    /// Cluster mode: the object cache's figures (`None` on a single host).
+    pub fn cache_stats(&self) -> Option<chaserfs_engine::CacheStats> {
+        self.store.is_cluster().then(|| self.store.cache_stats())
+    }
+
     /// What `/metrics` scans the store for.
     pub fn gauges(&self) -> crate::metrics::Gauges {
-        let ids: Vec<Uuid> = self.lock().workspaces.keys().copied().collect();
-        let logical_bytes = ids
-            .iter()
-            .filter_map(|id| roots::stats(&self.store, RootId::Workspace(*id)).ok())
-            .map(|(_, sup)| sup.logical_bytes)
-            .sum();
+        let quotas: Vec<(Uuid, crate::model::Quota)> = self
+            .lock()
+            .workspaces
+            .values()
+            .map(|w| (w.id, w.quota))
+            .collect();
+        let mut logical_bytes = 0;
+        let mut near_quota = 0;
+        for (id, quota) in quotas {
+            let Ok((_, sup)) = roots::stats(&self.store, RootId::Workspace(id)) else {
+                continue;
+            };
+            logical_bytes += sup.logical_bytes;
+            // At 90% or more of either limit.
+            let near = |used: u64, limit: Option<u64>| limit.is_some_and(|l| used * 10 >= l * 9);
+            if near(sup.used_bytes(), quota.bytes) || near(sup.files, quota.inodes) {
+                near_quota += 1;
+            }
+        }
+        let disk = self.store.disk_space().ok();
         crate::metrics::Gauges {
             logical_bytes,
             disk_bytes: self.store.dir_bytes(),
+            disk_free_bytes: disk.map_or(0, |d| d.avail_bytes()),
+            reserve_bytes: self.store.reserve_bytes(),
+            near_quota,
         }
     }
 
@@ -286,7 +309,7 @@ impl Service {
                 }
                 Some(session) if force => {
                     drop(ix);
-                    self.end_session_by_id(session, deleting)?;
+                    self.end_session_by_id(session, deleting, EndReason::Forced)?;
                 }
                 Some(session) => {
                     return Err(ApiError::conflict(

@@ -21,6 +21,41 @@ use crate::service::{Mounted, Service, BUSY_WAIT};
 /// How often a stopping daemon retries the final commits that failed.
 const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Why a session ended, as `chaserfs_sessions_ended_total` labels it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum EndReason {
+    /// `DELETE /v1/sessions/{id}` (or the CLI's `sessions end`).
+    Request,
+    /// A restore or delete with `force=true` ended it first.
+    Forced,
+    /// Its final commit had failed; a later retry landed.
+    Retry,
+    /// The daemon stopped (SIGTERM).
+    Shutdown,
+    /// Ended here on behalf of a host that lost it (a cluster host gone, or a crash).
+    HostLost,
+}
+
+impl EndReason {
+    pub(crate) const ALL: [EndReason; 5] = [
+        EndReason::Request,
+        EndReason::Forced,
+        EndReason::Retry,
+        EndReason::Shutdown,
+        EndReason::HostLost,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Request => "request",
+            EndReason::Forced => "forced",
+            EndReason::Retry => "retry",
+            EndReason::Shutdown => "shutdown",
+            EndReason::HostLost => "host_lost",
+        }
+    }
+}
+
 /// Tunes the mount's writeback and readahead (its backing device info in sysfs) the way a
 /// disk's are. Best effort: a kernel without a knob keeps its default.
 /// - `strict_limit` 0: the kernel gives every FUSE mount a strict dirty-page limit of 1% of
@@ -391,17 +426,31 @@ impl Service {
     /// `commit_failed` one retries its commit.
     pub fn end_session(&self, account: &str, id: &str) -> ApiResult<SessionView> {
         let s = self.session(Some(account), id)?;
-        Ok(SessionView::from(&self.end(s, false)?))
+        Ok(SessionView::from(&self.end(
+            s,
+            false,
+            EndReason::Request,
+        )?))
     }
 
     /// Ends a session; with `discard_failed`, a session whose final commit already failed
     /// drops its changes instead of retrying (its workspace is about to be deleted).
-    pub(crate) fn end_session_by_id(&self, id: Uuid, discard_failed: bool) -> ApiResult<()> {
+    pub(crate) fn end_session_by_id(
+        &self,
+        id: Uuid,
+        discard_failed: bool,
+        why: EndReason,
+    ) -> ApiResult<()> {
         let s = self.session(None, &id.to_string())?;
-        self.end(s, discard_failed).map(|_| ())
+        self.end(s, discard_failed, why).map(|_| ())
     }
 
-    fn end(&self, mut s: SessionRecord, discard_failed: bool) -> ApiResult<SessionRecord> {
+    fn end(
+        &self,
+        mut s: SessionRecord,
+        discard_failed: bool,
+        why: EndReason,
+    ) -> ApiResult<SessionRecord> {
         {
             let mut ix = self.lock();
             // Another call may be ending it right now: wait for that, then answer its result.
@@ -420,7 +469,7 @@ impl Service {
             }
             ix.busy.insert(s.held_id());
         }
-        let result = self.unmount_and_record(&mut s, discard_failed);
+        let result = self.unmount_and_record(&mut s, discard_failed, why);
         self.release(&mut self.lock(), s.held_id());
         result.map(|_| s)
     }
@@ -434,7 +483,13 @@ impl Service {
             && !self.store.is_open(ws)
     }
 
-    fn unmount_and_record(&self, s: &mut SessionRecord, discard_failed: bool) -> ApiResult<()> {
+    fn unmount_and_record(
+        &self,
+        s: &mut SessionRecord,
+        discard_failed: bool,
+        why: EndReason,
+    ) -> ApiResult<()> {
+        let started = std::time::Instant::now();
         if self.store.is_cluster()
             && !self.mounts.lock().contains_key(&s.id)
             && !self.host_lost(s.id, s.held_id())
@@ -453,6 +508,12 @@ impl Service {
         // The workspace stays open (held, in a cluster) until the session is recorded ended,
         // so no other host takes the session for lost meanwhile.
         let mut closing = None;
+        // Not mounted here: another host lost it (a cluster), or a crash did (see `recover`).
+        let why = if mounted.is_none() && why == EndReason::Request {
+            EndReason::HostLost
+        } else {
+            why
+        };
         if let Some(mut m) = mounted {
             if let Some(mount) = m.mount.take() {
                 if let Err(e) = mount.umount_and_join() {
@@ -470,6 +531,7 @@ impl Service {
                 // The mount is gone but the changes are not: keep them, and the workspace
                 // open, for the next attempt.
                 tracing::error!("session {}: final commit failed: {e}", s.id);
+                metrics::counter!(m::SESSION_END_FAILURES).increment(1);
                 self.mounts.lock().insert(s.id, m);
                 s.status = SessionStatus::CommitFailed;
                 s.commit_error = Some(e.to_string());
@@ -521,7 +583,8 @@ impl Service {
             let _ = std::fs::remove_dir(&s.mountpoint);
         }
         if recorded.is_ok() {
-            metrics::counter!(m::SESSIONS_ENDED).increment(1);
+            metrics::counter!(m::SESSIONS_ENDED, "reason" => why.as_str()).increment(1);
+            metrics::histogram!(m::SESSION_END_SECONDS).record(started.elapsed().as_secs_f64());
             let lasted = humantime::parse_rfc3339_weak(&s.created_at)
                 .ok()
                 .and_then(|t| t.elapsed().ok())
@@ -557,7 +620,7 @@ impl Service {
             }
         }
         for (id, _, _) in failed {
-            if self.end_session_by_id(id, false).is_ok() {
+            if self.end_session_by_id(id, false, EndReason::Retry).is_ok() {
                 tracing::info!("session {id}: final commit succeeded on retry");
             }
         }
@@ -573,7 +636,7 @@ impl Service {
             let ids: Vec<Uuid> = self.mounts.lock().keys().copied().collect();
             let mut failed = Vec::new();
             for id in ids {
-                if let Err(e) = self.end_session_by_id(id, false) {
+                if let Err(e) = self.end_session_by_id(id, false, EndReason::Shutdown) {
                     failed.push(format!("{id}: {}", e.message));
                 }
             }

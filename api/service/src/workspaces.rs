@@ -12,6 +12,7 @@ use crate::model::*;
 use crate::names::{check_image, check_name_format};
 use crate::pages::{check_limit, decode_cursor, encode_cursor};
 use crate::service::Service;
+use crate::sessions::EndReason;
 
 /// Longest name prefix of a fork: room is left for the `-N` suffix.
 const FORK_PREFIX_MAX: usize = 56;
@@ -424,7 +425,7 @@ impl Service {
                     .collect()
             };
             for id in read_only {
-                self.end_session_by_id(id, true)?;
+                self.end_session_by_id(id, true, EndReason::Forced)?;
             }
         }
         let id = self.with_idle_workspace(account, selector, force, true, |ix, ws| {

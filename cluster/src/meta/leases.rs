@@ -63,10 +63,14 @@ pub(super) async fn keep_alive(
                     break;
                 }
                 match tokio::time::timeout(every, stream.message()).await {
-                    Ok(Ok(Some(resp))) if resp.ttl() > 0 => lease.lock().renewed = Instant::now(),
+                    Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                        lease.lock().renewed = Instant::now();
+                        crate::metrics::lease_renewed();
+                    }
                     Ok(Ok(Some(_))) => {
                         tracing::error!("cluster: this host's lease {id:x} expired");
                         lease.lock().lost = true;
+                        metrics::counter!(crate::metrics::LEASES_LOST).increment(1);
                         break;
                     }
                     _ => break,
@@ -89,6 +93,7 @@ pub(super) async fn keep_alive(
                     renewed: Instant::now(),
                     lost: false,
                 };
+                crate::metrics::lease_renewed();
             }
         }
     }

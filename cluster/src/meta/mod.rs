@@ -145,11 +145,15 @@ impl Meta {
     }
 
     async fn txn(&self, what: &str, txn: Txn) -> FsResult<etcd_client::TxnResponse> {
+        let started = Instant::now();
         let mut attempt = 0;
         loop {
             match self.etcd.clone().txn(txn.clone()).await {
                 Err(e) if never_sent(&e) && attempt < RETRIES => attempt += 1,
-                r => return r.map_err(|e| etcd_error(what, e)),
+                r => {
+                    crate::metrics::record("etcd", "txn", started, r.is_ok());
+                    return r.map_err(|e| etcd_error(what, e));
+                }
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
@@ -162,11 +166,15 @@ impl Meta {
         options: Option<GetOptions>,
     ) -> FsResult<etcd_client::GetResponse> {
         let key = key.into();
+        let started = Instant::now();
         let mut attempt = 0;
         loop {
             match self.etcd.clone().get(key.clone(), options.clone()).await {
                 Err(e) if never_sent(&e) && attempt < RETRIES => attempt += 1,
-                r => return r.map_err(|e| etcd_error(what, e)),
+                r => {
+                    crate::metrics::record("etcd", "get", started, r.is_ok());
+                    return r.map_err(|e| etcd_error(what, e));
+                }
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }

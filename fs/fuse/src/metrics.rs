@@ -34,6 +34,10 @@ pub fn describe() {
     );
     // At 0 from the start, so an alert on it reads 0, not "no data".
     metrics::counter!(FUSE_IO_ERRORS).increment(0);
+    // The errors an operator alerts on: a tenant at its quota, the host's disk full.
+    for errno in ["EDQUOT", "ENOSPC"] {
+        metrics::counter!(FUSE_ERRORS, "op" => "write", "errno" => errno).increment(0);
+    }
 }
 
 /// Times a FUSE request from its callback's start to its end (the reply), recorded on drop.
