@@ -423,14 +423,37 @@ fn object_store_faults() {
     signal(g2, libc::SIGSTOP);
     let mut f = std::fs::File::create(path.join("stalled")).unwrap();
     f.write_all(&common::noise(3, 1 << 20)).unwrap();
+    let (s, ready) = a.call("GET", "/readyz", None);
+    assert_eq!(s, 200, "{ready}");
     let t = Instant::now();
     let err = f.sync_all().expect_err("fsync with S3 gone must fail");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     println!("fsync with S3 stopped failed after {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(60));
+    // The host says it is not ready, and the metrics count the calls given up.
+    let (s, ready) = a.call("GET", "/readyz", None);
+    assert_eq!(
+        (s, ready["error"]["code"].as_str()),
+        (503, Some("cluster_unreachable")),
+        "{ready}"
+    );
+    let (_, text) = a.call("GET", "/metrics", None);
+    let text = text.as_str().expect("metrics text");
+    let failed: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("chaserfs_cluster_request_timeouts_total{store=\"s3\"}")
+                || (l.starts_with("chaserfs_cluster_request_errors_total{")
+                    && l.contains("store=\"s3\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(failed >= 1.0, "{text}");
     signal(g1, libc::SIGCONT);
     signal(g2, libc::SIGCONT);
     f.sync_all().expect("fsync once S3 is back");
+    let (s, ready) = a.call("GET", "/readyz", None);
+    assert_eq!(s, 200, "{ready}");
     drop(f);
     a.unmount(&sid);
 

@@ -232,10 +232,13 @@ impl Runtime {
         futures::executor::block_on(async {
             match tokio::time::timeout(self.timeout, f).await {
                 Ok(r) => r,
-                Err(_) => Err(FsError::Storage(format!(
-                    "{what}: no answer within {:?}",
-                    self.timeout
-                ))),
+                Err(_) => {
+                    metrics::timed_out(if what.starts_with("S3") { "s3" } else { "etcd" });
+                    Err(FsError::Storage(format!(
+                        "{what}: no answer within {:?}",
+                        self.timeout
+                    )))
+                }
             }
         })
     }
@@ -249,6 +252,13 @@ impl Runtime {
 }
 
 impl chaserfs_engine::Remote for Cluster {
+    fn unready(&self) -> Option<String> {
+        if let Err(e) = self.meta.live_lease() {
+            return Some(e.to_string());
+        }
+        self.objects.failing()
+    }
+
     fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
         Ok(self.fetch(&[(kind, *hash)])?.pop().flatten())
     }

@@ -8,6 +8,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 pub const REQUEST_SECONDS: &str = "chaserfs_cluster_request_duration_seconds";
 pub const REQUEST_ERRORS: &str = "chaserfs_cluster_request_errors_total";
+pub const REQUEST_TIMEOUTS: &str = "chaserfs_cluster_request_timeouts_total";
 pub const LEASE_RENEWED: &str = "chaserfs_cluster_lease_renewed_timestamp_seconds";
 pub const LEASES_LOST: &str = "chaserfs_cluster_leases_lost_total";
 
@@ -30,7 +31,13 @@ pub fn describe() {
     );
     describe_counter!(
         REQUEST_ERRORS,
-        "Requests to the object store or etcd that failed (after retries), by store and operation"
+        "Requests to the object store or etcd answered with an error (after retries), by store \
+         and operation"
+    );
+    describe_counter!(
+        REQUEST_TIMEOUTS,
+        "Calls to the object store or etcd given up after --request-timeout without an answer, \
+         by store"
     );
     describe_gauge!(
         LEASE_RENEWED,
@@ -45,6 +52,9 @@ pub fn describe() {
     for (store, op) in REQUESTS {
         metrics::counter!(REQUEST_ERRORS, "store" => store, "op" => op).increment(0);
     }
+    for store in ["s3", "etcd"] {
+        metrics::counter!(REQUEST_TIMEOUTS, "store" => store).increment(0);
+    }
     metrics::counter!(LEASES_LOST).increment(0);
     lease_renewed();
 }
@@ -56,6 +66,11 @@ pub(crate) fn record(store: &'static str, op: &'static str, started: Instant, ok
     if !ok {
         metrics::counter!(REQUEST_ERRORS, "store" => store, "op" => op).increment(1);
     }
+}
+
+/// A call to `store` given up for want of an answer (the request timeout).
+pub(crate) fn timed_out(store: &'static str) {
+    metrics::counter!(REQUEST_TIMEOUTS, "store" => store).increment(1);
 }
 
 /// The lease was granted or renewed now.

@@ -32,7 +32,13 @@ pub struct Objects {
     store: Arc<dyn ObjectStore>,
     runtime: Arc<Runtime>,
     pub stats: ObjectStats,
+    /// The last call's error while the object store fails (see [`Objects::failing`]).
+    failing: Arc<parking_lot::Mutex<Option<String>>>,
 }
+
+/// While the object store fails, it is listed this often until it answers again (an idle
+/// host makes no other request that would tell).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters since start, for logs and benchmarks.
 #[derive(Default, Debug)]
@@ -86,11 +92,27 @@ impl Objects {
             })
             .build()
             .map_err(|e| s3_error("configuration", e))?;
+        let store: Arc<dyn ObjectStore> = Arc::new(s3);
+        let failing = Arc::new(parking_lot::Mutex::new(None));
+        runtime.spawn(probe_while_failing(store.clone(), failing.clone()));
         Ok(Objects {
-            store: Arc::new(s3),
+            store,
             runtime,
             stats: ObjectStats::default(),
+            failing,
         })
+    }
+
+    /// Why the object store is failing, if its last call failed (after retries, or for want
+    /// of an answer) and none has succeeded since.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().clone()
+    }
+
+    /// Notes a call's outcome for [`Objects::failing`].
+    fn settle<T>(&self, result: FsResult<T>) -> FsResult<T> {
+        *self.failing.lock() = result.as_ref().err().map(|e| e.to_string());
+        result
     }
 
     /// Fails clearly if the bucket cannot be listed (wrong endpoint, bucket or key).
@@ -130,7 +152,7 @@ impl Objects {
 
     /// The bytes of each read (`None`: its pack is gone), [`PARALLEL`] requests at a time.
     pub fn get_reads(&self, reads: &[Read]) -> FsResult<Vec<Option<Bytes>>> {
-        self.runtime.block("S3 get", async {
+        let got = self.runtime.block("S3 get", async {
             futures::stream::iter(reads.iter().map(|r| async move {
                 let started = Instant::now();
                 let got = self
@@ -155,12 +177,13 @@ impl Objects {
             .buffered(PARALLEL)
             .try_collect()
             .await
-        })
+        });
+        self.settle(got)
     }
 
     /// Uploads packs, [`PACKS_IN_FLIGHT`] at a time.
     pub fn put_packs(&self, packs: &[Pack]) -> FsResult<()> {
-        self.runtime.block("S3 upload", async {
+        let put = self.runtime.block("S3 upload", async {
             futures::stream::iter(packs.iter().map(|p| async move {
                 let started = Instant::now();
                 let put = self
@@ -181,7 +204,8 @@ impl Objects {
             .try_collect::<Vec<()>>()
             .await
             .map(|_| ())
-        })
+        });
+        self.settle(put)
     }
 
     /// Every pack in the bucket: (name, size, last modified), for the collector.
@@ -200,12 +224,12 @@ impl Objects {
             Ok(out)
         });
         record("s3", "list", started, listed.is_ok());
-        listed
+        self.settle(listed)
     }
 
     /// Deletes packs, [`PARALLEL`] at a time.
     pub fn delete_packs(&self, packs: &[Hash]) -> FsResult<()> {
-        self.runtime.block("S3 delete", async {
+        let deleted = self.runtime.block("S3 delete", async {
             futures::stream::iter(packs.iter().map(|pack| {
                 let store = self.store.clone();
                 async move {
@@ -223,6 +247,26 @@ impl Objects {
             .try_collect::<Vec<()>>()
             .await
             .map(|_| ())
-        })
+        });
+        self.settle(deleted)
+    }
+}
+
+/// Lists the bucket every [`PROBE_EVERY`] while `failing` is set, and clears it once the
+/// object store answers.
+async fn probe_while_failing(
+    store: Arc<dyn ObjectStore>,
+    failing: Arc<parking_lot::Mutex<Option<String>>>,
+) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if failing.lock().is_none() {
+            continue;
+        }
+        let mut list = store.list(Some(&Path::from(PACKS)));
+        let answered = tokio::time::timeout(PROBE_EVERY, list.next()).await;
+        if matches!(answered, Ok(None | Some(Ok(_)))) {
+            *failing.lock() = None;
+        }
     }
 }

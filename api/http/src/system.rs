@@ -43,21 +43,23 @@ pub(crate) async fn healthz() -> Json<Health> {
     })
 }
 
-/// Ready: the store takes writes. After a failed write (descriptors or the disk ran out, a
-/// write the disk refused) it answers 503 `store_unhealthy` until the store has healed, in
-/// the background, with every session still mounted.
+/// Ready: the store takes writes, and, in a cluster, this host reaches etcd (its lease is
+/// live) and the object store (its last call succeeded). Otherwise 503 with a code:
+/// `store_unhealthy` after a failed write (descriptors or the disk ran out, a write the disk
+/// refused) until the store has healed, in the background, with every session still
+/// mounted; `cluster_unreachable` while etcd or the object store cannot be reached (an
+/// unreachable object store is listed every 5 s until it answers). A stopping daemon stops
+/// accepting connections at once.
 #[utoipa::path(get, path = "/readyz", security(()), responses(
     (status = 200, description = "ready", body = String, content_type = "text/plain"),
-    (status = 503, description = "the store does not take writes now", body = ErrorResponse)))]
+    (status = 503, description = "not ready: store_unhealthy or cluster_unreachable",
+     body = ErrorResponse)))]
 pub(crate) async fn readyz(State(svc): State<Arc<Service>>) -> Response {
-    match svc.store_failure() {
+    match svc.unready() {
         None => "ready".into_response(),
-        Some(why) => HttpError(ApiError::new(
-            ErrorKind::Unavailable,
-            "store_unhealthy",
-            format!("the store does not take writes ({why}); it heals once the cause has passed"),
-        ))
-        .into_response(),
+        Some((code, why)) => {
+            HttpError(ApiError::new(ErrorKind::Unavailable, code, why)).into_response()
+        }
     }
 }
 

@@ -114,9 +114,23 @@ impl Service {
         &self.config
     }
 
-    /// Why the store refuses writes now, if it does (it heals in the background).
-    pub fn store_failure(&self) -> Option<String> {
-        self.store.failure()
+    /// Why this host should get no traffic now, if so: `(code, why)` for `/readyz`. A store
+    /// that refuses writes, or, in a cluster, an object store or etcd this host cannot reach.
+    /// (A stopping daemon stops accepting connections at once, so probes fail to connect.)
+    pub fn unready(&self) -> Option<(&'static str, String)> {
+        if let Some(why) = self.store.failure() {
+            return Some((
+                "store_unhealthy",
+                format!(
+                    "the store does not take writes ({why}); it heals once the cause has passed"
+                ),
+            ));
+        }
+        let why = self.store.remote_unready()?;
+        Some((
+            "cluster_unreachable",
+            format!("the cluster's stores: {why}"),
+        ))
     }
 
     /// The figures `/metrics` reads when scraped. Logical bytes come from each workspace's

@@ -140,7 +140,7 @@ impl Meta {
     }
 
     /// This host's lease, refused while it is not known to be alive (see [`Lease::live`]).
-    fn live_lease(&self) -> FsResult<i64> {
+    pub(crate) fn live_lease(&self) -> FsResult<i64> {
         self.lease.lock().live(self.ttl)
     }
 

@@ -31,6 +31,10 @@ pub type MetaChange = (Vec<u8>, Option<Vec<u8>>);
 /// out), `Busy` (another host holds the workspace, or records changed since the caller's
 /// view: see [`Remote::meta_changes`]), `NotFound` / `Exists` as for a local store.
 pub trait Remote: Send + Sync {
+    /// Why this host cannot serve writes now (cut off from the stores), if it cannot: what
+    /// `/readyz` tells.
+    fn unready(&self) -> Option<String>;
+
     /// An object's stored bytes (a chunk in [`crate::format::codec::encode_chunk`]'s encoding, a node
     /// in its own), or `None` if the object store does not have it.
     fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>>;

@@ -393,6 +393,12 @@ impl Store {
         self.failure.lock().clone()
     }
 
+    /// Cluster mode: why the cluster's stores cannot take this host's writes now, if they
+    /// cannot (see [`Remote::unready`]).
+    pub fn remote_unready(&self) -> Option<String> {
+        self.remote.as_ref()?.unready()
+    }
+
     /// Whether a collection (its compaction included) is running (see `gc.rs`).
     pub fn collecting(&self) -> bool {
         self.collecting.load(Ordering::SeqCst)
