@@ -928,3 +928,97 @@ fn session_lists_are_paged_and_filtered() {
     }
     d.unmount(&live);
 }
+
+/// The operator's view of every account's sessions is for an account the accounts file makes
+/// `operator = true` (bob here): a tenant (alice) gets 403 and sees no one else's; the file
+/// cannot make every account an operator through `[defaults]`.
+#[test]
+fn only_an_operator_sees_every_account_s_sessions() {
+    let d = accounts_daemon("[accounts.bob]\noperator = true\n", &[], &[]);
+    let bob = |path: &str| d.call_as("bob-key", "GET", path, None);
+    let alice_ws = d.create_workspace("a1")["id"].as_str().unwrap().to_string();
+    let (sa, _) = d.mount("a1", "a1");
+    let (s, w) = d.call_as(
+        "bob-key",
+        "POST",
+        "/v1/workspaces",
+        Some(json!({"session_type": "sandbox", "name": "b1"})),
+    );
+    assert_eq!(s, 201, "{w}");
+    let path = d.mount_root().join("b1");
+    let (s, sb) = d.call_as(
+        "bob-key",
+        "POST",
+        "/v1/sessions",
+        Some(json!({"workspace": "b1", "mountpoint": path})),
+    );
+    assert_eq!(s, 201, "{sb}");
+
+    let (s, e) = d.call("GET", "/v1/admin/sessions", None);
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("operator_only")),
+        "{e}"
+    );
+    let (s, all) = bob("/v1/admin/sessions");
+    assert_eq!(s, 200, "{all}");
+    let accounts: Vec<&str> = all["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts, ["alice", "bob"], "{all}");
+    let (_, alices) = bob("/v1/admin/sessions?account=alice&status=active");
+    assert_eq!(alices["sessions"].as_array().unwrap().len(), 1, "{alices}");
+    assert_eq!(alices["sessions"][0]["id"], sa.as_str());
+    let (_, holder) = bob(&format!("/v1/admin/sessions?workspace_id={alice_ws}"));
+    assert_eq!(holder["sessions"][0]["account"], "alice", "{holder}");
+    let (_, first) = bob("/v1/admin/sessions?limit=1");
+    assert_eq!(first["sessions"][0]["account"], "alice", "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let (_, second) = bob(&format!("/v1/admin/sessions?limit=1&cursor={cursor}"));
+    assert_eq!(second["sessions"][0]["account"], "bob", "{second}");
+    assert_eq!(second["next_cursor"], Value::Null);
+    let (_, ended) = bob("/v1/admin/sessions?status=ended");
+    assert_eq!(ended["sessions"].as_array().unwrap().len(), 0);
+    let (s, _) = bob("/v1/admin/sessions?bogus=1");
+    assert_eq!(s, 400);
+    // The CLI's view, as the operator.
+    let out = Command::new(common::bin())
+        .args(["sessions", "all", "--status", "active", "--json"])
+        .env("CHASER_API_URL", &d.url)
+        .env("CHASER_API_KEY", "bob-key")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 2, "{listed}");
+    d.unmount(&sa);
+    let (s, _) = d.call_as(
+        "bob-key",
+        "DELETE",
+        &format!("/v1/sessions/{}", sb["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(s, 200);
+
+    // Never every account at once.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accounts.toml");
+    std::fs::write(&file, "[defaults]\noperator = true\n").unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "alice alice-key\n").unwrap();
+    let out = Command::new(common::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--accounts-file")
+        .arg(&file)
+        .arg("--api-keys-file")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never in [defaults]"), "{stderr}");
+}

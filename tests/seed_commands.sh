@@ -114,6 +114,11 @@ curl -sS -X DELETE "$CHASER_API_URL/v1/workspaces/my-project/snapshots/before-up
 curl -sS "$CHASER_API_URL/v1/workspaces/my-project/snapshots" \
   -H "Authorization: Bearer $CHASER_API_KEY" | jq | check '.snapshots == []'
 
+# The operator's view: every account's sessions, with their accounts (an account the
+# accounts file makes `operator = true`; without a keys file, the one account `default`)
+curl -sS "$CHASER_API_URL/v1/admin/sessions?status=ended&limit=10" \
+  -H "Authorization: Bearer $CHASER_API_KEY" | jq | check '.sessions[0].account == "default" and (.sessions | length) >= 1'
+
 echo "== Delete"
 # Single workspace
 curl -sS -X DELETE "$CHASER_API_URL/v1/workspaces/my-project?force=true" \

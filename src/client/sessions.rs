@@ -36,6 +36,22 @@ pub enum SessionsCmd {
         #[arg(value_name = "SESSION_OR_WORKSPACE")]
         target: String,
     },
+    /// The operator's view: every account's sessions, with their accounts (an account the
+    /// accounts file makes `operator = true`).
+    All {
+        /// Only this account's sessions.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only sessions in this status (`active`, `ended`, `commit_failed`).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only sessions of this workspace (its id).
+        #[arg(long)]
+        workspace_id: Option<String>,
+        /// Cluster mode: only the sessions this host serves.
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 pub fn run(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
@@ -65,6 +81,30 @@ pub fn run(opts: ClientOpts, cmd: SessionsCmd) -> anyhow::Result<()> {
             }
             let list = c.all_pages(&query, "sessions")?;
             c.print(&json!({"sessions": list}), |_| session_rows(&list));
+        }
+        SessionsCmd::All {
+            account,
+            status,
+            workspace_id,
+            host,
+        } => {
+            let mut query = String::from("/v1/admin/sessions?limit=1000");
+            let filters = [
+                ("account", account),
+                ("status", status),
+                ("workspace_id", workspace_id),
+                ("host", host),
+            ];
+            for (k, v) in filters {
+                if let Some(v) = v {
+                    query += &format!("&{k}={}", seg(&v));
+                }
+            }
+            let list = c.all_pages(&query, "sessions")?;
+            c.print(&json!({"sessions": list}), |_| {
+                let accounts: Vec<String> = list.iter().map(|x| s(&x["account"])).collect();
+                session_table(&list, Some(&accounts))
+            });
         }
         SessionsCmd::End { target } => {
             let id = session_of(&c, &target)?;
@@ -119,30 +159,43 @@ pub fn mount(
 }
 
 fn session_rows(list: &[Value]) {
+    session_table(list, None)
+}
+
+/// Sessions as a table; with an ACCOUNT column first when `accounts` are given.
+fn session_table(list: &[Value], accounts: Option<&[String]>) {
     let rows = list
         .iter()
-        .map(|x| {
-            vec![
-                s(&x["id"]),
-                s(&x["workspace_id"]),
-                s(&x["mountpoint"]),
-                s(&x["status"]),
-                s(&x["host"]),
-                s(&x["created_at"]),
-                s(&x["ended_at"]),
-            ]
+        .enumerate()
+        .map(|(i, x)| {
+            let account = accounts.map(|a| a[i].clone());
+            account
+                .into_iter()
+                .chain([
+                    s(&x["id"]),
+                    s(&x["workspace_id"]),
+                    s(&x["mountpoint"]),
+                    s(&x["status"]),
+                    s(&x["host"]),
+                    s(&x["created_at"]),
+                    s(&x["ended_at"]),
+                ])
+                .collect()
         })
         .collect();
-    table(
-        &[
-            "ID",
-            "WORKSPACE",
-            "MOUNTPOINT",
-            "STATUS",
-            "HOST",
-            "STARTED",
-            "ENDED",
-        ],
-        rows,
-    );
+    let headers = [
+        "ID",
+        "WORKSPACE",
+        "MOUNTPOINT",
+        "STATUS",
+        "HOST",
+        "STARTED",
+        "ENDED",
+    ];
+    let headers: Vec<&str> = accounts
+        .map(|_| "ACCOUNT")
+        .into_iter()
+        .chain(headers)
+        .collect();
+    table(&headers, rows);
 }

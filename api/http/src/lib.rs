@@ -25,7 +25,7 @@ mod system;
 mod workspaces;
 
 pub use extract::{Account, HttpError, JsonBody, BODY_LIMIT};
-pub use sessions::SessionList;
+pub use sessions::{AdminSessionList, SessionList};
 pub use snapshots::SnapshotList;
 pub use workspaces::{BulkDeleteResponse, DeleteQuery, WorkspaceForks, WorkspaceList};
 
@@ -74,6 +74,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         )
         .route("/v1/sessions", get(list_sessions).post(start_session))
         .route("/v1/sessions/{id}", get(get_session).delete(end_session))
+        .route("/v1/admin/sessions", get(list_all_sessions))
         .fallback(|| async {
             HttpError(ApiError::new(
                 ErrorKind::NotFound,
@@ -136,6 +137,7 @@ pub fn metrics_router(svc: Arc<Service>) -> Router {
         start_session,
         get_session,
         end_session,
+        list_all_sessions,
     ),
     components(schemas(ErrorResponse, ErrorBody, ArchiveFormat, Health)),
     modifiers(&BearerAuth),

@@ -58,6 +58,33 @@ pub(crate) async fn list_sessions(
     }))
 }
 
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AdminSessionList {
+    pub sessions: Vec<AdminSessionView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The operator's view: every account's sessions (with their accounts), oldest first, a page at
+/// a time; for an account the accounts file makes `operator = true` (or the one account
+/// there is without a keys file). Which host serves what, which session holds a workspace.
+#[utoipa::path(get, path = "/v1/admin/sessions", params(AdminSessionQuery), responses(
+    (status = 200, body = AdminSessionList),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+    (status = 403, body = ErrorResponse, description = "the account is not an operator")))]
+pub(crate) async fn list_all_sessions(
+    State(svc): State<Arc<Service>>,
+    Account(a): Account,
+    q: Result<Query<AdminSessionQuery>, QueryRejection>,
+) -> Result<Json<AdminSessionList>, HttpError> {
+    let Query(q) = q.map_err(query_error)?;
+    let (sessions, next_cursor) = blocking(move || svc.list_all_sessions(&a, &q)).await?;
+    Ok(Json(AdminSessionList {
+        sessions,
+        next_cursor,
+    }))
+}
+
 #[utoipa::path(get, path = "/v1/sessions/{id}",
     params(("id" = String, Path, description = "session id")), responses(
     (status = 200, body = SessionView),

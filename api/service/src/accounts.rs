@@ -11,6 +11,9 @@
 //! workspace_inodes = 10000000
 //! forks_per_call = 100
 //!
+//! [accounts.ops]
+//! operator = true            # may list every account's sessions (GET /v1/admin/sessions)
+//!
 //! [accounts.alice]
 //! workspaces = 50
 //! github_token_file = "/etc/chaserfs/alice.github-token"
@@ -46,6 +49,9 @@ pub struct Policy {
     pub forks_per_call: usize,
     /// Token for private GitHub imports; `None` imports public repositories only.
     pub github_token: Option<String>,
+    /// May see every account's sessions (`GET /v1/admin/sessions`): only an account's own
+    /// table can say so, or the only account there is (`default`, without a keys file).
+    pub operator: bool,
 }
 
 impl Default for Policy {
@@ -60,6 +66,7 @@ impl Default for Policy {
             workspace_inodes: None,
             forks_per_call: FORK_MAX,
             github_token: None,
+            operator: false,
         }
     }
 }
@@ -141,7 +148,18 @@ impl Accounts {
             }
             Ok((None, operator))
         };
-        let base = Policy::default();
+        if parsed.defaults.operator.is_some() {
+            return Err(
+                "`operator` goes in an account's own table ([accounts.NAME]), never in \
+                 [defaults]: it shows every account's sessions"
+                    .into(),
+            );
+        }
+        let base = Policy {
+            // The operator's own `default`, the only account there is.
+            operator: shared,
+            ..Policy::default()
+        };
         let (default_token, default_operator) = token_of(&parsed.defaults, shared)?;
         let defaults = parsed.defaults.over(&base, default_token.clone());
         let operator = |own: Option<String>, allowed: bool| {
@@ -184,6 +202,7 @@ struct Table {
     forks_per_call: Option<usize>,
     github_token_file: Option<std::path::PathBuf>,
     operator_github_token: Option<bool>,
+    operator: Option<bool>,
 }
 
 impl Table {
@@ -199,6 +218,7 @@ impl Table {
                 .unwrap_or(base.forks_per_call)
                 .clamp(1, FORK_MAX),
             github_token,
+            operator: self.operator.unwrap_or(base.operator),
         }
     }
 }

@@ -591,6 +591,35 @@ pub struct SessionQuery {
     pub cursor: Option<String>,
 }
 
+/// `GET /v1/admin/sessions` filters and page.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AdminSessionQuery {
+    /// Only this account's sessions.
+    pub account: Option<String>,
+    /// Only sessions in this status.
+    pub status: Option<SessionStatus>,
+    /// Only sessions of this workspace (its id: names are per account).
+    pub workspace_id: Option<Uuid>,
+    /// Cluster mode: only sessions this host serves (its `--host-name`).
+    pub host: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A session in the operator's view: with its account.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = AdminSession)]
+pub struct AdminSessionView {
+    pub account: String,
+    #[serde(flatten)]
+    pub session: SessionView,
+}
+
 /// `POST /v1/sessions`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -340,8 +340,6 @@ impl Service {
         account: &str,
         q: &SessionQuery,
     ) -> ApiResult<(Vec<SessionView>, Option<String>)> {
-        let limit = check_limit(q.limit)?;
-        let after = decode_cursor(q.cursor.as_deref())?;
         let ix = self.lock();
         let workspace = match q.workspace.as_deref() {
             None => None,
@@ -352,27 +350,43 @@ impl Service {
                 (Err(e), _) => return Err(e),
             },
         };
-        let mut page: Vec<&SessionRecord> = ix
-            .sessions
-            .values()
-            .filter(|s| s.account == account)
-            .filter(|s| q.status.is_none_or(|want| s.status == want))
-            .filter(|s| workspace.is_none_or(|id| s.workspace_id == id))
-            .filter(|s| q.host.is_none() || s.host == q.host)
-            .filter(|s| {
-                after
-                    .as_ref()
-                    .is_none_or(|(t, id)| (&s.created_at, &s.id) > (t, id))
-            })
-            .collect();
-        page.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
-        let next = page
-            .get(limit)
-            .map(|_| encode_cursor(&page[limit - 1].created_at, page[limit - 1].id));
+        let (page, next) = session_page(&ix, q.limit, q.cursor.as_deref(), |s| {
+            s.account == account
+                && q.status.is_none_or(|want| s.status == want)
+                && workspace.is_none_or(|id| s.workspace_id == id)
+                && (q.host.is_none() || s.host == q.host)
+        })?;
+        Ok((page.into_iter().map(SessionView::from).collect(), next))
+    }
+
+    /// The operator's view: one page of every account's sessions, oldest first, with their
+    /// accounts. 403 `operator_only` unless the accounts file makes `account` an operator.
+    pub fn list_all_sessions(
+        &self,
+        account: &str,
+        q: &AdminSessionQuery,
+    ) -> ApiResult<(Vec<AdminSessionView>, Option<String>)> {
+        if !self.policy(account).operator {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                "operator_only",
+                "only an account the accounts file makes `operator = true` sees every account's \
+                 sessions",
+            ));
+        }
+        let ix = self.lock();
+        let (page, next) = session_page(&ix, q.limit, q.cursor.as_deref(), |s| {
+            q.account.as_ref().is_none_or(|a| s.account == *a)
+                && q.status.is_none_or(|want| s.status == want)
+                && q.workspace_id.is_none_or(|id| s.workspace_id == id)
+                && (q.host.is_none() || s.host == q.host)
+        })?;
         let views = page
             .into_iter()
-            .take(limit)
-            .map(SessionView::from)
+            .map(|s| AdminSessionView {
+                account: s.account.clone(),
+                session: SessionView::from(s),
+            })
             .collect();
         Ok((views, next))
     }
@@ -717,6 +731,34 @@ impl Service {
 }
 
 /// Lazily detaches whatever is mounted at `path` (a stale FUSE mount answers ENOTCONN).
+/// One page of the sessions `keep` selects, oldest first, after `cursor`; and the cursor of
+/// the next page, if there is one.
+fn session_page<'a>(
+    ix: &'a Index,
+    limit: Option<usize>,
+    cursor: Option<&str>,
+    keep: impl Fn(&SessionRecord) -> bool,
+) -> ApiResult<(Vec<&'a SessionRecord>, Option<String>)> {
+    let limit = check_limit(limit)?;
+    let after = decode_cursor(cursor)?;
+    let mut page: Vec<&SessionRecord> = ix
+        .sessions
+        .values()
+        .filter(|s| keep(s))
+        .filter(|s| {
+            after
+                .as_ref()
+                .is_none_or(|(t, id)| (&s.created_at, &s.id) > (t, id))
+        })
+        .collect();
+    page.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
+    let next = page
+        .get(limit)
+        .map(|_| encode_cursor(&page[limit - 1].created_at, page[limit - 1].id));
+    page.truncate(limit);
+    Ok((page, next))
+}
+
 pub(crate) fn detach(path: &Path) {
     use nix::mount::MntFlags;
     if let Err(e) = nix::mount::umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
