@@ -120,6 +120,10 @@ g bucket allow --read --write --owner chaserfs --key chaserfs-key >/dev/null
 
 {
     echo "export CHASER_S3_ENDPOINT=http://127.0.0.1:$((base + 21))"
+    # Every node serves the whole S3 API: a host is best sent to one of its own.
+    for i in 1 2 3; do
+        echo "export CHASER_S3_ENDPOINT_$i=http://127.0.0.1:$((base + 20 + i))"
+    done
     echo "export CHASER_S3_BUCKET=chaserfs"
     echo "export AWS_ACCESS_KEY_ID=$key_id"
     echo "export AWS_SECRET_ACCESS_KEY=$key_secret"

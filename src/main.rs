@@ -29,6 +29,10 @@ struct Cli {
     /// Log as text lines, or as one JSON object per line. `RUST_LOG` sets the levels.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CHASER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// On an error, print its causes in full with a backtrace (slow to symbolize in this
+    /// large binary), not one line.
+    #[arg(long, global = true)]
+    debug: bool,
     /// The API client's flags, accepted before or after the command.
     #[command(flatten)]
     client: client::ClientOpts,
@@ -242,11 +246,19 @@ struct ClusterArgs {
     gc_grace: u64,
 }
 
-/// Errors end the process with one line, without a backtrace: symbolizing one in this large
-/// binary takes seconds, and a failed takeover successor still holds the store meanwhile.
+/// Whether `--debug` was given (errors in full, with a backtrace).
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Errors end the process with one line, without a backtrace (unless `--debug`): symbolizing
+/// one in this large binary takes seconds, and a failed takeover successor still holds the
+/// store meanwhile.
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if DEBUG.load(std::sync::atomic::Ordering::Relaxed) => {
+            eprintln!("chaserfs: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("chaserfs: {e:#}");
             std::process::ExitCode::FAILURE
@@ -267,6 +279,11 @@ fn run() -> anyhow::Result<()> {
             _ => e.exit(),
         }
     });
+    if cli.debug {
+        DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Errors made from now on capture a backtrace (before any other thread starts).
+        std::env::set_var("RUST_LIB_BACKTRACE", "1");
+    }
     // `info` unless RUST_LOG says otherwise: requests, sessions and collections are worth seeing.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

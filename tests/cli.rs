@@ -149,6 +149,20 @@ fn workspaces_snapshots_and_sessions_from_the_cli() {
         "chaserfs: workspace proj has no active session",
         "one line, no backtrace"
     );
+    // With --debug (anywhere on the line): the error in full, with a backtrace.
+    let out = Command::new(common::bin())
+        .args(["--debug", "sessions", "end", "proj"])
+        .env("CHASER_API_URL", &d.url)
+        .env("CHASER_API_KEY", &d.key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("chaserfs: workspace proj has no active session")
+            && stderr.contains("Stack backtrace:"),
+        "{stderr}"
+    );
     let diff = ok(&d, &["workspaces", "diff", "proj", "--from", "v1"]);
     assert_eq!(diff, "M /\n+ /new.txt\n");
     // Out as tar and tar.zst, and back in as new workspaces with the same contents.
