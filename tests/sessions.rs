@@ -385,6 +385,8 @@ fn a_snapshot_mounts_read_only_beside_its_workspace() {
         (409, Some("snapshot_mounted")),
         "{v}"
     );
+    // The directory made for the refused mount went again.
+    assert!(!d.mount_root().join("v1-again").exists());
     let (s, v) = d.call("DELETE", "/v1/workspaces/proj/snapshots/v1", None);
     assert_eq!(
         (s, v["error"]["code"].as_str()),

@@ -192,6 +192,18 @@ impl Service {
             (ws.id, ix.find_snapshot(&ws, selector)?.id)
         };
         let at = self.prepare_mountpoint(&req.mountpoint)?;
+        // Whatever fails from here, a directory made for the mount goes again.
+        self.mount_snapshot_at(account, req, (ws_id, snap_id), &at)
+            .inspect_err(|_| at.forget())
+    }
+
+    fn mount_snapshot_at(
+        &self,
+        account: &str,
+        req: &StartSession,
+        (ws_id, snap_id): (Uuid, Uuid),
+        at: &Mountpoint,
+    ) -> ApiResult<SessionView> {
         let snap = Workspace::open_snapshot(self.store.clone(), snap_id).map_err(|e| match e {
             chaserfs_engine::FsError::Busy(_) => ApiError::conflict(
                 "snapshot_mounted",
@@ -204,15 +216,13 @@ impl Service {
             xattrs: req.xattrs,
             read_only: true,
         };
-        let mount = self
-            .mount(snap.clone(), &at, options)
-            .inspect_err(|_| at.forget())?;
+        let mount = self.mount(snap.clone(), at, options)?;
         let session = SessionRecord {
             id: Uuid::now_v7(),
             account: account.to_string(),
             workspace_id: ws_id,
             made_mountpoint: at.made,
-            mountpoint: at.path,
+            mountpoint: at.path.clone(),
             status: SessionStatus::Active,
             created_at: now(),
             ended_at: None,
@@ -280,22 +290,32 @@ impl Service {
         options: MountOptions,
     ) -> ApiResult<SessionView> {
         let at = self.prepare_mountpoint(mountpoint)?;
+        // Whatever fails from here, a directory made for the mount goes again.
+        self.mount_session_at(account, ws_id, &at, options)
+            .inspect_err(|_| at.forget())
+    }
+
+    fn mount_session_at(
+        &self,
+        account: &str,
+        ws_id: Uuid,
+        at: &Mountpoint,
+        options: MountOptions,
+    ) -> ApiResult<SessionView> {
         let ws = Arc::new(Workspace::open(self.store.clone(), ws_id)?);
         // The workspace is busy, so its quota cannot change until the session is recorded.
         {
             let ix = self.lock();
             ws.set_limits(self.limits_of(&ix, &ix.workspaces[&ws_id])?);
         }
-        let mount = self
-            .mount(ws.clone(), &at, options)
-            .inspect_err(|_| at.forget())?;
+        let mount = self.mount(ws.clone(), at, options)?;
         let t = now();
         let session = SessionRecord {
             id: Uuid::now_v7(),
             account: account.to_string(),
             workspace_id: ws_id,
             made_mountpoint: at.made,
-            mountpoint: at.path,
+            mountpoint: at.path.clone(),
             status: SessionStatus::Active,
             created_at: t.clone(),
             ended_at: None,
