@@ -3,7 +3,8 @@
 //! not given, from /etc/chaserfs/config.toml if it exists. A flag on the command line or its
 //! environment variable overrides the file, which overrides the built-in default: the file's
 //! values are added to the command line for the flags given neither way, and parsed as flags,
-//! so every value is checked exactly as the flag's.
+//! so every value is checked exactly as the flag's. The file must be writable only by its
+//! owner, root or the daemon's own user: it can turn on the `--insecure-*` flags.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,14 @@ const NOT_CONFIGURABLE: [&str; 6] = ["config", "takeover", "api-url", "api-key",
 /// config file applies (then its path too); otherwise the command line as given.
 pub(crate) fn command_line() -> anyhow::Result<(Vec<OsString>, Option<PathBuf>)> {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let matches = crate::Cli::command().get_matches_from(&args);
+    // Leniently: a flag the file supplies may be required by one given here (the final parse
+    // checks everything); help, version and bad command lines are left to the final parse.
+    let Ok(matches) = crate::Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+    else {
+        return Ok((args, None));
+    };
     let Some(("serve", serve)) = matches.subcommand() else {
         return Ok((args, None));
     };
@@ -33,10 +41,35 @@ pub(crate) fn command_line() -> anyhow::Result<(Vec<OsString>, Option<PathBuf>)>
         None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
         None => return Ok((args, None)),
     };
+    check_owner(&path)?;
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
     let extra = flags_from(&text, serve).with_context(|| format!("config {}", path.display()))?;
     Ok((args.into_iter().chain(extra).collect(), Some(path)))
+}
+
+/// Refuses a config file someone other than its reader's user or root could have written: it
+/// can turn on the `--insecure-*` flags.
+fn check_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != euid {
+        bail!(
+            "the config file {} belongs to uid {}, neither root nor this user",
+            path.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "the config file {} is writable by group or others (mode {:o}): `chmod go-w` it",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// The flags `text` sets that neither the command line nor the environment set.

@@ -350,6 +350,37 @@ fn serve_reads_its_config_file() {
     let first = log.lines().find(|l| l.starts_with('{')).expect(&log);
     assert!(serde_json::from_str::<Value>(first).is_ok(), "{log}");
 
+    // Writable by others: refused, whatever it says.
+    std::fs::write(&config, "").unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writable by group or others"), "{stderr}");
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+
+    // A flag the file supplies may be one another flag given here requires.
+    std::fs::write(
+        &config,
+        "s3-bucket = \"b\"\netcd-endpoints = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--request-timeout", "1", "--data-dir"])
+        .arg(dir.path().join("cluster-data"))
+        .env("CHASER_S3_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("required"), "{stderr}");
+
     for (text, code, says) in [
         ("bogus = 1\n", 1, "`bogus` is not a flag"),
         ("takeover = true\n", 1, "`takeover` is not a flag"),

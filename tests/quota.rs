@@ -79,9 +79,15 @@ fn quotas_limit_bytes_and_inodes_show_in_df_and_pass_to_clones() {
     assert_eq!(used + made, 50);
     let e = std::fs::create_dir(mnt.join("dir")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
-    // Deleting frees inodes again.
+    // Deleting frees inodes again: once the kernel forgets the unlinked inode (its FORGET
+    // comes asynchronously, after unlink returns; until then the inode counts, as an open
+    // unlinked file does).
     std::fs::remove_file(mnt.join("f0")).unwrap();
-    std::fs::create_dir(mnt.join("dir")).unwrap();
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        "the deleted file's inode to be free",
+        || std::fs::create_dir(mnt.join("dir")).is_ok(),
+    );
 
     // An operator sees it: the workspace at its inode quota, and the EDQUOT answers by op.
     let near_quota_and_edquot = |text: &str| {

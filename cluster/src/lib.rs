@@ -253,10 +253,14 @@ impl Runtime {
 
 impl chaserfs_engine::Remote for Cluster {
     fn unready(&self) -> Option<String> {
-        if let Err(e) = self.meta.live_lease() {
-            return Some(e.to_string());
+        // Said without the errors' text (endpoints, keys): `/readyz` answers anyone; the
+        // errors themselves reach the callers that met them and the log.
+        if self.meta.live_lease().is_err() {
+            return Some("etcd has not renewed this host's lease lately".into());
         }
-        self.objects.failing()
+        self.objects
+            .failing()
+            .map(|_| "the object store's last answer was an error or none".into())
     }
 
     fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {

@@ -13,8 +13,9 @@ pub const LEASE_RENEWED: &str = "chaserfs_cluster_lease_renewed_timestamp_second
 pub const LEASES_LOST: &str = "chaserfs_cluster_leases_lost_total";
 
 /// The requests timed, as `(store, op)` labels: a closed set.
-const REQUESTS: [(&str, &str); 6] = [
+const REQUESTS: [(&str, &str); 7] = [
     ("s3", "get"),
+    ("s3", "head"),
     ("s3", "put"),
     ("s3", "list"),
     ("s3", "delete"),
@@ -42,8 +43,8 @@ pub fn describe() {
     describe_gauge!(
         LEASE_RENEWED,
         Unit::Seconds,
-        "When etcd last renewed this host's lease (Unix time): past a third of --lease-ttl, \
-         commits are refused"
+        "When etcd last renewed this host's lease (Unix time): past two thirds of \
+         --lease-ttl, commits are refused (renewals come every third)"
     );
     describe_counter!(
         LEASES_LOST,

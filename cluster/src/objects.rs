@@ -32,12 +32,28 @@ pub struct Objects {
     store: Arc<dyn ObjectStore>,
     runtime: Arc<Runtime>,
     pub stats: ObjectStats,
-    /// The last call's error while the object store fails (see [`Objects::failing`]).
-    failing: Arc<parking_lot::Mutex<Option<String>>>,
+    /// Whether the object store answers, for `/readyz` (see [`Objects::failing`]).
+    health: Arc<parking_lot::Mutex<Health>>,
 }
 
-/// While the object store fails, it is listed this often until it answers again (an idle
-/// host makes no other request that would tell).
+/// What this host last saw of the object store.
+struct Health {
+    /// The last failed call's error, until a later call succeeds.
+    failing: Option<String>,
+    /// Failures so far: a probe that started before the latest one does not clear it.
+    failures: u64,
+    last_success: Instant,
+}
+
+impl Health {
+    fn failed(&mut self, why: String) {
+        self.failing = Some(why);
+        self.failures += 1;
+    }
+}
+
+/// An object store that has not answered for this long (an idle host, or one whose calls
+/// fail) is asked for its format record, so `/readyz` follows it.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters since start, for logs and benchmarks.
@@ -93,25 +109,36 @@ impl Objects {
             .build()
             .map_err(|e| s3_error("configuration", e))?;
         let store: Arc<dyn ObjectStore> = Arc::new(s3);
-        let failing = Arc::new(parking_lot::Mutex::new(None));
-        runtime.spawn(probe_while_failing(store.clone(), failing.clone()));
+        let health = Arc::new(parking_lot::Mutex::new(Health {
+            failing: None,
+            failures: 0,
+            last_success: Instant::now(),
+        }));
+        runtime.spawn(probe(store.clone(), health.clone()));
         Ok(Objects {
             store,
             runtime,
             stats: ObjectStats::default(),
-            failing,
+            health,
         })
     }
 
     /// Why the object store is failing, if its last call failed (after retries, or for want
     /// of an answer) and none has succeeded since.
     pub fn failing(&self) -> Option<String> {
-        self.failing.lock().clone()
+        self.health.lock().failing.clone()
     }
 
-    /// Notes a call's outcome for [`Objects::failing`].
+    /// Notes the outcome of a call that reached the object store, for [`Objects::failing`].
     fn settle<T>(&self, result: FsResult<T>) -> FsResult<T> {
-        *self.failing.lock() = result.as_ref().err().map(|e| e.to_string());
+        let mut health = self.health.lock();
+        match &result {
+            Ok(_) => {
+                health.failing = None;
+                health.last_success = Instant::now();
+            }
+            Err(e) => health.failed(e.to_string()),
+        }
         result
     }
 
@@ -178,6 +205,10 @@ impl Objects {
             .try_collect()
             .await
         });
+        // No request made, nothing learned.
+        if reads.is_empty() {
+            return got;
+        }
         self.settle(got)
     }
 
@@ -205,6 +236,9 @@ impl Objects {
             .await
             .map(|_| ())
         });
+        if packs.is_empty() {
+            return put;
+        }
         self.settle(put)
     }
 
@@ -248,25 +282,44 @@ impl Objects {
             .await
             .map(|_| ())
         });
+        if packs.is_empty() {
+            return deleted;
+        }
         self.settle(deleted)
     }
 }
 
-/// Lists the bucket every [`PROBE_EVERY`] while `failing` is set, and clears it once the
-/// object store answers.
-async fn probe_while_failing(
-    store: Arc<dyn ObjectStore>,
-    failing: Arc<parking_lot::Mutex<Option<String>>>,
-) {
+/// Asks for the bucket's format record whenever no call has succeeded for [`PROBE_EVERY`]:
+/// an answer (found or not) clears a failure no call made since, and no answer is one.
+async fn probe(store: Arc<dyn ObjectStore>, health: Arc<parking_lot::Mutex<Health>>) {
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
-        if failing.lock().is_none() {
-            continue;
-        }
-        let mut list = store.list(Some(&Path::from(PACKS)));
-        let answered = tokio::time::timeout(PROBE_EVERY, list.next()).await;
-        if matches!(answered, Ok(None | Some(Ok(_)))) {
-            *failing.lock() = None;
+        let failures = {
+            let h = health.lock();
+            if h.failing.is_none() && h.last_success.elapsed() < PROBE_EVERY {
+                continue;
+            }
+            h.failures
+        };
+        let started = Instant::now();
+        let answered = tokio::time::timeout(PROBE_EVERY, store.head(&Path::from(FORMAT))).await;
+        let failed = match answered {
+            Ok(Ok(_) | Err(object_store::Error::NotFound { .. })) => None,
+            Ok(Err(e)) => Some(format!("S3 head {FORMAT}: {e}")),
+            Err(_) => Some(format!(
+                "S3 head {FORMAT}: no answer within {PROBE_EVERY:?}"
+            )),
+        };
+        record("s3", "head", started, failed.is_none());
+        let mut h = health.lock();
+        match failed {
+            None => {
+                if h.failures == failures {
+                    h.failing = None;
+                }
+                h.last_success = Instant::now();
+            }
+            Some(why) => h.failed(why),
         }
     }
 }

@@ -121,7 +121,13 @@ impl Daemon {
         } else {
             &["--commit-interval", "1"]
         };
+        // An empty config file: not the machine's /etc/chaserfs/config.toml, if it has one.
+        let config = self.dir.path().join("config.toml");
+        if !config.exists() {
+            std::fs::write(&config, "").unwrap();
+        }
         Command::new(bin())
+            .env("CHASER_CONFIG", &config)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(interval)
             .arg("--data-dir")

@@ -45,8 +45,9 @@ pub fn describe() {
     );
     describe_counter!(
         SESSION_END_FAILURES,
-        "Final commits of ending sessions that failed (the session stays commit_failed, its \
-         changes kept, and is retried)"
+        "Attempts at a final commit of an ending session that failed (the session stays \
+         commit_failed, its changes kept, and is retried every commit interval: one stuck \
+         session counts again at each retry)"
     );
     describe_histogram!(
         SESSION_START_SECONDS,
@@ -164,7 +165,10 @@ pub fn publish_gauges((sessions, workspaces): (usize, usize), read: impl FnOnce(
     metrics::gauge!(WORKSPACES).set(workspaces as f64);
     metrics::gauge!(STORE_LOGICAL_BYTES).set(g.logical_bytes as f64);
     metrics::gauge!(STORE_DISK_BYTES).set(g.disk_bytes as f64);
-    metrics::gauge!(DISK_FREE_BYTES).set(g.disk_free_bytes as f64);
+    // Left as it was if statvfs failed: 0 would read as a full disk.
+    if let Some(free) = g.disk_free_bytes {
+        metrics::gauge!(DISK_FREE_BYTES).set(free as f64);
+    }
     metrics::gauge!(DISK_RESERVE_BYTES).set(g.reserve_bytes as f64);
     metrics::gauge!(WORKSPACES_NEAR_QUOTA).set(g.near_quota as f64);
 }
@@ -186,7 +190,8 @@ const GAUGE_TTL: Duration = Duration::from_secs(10);
 pub struct Gauges {
     pub logical_bytes: u64,
     pub disk_bytes: u64,
-    pub disk_free_bytes: u64,
+    /// `None` if statvfs failed.
+    pub disk_free_bytes: Option<u64>,
     pub reserve_bytes: u64,
     pub near_quota: u64,
 }

@@ -148,11 +148,12 @@ impl Service {
 
     /// What `/metrics` scans the store for.
     pub fn gauges(&self) -> crate::metrics::Gauges {
+        // The quotas sessions are held to: the tenant's within the operator's ceiling.
         let quotas: Vec<(Uuid, crate::model::Quota)> = self
             .lock()
             .workspaces
             .values()
-            .map(|w| (w.id, w.quota))
+            .map(|w| (w.id, self.policy(&w.account).clamp(w.quota)))
             .collect();
         let mut logical_bytes = 0;
         let mut near_quota = 0;
@@ -161,8 +162,8 @@ impl Service {
                 continue;
             };
             logical_bytes += sup.logical_bytes;
-            // At 90% or more of either limit.
-            let near = |used: u64, limit: Option<u64>| limit.is_some_and(|l| used * 10 >= l * 9);
+            // At 90% or more of either limit (limits up to 2^63 - 1: no product that wraps).
+            let near = |used: u64, limit: Option<u64>| limit.is_some_and(|l| used >= l - l / 10);
             if near(sup.used_bytes(), quota.bytes) || near(sup.files, quota.inodes) {
                 near_quota += 1;
             }
@@ -171,7 +172,7 @@ impl Service {
         crate::metrics::Gauges {
             logical_bytes,
             disk_bytes: self.store.dir_bytes(),
-            disk_free_bytes: disk.map_or(0, |d| d.avail_bytes()),
+            disk_free_bytes: disk.map(|d| d.avail_bytes()),
             reserve_bytes: self.store.reserve_bytes(),
             near_quota,
         }

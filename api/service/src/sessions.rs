@@ -21,6 +21,12 @@ use crate::service::{Mounted, Service, BUSY_WAIT};
 /// How often a stopping daemon retries the final commits that failed.
 const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Counts sessions ended because their host was lost, outside [`Service::end`]'s path.
+fn lost_sessions_ended(n: usize) {
+    metrics::counter!(m::SESSIONS_ENDED, "reason" => EndReason::HostLost.as_str())
+        .increment(n as u64);
+}
+
 /// Why a session ended, as `chaserfs_sessions_ended_total` labels it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum EndReason {
@@ -32,7 +38,8 @@ pub(crate) enum EndReason {
     Retry,
     /// The daemon stopped (SIGTERM).
     Shutdown,
-    /// Ended here on behalf of a host that lost it (a cluster host gone, or a crash).
+    /// Its host was lost (a cluster host gone, or this daemon crashed): ended when another
+    /// session takes its workspace or snapshot, at the next start, or by a request.
     HostLost,
 }
 
@@ -231,7 +238,8 @@ impl Service {
             host: self.config.host.clone(),
             snapshot_id: Some(snap_id),
         };
-        self.record_session(&session, snap, mount, |ix| {
+        let lost_ended = std::cell::Cell::new(0);
+        let started = self.record_session(&session, snap, mount, |ix| {
             let mut ops = vec![put(SESSION, session.id, &session)];
             // Sessions of this snapshot whose host was lost (it held the snapshot) are over.
             for lost in ix.sessions.values() {
@@ -242,8 +250,11 @@ impl Service {
                     ops.push(put(SESSION, lost.id, &lost));
                 }
             }
+            lost_ended.set(ops.len() - 1);
             Ok(ops)
-        })
+        })?;
+        lost_sessions_ended(lost_ended.get());
+        Ok(started)
     }
 
     /// Records a mounted session with the writes `ops` decides (again, if records changed
@@ -324,11 +335,13 @@ impl Service {
             host: self.config.host.clone(),
             snapshot_id: None,
         };
-        self.record_session(&session, ws, mount, |ix| {
+        let lost_ended = std::cell::Cell::new(0);
+        let started = self.record_session(&session, ws, mount, |ix| {
             // The workspace was busy here, and held (opened) against other hosts, so nothing
             // deleted it meanwhile.
             let mut rec = ix.workspaces[&ws_id].clone();
             let mut ops = vec![put(SESSION, session.id, &session)];
+            lost_ended.set(0);
             // A session whose host was lost ends now.
             if let Some(mut lost) = rec
                 .active_session_id
@@ -346,12 +359,15 @@ impl Service {
                 );
                 ops.push(put(SESSION, lost.id, &lost));
                 rec.last_session_id = Some(lost.id);
+                lost_ended.set(1);
             }
             rec.active_session_id = Some(session.id);
             rec.updated_at = t.clone();
             ops.push(put(WORKSPACE, rec.id, &rec));
             Ok(ops)
-        })
+        })?;
+        lost_sessions_ended(lost_ended.get());
+        Ok(started)
     }
 
     /// One page of the account's sessions, oldest first, and the cursor of the next page.
@@ -542,8 +558,8 @@ impl Service {
         // The workspace stays open (held, in a cluster) until the session is recorded ended,
         // so no other host takes the session for lost meanwhile.
         let mut closing = None;
-        // Not mounted here: another host lost it (a cluster), or a crash did (see `recover`).
-        let why = if mounted.is_none() && why == EndReason::Request {
+        // Not mounted here: its host was lost (another cluster host, or a crash).
+        let why = if mounted.is_none() {
             EndReason::HostLost
         } else {
             why
@@ -709,6 +725,7 @@ impl Service {
             .collect();
         for mut s in stale {
             tracing::warn!("ending session {} left by a previous run", s.id);
+            lost_sessions_ended(1);
             detach(&s.mountpoint);
             s.status = SessionStatus::Ended;
             s.ended_at = Some(now());
@@ -750,28 +767,58 @@ impl Service {
     }
 }
 
-/// Lazily detaches whatever is mounted at `path` (a stale FUSE mount answers ENOTCONN).
 /// One page of the sessions `keep` selects, oldest first, after `cursor`; and the cursor of
-/// the next page, if there is one.
+/// the next page, if there is one. The page is chosen with a heap of `limit + 1` entries, so
+/// a page costs one pass over the sessions, not a sort of them all.
 fn session_page<'a>(
     ix: &'a Index,
     limit: Option<usize>,
     cursor: Option<&str>,
     keep: impl Fn(&SessionRecord) -> bool,
 ) -> ApiResult<(Vec<&'a SessionRecord>, Option<String>)> {
+    use std::collections::BinaryHeap;
+    /// Ordered by (created_at, id): the heap's top is the latest of those kept.
+    struct ByStart<'a>(&'a SessionRecord);
+    impl ByStart<'_> {
+        fn key(&self) -> (&str, Uuid) {
+            (&self.0.created_at, self.0.id)
+        }
+    }
+    impl PartialEq for ByStart<'_> {
+        fn eq(&self, other: &Self) -> bool {
+            self.key() == other.key()
+        }
+    }
+    impl Eq for ByStart<'_> {}
+    impl PartialOrd for ByStart<'_> {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for ByStart<'_> {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.key().cmp(&other.key())
+        }
+    }
     let limit = check_limit(limit)?;
     let after = decode_cursor(cursor)?;
-    let mut page: Vec<&SessionRecord> = ix
-        .sessions
-        .values()
-        .filter(|s| keep(s))
-        .filter(|s| {
-            after
-                .as_ref()
-                .is_none_or(|(t, id)| (&s.created_at, &s.id) > (t, id))
-        })
+    let mut earliest = BinaryHeap::with_capacity(limit + 2);
+    for s in ix.sessions.values() {
+        let past_cursor = after
+            .as_ref()
+            .is_none_or(|(t, id)| (s.created_at.as_str(), s.id) > (t.as_str(), *id));
+        if past_cursor && keep(s) {
+            earliest.push(ByStart(s));
+            if earliest.len() > limit + 1 {
+                earliest.pop();
+            }
+        }
+    }
+    let mut page: Vec<&SessionRecord> = earliest
+        .into_sorted_vec()
+        .into_iter()
+        .map(|b| b.0)
         .collect();
-    page.sort_by(|a, b| (&a.created_at, a.id).cmp(&(&b.created_at, b.id)));
     let next = page
         .get(limit)
         .map(|_| encode_cursor(&page[limit - 1].created_at, page[limit - 1].id));
@@ -779,6 +826,7 @@ fn session_page<'a>(
     Ok((page, next))
 }
 
+/// Lazily detaches whatever is mounted at `path` (a stale FUSE mount answers ENOTCONN).
 pub(crate) fn detach(path: &Path) {
     use nix::mount::MntFlags;
     if let Err(e) = nix::mount::umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
