@@ -8,23 +8,32 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 
-/// Sends `state` (newline-separated `KEY=VALUE` lines) to systemd, if it listens.
+/// Sends `state` (newline-separated `KEY=VALUE` lines) to systemd, if it listens; a failure is
+/// logged.
 pub(crate) fn notify(state: &str) {
+    if let Err(e) = send(state) {
+        tracing::warn!("notifying systemd ({}): {e}", state.replace('\n', " "));
+    }
+}
+
+/// Sends `state` to systemd: `Ok` once sent, or if no `NOTIFY_SOCKET` is set.
+pub(crate) fn send(state: &str) -> std::io::Result<()> {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
+        return Ok(());
     };
-    let sent = UnixDatagram::unbound().and_then(|s| match socket.as_bytes() {
+    let s = UnixDatagram::unbound()?;
+    match socket.as_bytes() {
         // An abstract socket ("@name").
         [b'@', name @ ..] => {
             use std::os::linux::net::SocketAddrExt;
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            s.send_to_addr(state.as_bytes(), &addr)
+            s.send_to_addr(state.as_bytes(), &addr)?;
         }
-        _ => s.send_to(state.as_bytes(), &socket),
-    });
-    if let Err(e) = sent {
-        tracing::warn!("notifying systemd ({}): {e}", state.replace('\n', " "));
+        _ => {
+            s.send_to(state.as_bytes(), &socket)?;
+        }
     }
+    Ok(())
 }
 
 /// This process is the service's main one, and serves.

@@ -233,8 +233,13 @@ fn take_over(
     let (svc, adopted) = Service::taking_over(store, config, keys, &handover, &mut fds)
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     // Under systemd this process becomes the service's main one before the old one exits
-    // (the unit says NotifyAccess=all); the old one says so again if this fails now.
-    crate::notify::notify(&format!("MAINPID={}", std::process::id()));
+    // (the unit says NotifyAccess=all). If systemd cannot be told, the takeover stops here:
+    // it would take the old one's exit for the service's and stop this process. The old one
+    // serves on (and says so) if this fails.
+    crate::notify::send(&format!("MAINPID={}", std::process::id())).context(
+        "telling systemd this process is the service's main one (MAINPID=); the running \
+         daemon serves on",
+    )?;
     takeover::acknowledge(conn).map_err(anyhow::Error::msg)?;
     svc.serve_adopted(adopted);
     tracing::info!(

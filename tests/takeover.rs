@@ -320,6 +320,82 @@ fn remounted_holds(d: &Daemon, ws: &str, open: &str) {
     );
 }
 
+/// systemd's end of `NOTIFY_SOCKET`: a datagram socket that daemons started with
+/// [`Notify::env`] tell their state (READY, RELOADING, MAINPID, STOPPING).
+struct Notify {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl Notify {
+    fn new() -> Notify {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Notify {
+            _dir: dir,
+            path,
+            socket,
+        }
+    }
+
+    /// The options of a daemon that notifies this socket.
+    fn daemon_options(&self) -> common::Options {
+        common::Options {
+            env: vec![("NOTIFY_SOCKET".into(), self.path.display().to_string())],
+            ..Default::default()
+        }
+    }
+
+    /// The next notification.
+    fn recv(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// The next notification, which must be a `MAINPID=`: the pid.
+    fn main_pid(&self) -> i32 {
+        self.recv()
+            .strip_prefix("MAINPID=")
+            .expect("the successor's MAINPID")
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Sends signal `sig` (`-HUP`, `-TERM`, ...) to `pid`.
+fn kill(sig: &str, pid: i32) {
+    let sent = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits until `pid` (not this test's child) has exited: gone, or a zombie its new parent
+/// has not reaped yet.
+fn wait_gone(pid: i32) {
+    common::wait_until(Duration::from_secs(60), "the process's exit", || {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z'),
+        }
+    });
+}
+
 /// systemd's side of `Type=notify` (packaging/chaserfs.service), played over a real
 /// NOTIFY_SOCKET: READY at start; a reload (SIGHUP, as `ExecReload`) while a process writes in
 /// a session: RELOADING, then the successor's MAINPID and READY, and the old daemon exits 0
@@ -327,24 +403,10 @@ fn remounted_holds(d: &Daemon, ws: &str, open: &str) {
 /// command line, which finds every line written.
 #[test]
 fn a_reload_by_sighup_moves_the_service_to_its_successor() {
-    use std::os::unix::net::UnixDatagram;
-    let notify_dir = tempfile::tempdir().unwrap();
-    let socket_path = notify_dir.path().join("notify");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let recv = || {
-        let mut buf = [0u8; 4096];
-        let n = socket.recv(&mut buf).expect("a notification within 60 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    let mut d = Daemon::start_with(common::Options {
-        env: vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
-        ..Default::default()
-    });
+    let notify = Notify::new();
+    let mut d = Daemon::start_with(notify.daemon_options());
     let old_pid = d.pid();
-    assert_eq!(recv(), format!("MAINPID={old_pid}\nREADY=1"));
+    assert_eq!(notify.recv(), format!("MAINPID={old_pid}\nREADY=1"));
 
     d.create_workspace("tk");
     let (_, path) = d.mount("tk", "tk");
@@ -355,17 +417,9 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
         log_bytes() >= 1000
     });
 
-    let hup = Command::new("kill")
-        .args(["-HUP", &old_pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    assert_eq!(recv(), "RELOADING=1");
-    let main_pid: i32 = recv()
-        .strip_prefix("MAINPID=")
-        .expect("the successor's MAINPID")
-        .parse()
-        .unwrap();
+    kill("-HUP", old_pid);
+    assert_eq!(notify.recv(), "RELOADING=1");
+    let main_pid = notify.main_pid();
     assert_ne!(main_pid, old_pid);
     // Not this test's child: killed if the test fails before it stops it.
     struct Successor(Option<i32>);
@@ -377,7 +431,7 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
         }
     }
     let mut successor = Successor(Some(main_pid));
-    assert_eq!(recv(), format!("MAINPID={main_pid}\nREADY=1"));
+    assert_eq!(notify.recv(), format!("MAINPID={main_pid}\nREADY=1"));
     let code = common::wait_for(Duration::from_secs(30), "the old daemon's exit", || {
         d.exited()
     });
@@ -399,29 +453,14 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
         .unwrap();
 
     // `systemctl stop`: SIGTERM to the main process, now the successor.
-    let term = Command::new("kill")
-        .args(["-TERM", &main_pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    assert_eq!(recv(), "STOPPING=1");
-    common::wait_until(Duration::from_secs(60), "the successor's exit", || {
-        // Gone, or a zombie its new parent has not reaped yet.
-        match std::fs::read_to_string(format!("/proc/{main_pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .trim_start()
-                .starts_with('Z'),
-        }
-    });
+    kill("-TERM", main_pid);
+    assert_eq!(notify.recv(), "STOPPING=1");
+    wait_gone(main_pid);
     successor.0 = None;
 
     // A cold start, with the same command line and no takeover.
     d.restart();
-    assert_eq!(recv(), format!("MAINPID={}\nREADY=1", d.pid()));
+    assert_eq!(notify.recv(), format!("MAINPID={}\nREADY=1", d.pid()));
     let (_, again) = d.mount("tk", "tk2");
     let text = std::fs::read_to_string(again.join("log.txt")).unwrap();
     assert_eq!(text.lines().count(), lines, "every line written came back");
@@ -432,57 +471,22 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
 /// cleanly (every session committed and unmounted), instead of dying with the mounts.
 #[test]
 fn a_stop_during_a_reload_is_not_lost() {
-    use std::os::unix::net::UnixDatagram;
-    let notify_dir = tempfile::tempdir().unwrap();
-    let socket_path = notify_dir.path().join("notify");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let recv = || {
-        let mut buf = [0u8; 4096];
-        let n = socket.recv(&mut buf).expect("a notification within 60 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    let mut d = Daemon::start_with(common::Options {
-        env: vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
-        ..Default::default()
-    });
+    let notify = Notify::new();
+    let mut d = Daemon::start_with(notify.daemon_options());
     let old_pid = d.pid();
-    assert_eq!(recv(), format!("MAINPID={old_pid}\nREADY=1"));
+    assert_eq!(notify.recv(), format!("MAINPID={old_pid}\nREADY=1"));
     d.create_workspace("tk");
     let (_, path) = d.mount("tk", "tk");
     // Written but not synced: only a clean stop commits it.
     std::fs::write(path.join("kept.txt"), b"committed at the stop\n").unwrap();
 
-    let kill = |sig: &str, pid: i32| {
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
     kill("-HUP", old_pid);
-    assert_eq!(recv(), "RELOADING=1");
-    let main_pid: i32 = recv()
-        .strip_prefix("MAINPID=")
-        .expect("the successor's MAINPID")
-        .parse()
-        .unwrap();
+    assert_eq!(notify.recv(), "RELOADING=1");
+    let main_pid = notify.main_pid();
     kill("-TERM", main_pid);
-    assert_eq!(recv(), format!("MAINPID={main_pid}\nREADY=1"));
-    assert_eq!(recv(), "STOPPING=1");
-    common::wait_until(Duration::from_secs(60), "the successor's exit", || {
-        match std::fs::read_to_string(format!("/proc/{main_pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .trim_start()
-                .starts_with('Z'),
-        }
-    });
+    assert_eq!(notify.recv(), format!("MAINPID={main_pid}\nREADY=1"));
+    assert_eq!(notify.recv(), "STOPPING=1");
+    wait_gone(main_pid);
     assert_eq!(
         common::wait_for(Duration::from_secs(30), "the old daemon's exit", || d
             .exited()),
@@ -490,10 +494,52 @@ fn a_stop_during_a_reload_is_not_lost() {
     );
     assert!(!common::is_mounted(&path), "the stop unmounted the session");
     d.restart();
-    assert_eq!(recv(), format!("MAINPID={}\nREADY=1", d.pid()));
+    assert_eq!(notify.recv(), format!("MAINPID={}\nREADY=1", d.pid()));
     let (_, again) = d.mount("tk", "tk2");
     assert_eq!(
         std::fs::read_to_string(again.join("kept.txt")).unwrap(),
         "committed at the stop\n"
+    );
+}
+
+/// A successor that cannot tell systemd it is the main process (the notify socket is gone)
+/// takes nothing over: systemd would take the old daemon's exit for the service's and stop
+/// the successor with every session. The old daemon serves on.
+#[test]
+fn a_successor_systemd_cannot_hear_leaves_the_old_daemon_serving() {
+    let notify = Notify::new();
+    let d = Daemon::start_with(notify.daemon_options());
+    let pid = d.pid();
+    assert_eq!(notify.recv(), format!("MAINPID={pid}\nREADY=1"));
+    d.create_workspace("deaf");
+    let (session, path) = d.mount("deaf", "deaf");
+    std::fs::write(path.join("before.txt"), "before\n").unwrap();
+    std::fs::remove_file(&notify.path).unwrap();
+
+    // Killed if it took over after all, so a failure cannot leave it serving.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut successor = KillOnDrop(d.successor(&[]));
+    let status = common::wait_for(Duration::from_secs(60), "the successor's exit", || {
+        successor.0.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    assert!(
+        d.log().contains("MAINPID"),
+        "the successor says why: {}",
+        d.log()
+    );
+    serving_again(&d, pid, &session);
+    std::fs::write(path.join("after.txt"), "after\n").unwrap();
+    d.unmount(&session);
+    let (_, again) = d.mount("deaf", "deaf2");
+    assert_eq!(
+        std::fs::read_to_string(again.join("after.txt")).unwrap(),
+        "after\n"
     );
 }
