@@ -437,6 +437,11 @@ fn object_store_faults() {
         (503, Some("cluster_unreachable")),
         "{ready}"
     );
+    // Anyone may ask: the answer names no endpoint, bucket or key.
+    let said = ready.to_string();
+    for secret in ["127.0.0.1", "chaserfs", "packs/"] {
+        assert!(!said.contains(secret), "{said}");
+    }
     let (_, text) = a.call("GET", "/metrics", None);
     let text = text.as_str().expect("metrics text");
     let failed: f64 = text

@@ -768,57 +768,33 @@ impl Service {
 }
 
 /// One page of the sessions `keep` selects, oldest first, after `cursor`; and the cursor of
-/// the next page, if there is one. The page is chosen with a heap of `limit + 1` entries, so
-/// a page costs one pass over the sessions, not a sort of them all.
+/// the next page, if there is one. Only the page is sorted: the first `limit + 1` are
+/// selected in linear time.
 fn session_page<'a>(
     ix: &'a Index,
     limit: Option<usize>,
     cursor: Option<&str>,
     keep: impl Fn(&SessionRecord) -> bool,
 ) -> ApiResult<(Vec<&'a SessionRecord>, Option<String>)> {
-    use std::collections::BinaryHeap;
-    /// Ordered by (created_at, id): the heap's top is the latest of those kept.
-    struct ByStart<'a>(&'a SessionRecord);
-    impl ByStart<'_> {
-        fn key(&self) -> (&str, Uuid) {
-            (&self.0.created_at, self.0.id)
-        }
-    }
-    impl PartialEq for ByStart<'_> {
-        fn eq(&self, other: &Self) -> bool {
-            self.key() == other.key()
-        }
-    }
-    impl Eq for ByStart<'_> {}
-    impl PartialOrd for ByStart<'_> {
-        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-            Some(self.cmp(other))
-        }
-    }
-    impl Ord for ByStart<'_> {
-        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-            self.key().cmp(&other.key())
-        }
-    }
     let limit = check_limit(limit)?;
     let after = decode_cursor(cursor)?;
-    let mut earliest = BinaryHeap::with_capacity(limit + 2);
-    for s in ix.sessions.values() {
-        let past_cursor = after
-            .as_ref()
-            .is_none_or(|(t, id)| (s.created_at.as_str(), s.id) > (t.as_str(), *id));
-        if past_cursor && keep(s) {
-            earliest.push(ByStart(s));
-            if earliest.len() > limit + 1 {
-                earliest.pop();
-            }
-        }
-    }
-    let mut page: Vec<&SessionRecord> = earliest
-        .into_sorted_vec()
-        .into_iter()
-        .map(|b| b.0)
+    let mut page: Vec<&SessionRecord> = ix
+        .sessions
+        .values()
+        .filter(|s| {
+            after
+                .as_ref()
+                .is_none_or(|(t, id)| (&s.created_at, &s.id) > (t, id))
+        })
+        .filter(|s| keep(s))
         .collect();
+    let by_start =
+        |a: &&SessionRecord, b: &&SessionRecord| (&a.created_at, a.id).cmp(&(&b.created_at, b.id));
+    if page.len() > limit + 1 {
+        page.select_nth_unstable_by(limit, by_start);
+        page.truncate(limit + 1);
+    }
+    page.sort_by(by_start);
     let next = page
         .get(limit)
         .map(|_| encode_cursor(&page[limit - 1].created_at, page[limit - 1].id));
