@@ -566,12 +566,20 @@ impl Service {
         };
         if let Some(mut m) = mounted {
             if let Some(mount) = m.mount.take() {
-                if let Err(e) = mount.umount_and_join() {
-                    tracing::warn!(
-                        "unmount of {} failed ({e}); detaching",
-                        s.mountpoint.display()
-                    );
-                    detach(&s.mountpoint);
+                match mount.umount_and_join() {
+                    Ok(()) => {
+                        if let Err(e) = m.ws.unmounted() {
+                            tracing::warn!("session {}: freeing unlinked files: {e}", s.id);
+                        }
+                    }
+                    // Open files may keep a detached mount alive: their inodes stay.
+                    Err(e) => {
+                        tracing::warn!(
+                            "unmount of {} failed ({e}); detaching",
+                            s.mountpoint.display()
+                        );
+                        detach(&s.mountpoint);
+                    }
                 }
             }
             let discard = discard_failed && s.status == SessionStatus::CommitFailed;

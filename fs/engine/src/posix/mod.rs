@@ -230,6 +230,15 @@ impl Workspace {
         Ok(())
     }
 
+    /// The workspace's mount is gone (a plain unmount, not a lazy detach): the kernel holds
+    /// no reference to any inode now, whatever FORGETs it never sent, so files unlinked while
+    /// referenced are freed before the final commit instead of at the next session's start.
+    pub fn unmounted(&self) -> FsResult<()> {
+        let mut st = self.state.lock();
+        st.kernel_refs.clear();
+        st.purge_orphans()
+    }
+
     /// fsync(2) of anything in the workspace: a durable commit of the whole overlay.
     pub fn fsync(&self) -> FsResult<()> {
         let started = Instant::now();
