@@ -353,13 +353,18 @@ fn serve_reads_its_config_file() {
     // Writable by others: refused, whatever it says.
     std::fs::write(&config, "").unwrap();
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    let out = Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // `serve --config` with that file alone, when it refuses to start: (exit code, stderr).
+    let refused = || {
+        let out = Command::new(common::bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+    let (code, stderr) = refused();
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("writable by group or others"), "{stderr}");
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
 
@@ -388,13 +393,8 @@ fn serve_reads_its_config_file() {
         ("listen = [\n", 1, "TOML parse error"),
     ] {
         std::fs::write(&config, text).unwrap();
-        let out = Command::new(common::bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{text}: {stderr}");
+        let (got, stderr) = refused();
+        assert_eq!(got, Some(code), "{text}: {stderr}");
         assert!(stderr.contains(says), "{text}: {stderr}");
         assert!(
             stderr.contains(config.to_str().unwrap()),

@@ -580,14 +580,6 @@ fn the_sample_dashboard_has_data_on_cluster_hosts() {
     assert!(std::fs::read(path.join("data")).unwrap() == data);
     b.unmount(&sid);
 
-    let scrape = |d: &Daemon| {
-        ureq::get(format!("{}/metrics", d.url))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    };
     let value = |text: &str, series: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(series))
@@ -596,7 +588,7 @@ fn the_sample_dashboard_has_data_on_cluster_hosts() {
     };
     let collections = "chaserfs_gc_duration_seconds_count";
     let (ta, tb) = common::wait_for(Duration::from_secs(60), "a collection", || {
-        let (ta, tb) = (scrape(&a), scrape(&b));
+        let (ta, tb) = (a.metrics(), b.metrics());
         (value(&ta, collections) + value(&tb, collections) >= 1.0).then_some((ta, tb))
     });
     let missing = common::panels_without_data(&[&ta, &tb], |_| false);

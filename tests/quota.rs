@@ -104,15 +104,7 @@ fn quotas_limit_bytes_and_inodes_show_in_df_and_pass_to_clones() {
     common::wait_until(
         std::time::Duration::from_secs(30),
         "the quota gauge and EDQUOT counters",
-        || {
-            let text = ureq::get(format!("{}/metrics", d.url))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap();
-            near_quota_and_edquot(&text)
-        },
+        || near_quota_and_edquot(&d.metrics()),
     );
 
     // Raised through the API while mounted: enforced at once.

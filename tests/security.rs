@@ -490,13 +490,8 @@ fn idle_connections_and_invented_methods_leave_the_api_and_fsync_working() {
 
 /// A sample of a metric without labels from `/metrics`.
 fn metric(d: &Daemon, name: &str) -> f64 {
-    let text = ureq::get(format!("{}/metrics", d.url))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
+    d.metrics()
+        .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }

@@ -351,6 +351,13 @@ impl Notify {
         }
     }
 
+    /// A daemon that notifies this socket, once it said it is ready.
+    fn start_daemon(&self) -> Daemon {
+        let d = Daemon::start_with(self.daemon_options());
+        assert_eq!(self.recv(), format!("MAINPID={}\nREADY=1", d.pid()));
+        d
+    }
+
     /// The next notification.
     fn recv(&self) -> String {
         let mut buf = [0u8; 4096];
@@ -404,9 +411,8 @@ fn wait_gone(pid: i32) {
 #[test]
 fn a_reload_by_sighup_moves_the_service_to_its_successor() {
     let notify = Notify::new();
-    let mut d = Daemon::start_with(notify.daemon_options());
+    let mut d = notify.start_daemon();
     let old_pid = d.pid();
-    assert_eq!(notify.recv(), format!("MAINPID={old_pid}\nREADY=1"));
 
     d.create_workspace("tk");
     let (_, path) = d.mount("tk", "tk");
@@ -472,9 +478,8 @@ fn a_reload_by_sighup_moves_the_service_to_its_successor() {
 #[test]
 fn a_stop_during_a_reload_is_not_lost() {
     let notify = Notify::new();
-    let mut d = Daemon::start_with(notify.daemon_options());
+    let mut d = notify.start_daemon();
     let old_pid = d.pid();
-    assert_eq!(notify.recv(), format!("MAINPID={old_pid}\nREADY=1"));
     d.create_workspace("tk");
     let (_, path) = d.mount("tk", "tk");
     // Written but not synced: only a clean stop commits it.
@@ -508,9 +513,8 @@ fn a_stop_during_a_reload_is_not_lost() {
 #[test]
 fn a_successor_systemd_cannot_hear_leaves_the_old_daemon_serving() {
     let notify = Notify::new();
-    let d = Daemon::start_with(notify.daemon_options());
+    let d = notify.start_daemon();
     let pid = d.pid();
-    assert_eq!(notify.recv(), format!("MAINPID={pid}\nREADY=1"));
     d.create_workspace("deaf");
     let (session, path) = d.mount("deaf", "deaf");
     std::fs::write(path.join("before.txt"), "before\n").unwrap();

@@ -458,6 +458,13 @@ impl Daemon {
         )
     }
 
+    /// The text of `/metrics` (it needs no key).
+    pub fn metrics(&self) -> String {
+        let (status, text) = self.call_raw("GET", "/metrics", &[], b"");
+        assert_eq!(status, 200, "{text}");
+        text.as_str().expect("metrics are text").to_string()
+    }
+
     /// Polls a workspace until its status is no longer `importing`.
     pub fn wait_imported(&self, selector: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -134,6 +134,11 @@ pub fn describe() {
     }
 }
 
+/// Counts `n` sessions ended for `reason`.
+pub(crate) fn sessions_ended(reason: crate::sessions::EndReason, n: usize) {
+    metrics::counter!(SESSIONS_ENDED, "reason" => reason.as_str()).increment(n as u64);
+}
+
 /// A duration in milliseconds to 0.01 ms, for log lines.
 pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0

@@ -54,6 +54,34 @@ fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
     r.expect_err("expected an error").errno()
 }
 
+/// A write-back of the kernel's page cache keeps the times the kernel set and flushed (they
+/// may arrive before the data); a write of the daemon's own sets them.
+#[test]
+fn a_write_back_keeps_the_times_the_kernel_sent() {
+    let (_d, _s, ws) = setup();
+    let f = file(&ws, ROOT_INO, "f");
+    let t = chaserfs_engine::Timespec {
+        sec: 1_700_000_000,
+        nsec: 5,
+    };
+    ws.setattr(
+        f,
+        &SetAttr {
+            mtime: Some(chaserfs_engine::TimeSet::At(t)),
+            ctime: Some(t),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    ws.write_back(f, 0, b"hello").unwrap();
+    let a = ws.getattr(f).unwrap();
+    assert_eq!((a.size, a.mtime, a.ctime), (5, t, t));
+    ws.write(f, 5, b"!").unwrap();
+    let a = ws.getattr(f).unwrap();
+    assert_eq!(a.size, 6);
+    assert!(a.mtime > t && a.ctime > t, "{a:?}");
+}
+
 #[test]
 fn error_cases_answer_the_posix_errno() {
     let (_d, _s, ws) = setup();

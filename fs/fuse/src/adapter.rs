@@ -470,7 +470,7 @@ impl Filesystem for FuseAdapter {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
@@ -479,7 +479,13 @@ impl Filesystem for FuseAdapter {
         if self.options.read_only {
             return reply.error(Errno::EROFS);
         }
-        match self.ws.write(ino.0, offset, data) {
+        // From the page cache: the kernel owns the file's times and sends them itself.
+        let written = if wf.contains(WriteFlags::FUSE_WRITE_CACHE) {
+            self.ws.write_back(ino.0, offset, data)
+        } else {
+            self.ws.write(ino.0, offset, data)
+        };
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }

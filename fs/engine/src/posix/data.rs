@@ -277,7 +277,15 @@ impl State {
         }
     }
 
-    pub(super) fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+    /// Writes `data` at `offset`; `times` says whether the write sets the file's mtime and
+    /// ctime (see [`crate::Workspace::write_back`] for when it does not).
+    pub(super) fn write(
+        &mut self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        times: bool,
+    ) -> FsResult<usize> {
         let mut i = self.regular(ino)?;
         if data.is_empty() {
             return Ok(0); // a zero-length write changes nothing, not even the size
@@ -319,9 +327,11 @@ impl State {
             self.sup.logical_bytes += end - i.size;
             i.size = end;
         }
-        let now = Timespec::now();
-        i.mtime = now;
-        i.ctime = now;
+        if times {
+            let now = Timespec::now();
+            i.mtime = now;
+            i.ctime = now;
+        }
         self.save(ino, i);
         if self.dirty_bytes > DIRTY_LIMIT {
             self.seal_all()?;

@@ -48,10 +48,22 @@ impl Workspace {
     /// copies into RocksDB's memtable serialized a sequential write on one thread. They stay
     /// in `pending` (reads and commits see them) until they are stored.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_with_times(ino, offset, data, true)
+    }
+
+    /// A write-back of the kernel's page cache (FUSE's writeback cache): as [`Self::write`],
+    /// but the file's mtime and ctime stay as they are. The kernel set them at the write(2)
+    /// and sends them with a SETATTR of its own, which may reach the daemon before the data
+    /// does: a time of the daemon's clock here would overwrite the one every `stat` showed.
+    pub fn write_back(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_with_times(ino, offset, data, false)
+    }
+
+    fn write_with_times(&self, ino: u64, offset: u64, data: &[u8], times: bool) -> FsResult<usize> {
         let (written, queued) = {
             let mut st = self.state.lock();
             st.defer_spills = true;
-            let written = st.write(ino, offset, data);
+            let written = st.write(ino, offset, data, times);
             st.defer_spills = false;
             (written, std::mem::take(&mut st.spill_queue))
         };
@@ -165,7 +177,7 @@ impl Workspace {
             } else {
                 let n = rest.min(CS - so % CS).min(CS - d_o % CS);
                 let bytes = st.read(src, so, n as usize)?;
-                st.write(dst, d_o, &bytes)?;
+                st.write(dst, d_o, &bytes, true)?;
                 done += n;
             }
         }
