@@ -20,6 +20,8 @@ use common::{Daemon, LoopDisk, Options};
 use serde_json::{json, Value};
 
 const KEY: &str = "chs_cluster_test_key";
+/// The key of a second account, `other`.
+const OTHER_KEY: &str = "chs_cluster_other_key";
 /// Short, so failover tests are quick; the default is 10 s.
 const LEASE_TTL: u64 = 3;
 
@@ -27,6 +29,13 @@ impl Stores {
     /// A chaserfs host of this cluster.
     fn host(&self, name: &str, extra: &[&str]) -> Daemon {
         Daemon::start_with(self.host_options(name, extra, None))
+    }
+
+    /// Sends `sig` to every Garage node (SIGSTOP: the object store stops answering).
+    fn signal_garage(&self, sig: i32) {
+        for i in 1..=3 {
+            signal(self.pid(&format!("GARAGE_PID_{i}")), sig);
+        }
     }
 
     /// A host whose data dir (its cache of objects) is `data_dir`.
@@ -54,7 +63,7 @@ impl Stores {
         .map(|s| s.to_string())
         .collect();
         let keys = self.dir.path().join("keys");
-        std::fs::write(&keys, format!("default {KEY}\n")).unwrap();
+        std::fs::write(&keys, format!("default {KEY}\nother {OTHER_KEY}\n")).unwrap();
         args.push(keys.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         Options {
@@ -658,10 +667,7 @@ fn a_warmed_host_reads_with_the_object_store_stopped() {
         "{e}"
     );
 
-    let garage: Vec<i32> = (1..=3)
-        .map(|i| stores.pid(&format!("GARAGE_PID_{i}")))
-        .collect();
-    garage.iter().for_each(|&p| signal(p, libc::SIGSTOP));
+    stores.signal_garage(libc::SIGSTOP);
     let (sid, path) = b.mount("warm", "warm-b");
     let read = std::panic::catch_unwind(|| {
         for d in 0..10 {
@@ -675,9 +681,70 @@ fn a_warmed_host_reads_with_the_object_store_stopped() {
             "big differs"
         );
     });
-    garage.iter().for_each(|&p| signal(p, libc::SIGCONT));
+    stores.signal_garage(libc::SIGCONT);
     read.expect("a warmed workspace read with the object store stopped");
     b.unmount(&sid);
+}
+
+/// Warm-ups take turns on a host: while one of an account's waits or runs, its second gets
+/// 503 `warm_busy`, and another account's waits for its turn and is served (with one slot per
+/// host it got 503 too, so a tenant warming again and again kept everyone else out). The
+/// object store is stopped meanwhile, so the first warm-up cannot end before all three ask.
+#[test]
+fn warm_ups_take_turns_by_account() {
+    let Some(stores) = Stores::start_or_skip(&[]) else {
+        return;
+    };
+    let a = stores.host("host-a", &[]);
+    let b = stores.host("host-b", &["--request-timeout", "30"]);
+    for (key, name) in [(KEY, "mine"), (OTHER_KEY, "theirs")] {
+        let body = json!({"session_type": "sandbox", "name": name});
+        let (s, v) = a.call_as(key, "POST", "/v1/workspaces", Some(body));
+        assert_eq!(s, 201, "{v}");
+        let mountpoint = a.mount_root().join(name);
+        let body = json!({"workspace": name, "mountpoint": mountpoint});
+        let (s, v) = a.call_as(key, "POST", "/v1/sessions", Some(body));
+        assert_eq!(s, 201, "{v}");
+        write_synced(&mountpoint.join("f"), name.as_bytes());
+        let session = format!("/v1/sessions/{}", v["id"].as_str().unwrap());
+        let (s, v) = a.call_as(key, "DELETE", &session, None);
+        assert_eq!(s, 200, "{v}");
+    }
+
+    stores.signal_garage(libc::SIGSTOP);
+    let b = Arc::new(b);
+    let warm = |key: &'static str, workspace: &'static str| {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            b.call_as(
+                key,
+                "POST",
+                &format!("/v1/workspaces/{workspace}/warm"),
+                None,
+            )
+        })
+    };
+    let calls = [
+        warm(KEY, "mine"),
+        warm(KEY, "mine"),
+        warm(OTHER_KEY, "theirs"),
+    ];
+    std::thread::sleep(Duration::from_millis(1500));
+    stores.signal_garage(libc::SIGCONT);
+    let [first, second, other] = calls.map(|c| c.join().unwrap());
+
+    let mut mine: Vec<(u16, String)> = [first, second]
+        .iter()
+        .map(|(s, v)| (*s, v["error"]["code"].as_str().unwrap_or("").to_string()))
+        .collect();
+    mine.sort();
+    assert_eq!(
+        mine,
+        [(200, String::new()), (503, "warm_busy".to_string())],
+        "one account's two warm-ups at once"
+    );
+    assert_eq!(other.0, 200, "the other account's warm-up: {}", other.1);
+    assert_eq!(other.1["cluster"], true, "{}", other.1);
 }
 
 /// A large write goes up to the object store while it is written, before its fsync; a

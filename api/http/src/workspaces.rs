@@ -196,13 +196,15 @@ pub(crate) async fn set_name(
 /// Warm a workspace on this host ahead of a session (cluster mode): fetch its committed tree
 /// (its whole namespace) and its most recently modified files' chunks, up to half the host's
 /// object cache. Returns when they are here; a session started next reads them locally. A
-/// single host holds everything already (`cluster: false`, nothing fetched).
+/// single host holds everything already (`cluster: false`, nothing fetched). Warm-ups take
+/// turns on a host, first come first served, one of each account at a time.
 #[utoipa::path(post, path = "/v1/workspaces/{workspace}/warm",
     params(("workspace" = String, Path, description = "name or id")), responses(
     (status = 200, body = WarmView),
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
     (status = 404, body = ErrorResponse),
-    (status = 503, body = ErrorResponse, description = "another warm-up runs on this host")))]
+    (status = 503, body = ErrorResponse,
+        description = "a warm-up of this account waits or runs on this host")))]
 pub(crate) async fn warm_workspace(
     State(svc): State<Arc<Service>>,
     Account(a): Account,

@@ -20,4 +20,5 @@ pub mod service;
 pub mod sessions;
 pub mod snapshots;
 pub mod takeover;
+mod warm;
 pub mod workspaces;

@@ -31,6 +31,7 @@ use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::index::{scan, Index, SESSION, SNAPSHOT, WORKSPACE};
 use crate::model::{SessionRecord, SnapshotRecord, WorkspaceRecord, WorkspaceStatus};
 use crate::sessions::EndReason;
+use crate::warm::WarmTurns;
 
 /// How often a write is decided again when records keep changing on other hosts under it.
 const STALE_RETRIES: u64 = 20;
@@ -63,6 +64,8 @@ pub struct Service {
     pub(crate) stopping: AtomicBool,
     /// Archive imports and exports streaming now, by account.
     pub(crate) streams: Mutex<HashMap<String, usize>>,
+    /// Warm-ups waiting or running, by account.
+    pub(crate) warms: WarmTurns,
 }
 
 impl Service {
@@ -107,6 +110,7 @@ impl Service {
             imports: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             streams: Mutex::new(HashMap::new()),
+            warms: WarmTurns::default(),
         }))
     }
 

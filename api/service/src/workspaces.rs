@@ -2,7 +2,7 @@
 //! and template mode, and deleting them. A clone or a fork copies a root pointer, so it costs
 //! the same whatever the workspace holds.
 
-use chaserfs_engine::{roots, FsError, MetaOp, RootId};
+use chaserfs_engine::{roots, MetaOp, RootId};
 use uuid::Uuid;
 
 use crate::accounts::FORK_MAX;
@@ -308,22 +308,16 @@ impl Service {
 
     /// Fetches a workspace's committed tree, and its newest files' chunks, onto this host
     /// ahead of a session (the engine's `Store::hydrate`); returns when they are here. A
-    /// single host holds everything already. One warm-up at a time per host: another gets
-    /// 503 `warm_busy`.
+    /// single host holds everything already. Warm-ups take turns (see `warm.rs`): one of
+    /// each account at a time, 503 `warm_busy` for another.
     pub fn warm_workspace(&self, account: &str, selector: &str) -> ApiResult<WarmView> {
         let id = self.lock().resolve(account, selector)?.id;
+        let _turn = self.warms.wait(account)?;
+        // Read once its turn came: the latest commit.
         let root = self.store.get_root(RootId::Workspace(id))?.ok_or_else(|| {
             ApiError::not_found("workspace_not_found", format!("workspace {id} was deleted"))
         })?;
-        let done = self.store.try_hydrate(root.root).map_err(|e| match e {
-            // One at a time per host: callers never pile up holding threads.
-            FsError::Busy(m) => ApiError::new(
-                ErrorKind::Unavailable,
-                "warm_busy",
-                format!("{m}; retry later"),
-            ),
-            other => other.into(),
-        })?;
+        let done = self.store.hydrate(root.root)?;
         Ok(WarmView {
             workspace_id: id,
             cluster: self.store.is_cluster(),

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::error::{FsError, FsResult};
+use crate::error::FsResult;
 use crate::format::hash::Hash;
 use crate::format::keys::{self, Decoded};
 use crate::format::node::Node;
@@ -58,19 +58,6 @@ impl Store {
     /// Waits for a hydration already running.
     pub fn hydrate(&self, root: Hash) -> FsResult<Hydrated> {
         let _one = HYDRATING.lock();
-        self.hydrate_alone(root)
-    }
-
-    /// [`Store::hydrate`], or `Busy` at once if another runs: a caller that must not queue
-    /// (an API request, holding a thread meanwhile).
-    pub fn try_hydrate(&self, root: Hash) -> FsResult<Hydrated> {
-        let Some(_one) = HYDRATING.try_lock() else {
-            return Err(FsError::Busy("another warm-up runs on this host".into()));
-        };
-        self.hydrate_alone(root)
-    }
-
-    fn hydrate_alone(&self, root: Hash) -> FsResult<Hydrated> {
         let mut done = Hydrated::default();
         if !self.is_cluster() {
             return Ok(done);
