@@ -204,7 +204,8 @@ pub(crate) async fn set_name(
     (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
     (status = 404, body = ErrorResponse),
     (status = 503, body = ErrorResponse,
-        description = "a warm-up of this account waits or runs on this host")))]
+        description = "a warm-up of this account waits or runs on this host, or this one \
+            waited 60 s for its turn")))]
 pub(crate) async fn warm_workspace(
     State(svc): State<Arc<Service>>,
     Account(a): Account,

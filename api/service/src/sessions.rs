@@ -729,7 +729,6 @@ impl Service {
             .collect();
         for mut s in stale {
             tracing::warn!("ending session {} left by a previous run", s.id);
-            m::sessions_ended(EndReason::HostLost, 1);
             detach(&s.mountpoint);
             s.status = SessionStatus::Ended;
             s.ended_at = Some(now());
@@ -750,6 +749,7 @@ impl Service {
             } else {
                 self.store.meta_write(&ops)?;
             }
+            m::sessions_ended(EndReason::HostLost, 1);
             ix.sessions.insert(s.id, s);
         }
         let importing: Vec<WorkspaceRecord> = ix

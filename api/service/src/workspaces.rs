@@ -312,7 +312,7 @@ impl Service {
     /// each account at a time, 503 `warm_busy` for another.
     pub fn warm_workspace(&self, account: &str, selector: &str) -> ApiResult<WarmView> {
         let id = self.lock().resolve(account, selector)?.id;
-        let _turn = self.warms.wait(account)?;
+        let _turn = self.warms.wait(account, &self.stopping)?;
         // Read once its turn came: the latest commit.
         let root = self.store.get_root(RootId::Workspace(id))?.ok_or_else(|| {
             ApiError::not_found("workspace_not_found", format!("workspace {id} was deleted"))

@@ -45,6 +45,9 @@ pub struct FuseAdapter {
     options: MountOptions,
     /// What the kernel offered at INIT, kept for a successor (see `mount.rs`).
     offer: OfferSlot,
+    /// Whether INIT settled on the writeback cache: the kernel then keeps regular files'
+    /// mtime and ctime (without it, it neither keeps nor sends them).
+    writeback_cache: bool,
 }
 
 impl FuseAdapter {
@@ -53,6 +56,7 @@ impl FuseAdapter {
             ws,
             options,
             offer: OfferSlot::default(),
+            writeback_cache: false,
         }
     }
 
@@ -231,8 +235,12 @@ impl Filesystem for FuseAdapter {
                 "parallel directory operations",
             ),
         ] {
-            if config.add_capabilities(cap).is_err() {
+            let granted = config.add_capabilities(cap).is_ok();
+            if !granted {
                 tracing::debug!("kernel does not offer {why}");
+            }
+            if cap == InitFlags::FUSE_WRITEBACK_CACHE {
+                self.writeback_cache = granted;
             }
         }
         // Not requested: FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS. Without them the kernel keeps
@@ -479,8 +487,8 @@ impl Filesystem for FuseAdapter {
         if self.options.read_only {
             return reply.error(Errno::EROFS);
         }
-        // From the page cache: the kernel owns the file's times and sends them itself.
-        let written = if wf.contains(WriteFlags::FUSE_WRITE_CACHE) {
+        // From the writeback cache: the kernel owns the file's times and sends them itself.
+        let written = if self.writeback_cache && wf.contains(WriteFlags::FUSE_WRITE_CACHE) {
             self.ws.write_back(ino.0, offset, data)
         } else {
             self.ws.write(ino.0, offset, data)

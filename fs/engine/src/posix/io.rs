@@ -55,6 +55,8 @@ impl Workspace {
     /// but the file's mtime and ctime stay as they are. The kernel set them at the write(2)
     /// and sends them with a SETATTR of its own, which may reach the daemon before the data
     /// does: a time of the daemon's clock here would overwrite the one every `stat` showed.
+    /// (A periodic commit that falls between the two holds the new bytes with the old times
+    /// until the next; an fsync sends both before it commits.)
     pub fn write_back(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
         self.write_with_times(ino, offset, data, false)
     }
