@@ -123,3 +123,54 @@ fn space_from_files_deleted_in_a_live_session_returns_to_the_disk() {
     }
     d.unmount(&sid);
 }
+
+/// An fsync the daemon journaled (no commit) survives SIGKILL: after the restart it is in the
+/// workspace, and in a clone of it, since the daemon commits what the journal holds before it
+/// serves anything.
+#[test]
+fn fsyncs_journaled_before_a_kill_are_in_the_restarted_workspace_and_its_clones() {
+    let mut d = Daemon::start_with(Options {
+        // No periodic commit during the test: the fsyncs alone make the data durable.
+        args: vec!["--commit-interval".into(), "3600".into()],
+        ..Options::default()
+    });
+    d.create_workspace("j");
+    let (_, mnt) = d.mount("j", "j");
+    let first = common::noise(1, 100_000);
+    common::write_synced(&mnt.join("a"), &first).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("a"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"patched", 70_000).unwrap();
+    f.sync_data().unwrap();
+    std::io::Write::write_all(&mut f, b"never synced").unwrap();
+    let metrics = d.metrics();
+    let journaled: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chaserfs_fsyncs_journaled_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(journaled >= 2.0, "{journaled} fsyncs journaled:\n{metrics}");
+    d.kill();
+    drop(f);
+    d.restart();
+    assert!(
+        d.log()
+            .contains("committed the fsync journal a previous run left for 1 workspaces"),
+        "{}",
+        d.log()
+    );
+    let mut want = first.clone();
+    want[70_000..70_007].copy_from_slice(b"patched");
+    let (s, v) = d.call(
+        "POST",
+        "/v1/workspaces",
+        Some(serde_json::json!({"clone_from": "j", "name": "j2"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    for name in ["j", "j2"] {
+        let (_, m) = d.mount(name, &format!("{name}-after"));
+        assert!(std::fs::read(m.join("a")).unwrap() == want, "{name}/a");
+    }
+}

@@ -2,7 +2,11 @@
 //! forgets every write and name not yet fsynced. Clients write through a mounted session and
 //! log each acknowledged fsync here, outside; at a random moment the daemon is SIGKILLed and the
 //! power cut; then `chaserfs fsck` must be clean, the daemon must start, and every acknowledged
-//! file, append, overwrite, rename and SQLite row must be there with the right bytes.
+//! file, append, overwrite, rename and SQLite row must be there with the right bytes. Small
+//! fsyncs go to the daemon's fsync journal and larger ones commit, so both are cut through;
+//! `patch` takes writes of any size at any offset and truncates, each fdatasynced, and must
+//! hold what the last one acknowledged byte for byte (or, where the one in flight wrote,
+//! the byte it wrote).
 //!
 //! Cycles: CHASERFS_POWERCUT_CYCLES (default 50).
 
@@ -61,6 +65,46 @@ struct Acked {
     blocks: Vec<u64>,
     renamed: u64,
     rows: u64,
+    /// `patch` as its last acknowledged fdatasync left it, and as the change in flight
+    /// would leave it.
+    patched: Vec<u8>,
+    patching: Option<Vec<u8>>,
+}
+
+/// Change `n` of `patch`: a write of 1 byte to 12 KiB at an offset below 192 KiB (across
+/// chunk boundaries too), or every sixteenth a truncate to below 256 KiB.
+enum Patch {
+    Write(u64, Vec<u8>),
+    Truncate(u64),
+}
+
+fn patch_step(cycle: usize, n: u64) -> Patch {
+    let r = |k: u64| (cycle as u64 * 1_000_003 + n * 7919 + k * 104_729) % 1_000_000_007;
+    if n % 16 == 15 {
+        return Patch::Truncate(r(1) % (256 << 10));
+    }
+    let len = 1 + r(3) as usize % 12_288;
+    let bytes = (0..len)
+        .map(|j| ((n as usize + j) % 251) as u8 + 1)
+        .collect();
+    Patch::Write(r(2) % (192 << 10), bytes)
+}
+
+impl Patch {
+    fn apply(&self, file: &[u8]) -> Vec<u8> {
+        let mut after = file.to_vec();
+        match self {
+            Patch::Truncate(len) => after.resize(*len as usize, 0),
+            Patch::Write(at, bytes) => {
+                let at = *at as usize;
+                if after.len() < at + bytes.len() {
+                    after.resize(at + bytes.len(), 0);
+                }
+                after[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+        }
+        after
+    }
 }
 
 /// The clients' errors, told apart by when they came. Until the daemon is killed every call
@@ -172,6 +216,36 @@ fn clients(
             }
             acked.lock().unwrap().renamed = v;
         });
+        // Patches: each change fdatasynced; `patching` is set before it starts.
+        s.spawn(|| {
+            let ok = (|| -> std::io::Result<()> {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(mnt.join("patch"))?;
+                for n in 0u64.. {
+                    if stop.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    let step = patch_step(cycle, n);
+                    let after = step.apply(&acked.lock().unwrap().patched);
+                    acked.lock().unwrap().patching = Some(after.clone());
+                    match &step {
+                        Patch::Truncate(len) => f.set_len(*len)?,
+                        Patch::Write(at, bytes) => {
+                            std::os::unix::fs::FileExt::write_all_at(&f, bytes, *at)?
+                        }
+                    }
+                    f.sync_data()?;
+                    let mut a = acked.lock().unwrap();
+                    a.patched = after;
+                    a.patching = None;
+                }
+                Ok(())
+            })();
+            if let Err(e) = ok {
+                errors.report("patch", e);
+            }
+        });
         // SQLite in WAL mode with synchronous=FULL: a row is acknowledged when its INSERT
         // (its own transaction) has returned.
         s.spawn(|| {
@@ -277,6 +351,27 @@ fn verify(mnt: &Path, acked: &Acked, cycle: usize, small_from: usize) {
             "cycle {cycle}: block {b} holds {got:?}, version {v} was fsynced"
         );
     }
+    let patch = std::fs::read(mnt.join("patch")).unwrap();
+    let before = &acked.patched;
+    let after = acked.patching.as_ref().unwrap_or(before);
+    assert!(
+        patch.len() == before.len() || patch.len() == after.len(),
+        "cycle {cycle}: patch is {} bytes, {} were fdatasynced ({} in flight)",
+        patch.len(),
+        before.len(),
+        after.len()
+    );
+    let at = |f: &[u8], i: usize| f.get(i).copied().unwrap_or(0);
+    if let Some(i) =
+        (0..patch.len()).find(|&i| patch[i] != at(before, i) && patch[i] != at(after, i))
+    {
+        panic!(
+            "cycle {cycle}: patch byte {i} is {}: {} was fdatasynced, {} in flight",
+            patch[i],
+            at(before, i),
+            at(after, i)
+        );
+    }
     let r = std::fs::read(mnt.join("r")).unwrap();
     let got = version_of(&r);
     assert!(
@@ -324,6 +419,7 @@ fn acknowledged_writes_survive_power_cuts() {
     std::fs::write(mnt.join("log"), b"").unwrap();
     std::fs::write(mnt.join("over"), versioned(0, BLOCK * BLOCKS)).unwrap();
     std::fs::write(mnt.join("r"), versioned(0, 100)).unwrap();
+    std::fs::write(mnt.join("patch"), b"").unwrap();
     std::fs::File::open(mnt.join("over"))
         .unwrap()
         .sync_all()
@@ -367,6 +463,9 @@ fn acknowledged_writes_survive_power_cuts() {
         let full = a.small.len() <= 5000 || cycle % 10 == 9 || cycle + 1 == cycles;
         let from = if full { 0 } else { a.small.len() - 2000 };
         verify(&mnt, &a, cycle, from);
+        // Patches go on from what the cut left (the change in flight may have landed).
+        a.patched = std::fs::read(mnt.join("patch")).unwrap();
+        a.patching = None;
         // Big files go once checked, so the data dir (which the layer holds in memory) stays
         // bounded and the collector has garbage to take; their deletes race the next cut like
         // any other write (an undone delete brings back a file nobody checks).

@@ -76,6 +76,15 @@ impl Service {
         config: Config,
         keys: Vec<(String, blake3::Hash)>,
     ) -> ApiResult<Arc<Service>> {
+        // fsyncs a crash left in the journal become part of their workspace's committed
+        // state before anything (a clone, a snapshot, an export) reads it. (A takeover's
+        // successor replays them as it opens the workspaces it adopts.)
+        let settled = Workspace::settle_journals(&store)?;
+        if settled > 0 {
+            tracing::info!(
+                "committed the fsync journal a previous run left for {settled} workspaces"
+            );
+        }
         let svc = Self::load(store, config, keys)?;
         svc.recover(&HashSet::new())?;
         Ok(svc)

@@ -6,6 +6,7 @@ pub const COMMIT_SECONDS: &str = "chaserfs_commit_duration_seconds";
 pub const COMMIT_BYTES: &str = "chaserfs_commit_bytes_total";
 pub const COMMIT_ERRORS: &str = "chaserfs_commit_errors_total";
 pub const FSYNC_SECONDS: &str = "chaserfs_fsync_duration_seconds";
+pub const FSYNCS_JOURNALED: &str = "chaserfs_fsyncs_journaled_total";
 pub const CHUNKS_WRITTEN: &str = "chaserfs_chunks_written_total";
 pub const CHUNK_BYTES_WRITTEN: &str = "chaserfs_chunk_bytes_written_total";
 pub const CHUNKS_DEDUPLICATED: &str = "chaserfs_chunks_deduplicated_total";
@@ -36,7 +37,11 @@ pub fn describe() {
     describe_histogram!(
         FSYNC_SECONDS,
         Unit::Seconds,
-        "fsync and fsyncdir: the commit that makes a workspace durable"
+        "fsync and fsyncdir: the journal entry or commit that makes a workspace durable"
+    );
+    describe_counter!(
+        FSYNCS_JOURNALED,
+        "fsyncs made durable by a journal entry instead of a commit (the rest committed)"
     );
     describe_counter!(
         CHUNKS_WRITTEN,
@@ -55,6 +60,7 @@ pub fn describe() {
     for counter in [
         COMMIT_BYTES,
         COMMIT_ERRORS,
+        FSYNCS_JOURNALED,
         CHUNKS_WRITTEN,
         CHUNK_BYTES_WRITTEN,
         CHUNKS_DEDUPLICATED,

@@ -215,6 +215,8 @@ enum Op {
     Commit {
         sync: bool,
     },
+    /// fsync: a journal entry, or a commit when the changes are large (or on a cluster).
+    Fsync,
     Switch {
         ws: usize,
     },
@@ -269,6 +271,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (i(), 0usize..3, 0usize..300).prop_map(|(entry, name, len)| Op::SetXattr { entry, name, len }),
         1 => (i(), 0usize..3).prop_map(|(entry, name)| Op::RemoveXattr { entry, name }),
         4 => any::<bool>().prop_map(|sync| Op::Commit { sync }),
+        3 => Just(Op::Fsync),
         2 => i().prop_map(|ws| Op::Switch { ws }),
         1 => i().prop_map(|ws| Op::Clone { ws }),
         1 => i().prop_map(|ws| Op::Snapshot { ws }),
@@ -289,6 +292,9 @@ struct World {
     open: HashMap<Uuid, Workspace>,
     /// Per workspace: (committed, live).
     models: BTreeMap<Uuid, (MFs, MFs)>,
+    /// Per workspace, what its last fsync journaled since its last commit: what a reopen
+    /// (as after a crash) finds, though clones and snapshots of it do not yet.
+    journaled: HashMap<Uuid, MFs>,
     snaps: BTreeMap<Uuid, MFs>,
     current: Uuid,
     next_id: u128,
@@ -383,6 +389,7 @@ impl World {
             store: Some(store),
             open: [(id, ws)].into(),
             models: [(id, (MFs::new(), MFs::new()))].into(),
+            journaled: HashMap::new(),
             snaps: BTreeMap::new(),
             current: id,
             next_id: 2,
@@ -678,6 +685,21 @@ impl World {
                 self.ws().commit(sync).map_err(|e| format!("commit: {e}"))?;
                 let e = self.models.get_mut(&self.current).unwrap();
                 e.0 = e.1.clone();
+                self.journaled.remove(&self.current);
+                self.check_current()?;
+            }
+            Op::Fsync => {
+                let before = self.ws().committed_root();
+                self.ws().fsync().map_err(|e| format!("fsync: {e}"))?;
+                let committed = self.ws().committed_root() != before;
+                let e = self.models.get_mut(&self.current).unwrap();
+                if committed {
+                    e.0 = e.1.clone();
+                    self.journaled.remove(&self.current);
+                } else {
+                    // Journaled (or nothing changed: then live is what is committed).
+                    self.journaled.insert(self.current, e.1.clone());
+                }
                 self.check_current()?;
             }
             Op::Switch { ws } => {
@@ -719,6 +741,8 @@ impl World {
                 self.open.remove(&target);
                 roots::restore(self.store(), target, snap, &[])
                     .map_err(|e| format!("restore: {e}"))?;
+                // The restore replaces what fsyncs journaled, too.
+                self.journaled.remove(&target);
                 let state = self.snaps[&snap].clone();
                 self.models.insert(target, (state.clone(), state));
                 self.open.insert(
@@ -739,6 +763,7 @@ impl World {
                 roots::delete(self.store(), &[RootId::Workspace(id)], &[])
                     .map_err(|e| format!("delete: {e}"))?;
                 self.models.remove(&id);
+                self.journaled.remove(&id);
                 if self.current == id {
                     self.current = *self.models.keys().next().unwrap();
                 }
@@ -759,13 +784,21 @@ impl World {
         Ok(())
     }
 
-    /// Drops every handle (uncommitted changes are lost, as in a crash) and reopens the store.
+    /// Drops every handle (changes neither committed nor fsynced are lost, as in a crash)
+    /// and reopens the store; each open replays its workspace's journal and commits.
     fn reopen(&mut self) -> Result<(), String> {
         self.open.clear();
         self.store = None;
         let store =
             open(self.dir.path(), &self.options, &self.cluster).map_err(|e| e.to_string())?;
+        if self.cluster.is_none() {
+            // Before any replay: a collection must keep what the journal references.
+            gc::collect(&store, false).map_err(|e| format!("gc: {e}"))?;
+        }
         for (id, (committed, live)) in self.models.iter_mut() {
+            if let Some(j) = self.journaled.remove(id) {
+                *committed = j;
+            }
             *live = committed.clone();
             self.open.insert(
                 *id,

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod hash;
+pub mod journal;
 pub mod keys;
 pub mod node;
 pub mod records;
@@ -33,9 +34,13 @@ pub struct Format {
 
 impl Format {
     /// The format this build writes and reads. Stores written before formats were recorded
-    /// hold exactly this one, and are stamped with it when first opened.
+    /// hold version 1, and are stamped when first opened.
+    ///
+    /// Version 2 adds the fsync journal (`journal.rs`) to data dirs; a version 1 store is
+    /// a version 2 store without one, so this build opens it and stamps it 2 (a build of
+    /// version 1 would not replay a journal, and refuses the dir from then on).
     pub const CURRENT: Format = Format {
-        version: 1,
+        version: 2,
         chunk_size: CHUNK_SIZE as u32,
         node_encoding: 1,
         chunk_codec: 1,
@@ -45,14 +50,26 @@ impl Format {
         serde_json::to_vec(self).expect("a format record encodes")
     }
 
+    /// The oldest version this build reads (and upgrades by stamping its own).
+    const OLDEST_READ: u32 = 1;
+
     /// Checks a recorded format against this build's; `what` names the store in the error.
-    pub fn check(recorded: &[u8], what: &str) -> FsResult<()> {
+    /// `Ok(true)`: an older version this build reads, to be stamped with [`Format::CURRENT`].
+    pub fn check(recorded: &[u8], what: &str) -> FsResult<bool> {
         let found: Format = serde_json::from_slice(recorded).map_err(|e| {
             FsError::Format(format!(
                 "{what} has a format record this build cannot read ({e}): {}",
                 String::from_utf8_lossy(&recorded[..recorded.len().min(200)])
             ))
         })?;
+        let older = Format {
+            version: Self::CURRENT.version,
+            ..found
+        } == Self::CURRENT
+            && (Self::OLDEST_READ..Self::CURRENT.version).contains(&found.version);
+        if older {
+            return Ok(true);
+        }
         if found != Self::CURRENT {
             return Err(FsError::Format(format!(
                 "{what} was written in on-disk format {}; this build reads format {} only. \
@@ -61,7 +78,7 @@ impl Format {
                 Self::CURRENT.describe()
             )));
         }
-        Ok(())
+        Ok(false)
     }
 
     fn describe(&self) -> String {
@@ -78,7 +95,20 @@ mod tests {
 
     #[test]
     fn the_current_format_is_accepted_and_any_other_refused_naming_both() {
-        Format::check(&Format::CURRENT.encode(), "x").unwrap();
+        assert!(!Format::check(&Format::CURRENT.encode(), "x").unwrap());
+        let v1 = Format {
+            version: 1,
+            ..Format::CURRENT
+        };
+        assert!(
+            Format::check(&v1.encode(), "x").unwrap(),
+            "read, and restamped"
+        );
+        let newer = Format {
+            version: Format::CURRENT.version + 1,
+            ..Format::CURRENT
+        };
+        assert!(Format::check(&newer.encode(), "x").is_err());
         let other = Format {
             chunk_size: 128 * 1024,
             ..Format::CURRENT

@@ -658,7 +658,7 @@ mod tests {
         let (root, nodes) = tree::apply(store, &rec.root, &changes).unwrap();
         let next = RootRecord { root, ..rec };
         store
-            .commit(rid, &next, &nodes, &[] as &[(Hash, Vec<u8>)], true)
+            .commit(rid, &next, &nodes, &[] as &[(Hash, Vec<u8>)], true, false)
             .unwrap();
     }
 

@@ -7,8 +7,9 @@
 //!    lock.
 //! 2. `begin_gc`, under the roots lock, copies every current pin into a protect set, which from
 //!    then on also receives every new pin; then it reads every root pointer.
-//! 3. Mark walks every root, then every protected hash (nodes recursively). Any error while
-//!    marking aborts the collection before anything is deleted.
+//! 3. Mark walks every root, the chunks of every fsync journal entry, then every protected
+//!    hash (nodes recursively). Any error while marking aborts the collection before anything
+//!    is deleted.
 //! 4. Sweep deletes unmarked objects in batches, each checked against the protect set under
 //!    the pin lock it is deleted under, so an object pinned during the sweep survives.
 //!
@@ -95,6 +96,9 @@ fn mark_and_sweep(store: &Store, roots: Vec<Hash>) -> FsResult<(GcReport, Vec<De
     for root in roots {
         marks.walk(store, root)?;
     }
+    // Chunks that fsyncs journaled and no commit has taken in yet (the journal of a
+    // workspace open now is pinned too; one a crash left is replayed at its next open).
+    marks.chunks.extend(store.journal_chunks()?);
     // Objects pinned since the start: nodes of commits in flight (walked, since a new node's
     // children may be new too) and chunks of overlays.
     let protected: Vec<Hash> = store

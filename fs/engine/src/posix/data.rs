@@ -60,6 +60,7 @@ impl State {
             };
             self.dirty_bytes += CHUNK_SIZE;
             self.chunks.insert((ino, idx), data);
+            self.journal.created((ino, idx));
         }
         Ok(self.chunks.get_mut(&(ino, idx)).expect("just inserted"))
     }
@@ -307,6 +308,8 @@ impl State {
             let covers = in_chunk == 0 && (n == CHUNK_SIZE || pos + n as u64 >= i.size);
             let src = &data[(pos - offset) as usize..][..n];
             let buf = self.buffer(ino, idx, covers)?;
+            // Bytes from here to the write's end change (an append past the end zero-fills).
+            let from = buf.len().min(in_chunk);
             if buf.len() <= in_chunk {
                 // Appending: no zero fill of bytes about to be overwritten.
                 buf.resize(in_chunk, 0);
@@ -317,6 +320,7 @@ impl State {
                 }
                 buf[in_chunk..in_chunk + n].copy_from_slice(src);
             }
+            self.journal.touch((ino, idx), from, in_chunk + n);
             if in_chunk + n == CHUNK_SIZE {
                 self.seal(ino, idx)?;
             }
@@ -356,6 +360,7 @@ impl State {
                 let stop = (in_chunk + n).min(buf.len());
                 if in_chunk < stop {
                     buf[in_chunk..stop].fill(0);
+                    self.journal.touch((ino, idx), in_chunk, stop);
                 }
             }
             pos += n as u64;

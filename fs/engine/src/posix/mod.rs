@@ -29,6 +29,7 @@ use crate::tree;
 mod data;
 mod dirs;
 mod io;
+mod journal;
 mod namespace;
 mod overlay;
 mod types;
@@ -79,22 +80,48 @@ impl Workspace {
         store.mark_open(id)?;
         let loaded = State::load(&store, RootId::Workspace(id), id).and_then(|mut st| {
             st.kernel_refs = refs.iter().copied().collect();
+            // What fsyncs journaled and no commit took in (the process crashed or lost
+            // power), committed below.
+            st.replay(store.journal(id)?)?;
             // Files unlinked while open when the last session ended are freed now.
             st.purge_orphans()?;
             Ok(st)
         });
-        match loaded {
-            Ok(st) => Ok(Workspace {
+        let ws = match loaded {
+            Ok(st) => Workspace {
                 id,
-                store,
+                store: store.clone(),
                 state: Mutex::new(st),
                 read_only: false,
-            }),
+            },
             Err(e) => {
                 store.mark_closed(id);
-                Err(e)
+                return Err(e);
+            }
+        };
+        if ws.state.lock().journal.entries > 0 {
+            ws.commit(true)?;
+        }
+        Ok(ws)
+    }
+
+    /// Opens and commits every workspace a crash left journal entries for, so that clones,
+    /// snapshots and exports of their committed state hold what their fsyncs made durable.
+    /// Returns how many. Run before anything is served. One that fails stays journaled (and
+    /// its chunks kept) for its next open, which answers the error then.
+    pub fn settle_journals(store: &Arc<Store>) -> FsResult<usize> {
+        let mut settled = 0;
+        for id in store.journaled_workspaces()? {
+            match Workspace::open(store.clone(), id) {
+                Ok(_) => settled += 1,
+                // Its root is gone (a delete drops the journal with it; this is the rest).
+                Err(FsError::NotFound) if store.get_root(RootId::Workspace(id))?.is_none() => {
+                    store.delete_journal(id)?;
+                }
+                Err(e) => tracing::error!("workspace {id}: replaying its fsync journal: {e}"),
             }
         }
+        Ok(settled)
     }
 
     /// Opens a snapshot read-only, while its workspace may be open too. Held open like a
@@ -239,12 +266,34 @@ impl Workspace {
         st.purge_orphans()
     }
 
-    /// fsync(2) of anything in the workspace: a durable commit of the whole overlay.
+    /// fsync(2) of anything in the workspace: every change so far durable. Small changes
+    /// are appended to the fsync journal (one WAL write and sync; `journal.rs`), larger ones
+    /// and a cluster host's are committed.
     pub fn fsync(&self) -> FsResult<()> {
+        if self.read_only {
+            return Ok(());
+        }
         let started = Instant::now();
-        let r = self.commit(true);
+        let mut st = self.state.lock();
+        let entry = (self.store.journals() && !st.is_clean())
+            .then(|| st.journal_entry())
+            .flatten();
+        let r = if st.is_clean() {
+            self.store.sync_wal()
+        } else if let Some((entry, chunks)) = entry {
+            let r = self
+                .store
+                .append_journal(self.id, st.journal.seq, &entry, &chunks);
+            if r.is_ok() {
+                st.journaled(&chunks);
+                metrics::counter!(m::FSYNCS_JOURNALED).increment(1);
+            }
+            r
+        } else {
+            self.commit_locked(&mut st, true).map(drop)
+        };
         metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
-        r.map(|_| ())
+        r
     }
 
     /// Commits the overlay as the workspace's new root in one batch; with `sync`, durable
@@ -253,14 +302,19 @@ impl Workspace {
         if self.read_only {
             return Ok(self.state.lock().root);
         }
-        let started = Instant::now();
         let mut st = self.state.lock();
+        self.commit_locked(&mut st, sync)
+    }
+
+    fn commit_locked(&self, st: &mut State, sync: bool) -> FsResult<Hash> {
+        let started = Instant::now();
         st.seal_all()?;
         for (ino, inode) in std::mem::take(&mut st.inodes) {
             st.kv
                 .insert(keys::inode(ino), Some(records::encode(&inode)));
         }
-        if st.kv.is_empty() && st.pending.is_empty() {
+        let drop_journal = st.journal.entries > 0;
+        if st.kv.is_empty() && st.pending.is_empty() && !drop_journal {
             if sync {
                 self.store.sync_wal()?;
             }
@@ -286,9 +340,14 @@ impl Workspace {
             generation: st.generation + 1,
             committed_at: Timespec::now(),
         };
-        let result = self
-            .store
-            .commit(RootId::Workspace(self.id), &record, &nodes, &chunks, sync);
+        let result = self.store.commit(
+            RootId::Workspace(self.id),
+            &record,
+            &nodes,
+            &chunks,
+            sync,
+            drop_journal,
+        );
         self.store.unpin(node_pins);
         metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
@@ -298,6 +357,7 @@ impl Workspace {
                 st.generation += 1;
                 st.kv.clear();
                 st.pending_bytes = 0;
+                st.journal.committed();
                 self.store
                     .note_released(std::mem::take(&mut st.released_bytes));
                 let pins: Vec<Hash> = st.pins.drain().collect();

@@ -15,6 +15,7 @@ use crate::store::PrefetchJob;
 use crate::store::Store;
 use crate::tree::{self, Changes, TreeIter};
 
+use super::journal::JournalState;
 use super::types::*;
 
 pub(super) struct State {
@@ -55,6 +56,8 @@ pub(super) struct State {
     pub(super) read_ahead: HashMap<u64, ReadAhead>,
     /// Cluster mode: directories whose children were fetched ahead (see `prefetch.rs`).
     pub(super) prefetched_dirs: HashSet<u64>,
+    /// What fsyncs journaled since the last commit (see `journal.rs`).
+    pub(super) journal: JournalState,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -270,6 +273,7 @@ impl State {
             limits: Limits::default(),
             read_ahead: HashMap::new(),
             prefetched_dirs: HashSet::new(),
+            journal: JournalState::default(),
         })
     }
 

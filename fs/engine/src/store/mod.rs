@@ -4,8 +4,8 @@
 //!   bytes, lz4-compressed when a probe of the chunk shows it pays ([`crate::format::codec`]); they live
 //!   in RocksDB's integrated BlobDB, so compaction moves keys, not data.
 //! - `nodes`: tree nodes ([`crate::format::node::Node`]), key = BLAKE3 of the encoding.
-//! - `meta`: root pointers ([`RootId`] → [`RootRecord`]) and, under other prefixes, the
-//!   workspace service's records.
+//! - `meta`: root pointers ([`RootId`] → [`RootRecord`]), the fsync journal
+//!   ([`crate::format::journal`]) and, under other prefixes, the workspace service's records.
 //!
 //! Objects are immutable. Anything that is about to make a root reference an object pins it
 //! first ([`Store::pin`]); the garbage collector never deletes a pinned object (see `gc.rs`).
@@ -31,6 +31,7 @@ use node_cache::NodeCache;
 mod ahead;
 mod cache;
 mod compaction;
+mod journal;
 mod key_scan;
 mod node_cache;
 mod objects;
@@ -174,7 +175,14 @@ fn check_format(db: &DB, path: &Path) -> FsResult<()> {
         .cf_handle(CF_META)
         .expect("column families are created at open");
     match db.get_cf(meta, FORMAT_KEY)? {
-        Some(recorded) => Format::check(&recorded, &format!("data dir {}", path.display())),
+        Some(recorded) => {
+            if Format::check(&recorded, &format!("data dir {}", path.display()))? {
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                db.put_cf_opt(meta, FORMAT_KEY, Format::CURRENT.encode(), &sync)?;
+            }
+            Ok(())
+        }
         None => {
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
@@ -610,7 +618,7 @@ mod tests {
         );
         // A small commit (chunks through the WAL) whose root would refer to the racing chunk.
         store
-            .commit::<Vec<u8>>(RootId::Workspace(ws), &record, &[], &[], true)
+            .commit::<Vec<u8>>(RootId::Workspace(ws), &record, &[], &[], true, false)
             .unwrap();
         assert_eq!(
             memtable_entries(&store, CF_CHUNKS),

@@ -7,18 +7,20 @@ use std::sync::atomic::Ordering;
 use crate::error::{FsError, FsResult};
 use crate::format::codec::encode_chunk;
 use crate::format::hash::Hash;
+use crate::format::journal as journal_format;
 use crate::format::roots::{MetaOp, RootId, RootRecord};
 use crate::remote::MetaChange;
 
 use crate::format::records::Timespec;
 
-use super::{Pins, Store, CF_CHUNKS, CF_META, CF_NODES, FORMAT_KEY};
+use super::{journal, Pins, Store, CF_CHUNKS, CF_META, CF_NODES, FORMAT_KEY};
 
-/// Record keys may not collide with root pointers or the format record.
+/// Record keys may not collide with root pointers, journal entries or the format record.
 pub(super) fn check_meta(ops: &[MetaOp]) -> FsResult<()> {
+    let own = [RootId::PREFIX, journal_format::PREFIX, FORMAT_KEY[0]];
     if ops
         .iter()
-        .any(|(k, _)| k.first() == Some(&RootId::PREFIX) || k.first() == FORMAT_KEY.first())
+        .any(|(k, _)| k.first().is_some_and(|b| own.contains(b)))
     {
         return Err(FsError::Invalid("meta key collides with the store's own"));
     }
@@ -86,7 +88,8 @@ impl Store {
 
     /// Writes a new root for `id` together with the nodes and chunks it introduces, in one
     /// batch. Chunks too large for the WAL are written unlogged and flushed first, so the root
-    /// never becomes durable before the objects it references.
+    /// never becomes durable before the objects it references. With `drop_journal`, the
+    /// workspace's fsync journal goes in the same batch (the root now holds all it held).
     pub fn commit<C: AsRef<[u8]>>(
         &self,
         id: RootId,
@@ -94,6 +97,7 @@ impl Store {
         nodes: &[(Hash, Vec<u8>)],
         chunks: &[(Hash, C)],
         sync: bool,
+        drop_journal: bool,
     ) -> FsResult<()> {
         if let Some(remote) = &self.remote {
             let RootId::Workspace(ws) = id else {
@@ -126,6 +130,9 @@ impl Store {
                 id.key(),
                 crate::format::records::encode(record),
             );
+            if let (true, RootId::Workspace(ws)) = (drop_journal, id) {
+                journal::drop_journal(&mut batch, &db, ws);
+            }
         }
         let _roots = self.roots_lock.lock();
         if let RootId::Workspace(_) = id {
@@ -219,6 +226,10 @@ impl Store {
             if let Some(old) = old {
                 record.generation = record.generation.max(old.generation) + 1;
             }
+            if let RootId::Workspace(ws) = dst {
+                // A restore replaces the state fsyncs journaled over, journal and all.
+                journal::drop_journal(&mut batch, &db, *ws);
+            }
             batch.put_cf(
                 db.cf(CF_META),
                 dst.key(),
@@ -275,6 +286,9 @@ impl Store {
                 return Err(FsError::NotFound);
             }
             batch.delete_cf(db.cf(CF_META), id.key());
+            if let RootId::Workspace(ws) = id {
+                journal::drop_journal(&mut batch, &db, *ws);
+            }
         }
         self.add_meta(&mut batch, meta)?;
         self.write(batch, true)

@@ -1,0 +1,207 @@
+//! The overlay's side of the fsync journal (format and why: `format/journal.rs`): what an
+//! fsync appends, which bytes of each chunk buffer changed since the entry before, and the
+//! replay of a workspace's entries when it is opened.
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::{FsError, FsResult};
+use crate::format::hash::Hash;
+use crate::format::journal::{BufferPatch, JournalEntry};
+use crate::format::keys;
+use crate::format::records::{self, Extent, Super};
+use crate::format::CHUNK_SIZE;
+
+use super::overlay::State;
+
+/// An entry larger than this (tree changes, buffer bytes and the chunks it stores) is not
+/// written: the fsync commits instead, which stores bulk data without the WAL.
+const ENTRY_LIMIT: usize = 512 << 10;
+
+/// Entries since the last commit past which an fsync commits (bounds a replay and what a
+/// collection reads of the journal).
+const ENTRIES_LIMIT: u64 = 4096;
+
+/// What the overlay knows of its journal since its last commit.
+#[derive(Default)]
+pub(super) struct JournalState {
+    /// The next entry's sequence number.
+    pub(super) seq: u64,
+    /// Entries written (or replayed) since the last commit, which deletes them.
+    pub(super) entries: u64,
+    /// Buffers the last entry holds: a buffer not in it (new since) goes into the next
+    /// entry whole, one in it as a patch of `touched`.
+    logged: HashSet<(u64, u64)>,
+    /// Per buffer, the span written since the last entry.
+    touched: HashMap<(u64, u64), (usize, usize)>,
+}
+
+impl JournalState {
+    /// Bytes `[start, end)` of buffer `(ino, idx)` changed.
+    pub(super) fn touch(&mut self, key: (u64, u64), start: usize, end: usize) {
+        let span = self.touched.entry(key).or_insert((start, end));
+        span.0 = span.0.min(start);
+        span.1 = span.1.max(end);
+    }
+
+    /// A buffer was created: no entry holds its bytes.
+    pub(super) fn created(&mut self, key: (u64, u64)) {
+        self.logged.remove(&key);
+    }
+
+    /// The overlay was committed: the journal is gone with it.
+    pub(super) fn committed(&mut self) {
+        *self = JournalState {
+            seq: self.seq,
+            ..JournalState::default()
+        };
+    }
+}
+
+impl State {
+    /// Whether the overlay holds no change at all.
+    pub(super) fn is_clean(&self) -> bool {
+        self.kv.is_empty()
+            && self.inodes.is_empty()
+            && self.chunks.is_empty()
+            && self.pending.is_empty()
+    }
+
+    /// The entry an fsync appends now, with the sealed chunks it must store beside it; `None`
+    /// when the overlay is too large for one (the fsync commits).
+    pub(super) fn journal_entry(&self) -> Option<(JournalEntry, Vec<(Hash, Bytes)>)> {
+        if self.journal.entries >= ENTRIES_LIMIT {
+            return None;
+        }
+        let mut size = 0usize;
+        let mut kv: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self.kv.clone();
+        for (ino, inode) in &self.inodes {
+            kv.insert(keys::inode(*ino), Some(records::encode(inode)));
+        }
+        kv.insert(keys::super_key(), Some(records::encode(&self.sup)));
+        for (k, v) in &kv {
+            size += k.len() + v.as_ref().map_or(0, Vec::len);
+        }
+        // All of them, as a commit takes them: one a spill is writing outside the lock may
+        // not be stored yet.
+        let chunks: Vec<(Hash, Bytes)> =
+            self.pending.iter().map(|(h, d)| (*h, d.clone())).collect();
+        size += chunks.iter().map(|(_, d)| d.len()).sum::<usize>();
+        let mut buffers = Vec::with_capacity(self.chunks.len());
+        for (&(ino, idx), buf) in &self.chunks {
+            let (whole, at, bytes) = if !self.journal.logged.contains(&(ino, idx)) {
+                (true, 0, buf.as_slice())
+            } else if let Some(&(start, end)) = self.journal.touched.get(&(ino, idx)) {
+                let end = end.min(buf.len());
+                let start = start.min(end);
+                (false, start, &buf[start..end])
+            } else {
+                (false, 0, &buf[..0])
+            };
+            size += bytes.len() + 32;
+            if size > ENTRY_LIMIT {
+                return None;
+            }
+            buffers.push(BufferPatch {
+                ino,
+                idx,
+                len: buf.len() as u32,
+                whole,
+                at: at as u32,
+                bytes: bytes.to_vec(),
+            });
+        }
+        if size > ENTRY_LIMIT {
+            return None;
+        }
+        let entry = JournalEntry {
+            base: self.root,
+            generation: self.generation,
+            kv: kv.into_iter().collect(),
+            buffers,
+        };
+        Some((entry, chunks))
+    }
+
+    /// An entry was appended with `chunks`: they are stored now (and stay pinned until the
+    /// commit), and the next entry patches what it held.
+    pub(super) fn journaled(&mut self, chunks: &[(Hash, Bytes)]) {
+        for (h, d) in chunks {
+            // `pending_bytes` counts what no spill has taken.
+            if self.pending.shift_remove(h).is_some() && !self.spilling.contains(h) {
+                self.pending_bytes = self.pending_bytes.saturating_sub(d.len());
+            }
+        }
+        let j = &mut self.journal;
+        j.seq += 1;
+        j.entries += 1;
+        j.touched.clear();
+        j.logged = self.chunks.keys().copied().collect();
+    }
+
+    /// Replays `entries` (oldest first) over the committed state: the overlay becomes what
+    /// the last entry written over this root held. Entries over another root are stale
+    /// (their commit landed); the commit that follows deletes every one.
+    pub(super) fn replay(&mut self, entries: Vec<JournalEntry>) -> FsResult<()> {
+        self.journal.entries = entries.len() as u64;
+        let mut buffers: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+        let mut last = None;
+        for e in entries {
+            if e.base != self.root || e.generation != self.generation {
+                continue;
+            }
+            for p in &e.buffers {
+                let end = p.at as usize + p.bytes.len();
+                if p.len as usize > CHUNK_SIZE || end > CHUNK_SIZE {
+                    return Err(FsError::corrupt("journal buffer past a chunk"));
+                }
+                if p.whole {
+                    buffers.insert((p.ino, p.idx), p.bytes.clone());
+                    continue;
+                }
+                let b = buffers
+                    .get_mut(&(p.ino, p.idx))
+                    .ok_or_else(|| FsError::corrupt("journal patch of a buffer it never held"))?;
+                if b.len() < end {
+                    b.resize(end, 0);
+                }
+                b[p.at as usize..end].copy_from_slice(&p.bytes);
+            }
+            let live: HashMap<(u64, u64), usize> = e
+                .buffers
+                .iter()
+                .map(|p| ((p.ino, p.idx), p.len as usize))
+                .collect();
+            buffers.retain(|k, b| match live.get(k) {
+                Some(len) => {
+                    b.resize(*len, 0);
+                    true
+                }
+                None => false,
+            });
+            last = Some(e.kv);
+        }
+        let Some(kv) = last else {
+            return Ok(());
+        };
+        self.kv = kv.into_iter().collect();
+        if let Some(Some(sup)) = self.kv.remove(&keys::super_key()) {
+            self.sup = Super::decode(&sup)?.0;
+        }
+        // Pinned like a live overlay's until the commit that follows: a collection running
+        // meanwhile may have read the journal before that commit deleted it.
+        let hashes: Vec<Hash> = self
+            .kv
+            .iter()
+            .filter(|(k, _)| keys::is_extent(k))
+            .filter_map(|(_, v)| v.as_ref())
+            .map(|v| records::decode::<Extent>(v).map(|e| e.hash))
+            .collect::<FsResult<_>>()?;
+        for h in hashes {
+            self.pin(h);
+        }
+        self.dirty_bytes = buffers.len() * CHUNK_SIZE;
+        self.chunks = buffers;
+        Ok(())
+    }
+}
