@@ -163,11 +163,11 @@ impl Objects {
                 Ok(found) => {
                     let bytes = found.bytes().await.map_err(|e| s3_error("get", e))?;
                     // A bucket holds no journal: version 1 and 2 buckets are alike, and
-                    // stay as they were recorded.
+                    // stay as they were recorded (see `Format::BUCKET`).
                     Format::check(&bytes, &format!("bucket {bucket}")).map(drop)
                 }
                 Err(object_store::Error::NotFound { .. }) => {
-                    let record = PutPayload::from(Format::CURRENT.encode());
+                    let record = PutPayload::from(Format::BUCKET.encode());
                     self.store
                         .put(&key, record)
                         .await

@@ -581,6 +581,9 @@ impl Service {
             let discard = discard_failed && s.status == SessionStatus::CommitFailed;
             if discard {
                 tracing::warn!("session {}: changes that never committed discarded", s.id);
+                if let Err(e) = m.ws.discard() {
+                    tracing::error!("session {}: dropping its fsync journal: {e}", s.id);
+                }
             } else if let Err(e) = m.ws.commit(true) {
                 // The mount is gone but the changes are not: keep them, and the workspace
                 // open, for the next attempt.

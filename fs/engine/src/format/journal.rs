@@ -2,16 +2,17 @@
 //!
 //! An fsync of a workspace whose changes since its last commit are small appends one entry
 //! (one WAL write and one WAL sync) instead of committing: no chunk is sealed, no tree path
-//! rewritten. Each entry holds the workspace's whole overlay of tree entries (dirty inodes
-//! and the super record included), so the last entry alone says what the tree becomes, and
-//! of its chunk buffers only the bytes written since the entry before. The next commit
-//! deletes the workspace's entries in the batch that writes its root; opening a workspace
-//! replays entries over the root they were written on, and commits.
+//! rewritten. Each entry holds what changed since the entry before: the overlay's tree
+//! entries (dirty inodes and the super record included) whose value changed, and of its
+//! chunk buffers the bytes written. The next commit deletes the workspace's entries in the
+//! batch that writes its root; opening a workspace replays the entries written over its
+//! root, in order, and commits.
 //!
 //! | key                              | value          |
 //! |----------------------------------|----------------|
 //! | `J  workspace:uuid  seq:u64`     | `JournalEntry` |
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::format::hash::Hash;
@@ -26,8 +27,11 @@ pub struct JournalEntry {
     /// workspace committed since, in a batch that failed to delete it), and is ignored.
     pub base: Hash,
     pub generation: u64,
-    /// The whole overlay's tree changes at this fsync: puts (`Some`) and deletes (`None`).
-    pub kv: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The overlay's tree changes that are new since the entry before: puts (`Some`) and
+    /// deletes (`None`) of a key of the tree.
+    pub kv: Vec<(Bytes, Option<Bytes>)>,
+    /// Keys the overlay no longer changes (the tree's value stands again).
+    pub unset: Vec<Bytes>,
     /// Every chunk buffer the overlay holds at this fsync; a buffer the entry does not list
     /// is gone (sealed into a chunk `kv` points at, or dropped).
     pub buffers: Vec<BufferPatch>,
@@ -42,7 +46,7 @@ pub struct BufferPatch {
     /// `bytes` is the whole buffer (it is new since the entry before), or a patch at `at`.
     pub whole: bool,
     pub at: u32,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 /// The key of a workspace's entry `seq`.

@@ -50,6 +50,13 @@ impl Format {
         serde_json::to_vec(self).expect("a format record encodes")
     }
 
+    /// What a new cluster bucket records: a bucket holds no journal, so it is of version 1,
+    /// which builds from before the journal read too.
+    pub const BUCKET: Format = Format {
+        version: 1,
+        ..Format::CURRENT
+    };
+
     /// The oldest version this build reads (and upgrades by stamping its own).
     const OLDEST_READ: u32 = 1;
 

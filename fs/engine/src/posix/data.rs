@@ -71,6 +71,12 @@ impl State {
         }
     }
 
+    /// Drops every pin of the overlay (it is gone, or its chunks are in a committed root).
+    pub(super) fn release_pins(&mut self) {
+        let pins: Vec<Hash> = self.pins.drain().collect();
+        self.store.unpin(pins);
+    }
+
     /// Points `EXTENT(ino, idx)` at `new` (or makes it a hole), keeping `alloc_bytes` right.
     pub(super) fn set_extent(&mut self, ino: u64, idx: u64, new: Option<Extent>) -> FsResult<()> {
         let old = self.extent(ino, idx)?;
@@ -396,6 +402,7 @@ impl State {
                 let idx = size / CS;
                 if self.chunks.contains_key(&(ino, idx)) || self.extent(ino, idx)?.is_some() {
                     self.buffer(ino, idx, false)?.truncate(keep);
+                    self.journal.truncated((ino, idx), keep);
                 }
             }
         }

@@ -13,22 +13,35 @@ use crate::format::records::{self, Extent, Super};
 use crate::format::CHUNK_SIZE;
 
 use super::overlay::State;
+use crate::tree::Changes;
 
 /// An entry larger than this (tree changes, buffer bytes and the chunks it stores) is not
 /// written: the fsync commits instead, which stores bulk data without the WAL.
 const ENTRY_LIMIT: usize = 512 << 10;
 
-/// Entries since the last commit past which an fsync commits (bounds a replay and what a
-/// collection reads of the journal).
+/// Entries, and their bytes, since the last commit past which an fsync commits (bounds a
+/// replay and what a collection reads of the journal).
 const ENTRIES_LIMIT: u64 = 4096;
+const BYTES_LIMIT: usize = 16 << 20;
+
+/// Tree changes past which an fsync commits without comparing them with the last entry's.
+const KV_LIMIT: usize = 16384;
 
 /// What the overlay knows of its journal since its last commit.
 #[derive(Default)]
 pub(super) struct JournalState {
     /// The next entry's sequence number.
     pub(super) seq: u64,
-    /// Entries written (or replayed) since the last commit, which deletes them.
+    /// Entries written (or replayed) since the last commit, which deletes them, and their
+    /// bytes.
     pub(super) entries: u64,
+    bytes: usize,
+    /// The overlay's tree changes as the entries so far hold them.
+    logged_kv: Changes,
+    /// Set by a failed commit, which may have landed all the same (its WAL write went
+    /// through, its sync failed, and the store's heal replays it): entries over the root
+    /// this overlay knows would then be stale, so fsyncs commit until a commit succeeds.
+    pub(super) must_commit: bool,
     /// Buffers the last entry holds: a buffer not in it (new since) goes into the next
     /// entry whole, one in it as a patch of `touched`.
     logged: HashSet<(u64, u64)>,
@@ -49,12 +62,38 @@ impl JournalState {
         self.logged.remove(&key);
     }
 
+    /// A buffer was cut to `len`.
+    pub(super) fn truncated(&mut self, key: (u64, u64), len: usize) {
+        self.touch(key, len, len);
+    }
+
     /// The overlay was committed: the journal is gone with it.
     pub(super) fn committed(&mut self) {
         *self = JournalState {
             seq: self.seq,
             ..JournalState::default()
         };
+    }
+}
+
+/// An entry ready to append, and what the overlay's journal state becomes once it is.
+pub(super) struct NextEntry {
+    pub(super) entry: JournalEntry,
+    /// Sealed chunks not stored yet, written in the entry's batch.
+    pub(super) chunks: Vec<(Hash, Bytes)>,
+    kv: Changes,
+    pub(super) bytes: usize,
+    /// No buffer written, cut, created or dropped since the last entry.
+    buffers_as_logged: bool,
+}
+
+impl NextEntry {
+    /// Whether the entry holds nothing the last one did not.
+    pub(super) fn is_empty(&self) -> bool {
+        self.entry.kv.is_empty()
+            && self.entry.unset.is_empty()
+            && self.chunks.is_empty()
+            && self.buffers_as_logged
     }
 }
 
@@ -67,31 +106,45 @@ impl State {
             && self.pending.is_empty()
     }
 
-    /// The entry an fsync appends now, with the sealed chunks it must store beside it; `None`
-    /// when the overlay is too large for one (the fsync commits).
-    pub(super) fn journal_entry(&self) -> Option<(JournalEntry, Vec<(Hash, Bytes)>)> {
-        if self.journal.entries >= ENTRIES_LIMIT {
+    /// The entry an fsync appends now; `None` when it, or the journal since the last commit,
+    /// is too large (the fsync commits).
+    pub(super) fn journal_entry(&self) -> Option<NextEntry> {
+        let j = &self.journal;
+        if j.must_commit || j.entries >= ENTRIES_LIMIT || self.kv.len() > KV_LIMIT {
             return None;
         }
-        let mut size = 0usize;
-        let mut kv: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self.kv.clone();
+        let mut kv: Changes = self.kv.clone();
         for (ino, inode) in &self.inodes {
             kv.insert(keys::inode(*ino), Some(records::encode(inode)));
         }
         kv.insert(keys::super_key(), Some(records::encode(&self.sup)));
+        let mut size = 0usize;
+        let mut changed = Vec::new();
         for (k, v) in &kv {
-            size += k.len() + v.as_ref().map_or(0, Vec::len);
+            if j.logged_kv.get(k) != Some(v) {
+                size += k.len() + v.as_ref().map_or(0, Vec::len);
+                changed.push((
+                    Bytes::copy_from_slice(k),
+                    v.as_deref().map(Bytes::copy_from_slice),
+                ));
+            }
         }
+        let unset: Vec<Bytes> = j
+            .logged_kv
+            .keys()
+            .filter(|k| !kv.contains_key(*k))
+            .map(|k| Bytes::copy_from_slice(k))
+            .collect();
         // All of them, as a commit takes them: one a spill is writing outside the lock may
         // not be stored yet.
         let chunks: Vec<(Hash, Bytes)> =
             self.pending.iter().map(|(h, d)| (*h, d.clone())).collect();
         size += chunks.iter().map(|(_, d)| d.len()).sum::<usize>();
-        let mut buffers = Vec::with_capacity(self.chunks.len());
+        let mut buffers = Vec::new();
         for (&(ino, idx), buf) in &self.chunks {
-            let (whole, at, bytes) = if !self.journal.logged.contains(&(ino, idx)) {
+            let (whole, at, bytes) = if !j.logged.contains(&(ino, idx)) {
                 (true, 0, buf.as_slice())
-            } else if let Some(&(start, end)) = self.journal.touched.get(&(ino, idx)) {
+            } else if let Some(&(start, end)) = j.touched.get(&(ino, idx)) {
                 let end = end.min(buf.len());
                 let start = start.min(end);
                 (false, start, &buf[start..end])
@@ -108,25 +161,35 @@ impl State {
                 len: buf.len() as u32,
                 whole,
                 at: at as u32,
-                bytes: bytes.to_vec(),
+                bytes: Bytes::copy_from_slice(bytes),
             });
         }
-        if size > ENTRY_LIMIT {
+        if size > ENTRY_LIMIT || j.bytes + size > BYTES_LIMIT {
             return None;
         }
         let entry = JournalEntry {
             base: self.root,
             generation: self.generation,
-            kv: kv.into_iter().collect(),
+            kv: changed,
+            unset,
             buffers,
         };
-        Some((entry, chunks))
+        let buffers_as_logged = j.touched.is_empty()
+            && entry.buffers.len() == j.logged.len()
+            && entry.buffers.iter().all(|b| !b.whole);
+        Some(NextEntry {
+            entry,
+            chunks,
+            kv,
+            bytes: size,
+            buffers_as_logged,
+        })
     }
 
-    /// An entry was appended with `chunks`: they are stored now (and stay pinned until the
-    /// commit), and the next entry patches what it held.
-    pub(super) fn journaled(&mut self, chunks: &[(Hash, Bytes)]) {
-        for (h, d) in chunks {
+    /// `next` was appended: its chunks are stored now (and stay pinned until the commit),
+    /// and the next entry holds what changes after it.
+    pub(super) fn journaled(&mut self, next: NextEntry) {
+        for (h, d) in &next.chunks {
             // `pending_bytes` counts what no spill has taken.
             if self.pending.shift_remove(h).is_some() && !self.spilling.contains(h) {
                 self.pending_bytes = self.pending_bytes.saturating_sub(d.len());
@@ -135,17 +198,20 @@ impl State {
         let j = &mut self.journal;
         j.seq += 1;
         j.entries += 1;
+        j.bytes += next.bytes;
+        j.logged_kv = next.kv;
         j.touched.clear();
         j.logged = self.chunks.keys().copied().collect();
     }
 
     /// Replays `entries` (oldest first) over the committed state: the overlay becomes what
-    /// the last entry written over this root held. Entries over another root are stale
-    /// (their commit landed); the commit that follows deletes every one.
+    /// the entries written over this root held. Entries over another root are stale (their
+    /// commit landed); the commit that follows deletes every one.
     pub(super) fn replay(&mut self, entries: Vec<JournalEntry>) -> FsResult<()> {
         self.journal.entries = entries.len() as u64;
         let mut buffers: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
-        let mut last = None;
+        let mut kv = Changes::new();
+        let mut replayed = false;
         for e in entries {
             if e.base != self.root || e.generation != self.generation {
                 continue;
@@ -156,7 +222,7 @@ impl State {
                     return Err(FsError::corrupt("journal buffer past a chunk"));
                 }
                 if p.whole {
-                    buffers.insert((p.ino, p.idx), p.bytes.clone());
+                    buffers.insert((p.ino, p.idx), p.bytes.to_vec());
                     continue;
                 }
                 let b = buffers
@@ -179,12 +245,18 @@ impl State {
                 }
                 None => false,
             });
-            last = Some(e.kv);
+            for k in &e.unset {
+                kv.remove(k.as_ref());
+            }
+            for (k, v) in e.kv {
+                kv.insert(k.to_vec(), v.map(|v| v.to_vec()));
+            }
+            replayed = true;
         }
-        let Some(kv) = last else {
+        if !replayed {
             return Ok(());
-        };
-        self.kv = kv.into_iter().collect();
+        }
+        self.kv = kv;
         if let Some(Some(sup)) = self.kv.remove(&keys::super_key()) {
             self.sup = Super::decode(&sup)?.0;
         }

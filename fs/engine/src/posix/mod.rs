@@ -82,10 +82,15 @@ impl Workspace {
             st.kernel_refs = refs.iter().copied().collect();
             // What fsyncs journaled and no commit took in (the process crashed or lost
             // power), committed below.
-            st.replay(store.journal(id)?)?;
+            let replayed = store.journal(id).and_then(|entries| st.replay(entries));
             // Files unlinked while open when the last session ended are freed now.
-            st.purge_orphans()?;
-            Ok(st)
+            match replayed.and_then(|()| st.purge_orphans()) {
+                Ok(()) => Ok(st),
+                Err(e) => {
+                    st.release_pins();
+                    Err(e)
+                }
+            }
         });
         let ws = match loaded {
             Ok(st) => Workspace {
@@ -275,22 +280,28 @@ impl Workspace {
         }
         let started = Instant::now();
         let mut st = self.state.lock();
-        let entry = (self.store.journals() && !st.is_clean())
+        let next = (self.store.journals() && !st.is_clean())
             .then(|| st.journal_entry())
             .flatten();
-        let r = if st.is_clean() {
-            self.store.sync_wal()
-        } else if let Some((entry, chunks)) = entry {
-            let r = self
-                .store
-                .append_journal(self.id, st.journal.seq, &entry, &chunks);
-            if r.is_ok() {
-                st.journaled(&chunks);
-                metrics::counter!(m::FSYNCS_JOURNALED).increment(1);
+        let r = match next {
+            _ if st.is_clean() => self.store.sync_wal(),
+            // What the last entry holds (an fsync again, of another file, say).
+            Some(next) if next.is_empty() => self.store.sync_wal(),
+            Some(next) => {
+                let r = self.store.append_journal(
+                    self.id,
+                    st.journal.seq,
+                    &next.entry,
+                    &next.chunks,
+                    next.bytes,
+                );
+                if r.is_ok() {
+                    st.journaled(next);
+                    metrics::counter!(m::FSYNCS_JOURNALED).increment(1);
+                }
+                r
             }
-            r
-        } else {
-            self.commit_locked(&mut st, true).map(drop)
+            None => self.commit_locked(&mut st, true).map(drop),
         };
         metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
         r
@@ -360,16 +371,26 @@ impl Workspace {
                 st.journal.committed();
                 self.store
                     .note_released(std::mem::take(&mut st.released_bytes));
-                let pins: Vec<Hash> = st.pins.drain().collect();
-                self.store.unpin(pins);
+                st.release_pins();
                 Ok(root)
             }
             Err(e) => {
                 metrics::counter!(m::COMMIT_ERRORS).increment(1);
                 st.pending.extend(chunks);
+                st.journal.must_commit = true;
                 Err(e)
             }
         }
+    }
+
+    /// Gives up the changes not committed, fsynced ones too: the journal goes, so the next
+    /// open finds the last commit. For a session whose changes cannot be committed and are
+    /// discarded; the handle is to be dropped after it.
+    pub fn discard(&self) -> FsResult<()> {
+        if self.read_only || !self.store.journals() {
+            return Ok(());
+        }
+        self.store.delete_journal(self.id)
     }
 
     /// Commits durably and closes.
@@ -380,8 +401,7 @@ impl Workspace {
 
 impl Drop for Workspace {
     fn drop(&mut self) {
-        let pins: Vec<Hash> = self.state.get_mut().pins.drain().collect();
-        self.store.unpin(pins);
+        self.state.get_mut().release_pins();
         self.store.mark_closed(self.id);
     }
 }

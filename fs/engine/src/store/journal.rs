@@ -17,18 +17,24 @@ impl Store {
         self.remote.is_none()
     }
 
-    /// Appends entry `seq` of workspace `ws` durably, with the sealed chunks it references
-    /// that are not stored yet, in one batch. Chunks written unlogged earlier are flushed
-    /// first: the entry may reference them.
+    /// Appends entry `seq` of workspace `ws` (`bytes` long) durably, with the sealed chunks
+    /// it references that are not stored yet, in one batch. Chunks written unlogged earlier
+    /// are flushed first: the entry may reference them.
     pub(crate) fn append_journal(
         &self,
         ws: uuid::Uuid,
         seq: u64,
         entry: &JournalEntry,
         chunks: &[(Hash, bytes::Bytes)],
+        bytes: usize,
     ) -> FsResult<()> {
         if !self.journals() {
             return Err(FsError::Invalid("a cluster host keeps no journal"));
+        }
+        // As a commit: nothing is written unless it fits, with room for WAL and manifest
+        // (RocksDB that meets a full disk stops writing altogether until restarted).
+        if self.disk_space()?.avail_bytes() < 2 * bytes as u64 + (4 << 20) {
+            return Err(FsError::NoSpace);
         }
         self.flush_chunks(false)?;
         let mut batch = WriteBatch::default();

@@ -81,6 +81,9 @@ pub(crate) struct Pins {
 struct ChunkFlushes {
     written: AtomicU64,
     flushed: AtomicU64,
+    /// Held shared by a chunk's put until it is counted, and exclusively to read the count a
+    /// flush covers: a chunk readers can see (and a seal deduplicates against) is counted.
+    counting: RwLock<()>,
     /// Tests run code between a flush and its recording, where a racing write would land.
     #[cfg(test)]
     after_flush_hook: Mutex<Option<Box<dyn Fn() + Send>>>,

@@ -169,13 +169,15 @@ impl Store {
         // pages (copies and page faults were a third of a sequential write's daemon CPU), and
         // unlogged chunk writes need no atomicity (they are pinned until a commit refers to them).
         for (h, data) in chunks {
-            self.wrote(db.put_cf_opt(cf, h.0, encode_chunk(data.as_ref()), &wo))?;
+            let encoded = encode_chunk(data.as_ref());
+            let _counting = self.chunk_flushes.counting.read();
+            self.wrote(db.put_cf_opt(cf, h.0, encoded, &wo))?;
             // After the put: a flush that takes it from the set started after it landed.
             self.unflushed.lock().insert(*h);
+            // Counted after the write: a flush that starts after this count covers it.
+            self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
         }
         drop(db);
-        // Counted after the write: a flush that starts after this count covers these bytes.
-        self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
         if let (Some(_), Some(ws)) = (&self.remote, owner) {
             let staged = {
                 let mut staged = self.staged.lock();
@@ -193,7 +195,12 @@ impl Store {
     /// only the writes it was sure to cover: the count read *before* it started. A write that
     /// lands during a flush stays counted as unflushed, so the next commit flushes again.
     pub(super) fn flush_chunks(&self, always: bool) -> FsResult<()> {
-        let covered = self.chunk_flushes.written.load(Ordering::SeqCst);
+        // A put another workspace's seal may have deduplicated against is in this count,
+        // even one that has landed and is not counted yet: this waits for it.
+        let covered = {
+            let _counted = self.chunk_flushes.counting.write();
+            self.chunk_flushes.written.load(Ordering::SeqCst)
+        };
         if !always && self.chunk_flushes.flushed.load(Ordering::SeqCst) >= covered {
             return Ok(());
         }
