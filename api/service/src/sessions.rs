@@ -580,10 +580,9 @@ impl Service {
             }
             let discard = discard_failed && s.status == SessionStatus::CommitFailed;
             if discard {
+                // What fsyncs journaled stays: it was acknowledged durable, and the next
+                // open commits it (a delete of the workspace drops it).
                 tracing::warn!("session {}: changes that never committed discarded", s.id);
-                if let Err(e) = m.ws.discard() {
-                    tracing::error!("session {}: dropping its fsync journal: {e}", s.id);
-                }
             } else if let Err(e) = m.ws.commit(true) {
                 // The mount is gone but the changes are not: keep them, and the workspace
                 // open, for the next attempt.

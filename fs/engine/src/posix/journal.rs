@@ -218,8 +218,9 @@ impl State {
             }
             for p in &e.buffers {
                 let end = p.at as usize + p.bytes.len();
-                if p.len as usize > CHUNK_SIZE || end > CHUNK_SIZE {
-                    return Err(FsError::corrupt("journal buffer past a chunk"));
+                let len = p.len as usize;
+                if len > CHUNK_SIZE || end > len || (p.whole && p.bytes.len() != len) {
+                    return Err(FsError::corrupt("journal buffer of a wrong shape"));
                 }
                 if p.whole {
                     buffers.insert((p.ino, p.idx), p.bytes.to_vec());
@@ -249,6 +250,9 @@ impl State {
                 kv.remove(k.as_ref());
             }
             for (k, v) in e.kv {
+                if keys::decode(&k).is_none() {
+                    return Err(FsError::corrupt("journal entry of a key of no kind"));
+                }
                 kv.insert(k.to_vec(), v.map(|v| v.to_vec()));
             }
             replayed = true;

@@ -295,9 +295,18 @@ impl Workspace {
                     &next.chunks,
                     next.bytes,
                 );
-                if r.is_ok() {
-                    st.journaled(next);
-                    metrics::counter!(m::FSYNCS_JOURNALED).increment(1);
+                match &r {
+                    Ok(()) => {
+                        st.journaled(next);
+                        metrics::counter!(m::FSYNCS_JOURNALED).increment(1);
+                    }
+                    // The entry may have landed all the same (its WAL write went through,
+                    // the sync failed): the next commit deletes it, and until one succeeds
+                    // fsyncs commit.
+                    Err(_) => {
+                        st.journal.entries += 1;
+                        st.journal.must_commit = true;
+                    }
                 }
                 r
             }
@@ -381,16 +390,6 @@ impl Workspace {
                 Err(e)
             }
         }
-    }
-
-    /// Gives up the changes not committed, fsynced ones too: the journal goes, so the next
-    /// open finds the last commit. For a session whose changes cannot be committed and are
-    /// discarded; the handle is to be dropped after it.
-    pub fn discard(&self) -> FsResult<()> {
-        if self.read_only || !self.store.journals() {
-            return Ok(());
-        }
-        self.store.delete_journal(self.id)
     }
 
     /// Commits durably and closes.
