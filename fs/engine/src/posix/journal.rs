@@ -281,3 +281,94 @@ impl State {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::records::FileKind;
+    use crate::posix::{NewNode, Workspace};
+    use crate::store::Store;
+
+    fn setup() -> (tempfile::TempDir, std::sync::Arc<Store>, Workspace, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = uuid::Uuid::new_v4();
+        crate::roots::create_workspace(&store, id, &[]).unwrap();
+        let ws = Workspace::open(store.clone(), id).unwrap();
+        let new = NewNode {
+            kind: FileKind::Regular,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: b"",
+        };
+        let ino = ws.create(keys::ROOT_INO, b"f", new).unwrap().ino;
+        (dir, store, ws, ino)
+    }
+
+    fn journal_bytes(store: &Store, ws: uuid::Uuid) -> usize {
+        store
+            .journal(ws)
+            .unwrap()
+            .iter()
+            .map(|e| records::encode(e).len())
+            .sum()
+    }
+
+    /// A session that fsyncs large changes in a loop: the journal between two commits stays
+    /// under its caps (the fsyncs past them commit), whatever the loop writes.
+    #[test]
+    fn a_loop_of_large_fsyncs_keeps_the_journal_bounded() {
+        let (_dir, store, ws, ino) = setup();
+        let mut commits = 0;
+        let mut root = ws.committed_root();
+        for i in 0..400u64 {
+            // 448 KiB at a new offset each time: under one entry's cap, over the journal's
+            // in a few dozen.
+            let mut data = vec![0u8; 448 << 10];
+            blake3::Hasher::new()
+                .update(&i.to_le_bytes())
+                .finalize_xof()
+                .fill(&mut data);
+            ws.write(ino, i * (1 << 20) + 4096, &data).unwrap();
+            ws.fsync().unwrap();
+            if ws.committed_root() != root {
+                commits += 1;
+                root = ws.committed_root();
+            }
+            let bytes = journal_bytes(&store, ws.id());
+            assert!(
+                bytes <= BYTES_LIMIT + ENTRY_LIMIT,
+                "journal of {bytes} bytes"
+            );
+        }
+        assert!(commits >= 5, "only {commits} fsyncs committed");
+    }
+
+    /// An fsync that changes nothing since the last writes no entry; a change of any kind
+    /// (a byte, a truncate) does.
+    #[test]
+    fn an_fsync_of_nothing_new_writes_no_entry() {
+        let (_dir, store, ws, ino) = setup();
+        ws.write(ino, 0, b"hello").unwrap();
+        ws.fsync().unwrap();
+        let entries = || store.journal(ws.id()).unwrap().len();
+        assert_eq!(entries(), 1);
+        ws.fsync().unwrap();
+        ws.fsync().unwrap();
+        assert_eq!(entries(), 1);
+        ws.write(ino, 1, b"E").unwrap();
+        ws.fsync().unwrap();
+        assert_eq!(entries(), 2);
+        let last = store.journal(ws.id()).unwrap().pop().unwrap();
+        assert_eq!(last.buffers.len(), 1);
+        assert_eq!(
+            (last.buffers[0].at, &last.buffers[0].bytes[..]),
+            (1, &b"E"[..])
+        );
+        assert!(!last.buffers[0].whole);
+        ws.commit(false).unwrap();
+        assert_eq!(entries(), 0, "a commit takes the journal in");
+    }
+}
