@@ -105,7 +105,11 @@ impl Workspace {
             }
         };
         if ws.state.lock().journal.entries > 0 {
-            ws.commit(true)?;
+            // If this fails (a full disk), the overlay holds what was replayed and the next
+            // commit retries, as for any change; the session need not wait for it.
+            if let Err(e) = ws.commit(true) {
+                tracing::warn!("workspace {id}: committing its replayed fsync journal: {e}");
+            }
         }
         Ok(ws)
     }
@@ -118,7 +122,8 @@ impl Workspace {
         let mut settled = 0;
         for id in store.journaled_workspaces()? {
             match Workspace::open(store.clone(), id) {
-                Ok(_) => settled += 1,
+                Ok(ws) if ws.state.lock().journal.entries == 0 => settled += 1,
+                Ok(_) => {} // its commit failed, and said why
                 // Its root is gone (a delete drops the journal with it; this is the rest).
                 Err(FsError::NotFound) if store.get_root(RootId::Workspace(id))?.is_none() => {
                     store.delete_journal(id)?;
