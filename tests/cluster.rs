@@ -1041,6 +1041,44 @@ fn a_full_cache_disk() {
     a.unmount(&sid);
 }
 
+/// Fetched chunks are kept in plain files (`fs/engine/src/store/chunk_files.rs`); one damaged
+/// there (a bad disk) is fetched again, never served. B reads a 96 MiB file (so at least its
+/// first 32 MiB are no longer in memory, only in the files), every byte of those files is
+/// overwritten, and the file reads back right, with the damage in B's log.
+#[test]
+fn a_damaged_cached_chunk_is_fetched_again() {
+    let Some(stores) = Stores::start_or_skip(&[]) else {
+        return;
+    };
+    let a = stores.host("host-a", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let b = stores.host_in("host-b", &[], Some(dir.path().join("data")));
+    a.create_workspace("damage");
+    let (sid, path) = a.mount("damage", "damage");
+    let data = common::noise(77, 96 << 20);
+    write_synced(&path.join("f"), &data);
+    a.unmount(&sid);
+
+    let (sid, path) = b.mount("damage", "damage-b");
+    assert!(std::fs::read(path.join("f")).unwrap() == data);
+    let mut damaged = 0;
+    for segment in std::fs::read_dir(dir.path().join("data/cache/fetched")).unwrap() {
+        let segment = segment.unwrap().path();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        std::fs::write(&segment, vec![0x5a; len as usize]).unwrap();
+        damaged += len;
+    }
+    assert!(damaged >= 32 << 20, "{damaged} bytes in the cache's files");
+    // The kernel's copy of the file goes, so the reads reach B.
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    assert!(
+        std::fs::read(path.join("f")).unwrap() == data,
+        "the file read wrong after its cached chunks were damaged"
+    );
+    assert!(b.log().contains("is damaged"), "{}", b.log());
+    b.unmount(&sid);
+}
+
 /// The collector's crash test, across hosts: `chaserfs gc` processes SIGKILLed at random
 /// moments (listing, marking, sweeping, deleting) while a host commits. Every fsync
 /// succeeds (a killed collector's sweep ends with its lease), the next collection runs once

@@ -99,6 +99,13 @@ impl Store {
         Some(data)
     }
 
+    /// Cluster mode: a fetched chunk kept in the cache's files, checked, as stored.
+    pub(super) fn file_chunk(&self, hash: &Hash) -> Option<Vec<u8>> {
+        let stored = self.chunk_files.as_ref()?.get(hash)?;
+        self.cache_touch(hash);
+        Some(stored)
+    }
+
     /// Cluster mode: an object missing here, from the object store (checked against its
     /// hash, then cached here). `None` without a cluster or if the object store lacks it.
     pub(super) fn fetch(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
@@ -106,9 +113,12 @@ impl Store {
             return Ok(None);
         };
         if self.wait_in_flight(hash) {
-            // A read-ahead piece wakes its readers before it writes into RocksDB.
+            // A read-ahead piece wakes its readers before it writes into the cache.
             if let Some(stored) = self.fresh_chunk(hash) {
                 return Ok(Some(stored.to_vec()));
+            }
+            if let Some(stored) = self.file_chunk(hash) {
+                return Ok(Some(stored));
             }
             let db = self.db()?;
             let local = db.get_cf(db.cf(kind_cf(kind)), hash.0)?;
@@ -168,11 +178,15 @@ impl Store {
             }
             return Ok(());
         }
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        let db = self.db()?;
-        db.put_cf_opt(db.cf(kind_cf(kind)), hash.0, bytes, &wo)?;
-        drop(db);
+        match (&self.chunk_files, kind) {
+            (Some(files), ObjectKind::Chunk) => files.put(hash, bytes)?,
+            _ => {
+                let mut wo = WriteOptions::default();
+                wo.disable_wal(true);
+                let db = self.db()?;
+                db.put_cf_opt(db.cf(kind_cf(kind)), hash.0, bytes, &wo)?;
+            }
+        }
         self.cache_insert(kind, *hash, bytes.len());
         Ok(())
     }
@@ -197,10 +211,14 @@ impl Store {
         let cf = db.cf(kind_cf(kind));
         // Looked up without the locks, which every read takes: an object stored meanwhile
         // is only fetched twice.
+        let in_files = |h: &Hash| {
+            kind == ObjectKind::Chunk && self.chunk_files.as_ref().is_some_and(|f| f.contains(h))
+        };
         let missing: Vec<Hash> = hashes
             .iter()
             .filter(|h| {
                 let cached = (kind == ObjectKind::Node && self.nodes.get(h).is_some())
+                    || in_files(h)
                     || (db.key_may_exist_cf(cf, h.0)
                         && matches!(db.get_pinned_cf(cf, h.0), Ok(Some(_))));
                 !cached
@@ -345,6 +363,9 @@ impl Store {
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         for (h, k) in evicted {
+            if let (Some(files), ObjectKind::Chunk) = (&self.chunk_files, k) {
+                files.remove(&h);
+            }
             if staged.values().any(|s| s.contains(&h)) {
                 continue;
             }

@@ -30,6 +30,7 @@ use node_cache::NodeCache;
 
 mod ahead;
 mod cache;
+mod chunk_files;
 mod compaction;
 mod journal;
 mod key_scan;
@@ -135,8 +136,10 @@ pub struct Store {
     /// started meanwhile) and only a successful commit clears them. A crash loses them with
     /// the overlay they belong to, so they are not recorded on disk.
     staged: Mutex<HashMap<uuid::Uuid, IndexSet<Hash>>>,
-    /// Cluster mode: uploaded or fetched objects kept in RocksDB, bounded.
+    /// Cluster mode: uploaded or fetched objects kept here, bounded: uploaded chunks and
+    /// nodes in RocksDB, fetched chunks in files (`chunk_files.rs`).
     cache: Mutex<ObjectCache>,
+    chunk_files: Option<chunk_files::ChunkFiles>,
     /// Cluster mode: objects a prefetch is fetching; a read that misses one waits for it
     /// (`fetched`) instead of asking the object store again.
     in_flight: Mutex<HashSet<Hash>>,
@@ -167,6 +170,9 @@ fn kind_cf(kind: ObjectKind) -> &'static str {
         ObjectKind::Chunk => CF_CHUNKS,
     }
 }
+
+/// Cluster mode: where fetched chunks are kept, in the data dir (emptied at every start).
+const FETCHED_DIR: &str = "fetched";
 
 /// Where a data dir records its on-disk format, in the `meta` column family.
 const FORMAT_KEY: &[u8] = b"Fformat";
@@ -312,6 +318,11 @@ impl Store {
         }
         let db = open_db(path, opts.block_cache_bytes)?;
         check_format(&db, path)?;
+        let chunk_files = if remote.is_some() {
+            Some(chunk_files::ChunkFiles::new(&path.join(FETCHED_DIR))?)
+        } else {
+            None
+        };
         let store = Arc::new(Store {
             db: RwLock::new(Some(db)),
             block_cache_bytes: opts.block_cache_bytes,
@@ -339,6 +350,7 @@ impl Store {
                 misses: 0,
                 prefetched: 0,
             }),
+            chunk_files,
             in_flight: Mutex::new(HashSet::new()),
             fetched: Condvar::new(),
             fresh: Mutex::new(cache::FreshChunks::default()),

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::error::{FsError, FsResult};
-use crate::format::codec::{chunk_bytes, decode_chunk, encode_chunk, CHUNK_RAW};
+use crate::format::codec::{chunk_bytes, decode_chunk, encode_chunk};
 use crate::format::hash::Hash;
 use crate::format::node::Node;
 use crate::remote::ObjectKind;
@@ -75,11 +75,14 @@ impl Store {
                 self.cache_touch(hash);
                 decode_chunk(&stored)?
             }
-            None => decode_chunk(
-                &self
-                    .fetch(ObjectKind::Chunk, hash)?
-                    .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?,
-            )?,
+            None => match self.file_chunk(hash) {
+                Some(stored) => decode_chunk(&stored)?,
+                None => decode_chunk(
+                    &self
+                        .fetch(ObjectKind::Chunk, hash)?
+                        .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?,
+                )?,
+            },
         };
         if Hash::of(&data) != *hash {
             return Err(FsError::corrupt(format!(
@@ -96,15 +99,22 @@ impl Store {
     /// with BLAKE3 on every read; [`Store::get_chunk`] (fsck, read-modify-write) still does.
     pub fn read_chunk(&self, hash: &Hash, len: usize, from: usize, dst: &mut [u8]) -> FsResult<()> {
         let wrong_length = || FsError::corrupt(format!("chunk {hash} has the wrong length"));
+        let mut copy_stored = |stored: &[u8]| {
+            let data = chunk_bytes(stored)?;
+            if data.len() != len {
+                return Err(wrong_length());
+            }
+            copy_span(dst, &data, from);
+            Ok(())
+        };
         if self.remote.is_some() {
             // Fetched ahead of this read and verified then: copied from memory.
             if let Some(stored) = self.fresh_chunk(hash) {
-                let data = chunk_bytes(&stored)?;
-                if data.len() != len {
-                    return Err(wrong_length());
-                }
-                copy_span(dst, &data, from);
-                return Ok(());
+                return copy_stored(&stored);
+            }
+            // Fetched earlier: one read from the cache's files.
+            if let Some(stored) = self.file_chunk(hash) {
+                return copy_stored(&stored);
             }
         }
         let db = self.db()?;
@@ -112,25 +122,10 @@ impl Store {
             let stored = self
                 .fetch(ObjectKind::Chunk, hash)?
                 .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
-            let data = decode_chunk(&stored)?;
-            if data.len() != len {
-                return Err(wrong_length());
-            }
-            copy_span(dst, &data, from);
-            return Ok(());
+            return copy_stored(&stored);
         };
         self.cache_touch(hash);
-        let mut copy = |data: &[u8]| {
-            if data.len() != len {
-                return Err(wrong_length());
-            }
-            copy_span(dst, data, from);
-            Ok(())
-        };
-        match stored.split_first() {
-            Some((&CHUNK_RAW, raw)) => copy(raw),
-            _ => copy(&decode_chunk(&stored)?),
-        }
+        copy_stored(&stored)
     }
 
     /// Whether a chunk needs no writing. In cluster mode, never: a chunk cached here may be

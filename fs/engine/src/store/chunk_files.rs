@@ -1,0 +1,300 @@
+//! Cluster mode: chunks fetched from the object store, kept in plain files instead of RocksDB.
+//!
+//! A fetched chunk is appended to the current segment file (one `pwrite`, into the page
+//! cache) and read back with one `pread`: no memtable insert, no flush that copies and
+//! checksums it again, no blob file read through RocksDB's buffers, and no flushes a commit
+//! must wait for. Each object carries a CRC32 of its stored bytes, checked on every read: a
+//! mismatch (a bad disk, a range punched by an eviction racing the read) drops the object and
+//! the read fetches it again, so a wrong byte is never served.
+//!
+//! Which objects stay is decided by the store's LRU (`cache.rs`); an evicted object's range
+//! is punched out of its segment (the space is free at once), and a segment whose objects
+//! are all gone is deleted. Nothing here survives a restart: a cluster host empties its data
+//! dir at start.
+
+use nix::fcntl::{fallocate, FallocateFlags};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{FsError, FsResult};
+use crate::format::hash::Hash;
+
+/// A segment is closed to appends past this many bytes.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Segments open for appends at once, each taken by the threads that hash to it: a buffered
+/// write holds its file's inode lock, and the prefetch threads write side by side.
+const LANES: usize = 4;
+
+pub(super) struct ChunkFiles {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<Hash, Slot>,
+    segments: HashMap<u64, Segment>,
+    /// Per lane, the segment its appends go to, if one is open.
+    current: [Option<u64>; LANES],
+    next_id: u64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Slot {
+    segment: u64,
+    offset: u64,
+    len: u32,
+    crc: u32,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Where the next append goes.
+    end: u64,
+    /// Objects indexed in it, or being written into it.
+    live: usize,
+}
+
+impl ChunkFiles {
+    /// Opens `dir` (created if missing) for fetched chunks; it must be empty or hold only
+    /// what an earlier run left, which is ignored.
+    pub(super) fn new(dir: &Path) -> FsResult<ChunkFiles> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        Ok(ChunkFiles {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub(super) fn contains(&self, hash: &Hash) -> bool {
+        self.state.lock().index.contains_key(hash)
+    }
+
+    /// Stores a verified chunk (its stored encoding); a chunk held already is left as it is.
+    pub(super) fn put(&self, hash: &Hash, stored: &[u8]) -> FsResult<()> {
+        let len = stored.len() as u64;
+        let (id, file, offset) = {
+            let mut s = self.state.lock();
+            if s.index.contains_key(hash) {
+                return Ok(());
+            }
+            let lane = lane();
+            let open =
+                s.current[lane].filter(|id| s.segments[id].end + len <= SEGMENT_BYTES.max(len));
+            let id = match open {
+                Some(id) => id,
+                None => {
+                    let id = s.next_id;
+                    let path = self.segment_path(id);
+                    let file = File::options()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(|e| io_error(&path, e))?;
+                    s.next_id += 1;
+                    let closed = s.current[lane].replace(id);
+                    s.segments.insert(
+                        id,
+                        Segment {
+                            file: Arc::new(file),
+                            end: 0,
+                            live: 0,
+                        },
+                    );
+                    // A closed segment with nothing left in it goes now.
+                    if let Some(closed) = closed {
+                        self.delete_if_empty(&mut s, closed);
+                    }
+                    id
+                }
+            };
+            let seg = s.segments.get_mut(&id).expect("the open segment");
+            let offset = seg.end;
+            seg.end += len;
+            seg.live += 1;
+            (id, seg.file.clone(), offset)
+        };
+        // Written outside the lock: readers only find the slot once it is indexed, below.
+        let written = file.write_all_at(stored, offset);
+        let mut s = self.state.lock();
+        if let Err(e) = written {
+            s.segments
+                .get_mut(&id)
+                .expect("a segment with a write")
+                .live -= 1;
+            self.delete_if_empty(&mut s, id);
+            return Err(io_error(&self.segment_path(id), e));
+        }
+        let slot = Slot {
+            segment: id,
+            offset,
+            len: stored.len() as u32,
+            crc: crc32fast::hash(stored),
+        };
+        if s.index.contains_key(hash) {
+            // Another put of the same chunk indexed it meanwhile: this copy is dead.
+            s.segments
+                .get_mut(&id)
+                .expect("a segment with a write")
+                .live -= 1;
+            punch_hole(&file, offset, len);
+            self.delete_if_empty(&mut s, id);
+            return Ok(());
+        }
+        s.index.insert(*hash, slot);
+        Ok(())
+    }
+
+    /// A chunk's stored encoding, checked against the CRC taken when it was stored. `None`
+    /// if it is not here, or no longer readable as it was stored (it is dropped then).
+    pub(super) fn get(&self, hash: &Hash) -> Option<Vec<u8>> {
+        let (slot, file) = {
+            let s = self.state.lock();
+            let slot = *s.index.get(hash)?;
+            (slot, s.segments[&slot.segment].file.clone())
+        };
+        let mut buf = vec![0u8; slot.len as usize];
+        let read = file.read_exact_at(&mut buf, slot.offset);
+        if read.is_ok() && crc32fast::hash(&buf) == slot.crc {
+            return Some(buf);
+        }
+        // Evicted while being read (its range punched out), or damaged on disk.
+        let mut s = self.state.lock();
+        if s.index.get(hash) == Some(&slot) {
+            tracing::warn!(
+                "cached chunk {hash} in {} is damaged ({}): fetching it again",
+                self.segment_path(slot.segment).display(),
+                read.err().map_or("CRC mismatch".into(), |e| e.to_string())
+            );
+            self.remove_locked(&mut s, hash);
+        }
+        None
+    }
+
+    /// Drops a chunk (evicted): its range is freed on disk at once.
+    pub(super) fn remove(&self, hash: &Hash) {
+        let mut s = self.state.lock();
+        self.remove_locked(&mut s, hash);
+    }
+
+    fn remove_locked(&self, s: &mut State, hash: &Hash) {
+        let Some(slot) = s.index.remove(hash) else {
+            return;
+        };
+        let seg = s
+            .segments
+            .get_mut(&slot.segment)
+            .expect("an indexed segment");
+        seg.live -= 1;
+        punch_hole(&seg.file, slot.offset, u64::from(slot.len));
+        self.delete_if_empty(s, slot.segment);
+    }
+
+    /// Deletes a segment that holds nothing and takes no more appends.
+    fn delete_if_empty(&self, s: &mut State, id: u64) {
+        if s.current.contains(&Some(id)) || s.segments.get(&id).is_none_or(|seg| seg.live > 0) {
+            return;
+        }
+        s.segments.remove(&id);
+        // Readers that hold the file still read it (as zeros after a punch: the CRC fails).
+        let path = self.segment_path(id);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("removing {}: {e}", path.display());
+        }
+    }
+
+    fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:08}.seg"))
+    }
+}
+
+/// This thread's lane.
+fn lane() -> usize {
+    use std::hash::{BuildHasher, RandomState};
+    thread_local!(static LANE: usize = RandomState::new().hash_one(std::thread::current().id()) as usize % LANES);
+    LANE.with(|l| *l)
+}
+
+/// Frees the whole 4 KiB blocks of `offset..offset + len` (the partial ones at its ends
+/// stay, shared with neighbours, until the segment goes).
+fn punch_hole(file: &File, offset: u64, len: u64) {
+    const BLOCK: u64 = 4096;
+    let start = offset.div_ceil(BLOCK) * BLOCK;
+    let end = (offset + len) / BLOCK * BLOCK;
+    if end <= start {
+        return;
+    }
+    let punched = fallocate(
+        file,
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        start as libc::off_t,
+        (end - start) as libc::off_t,
+    );
+    if let Err(e) = punched {
+        // Not every filesystem punches holes: the space then comes back with the segment.
+        tracing::debug!("punching a hole: {e}");
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> FsError {
+    FsError::Storage(format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(i: u8) -> Hash {
+        Hash::of(&[i])
+    }
+
+    #[test]
+    fn chunks_read_back_and_evicted_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ChunkFiles::new(dir.path()).unwrap();
+        let big = vec![7u8; 40 << 20];
+        files.put(&hash(1), &big).unwrap();
+        files.put(&hash(2), &big).unwrap(); // past SEGMENT_BYTES: a second segment
+        files.put(&hash(3), b"small").unwrap();
+        assert_eq!(files.get(&hash(1)).unwrap(), big);
+        assert_eq!(files.get(&hash(3)).unwrap(), b"small");
+        assert!(files.get(&hash(4)).is_none());
+        let segments = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(segments(), 2);
+        files.remove(&hash(1));
+        assert!(!files.contains(&hash(1)));
+        assert_eq!(
+            segments(),
+            1,
+            "the first segment emptied and closed: deleted"
+        );
+        files.remove(&hash(2));
+        assert_eq!(segments(), 1, "the second segment still holds a chunk");
+        assert_eq!(files.get(&hash(3)).unwrap(), b"small");
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_dropped_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ChunkFiles::new(dir.path()).unwrap();
+        files.put(&hash(1), &[1u8; 8192]).unwrap();
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let f = File::options().write(true).open(seg).unwrap();
+        f.write_all_at(&[2], 100).unwrap();
+        assert!(files.get(&hash(1)).is_none());
+        assert!(
+            !files.contains(&hash(1)),
+            "dropped, so the next read fetches it"
+        );
+    }
+}
