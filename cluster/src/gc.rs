@@ -215,7 +215,7 @@ fn repack(
             })?;
             copy.push((e.kind, e.hash, object));
         }
-        cluster.store_packs(copy, Fence::Sweep)?;
+        cluster.store_packs(copy.into_iter().map(Ok), Fence::Sweep)?;
         report.copied_bytes += bytes;
         bytes = 0;
     }

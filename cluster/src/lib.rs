@@ -16,12 +16,12 @@ pub mod packs;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chaserfs_engine::{CommitToken, FsError, FsResult, Hash, ObjectKind};
-use packs::{Index, Refresh};
+use packs::{Index, Object, Refresh};
 
 pub use meta::packs::Fence;
 pub use meta::Meta;
@@ -151,7 +151,7 @@ impl Cluster {
     /// `token`: `Stale` if a collection started sweeping since).
     fn upload(
         &self,
-        objects: Vec<(ObjectKind, Hash, Vec<u8>)>,
+        objects: &mut dyn Iterator<Item = FsResult<Object>>,
         token: CommitToken,
     ) -> FsResult<()> {
         // An index read before the last sweep may name packs it deleted.
@@ -161,47 +161,44 @@ impl Cluster {
             Refresh::Full
         })?;
         let mut seen = HashSet::new();
-        let mut known = 0;
-        let fresh: Vec<_> = objects
-            .into_iter()
-            .filter(|(kind, hash, _)| {
-                if self.index.contains(*kind, hash) {
-                    known += u64::from(*kind == ObjectKind::Chunk);
-                    return false;
-                }
-                seen.insert((*kind, *hash))
-            })
-            .collect();
+        let known = AtomicU64::new(0);
+        let fresh = objects.filter(|object| match object {
+            Ok((kind, hash, _)) if self.index.contains(*kind, hash) => {
+                known.fetch_add(u64::from(*kind == ObjectKind::Chunk), Ordering::Relaxed);
+                false
+            }
+            Ok((kind, hash, _)) => seen.insert((*kind, *hash)),
+            Err(_) => true,
+        });
+        let stored = self.store_packs(fresh, Fence::Commit(token));
         self.objects
             .stats
             .deduplicated
-            .fetch_add(known, Ordering::Relaxed);
-        self.store_packs(fresh, Fence::Commit(token))
+            .fetch_add(known.into_inner(), Ordering::Relaxed);
+        stored
     }
 
-    /// Packs `objects`, uploads the packs, then records their indexes under `fence`: a pack
-    /// becomes reachable only once the S3 object it names exists.
-    fn store_packs(&self, objects: Vec<(ObjectKind, Hash, Vec<u8>)>, fence: Fence) -> FsResult<()> {
-        let packs = packs::build(objects);
-        if packs.is_empty() {
+    /// Packs `objects` and uploads the packs as they are made, then records their indexes
+    /// under `fence`: a pack becomes reachable only once the S3 object it names exists.
+    fn store_packs(
+        &self,
+        objects: impl Iterator<Item = FsResult<Object>>,
+        fence: Fence,
+    ) -> FsResult<()> {
+        let uploaded = self.objects.put_packs(packs::Packer::new(objects))?;
+        if uploaded.is_empty() {
             return Ok(());
         }
-        self.objects.put_packs(&packs)?;
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let indexes: Vec<_> = packs
+        let indexes: Vec<_> = uploaded
             .iter()
-            .map(|p| {
-                (
-                    self.meta.pack_key(ms, &p.name),
-                    packs::encode_entries(&p.entries),
-                )
-            })
+            .map(|(name, entries)| (self.meta.pack_key(ms, name), packs::encode_entries(entries)))
             .collect();
         self.meta.put_packs(&indexes, fence)?;
-        for p in &packs {
-            self.index.add(p.name, &p.entries);
+        for (name, entries) in &uploaded {
+            self.index.add(*name, entries);
         }
         Ok(())
     }
@@ -243,6 +240,24 @@ impl Runtime {
         })
     }
 
+    /// The timeout each call (request, transaction) gets.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `f` on the runtime; the future returned (awaitable from any thread, with
+    /// `futures::executor::block_on`) gives its result.
+    pub fn spawn_joined<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = FsResult<T>> + Send + 'static,
+    ) -> impl Future<Output = FsResult<T>> {
+        let task = self.rt.spawn(f);
+        async move {
+            task.await
+                .map_err(|e| FsError::Storage(format!("a cluster task ended: {e}")))?
+        }
+    }
+
     pub fn spawn<F>(&self, f: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -274,7 +289,7 @@ impl chaserfs_engine::Remote for Cluster {
 
     fn put_objects(
         &self,
-        objects: Vec<(ObjectKind, Hash, Vec<u8>)>,
+        objects: &mut dyn Iterator<Item = FsResult<Object>>,
         token: CommitToken,
     ) -> FsResult<()> {
         self.upload(objects, token)

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chaserfs_engine::format::Format;
 use chaserfs_engine::{FsError, FsResult, Hash};
-use futures::{StreamExt, TryStreamExt};
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 use crate::metrics::record;
-use crate::packs::{Pack, Read};
+use crate::packs::{Entry, Pack, Read};
 use crate::{ClusterConfig, Runtime};
 
 /// Requests in flight per fetch batch or delete batch: each costs Garage a round of RPCs, so
@@ -31,7 +31,7 @@ const PACKS_IN_FLIGHT: usize = 8;
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
     runtime: Arc<Runtime>,
-    pub stats: ObjectStats,
+    pub stats: Arc<ObjectStats>,
     /// Whether the object store answers, for `/readyz` (see [`Objects::failing`]).
     health: Arc<parking_lot::Mutex<Health>>,
 }
@@ -118,7 +118,7 @@ impl Objects {
         Ok(Objects {
             store,
             runtime,
-            stats: ObjectStats::default(),
+            stats: Arc::new(ObjectStats::default()),
             health,
         })
     }
@@ -214,34 +214,74 @@ impl Objects {
         self.settle(got)
     }
 
-    /// Uploads packs, [`PACKS_IN_FLIGHT`] at a time.
-    pub fn put_packs(&self, packs: &[Pack]) -> FsResult<()> {
-        let put = self.runtime.block("S3 upload", async {
-            futures::stream::iter(packs.iter().map(|p| async move {
-                let started = Instant::now();
-                let put = self
-                    .store
-                    .put(&pack_key(&p.name), PutPayload::from(p.bytes.clone()))
-                    .await;
-                record("s3", "put", started, put.is_ok());
-                put.map_err(|e| s3_error("put", e))?;
-                let s = &self.stats;
-                s.packs_uploaded.fetch_add(1, Ordering::Relaxed);
-                s.uploaded
-                    .fetch_add(p.entries.len() as u64, Ordering::Relaxed);
-                s.uploaded_bytes
-                    .fetch_add(p.bytes.len() as u64, Ordering::Relaxed);
-                Ok::<(), FsError>(())
-            }))
+    /// Uploads packs as `packs` makes them (on the calling thread), [`PACKS_IN_FLIGHT`] in
+    /// flight at all times, and returns each one's name and entries. The next pack is made
+    /// while those before it are in flight, so the pipe never drains between them; memory
+    /// holds the packs in flight and one more. Each PUT has the request timeout.
+    pub fn put_packs(
+        &self,
+        packs: impl Iterator<Item = FsResult<Pack>>,
+    ) -> FsResult<Vec<(Hash, Vec<Entry>)>> {
+        let (tx, rx) = futures::channel::mpsc::channel::<Pack>(0);
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        let timeout = self.runtime.timeout();
+        let uploads = self.runtime.spawn_joined(async move {
+            rx.map(|p| {
+                let (store, stats) = (store.clone(), stats.clone());
+                async move {
+                    let started = Instant::now();
+                    let key = pack_key(&p.name);
+                    let put = store.put(&key, PutPayload::from(p.bytes.clone()));
+                    let put = match tokio::time::timeout(timeout, put).await {
+                        Ok(put) => put.map_err(|e| s3_error("put", e)),
+                        Err(_) => {
+                            crate::metrics::timed_out("s3");
+                            Err(FsError::Storage(format!(
+                                "S3 upload: no answer within {timeout:?}"
+                            )))
+                        }
+                    };
+                    record("s3", "put", started, put.is_ok());
+                    put?;
+                    stats.packs_uploaded.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .uploaded
+                        .fetch_add(p.entries.len() as u64, Ordering::Relaxed);
+                    stats
+                        .uploaded_bytes
+                        .fetch_add(p.bytes.len() as u64, Ordering::Relaxed);
+                    Ok::<_, FsError>((p.name, p.entries))
+                }
+            })
             .buffer_unordered(PACKS_IN_FLIGHT)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<_>>()
             .await
-            .map(|_| ())
         });
-        if packs.is_empty() {
-            return put;
+        let mut tx = tx;
+        let mut made = Ok(());
+        let mut any = false;
+        for pack in packs {
+            match pack {
+                // Waits while the uploads are a pack ahead; refused once they failed.
+                Ok(pack) => {
+                    any = true;
+                    if futures::executor::block_on(tx.send(pack)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    made = Err(e);
+                    break;
+                }
+            }
         }
-        self.settle(put)
+        drop(tx);
+        let uploaded = futures::executor::block_on(uploads);
+        made?;
+        if !any {
+            return uploaded;
+        }
+        self.settle(uploaded)
     }
 
     /// Every pack in the bucket: (name, size, last modified), for the collector.

@@ -80,42 +80,77 @@ pub fn decode_entries(bytes: &[u8]) -> FsResult<Vec<Entry>> {
 /// A pack ready to upload.
 pub struct Pack {
     pub name: Hash,
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     pub entries: Vec<Entry>,
 }
 
+/// An object to pack: kind, hash, stored bytes.
+pub type Object = (ObjectKind, Hash, Vec<u8>);
+
 /// Objects, in order, into packs of at most [`PACK_BYTES`] (or one larger object) and
 /// [`PACK_OBJECTS`].
-pub fn build(objects: impl IntoIterator<Item = (ObjectKind, Hash, Vec<u8>)>) -> Vec<Pack> {
-    let mut packs = Vec::new();
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut entries = Vec::new();
-    let mut close = |bytes: &mut Vec<u8>, entries: &mut Vec<Entry>| {
-        if !entries.is_empty() {
-            let bytes = std::mem::take(bytes);
-            packs.push(Pack {
-                name: Hash::of(&bytes),
-                bytes,
-                entries: std::mem::take(entries),
-            });
+pub fn build(objects: impl IntoIterator<Item = Object>) -> Vec<Pack> {
+    Packer::new(objects.into_iter().map(Ok))
+        .collect::<FsResult<_>>()
+        .expect("objects in memory cannot fail")
+}
+
+/// [`build`] as an iterator: each pack is made when asked for, so an upload of any size
+/// holds one pack being made besides those in flight. Ends at the first error of `objects`.
+pub struct Packer<I> {
+    objects: I,
+    /// The object that did not fit in the pack made last.
+    next: Option<Object>,
+}
+
+impl<I: Iterator<Item = FsResult<Object>>> Packer<I> {
+    pub fn new(objects: I) -> Self {
+        Packer {
+            objects,
+            next: None,
         }
-    };
-    for (kind, hash, object) in objects {
-        if !entries.is_empty()
-            && (bytes.len() + object.len() > PACK_BYTES || entries.len() == PACK_OBJECTS)
-        {
-            close(&mut bytes, &mut entries);
-        }
-        entries.push(Entry {
-            kind,
-            hash,
-            offset: bytes.len() as u32,
-            len: object.len() as u32,
-        });
-        bytes.extend_from_slice(&object);
     }
-    close(&mut bytes, &mut entries);
-    packs
+}
+
+impl<I: Iterator<Item = FsResult<Object>>> Iterator for Packer<I> {
+    type Item = FsResult<Pack>;
+
+    fn next(&mut self) -> Option<FsResult<Pack>> {
+        // Room for a whole pack at once: growing by doubling copies and faults it again.
+        let mut bytes: Vec<u8> = Vec::with_capacity(PACK_BYTES);
+        let mut entries = Vec::new();
+        loop {
+            let (kind, hash, object) = match self.next.take() {
+                Some(o) => o,
+                None => match self.objects.next() {
+                    Some(Ok(o)) => o,
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => break,
+                },
+            };
+            if !entries.is_empty()
+                && (bytes.len() + object.len() > PACK_BYTES || entries.len() == PACK_OBJECTS)
+            {
+                self.next = Some((kind, hash, object));
+                break;
+            }
+            entries.push(Entry {
+                kind,
+                hash,
+                offset: bytes.len() as u32,
+                len: object.len() as u32,
+            });
+            bytes.extend_from_slice(&object);
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        Some(Ok(Pack {
+            name: Hash::of(&bytes),
+            bytes: bytes.into(),
+            entries,
+        }))
+    }
 }
 
 /// Where an object is.

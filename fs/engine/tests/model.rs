@@ -1248,10 +1248,10 @@ fn a_corrupted_object_in_the_bucket_is_never_read_as_data() {
     bytes[at + 100] ^= 0xff;
     let altered = chaserfs_cluster::packs::Pack {
         name: pack,
-        bytes,
+        bytes: bytes.into(),
         entries: Vec::new(),
     };
-    a.objects.put_packs(&[altered]).unwrap();
+    a.objects.put_packs(std::iter::once(Ok(altered))).unwrap();
 
     // Another host, cold: the good chunks read, the altered one never does.
     let b = stores.connect_as("corrupt/", "host-b");

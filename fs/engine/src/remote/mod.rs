@@ -42,12 +42,14 @@ pub trait Remote: Send + Sync {
     /// Several objects at once, in the order asked, fetched in parallel (prefetch).
     fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>>;
 
-    /// Uploads objects for a commit that began with `token` ([`Remote::begin_commit`]):
-    /// `Stale` if a collection started since (the caller begins again). Objects the object
-    /// store already holds are not sent again.
+    /// Uploads objects (kind, hash, stored bytes) for a commit that began with `token`
+    /// ([`Remote::begin_commit`]): `Stale` if a collection started since (the caller begins
+    /// again). Objects the object store already holds are not sent again. `objects` is read
+    /// as the upload goes, so its size does not bound the memory taken; its first error ends
+    /// the upload with that error.
     fn put_objects(
         &self,
-        objects: Vec<(ObjectKind, Hash, Vec<u8>)>,
+        objects: &mut dyn Iterator<Item = FsResult<(ObjectKind, Hash, Vec<u8>)>>,
         token: CommitToken,
     ) -> FsResult<()>;
 

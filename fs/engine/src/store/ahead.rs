@@ -1,6 +1,7 @@
 //! Cluster mode: a large write's chunks go up to the object store while it is written, so its
 //! fsync (the commit) sends only the tail. Once a workspace has a batch of staged chunks not
-//! sent yet, a thread of its own uploads them, a batch at a time. They stay staged: the
+//! sent yet, a thread of its own uploads them, reading each as the upload goes and keeping
+//! the object store's packs in flight while the writer stages more. They stay staged: the
 //! commit still offers every staged chunk, and the object store's index of what it holds
 //! skips those already sent (or sends them again if a collection deleted them meanwhile, as
 //! for any upload that a sweep overtook). Best effort: a full queue or an error leaves the
@@ -8,6 +9,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Weak};
 
@@ -16,20 +18,41 @@ use crate::format::hash::Hash;
 use crate::format::CHUNK_SIZE;
 use crate::remote::{CommitToken, ObjectKind};
 
-use super::cache::UPLOAD_BATCH_BYTES;
 use super::{Store, CF_CHUNKS};
 
-/// Staged chunks per upload ahead: a batch of full chunks.
-const AHEAD_CHUNKS: usize = UPLOAD_BATCH_BYTES / CHUNK_SIZE;
+/// Staged chunks not sent yet that start an upload ahead: 64 MiB of full chunks, as much as
+/// the object store's packs in flight hold.
+const AHEAD_CHUNKS: usize = (64 << 20) / CHUNK_SIZE;
+/// Chunks one upload ahead sends at most (1 GiB of full chunks) before it writes their packs'
+/// index and starts again: bounds the index it holds in memory.
+const AHEAD_STREAM_CHUNKS: usize = (1 << 30) / CHUNK_SIZE;
+
+/// A workspace's uploads (ahead and at commit) take its lock, so they never send the same
+/// chunks side by side (each would make a pack of them, and both packs would stay). A
+/// commit says it is waiting, and an upload ahead ends at the packs it has in flight.
+#[derive(Default)]
+pub(super) struct UploadLock {
+    lock: Mutex<()>,
+    commits_waiting: AtomicUsize,
+}
+
+impl UploadLock {
+    /// Takes the lock for a commit: an upload ahead holding it stops sending more.
+    pub(super) fn commit(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.commits_waiting.fetch_add(1, Ordering::SeqCst);
+        let held = self.lock.lock();
+        self.commits_waiting.fetch_sub(1, Ordering::SeqCst);
+        held
+    }
+}
 
 /// Per workspace: what was sent ahead, whether the uploader has it queued, and the lock its
-/// uploads take, so an upload ahead and a commit never send the same chunks side by side
-/// (each would make a pack of them, and both packs would stay).
+/// uploads take.
 #[derive(Default)]
 pub(super) struct Ahead {
     sent: HashMap<uuid::Uuid, Sent>,
     queued: HashSet<uuid::Uuid>,
-    locks: HashMap<uuid::Uuid, Arc<Mutex<()>>>,
+    locks: HashMap<uuid::Uuid, Arc<UploadLock>>,
 }
 
 struct Sent {
@@ -99,7 +122,7 @@ impl Store {
     }
 
     /// The lock `ws`'s uploads (ahead and at commit) take.
-    pub(super) fn upload_lock(&self, ws: uuid::Uuid) -> Arc<Mutex<()>> {
+    pub(super) fn upload_lock(&self, ws: uuid::Uuid) -> Arc<UploadLock> {
         self.ahead.lock().locks.entry(ws).or_default().clone()
     }
 
@@ -113,7 +136,8 @@ impl Store {
         }
     }
 
-    /// Sends `ws`'s staged chunks not sent yet, a batch at a time, while full batches wait.
+    /// Sends `ws`'s staged chunks not sent yet while the writer stages more, until none is
+    /// left or a commit waits.
     fn upload_ahead(&self, ws: uuid::Uuid) -> FsResult<()> {
         let Some(remote) = &self.remote else {
             return Ok(());
@@ -121,37 +145,48 @@ impl Store {
         self.ahead.lock().queued.remove(&ws);
         let lock = self.upload_lock(ws);
         loop {
-            // Per batch: a commit meanwhile waits for one batch at most.
-            let _one = lock.lock();
+            let _one = lock.lock.lock();
+            // A commit is waiting for the lock: it sends every staged chunk itself.
+            if lock.commits_waiting.load(Ordering::SeqCst) > 0 {
+                return Ok(());
+            }
             let through = self.ahead.lock().sent.get(&ws).map_or(0, |s| s.through);
-            let batch: Vec<Hash> = match self.staged.lock().get(&ws) {
-                Some(set) if set.len() >= through + AHEAD_CHUNKS => set
-                    .iter()
-                    .skip(through)
-                    .take(AHEAD_CHUNKS)
-                    .copied()
-                    .collect(),
-                _ => return Ok(()),
-            };
-            let mut objects = Vec::with_capacity(batch.len());
-            for h in &batch {
-                let db = self.db()?;
-                let stored = db.get_cf(db.cf(CF_CHUNKS), h.0)?;
-                drop(db);
-                // Gone: the workspace closed, or its file was removed and the chunk freed.
-                let stored = stored.ok_or(FsError::NotFound)?;
-                objects.push((ObjectKind::Chunk, *h, stored));
+            let staged = self.staged.lock().get(&ws).map_or(0, |set| set.len());
+            if staged < through + AHEAD_CHUNKS {
+                return Ok(());
             }
             let token = remote.begin_commit()?;
-            remote.put_objects(objects, token)?;
+            let mut sending = Vec::new();
+            {
+                let mut chunks = std::iter::from_fn(|| {
+                    if sending.len() == AHEAD_STREAM_CHUNKS
+                        || lock.commits_waiting.load(Ordering::SeqCst) > 0
+                    {
+                        return None;
+                    }
+                    let h = *self
+                        .staged
+                        .lock()
+                        .get(&ws)?
+                        .get_index(through + sending.len())?;
+                    sending.push(h);
+                    Some(self.db().and_then(|db| {
+                        // Gone: the workspace closed, or its file was removed and the chunk
+                        // freed.
+                        let stored = db.get_cf(db.cf(CF_CHUNKS), h.0)?;
+                        Ok((ObjectKind::Chunk, h, stored.ok_or(FsError::NotFound)?))
+                    }))
+                });
+                remote.put_objects(&mut chunks, token)?;
+            }
             let mut ahead = self.ahead.lock();
             let sent = ahead.sent.entry(ws).or_insert_with(|| Sent {
                 through: 0,
                 hashes: HashSet::new(),
                 first: token,
             });
-            sent.through = through + batch.len();
-            sent.hashes.extend(batch);
+            sent.through = through + sending.len();
+            sent.hashes.extend(sending);
         }
     }
 }

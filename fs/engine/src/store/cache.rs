@@ -31,11 +31,6 @@ const FRESH_BYTES: usize = 64 << 20;
 /// ... and at most this many of them (a sequential reader's chunks are mostly full ones).
 const FRESH_CHUNKS: usize = 4096;
 
-/// Bytes per upload request batch: bounds the memory an upload of staged chunks takes (the
-/// object store packs a batch into 8 MiB objects and sends them in parallel: eight, as many
-/// as `chaserfs-cluster` puts at once).
-pub(super) const UPLOAD_BATCH_BYTES: usize = 64 << 20;
-
 /// Where prefetch jobs go: read-ahead pieces, which readers wait for, to threads of their own,
 /// never queued behind directory walks (each of which takes several round trips); whole-tree
 /// hydrations, the least urgent, to one thread of their own.
@@ -402,8 +397,8 @@ impl Store {
         self.remote.is_some()
     }
 
-    /// Cluster mode: uploads `nodes` and every chunk staged for `owner`, in batches of about
-    /// [`UPLOAD_BATCH_BYTES`], before a root may refer to them. They stay staged until the
+    /// Cluster mode: uploads `nodes` and every chunk staged for `owner` (read as the upload
+    /// goes), before a root may refer to them. They stay staged until the
     /// commit succeeds.
     pub(super) fn upload(
         &self,
@@ -431,10 +426,8 @@ impl Store {
             Some(ws) => self.not_sent_ahead(ws, token, &staged),
             None => Vec::new(),
         };
-        // Nodes and chunks share batches: a small commit is one upload.
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        let nodes_then_chunks = nodes
+        // Nodes and chunks in one upload, the chunks read as it goes.
+        let mut nodes_then_chunks = nodes
             .iter()
             .map(|(h, b)| FsResult::Ok((ObjectKind::Node, *h, b.clone())))
             .chain(offered.iter().map(|h| {
@@ -444,18 +437,7 @@ impl Store {
                     .ok_or_else(|| FsError::corrupt(format!("staged chunk {h} is missing")))?;
                 Ok((ObjectKind::Chunk, *h, stored))
             }));
-        for object in nodes_then_chunks {
-            let object: (ObjectKind, Hash, Vec<u8>) = object?;
-            batch_bytes += object.2.len();
-            batch.push(object);
-            if batch_bytes >= UPLOAD_BATCH_BYTES {
-                remote.put_objects(std::mem::take(&mut batch), token)?;
-                batch_bytes = 0;
-            }
-        }
-        if !batch.is_empty() {
-            remote.put_objects(batch, token)?;
-        }
+        remote.put_objects(&mut nodes_then_chunks, token)?;
         for (h, b) in nodes {
             self.cache_insert(ObjectKind::Node, *h, b.len());
         }
@@ -479,7 +461,7 @@ impl Store {
         // Never beside an upload ahead of this workspace's (`ahead.rs`): both would pack
         // the same chunks.
         let lock = owner.map(|ws| self.upload_lock(ws));
-        let _one = lock.as_ref().map(|l| l.lock());
+        let _one = lock.as_ref().map(|l| l.commit());
         let uploaded = loop {
             let token = remote.begin_commit()?;
             let written = self
