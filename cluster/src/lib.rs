@@ -178,31 +178,40 @@ impl Cluster {
         stored
     }
 
-    /// Packs `objects` and uploads the packs as they are made, then records their indexes
-    /// under `fence`: a pack becomes reachable only once the S3 object it names exists.
+    /// Packs `objects` and uploads the packs as they are made, recording their indexes
+    /// under `fence` after every [`INDEX_EVERY`] of them: a pack becomes reachable only once
+    /// the S3 object it names exists, and a collection that starts during a long upload
+    /// refuses it within that many packs.
     fn store_packs(
         &self,
         objects: impl Iterator<Item = FsResult<Object>>,
         fence: Fence,
     ) -> FsResult<()> {
-        let uploaded = self.objects.put_packs(packs::Packer::new(objects))?;
-        if uploaded.is_empty() {
-            return Ok(());
+        let mut packer = packs::Packer::new(objects);
+        loop {
+            let uploaded = self.objects.put_packs(packer.by_ref().take(INDEX_EVERY))?;
+            if uploaded.is_empty() {
+                return Ok(());
+            }
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let indexes: Vec<_> = uploaded
+                .iter()
+                .map(|(name, entries)| {
+                    (self.meta.pack_key(ms, name), packs::encode_entries(entries))
+                })
+                .collect();
+            self.meta.put_packs(&indexes, fence)?;
+            for (name, entries) in &uploaded {
+                self.index.add(*name, entries);
+            }
         }
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let indexes: Vec<_> = uploaded
-            .iter()
-            .map(|(name, entries)| (self.meta.pack_key(ms, name), packs::encode_entries(entries)))
-            .collect();
-        self.meta.put_packs(&indexes, fence)?;
-        for (name, entries) in &uploaded {
-            self.index.add(*name, entries);
-        }
-        Ok(())
     }
 }
+
+/// Packs an upload sends between two writes of their indexes (512 MiB of full packs).
+const INDEX_EVERY: usize = 64;
 
 /// A tokio runtime that synchronous callers block on.
 pub struct Runtime {

@@ -276,12 +276,12 @@ impl Objects {
             }
         }
         drop(tx);
-        let uploaded = futures::executor::block_on(uploads);
-        made?;
-        if !any {
-            return uploaded;
+        let mut uploaded = futures::executor::block_on(uploads);
+        if any {
+            uploaded = self.settle(uploaded);
         }
-        self.settle(uploaded)
+        made?;
+        uploaded
     }
 
     /// Every pack in the bucket: (name, size, last modified), for the collector.

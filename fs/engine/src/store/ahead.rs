@@ -177,7 +177,19 @@ impl Store {
                         Ok((ObjectKind::Chunk, h, stored.ok_or(FsError::NotFound)?))
                     }))
                 });
-                remote.put_objects(&mut chunks, token)?;
+                let put = remote.put_objects(&mut chunks, token);
+                if put.is_err() {
+                    // Not again: the commit offers every staged chunk not recorded as sent
+                    // (a chunk gone from RocksDB would fail each retry after all the rest).
+                    let mut ahead = self.ahead.lock();
+                    let sent = ahead.sent.entry(ws).or_insert_with(|| Sent {
+                        through: 0,
+                        hashes: HashSet::new(),
+                        first: token,
+                    });
+                    sent.through = through + sending.len();
+                }
+                put?;
             }
             let mut ahead = self.ahead.lock();
             let sent = ahead.sent.entry(ws).or_insert_with(|| Sent {

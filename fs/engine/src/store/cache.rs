@@ -14,7 +14,7 @@ use crate::format::codec::chunk_bytes;
 use crate::format::hash::Hash;
 use crate::remote::{CommitToken, ObjectKind, Remote};
 
-use super::{kind_cf, Store, CF_CHUNKS, CF_NODES};
+use super::{chunk_files, kind_cf, Store, CF_CHUNKS, CF_NODES};
 
 /// Cluster mode: how long a commit uploads again while collections keep starting sweeps
 /// during its upload, before it fails.
@@ -26,7 +26,7 @@ const READ_AHEAD_PIECE: usize = 128;
 
 /// Cluster mode: chunks of read-ahead pieces are also held in memory, the latest this many
 /// bytes of them (as much as the read-ahead): the reader they were fetched for copies them from
-/// here, without waiting for their write into RocksDB or reading them back out of it.
+/// here, without waiting for their write into the cache or reading them back out of it.
 const FRESH_BYTES: usize = 64 << 20;
 /// ... and at most this many of them (a sequential reader's chunks are mostly full ones).
 const FRESH_CHUNKS: usize = 4096;
@@ -108,12 +108,15 @@ impl Store {
             return Ok(None);
         };
         if self.wait_in_flight(hash) {
-            // A read-ahead piece wakes its readers before it writes into the cache.
-            if let Some(stored) = self.fresh_chunk(hash) {
-                return Ok(Some(stored.to_vec()));
-            }
-            if let Some(stored) = self.file_chunk(hash) {
-                return Ok(Some(stored));
+            // A read-ahead piece wakes its readers before it writes into the cache. (A node
+            // may share its hash with a chunk: a file holding its encoding.)
+            if kind == ObjectKind::Chunk {
+                if let Some(stored) = self.fresh_chunk(hash) {
+                    return Ok(Some(stored.to_vec()));
+                }
+                if let Some(stored) = self.file_chunk(hash) {
+                    return Ok(Some(stored));
+                }
             }
             let db = self.db()?;
             let local = db.get_cf(db.cf(kind_cf(kind)), hash.0)?;
@@ -151,10 +154,14 @@ impl Store {
         true
     }
 
-    /// Checks an object from the object store against its hash and caches it here.
+    /// Checks an object from the object store against its hash and caches it here (a
+    /// failed cache write only costs a later fetch).
     pub(super) fn admit(&self, kind: ObjectKind, hash: &Hash, bytes: &[u8]) -> FsResult<()> {
         verify(kind, hash, bytes)?;
-        self.cache_put(kind, hash, bytes)
+        if let Err(e) = self.cache_put(kind, hash, bytes) {
+            tracing::warn!("caching {hash}: {e}");
+        }
+        Ok(())
     }
 
     /// Caches a verified object here.
@@ -173,16 +180,20 @@ impl Store {
             }
             return Ok(());
         }
-        match (&self.chunk_files, kind) {
-            (Some(files), ObjectKind::Chunk) => files.put(hash, bytes)?,
+        let held = match (&self.chunk_files, kind) {
+            (Some(files), ObjectKind::Chunk) => {
+                files.put(hash, bytes)?;
+                chunk_files::footprint(bytes.len())
+            }
             _ => {
                 let mut wo = WriteOptions::default();
                 wo.disable_wal(true);
                 let db = self.db()?;
                 db.put_cf_opt(db.cf(kind_cf(kind)), hash.0, bytes, &wo)?;
+                bytes.len()
             }
-        }
-        self.cache_insert(kind, *hash, bytes.len());
+        };
+        self.cache_insert(kind, *hash, held);
         Ok(())
     }
 
@@ -225,7 +236,7 @@ impl Store {
         let mut in_flight = self.in_flight.lock();
         missing
             .into_iter()
-            // In memory (fetched, in RocksDB soon), or being fetched.
+            // In memory (fetched, in the cache soon), or being fetched.
             .filter(|h| !fresh.chunks.contains_key(h) && in_flight.insert(*h))
             .collect()
     }
@@ -233,7 +244,7 @@ impl Store {
     /// Fetches objects [`Store::mark_in_flight`] marked, caches them, and clears their marks
     /// (waking the reads that wait for them), whether or not the fetch succeeded. A
     /// read-ahead piece (`hand_over`) goes to memory first, and its readers are woken before
-    /// its writes into RocksDB.
+    /// its writes into the cache.
     pub(crate) fn fetch_marked(&self, kind: ObjectKind, wanted: &[Hash], hand_over: bool) {
         let Some(remote) = &self.remote else {
             return;
@@ -354,22 +365,26 @@ impl Store {
         if evicted.is_empty() {
             return;
         }
-        let staged = self.staged.lock();
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        for (h, k) in evicted {
-            if let (Some(files), ObjectKind::Chunk) = (&self.chunk_files, k) {
-                files.remove(&h);
+        {
+            let staged = self.staged.lock();
+            let mut wo = WriteOptions::default();
+            wo.disable_wal(true);
+            for (h, k) in &evicted {
+                if staged.values().any(|s| s.contains(h)) {
+                    continue;
+                }
+                let deleted = self
+                    .db()
+                    .and_then(|db| Ok(db.delete_cf_opt(db.cf(kind_cf(*k)), h.0, &wo)?));
+                if let Err(e) = deleted {
+                    tracing::warn!("evicting {h} from the cache: {e}");
+                }
             }
-            if staged.values().any(|s| s.contains(&h)) {
-                continue;
-            }
-            let deleted = self
-                .db()
-                .and_then(|db| Ok(db.delete_cf_opt(db.cf(kind_cf(k)), h.0, &wo)?));
-            if let Err(e) = deleted {
-                tracing::warn!("evicting {h} from the cache: {e}");
-            }
+        }
+        // Whatever kind the entry was last recorded as: a chunk and a node may share a hash.
+        if let Some(files) = &self.chunk_files {
+            let hashes: Vec<Hash> = evicted.iter().map(|(h, _)| *h).collect();
+            files.remove(&hashes);
         }
     }
 

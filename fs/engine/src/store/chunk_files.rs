@@ -23,6 +23,8 @@ use std::sync::Arc;
 use crate::error::{FsError, FsResult};
 use crate::format::hash::Hash;
 
+/// Chunks start on a page of their segment.
+const PAGE: u64 = 4096;
 /// A segment is closed to appends past this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// Segments open for appends at once, each taken by the threads that hash to it: a buffered
@@ -44,10 +46,13 @@ struct State {
 }
 
 #[derive(Clone, Copy, PartialEq)]
+/// Where a chunk's bytes (its stored encoding but the codec byte) are, and a CRC32 of its
+/// whole stored encoding.
 struct Slot {
     segment: u64,
     offset: u64,
     len: u32,
+    codec: u8,
     crc: u32,
 }
 
@@ -76,15 +81,22 @@ impl ChunkFiles {
 
     /// Stores a verified chunk (its stored encoding); a chunk held already is left as it is.
     pub(super) fn put(&self, hash: &Hash, stored: &[u8]) -> FsResult<()> {
-        let len = stored.len() as u64;
+        // The codec byte stays in the index, and the bytes start on a page: a chunk's pages
+        // are its own (freed whole when it goes), and a full chunk's write fills whole pages.
+        let Some((&codec, data)) = stored.split_first() else {
+            return Err(FsError::corrupt(format!("chunk {hash} is empty")));
+        };
+        let len = data.len() as u64;
+        let mut freed = Vec::new();
         let (id, file, offset) = {
             let mut s = self.state.lock();
             if s.index.contains_key(hash) {
                 return Ok(());
             }
             let lane = lane();
-            let open =
-                s.current[lane].filter(|id| s.segments[id].end + len <= SEGMENT_BYTES.max(len));
+            let open = s.current[lane].filter(|id| {
+                s.segments[id].end.next_multiple_of(PAGE) + len <= SEGMENT_BYTES.max(len)
+            });
             let id = match open {
                 Some(id) => id,
                 None => {
@@ -108,46 +120,36 @@ impl ChunkFiles {
                     );
                     // A closed segment with nothing left in it goes now.
                     if let Some(closed) = closed {
-                        self.delete_if_empty(&mut s, closed);
+                        self.delete_if_empty(&mut s, closed, &mut freed);
                     }
                     id
                 }
             };
             let seg = s.segments.get_mut(&id).expect("the open segment");
-            let offset = seg.end;
-            seg.end += len;
+            let offset = seg.end.next_multiple_of(PAGE);
+            seg.end = offset + len;
             seg.live += 1;
             (id, seg.file.clone(), offset)
         };
         // Written outside the lock: readers only find the slot once it is indexed, below.
-        let written = file.write_all_at(stored, offset);
-        let mut s = self.state.lock();
-        if let Err(e) = written {
-            s.segments
-                .get_mut(&id)
-                .expect("a segment with a write")
-                .live -= 1;
-            self.delete_if_empty(&mut s, id);
-            return Err(io_error(&self.segment_path(id), e));
-        }
+        let written = file.write_all_at(data, offset);
         let slot = Slot {
             segment: id,
             offset,
-            len: stored.len() as u32,
+            len: data.len() as u32,
+            codec,
             crc: crc32fast::hash(stored),
         };
-        if s.index.contains_key(hash) {
-            // Another put of the same chunk indexed it meanwhile: this copy is dead.
-            s.segments
-                .get_mut(&id)
-                .expect("a segment with a write")
-                .live -= 1;
-            punch_hole(&file, offset, len);
-            self.delete_if_empty(&mut s, id);
-            return Ok(());
+        let mut s = self.state.lock();
+        if written.is_ok() && !s.index.contains_key(hash) {
+            s.index.insert(*hash, slot);
+        } else {
+            // Failed, or another put of the same chunk indexed it meanwhile: a dead copy.
+            self.release_slot(&mut s, slot, &mut freed);
         }
-        s.index.insert(*hash, slot);
-        Ok(())
+        drop(s);
+        release(freed);
+        written.map_err(|e| io_error(&self.segment_path(id), e))
     }
 
     /// A chunk's stored encoding, checked against the CRC taken when it was stored. `None`
@@ -158,59 +160,103 @@ impl ChunkFiles {
             let slot = *s.index.get(hash)?;
             (slot, s.segments[&slot.segment].file.clone())
         };
-        let mut buf = vec![0u8; slot.len as usize];
-        let read = file.read_exact_at(&mut buf, slot.offset);
-        if read.is_ok() && crc32fast::hash(&buf) == slot.crc {
+        let mut buf = vec![0u8; 1 + slot.len as usize];
+        buf[0] = slot.codec;
+        let read = file.read_exact_at(&mut buf[1..], slot.offset);
+        let intact = read.is_ok() && crc32fast::hash(&buf) == slot.crc;
+        let mut s = self.state.lock();
+        // Still indexed after the read, so not evicted during it: an eviction drops the
+        // slot from the index before its pages are freed.
+        if s.index.get(hash) != Some(&slot) {
+            return None;
+        }
+        if intact {
             return Some(buf);
         }
-        // Evicted while being read (its range punched out), or damaged on disk.
-        let mut s = self.state.lock();
-        if s.index.get(hash) == Some(&slot) {
-            tracing::warn!(
-                "cached chunk {hash} in {} is damaged ({}): fetching it again",
-                self.segment_path(slot.segment).display(),
-                read.err().map_or("CRC mismatch".into(), |e| e.to_string())
-            );
-            self.remove_locked(&mut s, hash);
-        }
+        tracing::warn!(
+            "cached chunk {hash} in {} is damaged ({}): fetching it again",
+            self.segment_path(slot.segment).display(),
+            read.err().map_or("CRC mismatch".into(), |e| e.to_string())
+        );
+        let mut freed = Vec::new();
+        self.remove_locked(&mut s, hash, &mut freed);
+        drop(s);
+        release(freed);
         None
     }
 
-    /// Drops a chunk (evicted): its range is freed on disk at once.
-    pub(super) fn remove(&self, hash: &Hash) {
+    /// Drops chunks (evicted): their pages are freed on disk at once.
+    pub(super) fn remove(&self, hashes: &[Hash]) {
+        let mut freed = Vec::new();
         let mut s = self.state.lock();
-        self.remove_locked(&mut s, hash);
+        for hash in hashes {
+            self.remove_locked(&mut s, hash, &mut freed);
+        }
+        drop(s);
+        release(freed);
     }
 
-    fn remove_locked(&self, s: &mut State, hash: &Hash) {
-        let Some(slot) = s.index.remove(hash) else {
-            return;
-        };
+    fn remove_locked(&self, s: &mut State, hash: &Hash, freed: &mut Vec<Freed>) {
+        if let Some(slot) = s.index.remove(hash) {
+            self.release_slot(s, slot, freed);
+        }
+    }
+
+    /// A slot no index entry names any more: its pages go, and its segment if it was the
+    /// last one there.
+    fn release_slot(&self, s: &mut State, slot: Slot, freed: &mut Vec<Freed>) {
         let seg = s
             .segments
             .get_mut(&slot.segment)
-            .expect("an indexed segment");
+            .expect("a segment with a slot");
         seg.live -= 1;
-        punch_hole(&seg.file, slot.offset, u64::from(slot.len));
-        self.delete_if_empty(s, slot.segment);
+        freed.push(Freed::Pages(
+            seg.file.clone(),
+            slot.offset,
+            u64::from(slot.len).next_multiple_of(PAGE),
+        ));
+        self.delete_if_empty(s, slot.segment, freed);
     }
 
     /// Deletes a segment that holds nothing and takes no more appends.
-    fn delete_if_empty(&self, s: &mut State, id: u64) {
+    fn delete_if_empty(&self, s: &mut State, id: u64, freed: &mut Vec<Freed>) {
         if s.current.contains(&Some(id)) || s.segments.get(&id).is_none_or(|seg| seg.live > 0) {
             return;
         }
         s.segments.remove(&id);
-        // Readers that hold the file still read it (as zeros after a punch: the CRC fails).
-        let path = self.segment_path(id);
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!("removing {}: {e}", path.display());
-        }
+        freed.push(Freed::Segment(self.segment_path(id)));
     }
 
     fn segment_path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("{id:08}.seg"))
     }
+}
+
+/// Disk space to give back, done after the lock is released: a punch writes the range's
+/// dirty pages back first, and nothing waits behind that.
+enum Freed {
+    Pages(Arc<File>, u64, u64),
+    /// Readers that hold the file still read it; their check of the index after the read
+    /// tells them the chunk is gone.
+    Segment(PathBuf),
+}
+
+fn release(freed: Vec<Freed>) {
+    for f in freed {
+        match f {
+            Freed::Pages(file, offset, len) => punch_hole(&file, offset, len),
+            Freed::Segment(path) => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!("removing {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// A chunk's disk footprint in the files: whole pages.
+pub(super) fn footprint(stored_len: usize) -> usize {
+    stored_len.saturating_sub(1).next_multiple_of(PAGE as usize)
 }
 
 /// This thread's lane.
@@ -220,20 +266,13 @@ fn lane() -> usize {
     LANE.with(|l| *l)
 }
 
-/// Frees the whole 4 KiB blocks of `offset..offset + len` (the partial ones at its ends
-/// stay, shared with neighbours, until the segment goes).
+/// Frees `len` bytes (whole pages) at `offset`.
 fn punch_hole(file: &File, offset: u64, len: u64) {
-    const BLOCK: u64 = 4096;
-    let start = offset.div_ceil(BLOCK) * BLOCK;
-    let end = (offset + len) / BLOCK * BLOCK;
-    if end <= start {
-        return;
-    }
     let punched = fallocate(
         file,
         FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-        start as libc::off_t,
-        (end - start) as libc::off_t,
+        offset as libc::off_t,
+        len as libc::off_t,
     );
     if let Err(e) = punched {
         // Not every filesystem punches holes: the space then comes back with the segment.
@@ -266,16 +305,40 @@ mod tests {
         assert!(files.get(&hash(4)).is_none());
         let segments = || std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(segments(), 2);
-        files.remove(&hash(1));
+        files.remove(&[hash(1)]);
         assert!(!files.contains(&hash(1)));
         assert_eq!(
             segments(),
             1,
             "the first segment emptied and closed: deleted"
         );
-        files.remove(&hash(2));
+        files.remove(&[hash(2)]);
         assert_eq!(segments(), 1, "the second segment still holds a chunk");
         assert_eq!(files.get(&hash(3)).unwrap(), b"small");
+    }
+
+    #[test]
+    fn a_removed_chunk_gives_back_all_its_pages() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = ChunkFiles::new(dir.path()).unwrap();
+        // Small chunks: each starts on a page of its own, so none shares a page.
+        for i in 0..8 {
+            files.put(&hash(i), &[i; 1000]).unwrap();
+        }
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let allocated = || std::fs::metadata(&seg).unwrap().blocks() * 512;
+        std::fs::File::open(&seg).unwrap().sync_all().unwrap();
+        assert_eq!(allocated(), 8 * PAGE);
+        files.remove(&(0..7).map(hash).collect::<Vec<_>>());
+        assert_eq!(allocated(), PAGE, "seven of eight chunks' pages freed");
+        assert_eq!(files.get(&hash(7)).unwrap(), vec![7u8; 1000]);
+        assert_eq!(footprint(1001), PAGE as usize);
     }
 
     #[test]

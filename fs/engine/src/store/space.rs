@@ -1,5 +1,6 @@
 //! The data dir's disk: free space, the reserve writes may not take, and the store's size.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::error::{FsError, FsResult};
@@ -80,8 +81,9 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes of every file in the data dir (tables, blobs, WAL, manifest): what the store
-    /// takes on disk now. Files RocksDB deletes meanwhile count as nothing.
+    /// Bytes of every file in the data dir (tables, blobs, WAL, manifest, a cluster host's
+    /// fetched chunks): what the store takes on disk now, as allocated (the fetched chunks'
+    /// files have holes). Files RocksDB deletes meanwhile count as nothing.
     pub fn dir_bytes(&self) -> u64 {
         fn walk(dir: &Path) -> u64 {
             let Ok(entries) = std::fs::read_dir(dir) else {
@@ -91,7 +93,7 @@ impl Store {
                 .flatten()
                 .map(|e| match e.metadata() {
                     Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
+                    Ok(m) => m.blocks() * 512,
                     Err(_) => 0,
                 })
                 .sum()
