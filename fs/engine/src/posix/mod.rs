@@ -285,11 +285,19 @@ impl Workspace {
         }
         let started = Instant::now();
         let mut st = self.state.lock();
-        let next = (self.store.journals() && !st.is_clean())
-            .then(|| st.journal_entry())
-            .flatten();
-        let r = match next {
-            _ if st.is_clean() => self.store.sync_wal(),
+        let r = if st.is_clean() {
+            self.store.sync_wal()
+        } else {
+            self.sync_changes(&mut st)
+        };
+        metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        r
+    }
+
+    /// An fsync of an overlay with changes: one journal entry of what changed since the last
+    /// one, or a commit (see `journal.rs`).
+    fn sync_changes(&self, st: &mut State) -> FsResult<()> {
+        match self.store.journals().then(|| st.journal_entry()).flatten() {
             // What the last entry holds (an fsync again, of another file, say).
             Some(next) if next.is_empty() => self.store.sync_wal(),
             Some(next) => {
@@ -315,10 +323,8 @@ impl Workspace {
                 }
                 r
             }
-            None => self.commit_locked(&mut st, true).map(drop),
-        };
-        metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
-        r
+            None => self.commit_locked(st, true).map(drop),
+        }
     }
 
     /// Commits the overlay as the workspace's new root in one batch; with `sync`, durable
