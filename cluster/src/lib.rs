@@ -14,6 +14,7 @@ pub mod metrics;
 mod objects;
 pub mod packs;
 
+use bytes::Bytes;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,7 +107,7 @@ impl Cluster {
     /// An object missing from this host's index may be in a pack another host wrote since it
     /// last looked, and one in a pack gone from the bucket may have been repacked by a
     /// collection: both read the index again, then try once more.
-    fn fetch(&self, wanted: &[(ObjectKind, Hash)]) -> FsResult<Vec<Option<Vec<u8>>>> {
+    fn fetch(&self, wanted: &[(ObjectKind, Hash)]) -> FsResult<Vec<Option<Bytes>>> {
         let mut out = vec![None; wanted.len()];
         let mut todo: Vec<usize> = (0..wanted.len()).collect();
         let mut pack_gone = false;
@@ -133,10 +134,13 @@ impl Cluster {
                     continue;
                 };
                 for &(i, at, len) in &read.parts {
-                    let part = bytes.get(at..at + len).ok_or_else(|| {
-                        FsError::corrupt(format!("pack {} is shorter than its index", read.pack))
-                    })?;
-                    out[i] = Some(part.to_vec());
+                    if at + len > bytes.len() {
+                        return Err(FsError::corrupt(format!(
+                            "pack {} is shorter than its index",
+                            read.pack
+                        )));
+                    }
+                    out[i] = Some(bytes.slice(at..at + len));
                 }
             }
             todo = missing;
@@ -287,11 +291,11 @@ impl chaserfs_engine::Remote for Cluster {
             .map(|_| "the object store's last answer was an error or none".into())
     }
 
-    fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+    fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Bytes>> {
         Ok(self.fetch(&[(kind, *hash)])?.pop().flatten())
     }
 
-    fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>> {
+    fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Bytes>>> {
         let wanted: Vec<_> = hashes.iter().map(|h| (kind, *h)).collect();
         self.fetch(&wanted)
     }

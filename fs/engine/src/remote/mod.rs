@@ -10,6 +10,8 @@ pub(crate) mod prefetch;
 
 pub use hydrate::Hydrated;
 
+use bytes::Bytes;
+
 use crate::error::FsResult;
 use crate::format::hash::Hash;
 use crate::format::roots::{MetaOp, RootId, RootRecord};
@@ -37,10 +39,11 @@ pub trait Remote: Send + Sync {
 
     /// An object's stored bytes (a chunk in [`crate::format::codec::encode_chunk`]'s encoding, a node
     /// in its own), or `None` if the object store does not have it.
-    fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>>;
+    fn get_object(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Bytes>>;
 
     /// Several objects at once, in the order asked, fetched in parallel (prefetch).
-    fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Vec<u8>>>>;
+    /// Objects of one response share its buffer (no copy each).
+    fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Bytes>>>;
 
     /// Uploads objects (kind, hash, stored bytes) for a commit that began with `token`
     /// ([`Remote::begin_commit`]): `Stale` if a collection started since (the caller begins

@@ -2,11 +2,11 @@
 //! used first), with reads that wait for a fetch already in flight instead of asking again;
 //! and chunks uploaded before a root may refer to them.
 
+use bytes::Bytes;
 use indexmap::IndexMap;
 use rocksdb::WriteOptions;
 use std::collections::HashSet;
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{FsError, FsResult};
@@ -67,12 +67,12 @@ pub struct CacheStats {
 /// [`FRESH_BYTES`]).
 #[derive(Default)]
 pub(super) struct FreshChunks {
-    chunks: IndexMap<Hash, Arc<Vec<u8>>>,
+    chunks: IndexMap<Hash, Bytes>,
     bytes: usize,
 }
 
 impl FreshChunks {
-    fn insert(&mut self, hash: Hash, data: Arc<Vec<u8>>) {
+    fn insert(&mut self, hash: Hash, data: Bytes) {
         self.bytes += data.len();
         if let Some(old) = self.chunks.insert(hash, data) {
             self.bytes -= old.len();
@@ -88,7 +88,7 @@ impl FreshChunks {
 
 impl Store {
     /// Cluster mode: a chunk the prefetcher fetched lately, if memory still holds it.
-    pub(super) fn fresh_chunk(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
+    pub(super) fn fresh_chunk(&self, hash: &Hash) -> Option<Bytes> {
         let data = self.fresh.lock().chunks.get(hash).cloned()?;
         self.cache_touch(hash);
         Some(data)
@@ -103,7 +103,7 @@ impl Store {
 
     /// Cluster mode: an object missing here, from the object store (checked against its
     /// hash, then cached here). `None` without a cluster or if the object store lacks it.
-    pub(super) fn fetch(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Vec<u8>>> {
+    pub(super) fn fetch(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Bytes>> {
         let Some(remote) = &self.remote else {
             return Ok(None);
         };
@@ -112,10 +112,10 @@ impl Store {
             // may share its hash with a chunk: a file holding its encoding.)
             if kind == ObjectKind::Chunk {
                 if let Some(stored) = self.fresh_chunk(hash) {
-                    return Ok(Some(stored.to_vec()));
+                    return Ok(Some(stored));
                 }
                 if let Some(stored) = self.file_chunk(hash) {
-                    return Ok(Some(stored));
+                    return Ok(Some(stored.into()));
                 }
             }
             let db = self.db()?;
@@ -123,7 +123,7 @@ impl Store {
             drop(db);
             if let Some(bytes) = local {
                 self.cache_touch(hash);
-                return Ok(Some(bytes));
+                return Ok(Some(bytes.into()));
             }
         }
         let Some(bytes) = remote.get_object(kind, hash)? else {
@@ -268,7 +268,7 @@ impl Store {
         for (h, bytes) in wanted.iter().zip(objects) {
             let Some(bytes) = bytes else { continue };
             match verify(kind, h, &bytes) {
-                Ok(()) => verified.push((h, Arc::new(bytes))),
+                Ok(()) => verified.push((h, bytes)),
                 Err(e) => tracing::warn!("prefetch: {e}"),
             }
         }

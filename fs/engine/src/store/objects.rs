@@ -59,7 +59,7 @@ impl Store {
         };
         match local {
             Some(b) => Ok(Some(b)),
-            None => self.fetch(ObjectKind::Node, hash),
+            None => Ok(self.fetch(ObjectKind::Node, hash)?.map(|b| b.to_vec())),
         }
     }
 
