@@ -157,7 +157,7 @@ impl Store {
             }
             let token = remote.begin_commit()?;
             let mut sending = Vec::new();
-            {
+            let put = {
                 let mut chunks = std::iter::from_fn(|| {
                     if sending.len() == AHEAD_STREAM_CHUNKS
                         || lock.commits_waiting.load(Ordering::SeqCst) > 0
@@ -177,20 +177,11 @@ impl Store {
                         Ok((ObjectKind::Chunk, h, stored.ok_or(FsError::NotFound)?))
                     }))
                 });
-                let put = remote.put_objects(&mut chunks, token);
-                if put.is_err() {
-                    // Not again: the commit offers every staged chunk not recorded as sent
-                    // (a chunk gone from RocksDB would fail each retry after all the rest).
-                    let mut ahead = self.ahead.lock();
-                    let sent = ahead.sent.entry(ws).or_insert_with(|| Sent {
-                        through: 0,
-                        hashes: HashSet::new(),
-                        first: token,
-                    });
-                    sent.through = through + sending.len();
-                }
-                put?;
-            }
+                remote.put_objects(&mut chunks, token)
+            };
+            // Past them either way: a failed upload is not tried again over the same chunks
+            // (one gone from RocksDB would fail every retry after all the rest); the commit
+            // offers every staged chunk not recorded as sent.
             let mut ahead = self.ahead.lock();
             let sent = ahead.sent.entry(ws).or_insert_with(|| Sent {
                 through: 0,
@@ -198,6 +189,7 @@ impl Store {
                 first: token,
             });
             sent.through = through + sending.len();
+            put?;
             sent.hashes.extend(sending);
         }
     }
