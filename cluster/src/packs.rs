@@ -88,15 +88,8 @@ pub struct Pack {
 pub type Object = (ObjectKind, Hash, Vec<u8>);
 
 /// Objects, in order, into packs of at most [`PACK_BYTES`] (or one larger object) and
-/// [`PACK_OBJECTS`].
-pub fn build(objects: impl IntoIterator<Item = Object>) -> Vec<Pack> {
-    Packer::new(objects.into_iter().map(Ok))
-        .collect::<FsResult<_>>()
-        .expect("objects in memory cannot fail")
-}
-
-/// [`build`] as an iterator: each pack is made when asked for, so an upload of any size
-/// holds one pack being made besides those in flight. Ends at the first error of `objects`.
+/// [`PACK_OBJECTS`], each made when asked for, so an upload of any size holds one pack being
+/// made besides those in flight. Ends at the first error of `objects`.
 pub struct Packer<I> {
     objects: I,
     /// The object that did not fit in the pack made last.
@@ -328,6 +321,13 @@ impl IndexState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pack of objects in memory.
+    fn build(objects: impl IntoIterator<Item = Object>) -> Vec<Pack> {
+        Packer::new(objects.into_iter().map(Ok))
+            .collect::<FsResult<_>>()
+            .unwrap()
+    }
 
     fn object(i: u8, len: usize) -> (ObjectKind, Hash, Vec<u8>) {
         let bytes = vec![i; len];

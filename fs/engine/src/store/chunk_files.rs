@@ -292,6 +292,13 @@ mod tests {
         Hash::of(&[i])
     }
 
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut segments = std::fs::read_dir(dir).unwrap();
+        let seg = segments.next().unwrap().unwrap().path();
+        assert!(segments.next().is_none(), "one segment");
+        seg
+    }
+
     #[test]
     fn chunks_read_back_and_evicted_segments_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -326,12 +333,7 @@ mod tests {
         for i in 0..8 {
             files.put(&hash(i), &[i; 1000]).unwrap();
         }
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let seg = only_segment(dir.path());
         let allocated = || std::fs::metadata(&seg).unwrap().blocks() * 512;
         std::fs::File::open(&seg).unwrap().sync_all().unwrap();
         assert_eq!(allocated(), 8 * PAGE);
@@ -346,12 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = ChunkFiles::new(dir.path()).unwrap();
         files.put(&hash(1), &[1u8; 8192]).unwrap();
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let seg = only_segment(dir.path());
         let f = File::options().write(true).open(seg).unwrap();
         f.write_all_at(&[2], 100).unwrap();
         assert!(files.get(&hash(1)).is_none());
