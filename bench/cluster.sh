@@ -44,13 +44,26 @@ if [ -z "${STORE_BENCH:-}" ]; then
     cargo build --release -p chaserfs-bench --bin store-bench -q
     STORE_BENCH="$CARGO_TARGET_DIR/release/store-bench"
 fi
-# The Garage scripts/cluster.sh runs (its own lookup), and how it was built.
-GARAGE="${GARAGE_BIN:-$(command -v garage || echo /var/cache/chaserfs/garage/bin/garage)}"
-if [ "$GARAGE" = /var/cache/chaserfs/garage/bin/garage ]; then
-    GARAGE_BUILD="built by scripts/install-cluster-stores.sh: opt-level 1, SQLite metadata"
+# The Garage to measure on: GARAGE_BIN, else one on PATH, else the optimised build of
+# `scripts/install-cluster-stores.sh --optimised` if it is there, else the tests' build.
+GARAGE_OPT=/var/cache/chaserfs/garage-opt/bin/garage
+GARAGE_CHEAP=/var/cache/chaserfs/garage/bin/garage
+if [ -n "${GARAGE_BIN:-}" ]; then
+    :
+elif command -v garage >/dev/null; then
+    GARAGE_BIN=$(command -v garage)
+elif [ -x "$GARAGE_OPT" ]; then
+    GARAGE_BIN=$GARAGE_OPT
 else
-    GARAGE_BUILD="not built by scripts/install-cluster-stores.sh; its build flags unknown"
+    GARAGE_BIN=$GARAGE_CHEAP
 fi
+export GARAGE_BIN
+GARAGE=$GARAGE_BIN
+case "$GARAGE" in
+    "$GARAGE_OPT") GARAGE_BUILD="scripts/install-cluster-stores.sh --optimised: opt-level 3, SQLite metadata" ;;
+    "$GARAGE_CHEAP") GARAGE_BUILD="built by scripts/install-cluster-stores.sh: opt-level 1, SQLite metadata" ;;
+    *) GARAGE_BUILD="not built by scripts/install-cluster-stores.sh; its build flags unknown" ;;
+esac
 GARAGE_ABOUT="$("$GARAGE" --version | sed -n 1p) at $GARAGE ($GARAGE_BUILD)"
 stop_stores() { bash scripts/cluster.sh stop "$WORK/stores"; }
 # JuiceFS unmounts while its stores still answer.
