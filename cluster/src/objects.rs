@@ -79,6 +79,25 @@ fn pack_key(pack: &Hash) -> Path {
     Path::from(format!("{PACKS}/{}", pack.to_hex()))
 }
 
+/// Whether bodies reach `endpoint` intact without a signature over them: over TLS, or
+/// through loopback, which has no wire. Elsewhere each upload's body is signed (its SHA-256
+/// computed here and checked by the store), so one altered on the way is refused, not
+/// stored: a read would catch it by its hash, but only after the commit was acknowledged.
+/// Unsigned, an upload costs the host a sixth less CPU (per 512 MiB sent to a loopback
+/// Garage: 1.69-1.81 CPU-seconds against 2.04-2.26) and the store a little less.
+fn transport_keeps_bodies_intact(endpoint: &str) -> bool {
+    let Ok(url) = url::Url::parse(endpoint) else {
+        return false;
+    };
+    match (url.scheme(), url.host()) {
+        ("https", _) => true,
+        (_, Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        (_, Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        (_, Some(url::Host::Domain(name))) => name == "localhost",
+        _ => false,
+    }
+}
+
 fn s3_error(what: &str, e: object_store::Error) -> FsError {
     FsError::Storage(format!("S3 {what}: {e}"))
 }
@@ -91,6 +110,7 @@ impl Objects {
             .with_region(&config.s3_region)
             .with_access_key_id(&config.s3_access_key)
             .with_secret_access_key(&config.s3_secret_key)
+            .with_unsigned_payload(transport_keeps_bodies_intact(&config.s3_endpoint))
             // Client options replace the builder's own (`with_allow_http` among them), so
             // plain-HTTP endpoints are allowed here.
             .with_client_options(
@@ -363,5 +383,21 @@ async fn probe(store: Arc<dyn ObjectStore>, health: Arc<parking_lot::Mutex<Healt
             }
             Some(why) => h.failed(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transport_keeps_bodies_intact as intact;
+
+    #[test]
+    fn bodies_go_unsigned_only_over_tls_or_loopback() {
+        assert!(intact("https://s3.example.com"));
+        assert!(intact("http://127.0.0.1:3900"));
+        assert!(intact("http://[::1]:3900"));
+        assert!(intact("http://localhost:3900"));
+        assert!(!intact("http://10.0.0.5:3900"));
+        assert!(!intact("http://s3.example.com"));
+        assert!(!intact("not a url"));
     }
 }
