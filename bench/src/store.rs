@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
+use chaserfs_cluster::transport_keeps_bodies_intact;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, Txn, TxnOp};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
@@ -154,8 +155,9 @@ impl Config {
         })
     }
 
-    /// The bucket, with chaserfs's client options (cluster/src/objects.rs) but a longer
-    /// per-request timeout: 64 uploads of 8 MiB share the link.
+    /// The bucket, with chaserfs's client options (cluster/src/objects.rs: unsigned bodies
+    /// where the transport keeps them intact) but a longer per-request timeout: 64 uploads
+    /// of 8 MiB share the link.
     fn s3(&self) -> Result<Arc<dyn ObjectStore>> {
         let s3 = AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
@@ -163,6 +165,7 @@ impl Config {
             .with_region(&self.region)
             .with_access_key_id(&self.key_id)
             .with_secret_access_key(&self.secret)
+            .with_unsigned_payload(transport_keeps_bodies_intact(&self.endpoint))
             .with_client_options(
                 ClientOptions::new()
                     .with_allow_http(true)

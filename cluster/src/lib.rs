@@ -26,7 +26,7 @@ use packs::{Index, Object, Refresh};
 
 pub use meta::packs::Fence;
 pub use meta::Meta;
-pub use objects::{ObjectStats, Objects};
+pub use objects::{transport_keeps_bodies_intact, ObjectStats, Objects};
 
 /// Where the cluster's two stores are and how this host takes part.
 #[derive(Clone, Debug)]

@@ -85,7 +85,7 @@ fn pack_key(pack: &Hash) -> Path {
 /// stored: a read would catch it by its hash, but only after the commit was acknowledged.
 /// Unsigned, an upload costs the host a sixth less CPU (per 512 MiB sent to a loopback
 /// Garage: 1.69-1.81 CPU-seconds against 2.04-2.26) and the store a little less.
-fn transport_keeps_bodies_intact(endpoint: &str) -> bool {
+pub fn transport_keeps_bodies_intact(endpoint: &str) -> bool {
     let Ok(url) = url::Url::parse(endpoint) else {
         return false;
     };
