@@ -156,7 +156,7 @@ impl Config {
     }
 
     /// The bucket, with chaserfs's client options (cluster/src/objects.rs: unsigned bodies
-    /// where the transport keeps them intact) but a longer per-request timeout: 64 uploads
+    /// only to a store on this host) but a longer per-request timeout: 64 uploads
     /// of 8 MiB share the link.
     fn s3(&self) -> Result<Arc<dyn ObjectStore>> {
         let s3 = AmazonS3Builder::new()

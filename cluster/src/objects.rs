@@ -79,22 +79,42 @@ fn pack_key(pack: &Hash) -> Path {
     Path::from(format!("{PACKS}/{}", pack.to_hex()))
 }
 
-/// Whether bodies reach `endpoint` intact without a signature over them: over TLS, or
-/// through loopback, which has no wire. Elsewhere each upload's body is signed (its SHA-256
-/// computed here and checked by the store), so one altered on the way is refused, not
-/// stored: a read would catch it by its hash, but only after the commit was acknowledged.
-/// Unsigned, an upload costs the host a sixth less CPU (per 512 MiB sent to a loopback
-/// Garage: 1.69-1.81 CPU-seconds against 2.04-2.26) and the store a little less.
+/// Whether bodies reach `endpoint` intact without a signature over them: only a store on
+/// this host, reached through loopback with no proxy configured, has no wire to alter them.
+/// Elsewhere, TLS included (it may end at a load balancer with a plain hop behind it), each
+/// upload's body is signed: its SHA-256 computed here and checked by the store, so one
+/// altered on the way is refused, not stored (a read would catch it by its hash, but only
+/// after the commit was acknowledged). Unsigned, an upload costs the host a sixth less CPU
+/// (per 512 MiB sent to a loopback Garage: 1.69-1.81 CPU-seconds against 2.04-2.26) and the
+/// store a little less.
 pub fn transport_keeps_bodies_intact(endpoint: &str) -> bool {
+    // The client takes its proxy from these, as curl does.
+    const PROXY_VARS: [&str; 6] = [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ];
+    let proxied = PROXY_VARS
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty()));
+    !proxied && is_loopback(endpoint)
+}
+
+/// Whether `endpoint` names this host through loopback.
+fn is_loopback(endpoint: &str) -> bool {
     let Ok(url) = url::Url::parse(endpoint) else {
         return false;
     };
-    match (url.scheme(), url.host()) {
-        ("https", _) => true,
-        (_, Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
-        (_, Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
-        (_, Some(url::Host::Domain(name))) => name == "localhost",
-        _ => false,
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Some(url::Host::Domain(name)) => name.trim_end_matches('.') == "localhost",
+        None => false,
     }
 }
 
@@ -388,16 +408,28 @@ async fn probe(store: Arc<dyn ObjectStore>, health: Arc<parking_lot::Mutex<Healt
 
 #[cfg(test)]
 mod tests {
-    use super::transport_keeps_bodies_intact as intact;
+    use super::is_loopback;
 
     #[test]
-    fn bodies_go_unsigned_only_over_tls_or_loopback() {
-        assert!(intact("https://s3.example.com"));
-        assert!(intact("http://127.0.0.1:3900"));
-        assert!(intact("http://[::1]:3900"));
-        assert!(intact("http://localhost:3900"));
-        assert!(!intact("http://10.0.0.5:3900"));
-        assert!(!intact("http://s3.example.com"));
-        assert!(!intact("not a url"));
+    fn only_loopback_endpoints_count_as_wireless() {
+        for endpoint in [
+            "http://127.0.0.1:3900",
+            "http://127.1:3900",
+            "http://[::1]:3900",
+            "http://[::ffff:127.0.0.1]:3900",
+            "http://localhost:3900",
+            "http://LOCALHOST.:3900",
+        ] {
+            assert!(is_loopback(endpoint), "{endpoint}");
+        }
+        for endpoint in [
+            "https://s3.example.com",
+            "http://10.0.0.5:3900",
+            "http://localhost@10.0.0.5:3900",
+            "http://s3.example.com",
+            "not a url",
+        ] {
+            assert!(!is_loopback(endpoint), "{endpoint}");
+        }
     }
 }
