@@ -20,8 +20,9 @@ use crate::store::Store;
 
 /// Tree nodes per parallel request batch.
 const NODE_BATCH: usize = 64;
-/// Chunks per parallel request batch: 8 MiB of full chunks, a pack's size.
-const CHUNK_BATCH: usize = 128;
+/// Chunks per parallel request batch: whole packs (one request each) up to 32 MiB of full
+/// chunks, four packs' worth.
+const CHUNK_BATCH: usize = 512;
 /// Chunks a hydration considers at most, whatever their sizes: bounds its memory (a heap
 /// entry is ~64 bytes) on a tree of millions of tiny files.
 const MAX_CHUNKS: usize = 1 << 18;
@@ -124,9 +125,16 @@ impl Store {
             .collect();
         done.chunks = order.len() as u64;
         done.chunk_bytes = bytes;
-        for batch in order.chunks(CHUNK_BATCH) {
-            self.prefetch(ObjectKind::Chunk, batch);
+        // By pack, so each request reads a whole pack, not the MiB of it one file has.
+        let mut batch = Vec::with_capacity(CHUNK_BATCH);
+        for group in self.group(ObjectKind::Chunk, &order, CHUNK_BATCH) {
+            batch.extend(group);
+            if batch.len() >= CHUNK_BATCH {
+                self.prefetch(ObjectKind::Chunk, &batch);
+                batch.clear();
+            }
         }
+        self.prefetch(ObjectKind::Chunk, &batch);
         Ok(done)
     }
 }

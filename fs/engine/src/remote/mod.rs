@@ -45,6 +45,15 @@ pub trait Remote: Send + Sync {
     /// Objects of one response share its buffer (no copy each).
     fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Bytes>>>;
 
+    /// Groups `hashes` (a file's next chunks, in order) by where the object store keeps
+    /// them (each in one group), at most `max` in a group, in the order of each group's
+    /// first hash: a read-ahead fetches each group with one request, as large as the store
+    /// lets it be.
+    fn group(&self, kind: ObjectKind, hashes: &[Hash], max: usize) -> Vec<Vec<Hash>> {
+        let _ = kind;
+        hashes.chunks(max.max(1)).map(<[Hash]>::to_vec).collect()
+    }
+
     /// Uploads objects (kind, hash, stored bytes) for a commit that began with `token`
     /// ([`Remote::begin_commit`]): `Stale` if a collection started since (the caller begins
     /// again). Objects the object store already holds are not sent again. `objects` is read

@@ -20,9 +20,10 @@ use super::{chunk_files, kind_cf, Store, CF_CHUNKS, CF_NODES};
 /// during its upload, before it fails.
 pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// A sequential reader's read-ahead is fetched in pieces of this many chunks (8 MiB, a pack's
-/// size), side by side on the prefetch threads, each released to the reader when it is here.
-const READ_AHEAD_PIECE: usize = 128;
+/// A sequential reader's read-ahead is fetched in pieces, side by side on the prefetch threads,
+/// each released to the reader when it is here: a piece is a run of chunks the object store
+/// keeps together ([`Remote::runs`]: one pack, 8 MiB), of at most this many chunks.
+const READ_AHEAD_PIECE: usize = 256;
 
 /// Cluster mode: chunks of read-ahead pieces are also held in memory, the latest this many
 /// bytes of them (as much as the read-ahead): the reader they were fetched for copies them from
@@ -324,14 +325,23 @@ impl Store {
         };
         let marked = self.mark_in_flight(ObjectKind::Chunk, hashes);
         // In pieces, fetched side by side, each released to the reader when it is here.
-        for piece in marked.chunks(READ_AHEAD_PIECE) {
+        for piece in self.group(ObjectKind::Chunk, &marked, READ_AHEAD_PIECE) {
             if let Err(
                 TrySendError::Full(PrefetchJob::Marked(piece))
                 | TrySendError::Disconnected(PrefetchJob::Marked(piece)),
-            ) = queues.pieces.try_send(PrefetchJob::Marked(piece.to_vec()))
+            ) = queues.pieces.try_send(PrefetchJob::Marked(piece))
             {
                 self.clear_in_flight(&piece);
             }
+        }
+    }
+
+    /// Groups objects by where the object store keeps them, at most `max` in a group (see
+    /// [`Remote::group`]): one request each.
+    pub(crate) fn group(&self, kind: ObjectKind, hashes: &[Hash], max: usize) -> Vec<Vec<Hash>> {
+        match &self.remote {
+            Some(remote) => remote.group(kind, hashes, max),
+            None => Vec::new(),
         }
     }
 
