@@ -245,7 +245,7 @@ impl Store {
     /// Fetches objects [`Store::mark_in_flight`] marked, caches them, and clears their marks
     /// (waking the reads that wait for them), whether or not the fetch succeeded. A
     /// read-ahead piece (`hand_over`) goes to memory first, and its readers are woken before
-    /// its writes into the cache.
+    /// its writes into the cache; other objects' readers, each as soon as it is cached.
     pub(crate) fn fetch_marked(&self, kind: ObjectKind, wanted: &[Hash], hand_over: bool) {
         let Some(remote) = &self.remote else {
             return;
@@ -265,26 +265,36 @@ impl Store {
             Ok(objects) => objects,
             Err(e) => return tracing::debug!("prefetch: {e}"),
         };
-        let mut verified = Vec::with_capacity(wanted.len());
-        for (h, bytes) in wanted.iter().zip(objects) {
-            let Some(bytes) = bytes else { continue };
-            match verify(kind, h, &bytes) {
-                Ok(()) => verified.push((h, bytes)),
-                Err(e) => tracing::warn!("prefetch: {e}"),
+        let verified = wanted.iter().zip(objects).filter_map(|(h, bytes)| {
+            let bytes = bytes?;
+            verify(kind, h, &bytes)
+                .map_err(|e| tracing::warn!("prefetch: {e}"))
+                .ok()?;
+            Some((h, bytes))
+        });
+        let cache_put = |h: &Hash, bytes: &[u8]| {
+            if let Err(e) = self.cache_put(kind, h, bytes) {
+                tracing::warn!("prefetch: {e}");
             }
-        }
+        };
+        let mut n = 0;
         if hand_over && kind == ObjectKind::Chunk {
+            let verified: Vec<_> = verified.collect();
             let mut fresh = self.fresh.lock();
             for (h, bytes) in &verified {
                 fresh.insert(**h, bytes.clone());
             }
             drop(fresh);
             drop(clear);
-        }
-        let n = verified.len() as u64;
-        for (h, bytes) in verified {
-            if let Err(e) = self.cache_put(kind, h, &bytes) {
-                tracing::warn!("prefetch: {e}");
+            for (h, bytes) in &verified {
+                cache_put(h, bytes);
+                n += 1;
+            }
+        } else {
+            for (h, bytes) in verified {
+                cache_put(h, &bytes);
+                self.clear_in_flight(std::slice::from_ref(h));
+                n += 1;
             }
         }
         let mut c = self.cache.lock();
