@@ -259,13 +259,22 @@ impl Runtime {
     }
 
     /// Runs `f` on the runtime; the future returned (awaitable from any thread, with
-    /// `futures::executor::block_on`) gives its result.
+    /// `futures::executor::block_on`) gives its result. Dropped before then (a caller that
+    /// timed out), it ends the task: nothing runs on for no one.
     pub fn spawn_joined<T: Send + 'static>(
         &self,
         f: impl Future<Output = FsResult<T>> + Send + 'static,
     ) -> impl Future<Output = FsResult<T>> {
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
         let task = self.rt.spawn(f);
+        let abort = AbortOnDrop(task.abort_handle());
         async move {
+            let _abort = abort;
             task.await
                 .map_err(|e| FsError::Storage(format!("a cluster task ended: {e}")))?
         }

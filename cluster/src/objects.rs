@@ -220,33 +220,41 @@ impl Objects {
     }
 
     /// The bytes of each read (`None`: its pack is gone), [`PARALLEL`] requests at a time.
+    /// The requests run on the runtime's threads, which read the responses off the sockets:
+    /// polled from the caller's thread, every piece of a body woke it.
     pub fn get_reads(&self, reads: &[Read]) -> FsResult<Vec<Option<Bytes>>> {
-        let got = self.runtime.block("S3 get", async {
-            futures::stream::iter(reads.iter().map(|r| async move {
-                let started = Instant::now();
-                let got = self
-                    .store
-                    .get_range(&pack_key(&r.pack), r.range.clone())
-                    .await;
-                let ok = matches!(got, Ok(_) | Err(object_store::Error::NotFound { .. }));
-                record("s3", "get", started, ok);
-                match got {
-                    Ok(bytes) => {
-                        let s = &self.stats;
-                        s.get_requests.fetch_add(1, Ordering::Relaxed);
-                        s.fetched.fetch_add(r.parts.len() as u64, Ordering::Relaxed);
-                        s.fetched_bytes
-                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        Ok(Some(bytes))
+        let wanted: Vec<(Path, std::ops::Range<u64>, u64)> = reads
+            .iter()
+            .map(|r| (pack_key(&r.pack), r.range.clone(), r.parts.len() as u64))
+            .collect();
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        let task = self.runtime.spawn_joined(async move {
+            futures::stream::iter(wanted.into_iter().map(|(key, range, parts)| {
+                let (store, stats) = (store.clone(), stats.clone());
+                async move {
+                    let started = Instant::now();
+                    let got = store.get_range(&key, range).await;
+                    let ok = matches!(got, Ok(_) | Err(object_store::Error::NotFound { .. }));
+                    record("s3", "get", started, ok);
+                    match got {
+                        Ok(bytes) => {
+                            stats.get_requests.fetch_add(1, Ordering::Relaxed);
+                            stats.fetched.fetch_add(parts, Ordering::Relaxed);
+                            stats
+                                .fetched_bytes
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                            Ok(Some(bytes))
+                        }
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(s3_error("get", e)),
                     }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(s3_error("get", e)),
                 }
             }))
             .buffered(PARALLEL)
             .try_collect()
             .await
         });
+        let got = self.runtime.block("S3 get", task);
         // No request made, nothing learned.
         if reads.is_empty() {
             return got;
