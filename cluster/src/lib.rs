@@ -314,16 +314,7 @@ impl chaserfs_engine::Remote for Cluster {
     /// interleaved in its packs, a MiB here and a MiB there; in file order they would cost a
     /// request per MiB. Objects not indexed here yet go together (their fetch finds them).
     fn group(&self, kind: ObjectKind, hashes: &[Hash], max: usize) -> Vec<Vec<Hash>> {
-        let mut groups: indexmap::IndexMap<Option<Hash>, Vec<Hash>> = Default::default();
-        for h in hashes {
-            let pack = self.index.locate(kind, h).map(|l| l.pack);
-            groups.entry(pack).or_default().push(*h);
-        }
-        let max = max.max(1);
-        groups
-            .into_values()
-            .flat_map(|g| g.chunks(max).map(<[Hash]>::to_vec).collect::<Vec<_>>())
-            .collect()
+        packs::group_by_pack(hashes, &self.index.packs_of(kind, hashes), max)
     }
 
     fn put_objects(

@@ -191,6 +191,23 @@ pub fn plan_reads(locations: &[(usize, Location)]) -> Vec<Read> {
     reads
 }
 
+/// `hashes` grouped by the pack of each (`packs`, alike in length; `None` is a group too), in
+/// the order of each group's first hash, at most `max` in a group.
+pub fn group_by_pack(hashes: &[Hash], packs: &[Option<Hash>], max: usize) -> Vec<Vec<Hash>> {
+    let mut groups: indexmap::IndexMap<Option<Hash>, Vec<Hash>> = Default::default();
+    for (h, pack) in hashes.iter().zip(packs) {
+        groups.entry(*pack).or_default().push(*h);
+    }
+    groups
+        .into_values()
+        .flat_map(|g| {
+            g.chunks(max.max(1))
+                .map(<[Hash]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Every pack index this host has read: which pack holds each object.
 #[derive(Default)]
 pub struct Index {
@@ -238,6 +255,19 @@ impl Index {
                 offset,
                 len,
             })
+    }
+
+    /// The pack holding each object, `None` where none this host indexed does.
+    pub fn packs_of(&self, kind: ObjectKind, hashes: &[Hash]) -> Vec<Option<Hash>> {
+        let s = self.state.lock();
+        hashes
+            .iter()
+            .map(|h| {
+                s.objects
+                    .get(&(kind, *h))
+                    .map(|&(pack, ..)| s.packs[pack as usize])
+            })
+            .collect()
     }
 
     pub fn contains(&self, kind: ObjectKind, hash: &Hash) -> bool {
@@ -327,6 +357,29 @@ mod tests {
         Packer::new(objects.into_iter().map(Ok))
             .collect::<FsResult<_>>()
             .unwrap()
+    }
+
+    #[test]
+    fn interleaved_packs_group_whole_in_first_wanted_order() {
+        let h = |i: u8| Hash::of(&[i]);
+        let (p, q) = (Some(h(100)), Some(h(101)));
+        let hashes: Vec<Hash> = (0..7).map(h).collect();
+        let packs = [p, q, p, None, q, p, None];
+        assert_eq!(
+            group_by_pack(&hashes, &packs, 8),
+            vec![vec![h(0), h(2), h(5)], vec![h(1), h(4)], vec![h(3), h(6)]]
+        );
+        // At most `max` in a group; nothing lost.
+        assert_eq!(
+            group_by_pack(&hashes, &packs, 2),
+            vec![
+                vec![h(0), h(2)],
+                vec![h(5)],
+                vec![h(1), h(4)],
+                vec![h(3), h(6)]
+            ]
+        );
+        assert!(group_by_pack(&[], &[], 0).is_empty());
     }
 
     fn object(i: u8, len: usize) -> (ObjectKind, Hash, Vec<u8>) {

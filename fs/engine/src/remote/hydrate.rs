@@ -20,8 +20,8 @@ use crate::store::Store;
 
 /// Tree nodes per parallel request batch.
 const NODE_BATCH: usize = 64;
-/// Chunks per parallel request batch: whole packs (one request each) up to 32 MiB of full
-/// chunks, four packs' worth.
+/// Chunks per parallel request batch: whole packs (one request each), at most 32 MiB of full
+/// chunks, four packs' worth (a pack larger than that is a batch of its own).
 const CHUNK_BATCH: usize = 512;
 /// Chunks a hydration considers at most, whatever their sizes: bounds its memory (a heap
 /// entry is ~64 bytes) on a tree of millions of tiny files.
@@ -117,7 +117,8 @@ impl Store {
             }
             level = next;
         }
-        // Most wanted first: newest files, each from its start.
+        // Most wanted first: newest files, each from its start (then grouped by pack, which
+        // brings a pack's other chunks forward to its most wanted one).
         let order: Vec<Hash> = wanted
             .into_sorted_vec()
             .into_iter()
@@ -128,11 +129,11 @@ impl Store {
         // By pack, so each request reads a whole pack, not the MiB of it one file has.
         let mut batch = Vec::with_capacity(CHUNK_BATCH);
         for group in self.group(ObjectKind::Chunk, &order, CHUNK_BATCH) {
-            batch.extend(group);
-            if batch.len() >= CHUNK_BATCH {
+            if batch.len() + group.len() > CHUNK_BATCH {
                 self.prefetch(ObjectKind::Chunk, &batch);
                 batch.clear();
             }
+            batch.extend(group);
         }
         self.prefetch(ObjectKind::Chunk, &batch);
         Ok(done)

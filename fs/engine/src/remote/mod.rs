@@ -45,10 +45,10 @@ pub trait Remote: Send + Sync {
     /// Objects of one response share its buffer (no copy each).
     fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Bytes>>>;
 
-    /// Groups `hashes` (a file's next chunks, in order) by where the object store keeps
-    /// them (each in one group), at most `max` in a group, in the order of each group's
-    /// first hash: a read-ahead fetches each group with one request, as large as the store
-    /// lets it be.
+    /// Groups `hashes` (most wanted first) by where the object store keeps them (each in
+    /// one group), at most `max` in a group, in the order of each group's first hash: a
+    /// read-ahead or a hydration then fetches a group with as few requests as the store's
+    /// layout allows (one per pack), not a request per stretch of a pack.
     fn group(&self, kind: ObjectKind, hashes: &[Hash], max: usize) -> Vec<Vec<Hash>> {
         let _ = kind;
         hashes.chunks(max.max(1)).map(<[Hash]>::to_vec).collect()

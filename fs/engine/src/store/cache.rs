@@ -21,8 +21,8 @@ use super::{chunk_files, kind_cf, Store, CF_CHUNKS, CF_NODES};
 pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// A sequential reader's read-ahead is fetched in pieces, side by side on the prefetch threads,
-/// each released to the reader when it is here: a piece is a run of chunks the object store
-/// keeps together ([`Remote::runs`]: one pack, 8 MiB), of at most this many chunks.
+/// each released to the reader when it is here: a piece is the chunks the object store keeps
+/// together ([`Remote::group`]: a pack, 8 MiB), at most this many.
 const READ_AHEAD_PIECE: usize = 256;
 
 /// Cluster mode: chunks of read-ahead pieces are also held in memory, the latest this many
@@ -253,14 +253,15 @@ impl Store {
         if wanted.is_empty() {
             return;
         }
-        // Cleared however this ends (a panic included): a mark left set holds readers.
-        struct Clear<'a>(&'a Store, &'a [Hash]);
+        // Cleared however this ends (a panic included): a mark left set holds readers. Marks
+        // cleared one by one leave the set, so a read-ahead that marks one again keeps it.
+        struct Clear<'a>(&'a Store, HashSet<Hash>);
         impl Drop for Clear<'_> {
             fn drop(&mut self) {
-                self.0.clear_in_flight(self.1);
+                self.0.clear_in_flight(&self.1.drain().collect::<Vec<_>>());
             }
         }
-        let clear = Clear(self, wanted);
+        let mut clear = Clear(self, wanted.iter().copied().collect());
         let objects = match remote.get_objects(kind, wanted) {
             Ok(objects) => objects,
             Err(e) => return tracing::debug!("prefetch: {e}"),
@@ -293,6 +294,7 @@ impl Store {
         } else {
             for (h, bytes) in verified {
                 cache_put(h, &bytes);
+                clear.1.remove(h);
                 self.clear_in_flight(std::slice::from_ref(h));
                 n += 1;
             }
@@ -347,11 +349,11 @@ impl Store {
     }
 
     /// Groups objects by where the object store keeps them, at most `max` in a group (see
-    /// [`Remote::group`]): one request each.
+    /// [`Remote::group`]).
     pub(crate) fn group(&self, kind: ObjectKind, hashes: &[Hash], max: usize) -> Vec<Vec<Hash>> {
         match &self.remote {
             Some(remote) => remote.group(kind, hashes, max),
-            None => Vec::new(),
+            None => hashes.chunks(max.max(1)).map(<[Hash]>::to_vec).collect(),
         }
     }
 
