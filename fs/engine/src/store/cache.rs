@@ -102,6 +102,19 @@ impl Store {
         Some(stored)
     }
 
+    /// Cluster mode: a fetched chunk stored raw, read from the cache's files straight into
+    /// `dst`, which it must fill exactly (see [`ChunkFiles::read_raw_into`]).
+    pub(super) fn file_chunk_into(&self, hash: &Hash, dst: &mut [u8]) -> bool {
+        let read = self
+            .chunk_files
+            .as_ref()
+            .is_some_and(|f| f.read_raw_into(hash, dst));
+        if read {
+            self.cache_touch(hash);
+        }
+        read
+    }
+
     /// Cluster mode: an object missing here, from the object store (checked against its
     /// hash, then cached here). `None` without a cluster or if the object store lacks it.
     pub(super) fn fetch(&self, kind: ObjectKind, hash: &Hash) -> FsResult<Option<Bytes>> {

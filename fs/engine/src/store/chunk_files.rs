@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{FsError, FsResult};
+use crate::format::codec::CHUNK_RAW;
 use crate::format::hash::Hash;
 
 /// Chunks start on a page of their segment.
@@ -155,34 +156,69 @@ impl ChunkFiles {
     /// A chunk's stored encoding, checked against the CRC taken when it was stored. `None`
     /// if it is not here, or no longer readable as it was stored (it is dropped then).
     pub(super) fn get(&self, hash: &Hash) -> Option<Vec<u8>> {
-        let (slot, file) = {
-            let s = self.state.lock();
-            let slot = *s.index.get(hash)?;
-            (slot, s.segments[&slot.segment].file.clone())
-        };
+        let (slot, file) = self.slot(hash)?;
         let mut buf = vec![0u8; 1 + slot.len as usize];
         buf[0] = slot.codec;
         let read = file.read_exact_at(&mut buf[1..], slot.offset);
         let intact = read.is_ok() && crc32fast::hash(&buf) == slot.crc;
+        self.checked(hash, slot, intact, read.err()).then_some(buf)
+    }
+
+    /// A chunk stored raw and exactly `dst.len()` bytes long, read straight into `dst` (one
+    /// `pread`, no buffer between) and checked as [`ChunkFiles::get`] checks it. False if it
+    /// is not here, not stored raw, of another length, or damaged (dropped then, and `dst`
+    /// holds whatever was read).
+    pub(super) fn read_raw_into(&self, hash: &Hash, dst: &mut [u8]) -> bool {
+        let Some((slot, file)) = self.slot(hash) else {
+            return false;
+        };
+        if slot.codec != CHUNK_RAW || slot.len as usize != dst.len() {
+            return false;
+        }
+        let read = file.read_exact_at(dst, slot.offset);
+        let intact = read.is_ok() && {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&[slot.codec]);
+            crc.update(dst);
+            crc.finalize() == slot.crc
+        };
+        self.checked(hash, slot, intact, read.err())
+    }
+
+    fn slot(&self, hash: &Hash) -> Option<(Slot, Arc<File>)> {
+        let s = self.state.lock();
+        let slot = *s.index.get(hash)?;
+        Some((slot, s.segments[&slot.segment].file.clone()))
+    }
+
+    /// After a read of `slot`: whether what was read can be served. A chunk damaged on disk
+    /// is dropped, so the reader fetches it again.
+    fn checked(
+        &self,
+        hash: &Hash,
+        slot: Slot,
+        intact: bool,
+        error: Option<std::io::Error>,
+    ) -> bool {
         let mut s = self.state.lock();
         // Still indexed after the read, so not evicted during it: an eviction drops the
         // slot from the index before its pages are freed.
         if s.index.get(hash) != Some(&slot) {
-            return None;
+            return false;
         }
         if intact {
-            return Some(buf);
+            return true;
         }
         tracing::warn!(
             "cached chunk {hash} in {} is damaged ({}): fetching it again",
             self.segment_path(slot.segment).display(),
-            read.err().map_or("CRC mismatch".into(), |e| e.to_string())
+            error.map_or("CRC mismatch".into(), |e| e.to_string())
         );
         let mut freed = Vec::new();
         self.remove_locked(&mut s, hash, &mut freed);
         drop(s);
         release(freed);
-        None
+        false
     }
 
     /// Drops chunks (evicted): their pages are freed on disk at once.
@@ -341,6 +377,33 @@ mod tests {
         assert_eq!(allocated(), PAGE, "seven of eight chunks' pages freed");
         assert_eq!(files.get(&hash(7)).unwrap(), vec![7u8; 1000]);
         assert_eq!(footprint(1001), PAGE as usize);
+    }
+
+    #[test]
+    fn a_raw_chunk_reads_straight_into_a_buffer_of_its_length_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ChunkFiles::new(dir.path()).unwrap();
+        let stored = |codec: u8, fill: u8| [&[codec][..], &[fill; 8192][..]].concat();
+        files.put(&hash(1), &stored(CHUNK_RAW, 1)).unwrap();
+        files.put(&hash(2), &stored(CHUNK_RAW + 1, 2)).unwrap();
+        let mut dst = vec![0u8; 8192];
+        assert!(files.read_raw_into(&hash(1), &mut dst));
+        assert_eq!(dst, vec![1u8; 8192]);
+        assert!(
+            !files.read_raw_into(&hash(1), &mut dst[..4096]),
+            "another length"
+        );
+        assert!(!files.read_raw_into(&hash(2), &mut dst), "not stored raw");
+        assert!(!files.read_raw_into(&hash(3), &mut dst), "not here");
+        assert!(files.contains(&hash(1)) && files.contains(&hash(2)));
+        // Damaged on disk: refused and dropped, so the next read fetches it.
+        let f = File::options()
+            .write(true)
+            .open(only_segment(dir.path()))
+            .unwrap();
+        f.write_all_at(&[9], 100).unwrap();
+        assert!(!files.read_raw_into(&hash(1), &mut dst));
+        assert!(!files.contains(&hash(1)));
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Store {
     /// with BLAKE3 on every read; [`Store::get_chunk`] (fsck, read-modify-write) still does.
     pub fn read_chunk(&self, hash: &Hash, len: usize, from: usize, dst: &mut [u8]) -> FsResult<()> {
         let wrong_length = || FsError::corrupt(format!("chunk {hash} has the wrong length"));
-        let mut copy_stored = |stored: &[u8]| {
+        let copy_stored = |dst: &mut [u8], stored: &[u8]| {
             let data = chunk_bytes(stored)?;
             if data.len() != len {
                 return Err(wrong_length());
@@ -110,11 +110,15 @@ impl Store {
         if self.remote.is_some() {
             // Fetched ahead of this read and verified then: copied from memory.
             if let Some(stored) = self.fresh_chunk(hash) {
-                return copy_stored(&stored);
+                return copy_stored(dst, &stored);
             }
-            // Fetched earlier: one read from the cache's files.
+            // Fetched earlier: one read from the cache's files, into `dst` itself where the
+            // read wants the whole chunk (a sequential read does).
+            if from == 0 && dst.len() == len && self.file_chunk_into(hash, dst) {
+                return Ok(());
+            }
             if let Some(stored) = self.file_chunk(hash) {
-                return copy_stored(&stored);
+                return copy_stored(dst, &stored);
             }
         }
         let db = self.db()?;
@@ -122,10 +126,10 @@ impl Store {
             let stored = self
                 .fetch(ObjectKind::Chunk, hash)?
                 .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
-            return copy_stored(&stored);
+            return copy_stored(dst, &stored);
         };
         self.cache_touch(hash);
-        copy_stored(&stored)
+        copy_stored(dst, &stored)
     }
 
     /// Whether a chunk needs no writing. In cluster mode, never: a chunk cached here may be
