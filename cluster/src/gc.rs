@@ -200,12 +200,12 @@ fn repack(
         let located: Vec<(usize, Location)> = batch.iter().map(|(i, l, _)| (*i, *l)).collect();
         let reads = packs::plan_reads(&located);
         let mut objects: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
-        for (read, data) in reads.iter().zip(cluster.objects.get_reads(&reads)?) {
-            let data = data.ok_or_else(|| {
+        for (read, parts) in reads.iter().zip(cluster.objects.get_reads(&reads)?) {
+            let parts = parts.ok_or_else(|| {
                 FsError::Storage(format!("pack {} vanished while repacking", read.pack))
             })?;
-            for &(i, at, len) in &read.parts {
-                objects[i] = data.get(at..at + len).map(|b| b.to_vec());
+            for (&(i, _, _), bytes) in read.parts.iter().zip(parts) {
+                objects[i] = Some(bytes.to_vec());
             }
         }
         let mut copy = Vec::with_capacity(batch.len());

@@ -127,20 +127,14 @@ impl Cluster {
                 }
             }
             let reads = packs::plan_reads(&located);
-            for (read, bytes) in reads.iter().zip(self.objects.get_reads(&reads)?) {
-                let Some(bytes) = bytes else {
+            for (read, parts) in reads.iter().zip(self.objects.get_reads(&reads)?) {
+                let Some(parts) = parts else {
                     pack_gone = true;
                     missing.extend(read.parts.iter().map(|p| p.0));
                     continue;
                 };
-                for &(i, at, len) in &read.parts {
-                    if at + len > bytes.len() {
-                        return Err(FsError::corrupt(format!(
-                            "pack {} is shorter than its index",
-                            read.pack
-                        )));
-                    }
-                    out[i] = Some(bytes.slice(at..at + len));
+                for (&(i, _, _), bytes) in read.parts.iter().zip(parts) {
+                    out[i] = Some(bytes);
                 }
             }
             todo = missing;

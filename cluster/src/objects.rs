@@ -15,10 +15,12 @@ use chaserfs_engine::{FsError, FsResult, Hash};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 
 use crate::metrics::record;
-use crate::packs::{Entry, Pack, Read};
+use crate::packs::{Entry, Pack, PartCutter, Read};
 use crate::{ClusterConfig, Runtime};
 
 /// Requests in flight per fetch batch or delete batch: each costs Garage a round of RPCs, so
@@ -219,31 +221,45 @@ impl Objects {
         })
     }
 
-    /// The bytes of each read (`None`: its pack is gone), [`PARALLEL`] requests at a time.
-    /// The requests run on the runtime's threads, which read the responses off the sockets:
-    /// polled from the caller's thread, every piece of a body woke it.
-    pub fn get_reads(&self, reads: &[Read]) -> FsResult<Vec<Option<Bytes>>> {
-        let wanted: Vec<(Path, std::ops::Range<u64>, u64)> = reads
+    /// The bytes of each read's parts, in its order (`None`: its pack is gone),
+    /// [`PARALLEL`] requests at a time. The requests run on the runtime's threads, which read
+    /// the responses off the sockets (polled from the caller's thread, every piece of a body
+    /// woke it) and cut them into parts as they come ([`PartCutter`]).
+    pub fn get_reads(&self, reads: &[Read]) -> FsResult<Vec<Option<Vec<Bytes>>>> {
+        let wanted: Vec<(Path, std::ops::Range<u64>, PartCutter)> = reads
             .iter()
-            .map(|r| (pack_key(&r.pack), r.range.clone(), r.parts.len() as u64))
+            .map(|r| (pack_key(&r.pack), r.range.clone(), PartCutter::new(r)))
             .collect();
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let task = self.runtime.spawn_joined(async move {
-            futures::stream::iter(wanted.into_iter().map(|(key, range, parts)| {
+            futures::stream::iter(wanted.into_iter().map(|(key, range, mut cut)| {
                 let (store, stats) = (store.clone(), stats.clone());
                 async move {
                     let started = Instant::now();
-                    let got = store.get_range(&key, range).await;
+                    let parts = cut.len();
+                    let got = async {
+                        let options = GetOptions::new().with_range(Some(range));
+                        let mut body = store.get_opts(&key, options).await?.into_stream();
+                        let mut bytes = 0;
+                        while let Some(piece) = body.next().await {
+                            let piece = piece?;
+                            bytes += piece.len() as u64;
+                            cut.push(&piece);
+                        }
+                        Ok::<_, object_store::Error>((cut, bytes))
+                    }
+                    .await;
                     let ok = matches!(got, Ok(_) | Err(object_store::Error::NotFound { .. }));
                     record("s3", "get", started, ok);
                     match got {
-                        Ok(bytes) => {
+                        Ok((cut, bytes)) => {
                             stats.get_requests.fetch_add(1, Ordering::Relaxed);
-                            stats.fetched.fetch_add(parts, Ordering::Relaxed);
-                            stats
-                                .fetched_bytes
-                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            Ok(Some(bytes))
+                            stats.fetched.fetch_add(parts as u64, Ordering::Relaxed);
+                            stats.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            let parts = cut.finish().ok_or_else(|| {
+                                FsError::corrupt(format!("{key} is shorter than its index"))
+                            })?;
+                            Ok(Some(parts))
                         }
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(s3_error("get", e)),
@@ -279,7 +295,7 @@ impl Objects {
                 async move {
                     let started = Instant::now();
                     let key = pack_key(&p.name);
-                    let put = store.put(&key, PutPayload::from(p.bytes.clone()));
+                    let put = store.put(&key, p.parts.iter().cloned().collect());
                     let put = match tokio::time::timeout(timeout, put).await {
                         Ok(put) => put.map_err(|e| s3_error("put", e)),
                         Err(_) => {
@@ -297,7 +313,7 @@ impl Objects {
                         .fetch_add(p.entries.len() as u64, Ordering::Relaxed);
                     stats
                         .uploaded_bytes
-                        .fetch_add(p.bytes.len() as u64, Ordering::Relaxed);
+                        .fetch_add(p.len as u64, Ordering::Relaxed);
                     Ok::<_, FsError>((p.name, p.entries))
                 }
             })

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use chaserfs_engine::{FsError, FsResult, Hash, ObjectKind};
 use parking_lot::Mutex;
 
@@ -79,8 +80,11 @@ pub fn decode_entries(bytes: &[u8]) -> FsResult<Vec<Entry>> {
 
 /// A pack ready to upload.
 pub struct Pack {
+    /// The BLAKE3 hash of its bytes, which are its objects' stored bytes in order.
     pub name: Hash,
-    pub bytes: bytes::Bytes,
+    /// Its objects' bytes: sent one after another, never copied into one buffer.
+    pub parts: Vec<Bytes>,
+    pub len: usize,
     pub entries: Vec<Entry>,
 }
 
@@ -109,8 +113,9 @@ impl<I: Iterator<Item = FsResult<Object>>> Iterator for Packer<I> {
     type Item = FsResult<Pack>;
 
     fn next(&mut self) -> Option<FsResult<Pack>> {
-        // Room for a whole pack at once: growing by doubling copies and faults it again.
-        let mut bytes: Vec<u8> = Vec::with_capacity(PACK_BYTES);
+        let mut name = blake3::Hasher::new();
+        let mut parts = Vec::new();
+        let mut len = 0;
         let mut entries = Vec::new();
         loop {
             let (kind, hash, object) = match self.next.take() {
@@ -122,7 +127,7 @@ impl<I: Iterator<Item = FsResult<Object>>> Iterator for Packer<I> {
                 },
             };
             if !entries.is_empty()
-                && (bytes.len() + object.len() > PACK_BYTES || entries.len() == PACK_OBJECTS)
+                && (len + object.len() > PACK_BYTES || entries.len() == PACK_OBJECTS)
             {
                 self.next = Some((kind, hash, object));
                 break;
@@ -130,17 +135,20 @@ impl<I: Iterator<Item = FsResult<Object>>> Iterator for Packer<I> {
             entries.push(Entry {
                 kind,
                 hash,
-                offset: bytes.len() as u32,
+                offset: len as u32,
                 len: object.len() as u32,
             });
-            bytes.extend_from_slice(&object);
+            name.update(&object);
+            len += object.len();
+            parts.push(Bytes::from(object));
         }
         if entries.is_empty() {
             return None;
         }
         Some(Ok(Pack {
-            name: Hash::of(&bytes),
-            bytes: bytes.into(),
+            name: Hash(*name.finalize().as_bytes()),
+            parts,
+            len,
             entries,
         }))
     }
@@ -161,6 +169,79 @@ pub struct Read {
     pub pack: Hash,
     pub range: Range<u64>,
     pub parts: Vec<(usize, usize, usize)>,
+}
+
+/// Cuts a read's body, as it arrives in pieces of any size, into its parts' bytes: a part
+/// that lies within one piece is a slice of it (no copy); one that spans pieces is copied
+/// together. Collecting the whole body first would copy every byte once more, into a fresh
+/// buffer the size of the read.
+pub struct PartCutter {
+    /// Per part, its offset in the body and length, by offset (as [`plan_reads`] makes them).
+    parts: Vec<(usize, usize)>,
+    done: Vec<Option<Bytes>>,
+    partial: Vec<Option<BytesMut>>,
+    /// Body bytes before the next piece.
+    pos: usize,
+    /// The parts before this one are done.
+    first: usize,
+}
+
+impl PartCutter {
+    pub fn new(read: &Read) -> PartCutter {
+        let parts: Vec<(usize, usize)> = read.parts.iter().map(|&(_, at, len)| (at, len)).collect();
+        let done = parts
+            .iter()
+            .map(|&(_, len)| (len == 0).then(Bytes::new))
+            .collect();
+        PartCutter {
+            partial: vec![None; parts.len()],
+            parts,
+            done,
+            pos: 0,
+            first: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The body's next piece.
+    pub fn push(&mut self, piece: &Bytes) {
+        let (start, end) = (self.pos, self.pos + piece.len());
+        for p in self.first..self.parts.len() {
+            let (at, len) = self.parts[p];
+            if at >= end {
+                break;
+            }
+            let part_end = at + len;
+            if part_end <= start || self.done[p].is_some() {
+                continue;
+            }
+            if at >= start && part_end <= end {
+                self.done[p] = Some(piece.slice(at - start..part_end - start));
+                continue;
+            }
+            let buf = self.partial[p].get_or_insert_with(|| BytesMut::with_capacity(len));
+            buf.extend_from_slice(&piece[at.max(start) - start..part_end.min(end) - start]);
+            if part_end <= end {
+                self.done[p] = self.partial[p].take().map(BytesMut::freeze);
+            }
+        }
+        self.pos = end;
+        while self.done.get(self.first).is_some_and(Option::is_some) {
+            self.first += 1;
+        }
+    }
+
+    /// Each part's bytes, in the read's order; `None` if the body ended short of one.
+    pub fn finish(self) -> Option<Vec<Bytes>> {
+        self.done.into_iter().collect()
+    }
 }
 
 /// Reads for objects at `locations` (by position in the caller's list): objects of one
@@ -395,14 +476,15 @@ mod tests {
         assert_eq!(packs[0].entries.len(), 128);
         let mut seen = 0;
         for p in &packs {
-            assert_eq!(p.name, Hash::of(&p.bytes));
+            let bytes = p.parts.concat();
+            assert_eq!((p.name, p.len), (Hash::of(&bytes), bytes.len()));
             let decoded = decode_entries(&encode_entries(&p.entries)).unwrap();
             assert_eq!(decoded, p.entries);
             for e in &p.entries {
                 let (_, hash, bytes) = &objects[seen];
                 assert_eq!(e.hash, *hash);
                 let at = e.offset as usize;
-                assert_eq!(&p.bytes[at..at + e.len as usize], &bytes[..]);
+                assert_eq!(&p.parts.concat()[at..at + e.len as usize], &bytes[..]);
                 seen += 1;
             }
         }
@@ -419,6 +501,42 @@ mod tests {
             "an object larger than a pack gets one of its own"
         );
         assert!(decode_entries(&[0; 40]).is_err());
+    }
+
+    #[test]
+    fn a_body_in_pieces_of_any_size_cuts_into_its_parts() {
+        let body: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // Parts by offset, with a gap, a zero-length part and two alike.
+        let parts = [
+            (0, 100),
+            (100, 3000),
+            (3500, 10),
+            (3510, 0),
+            (3510, 6490),
+            (3510, 6490),
+        ];
+        let read = Read {
+            pack: Hash::of(b"p"),
+            range: 0..body.len() as u64,
+            parts: parts
+                .iter()
+                .enumerate()
+                .map(|(i, &(at, len))| (i, at, len))
+                .collect(),
+        };
+        for piece in [1, 7, 100, 3000, 4096, 10_000] {
+            let mut cut = PartCutter::new(&read);
+            for p in body.chunks(piece) {
+                cut.push(&Bytes::copy_from_slice(p));
+            }
+            let got = cut.finish().expect("every part");
+            for (&(at, len), bytes) in parts.iter().zip(&got) {
+                assert_eq!(&bytes[..], &body[at..at + len], "pieces of {piece}");
+            }
+        }
+        let mut short = PartCutter::new(&read);
+        short.push(&Bytes::copy_from_slice(&body[..9_999]));
+        assert!(short.finish().is_none(), "a body short of its last part");
     }
 
     #[test]
