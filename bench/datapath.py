@@ -121,6 +121,15 @@ def make_inputs(work):
     return stdlib, tree_files
 
 
+# The filesystem with nothing behind it (`fuse-floor --serve`): it keeps no bytes, so it runs
+# only the rows whose workloads never read back what they wrote.
+FLOOR = "fuse-floor"
+FLOOR_ROWS = {"seqw", "seqr_cold", "seqr_warm", "randr", "randw", "append", "overwrite",
+              "small", "tiny"}
+# Rows whose fsync the floor answers at once, where a store must reach the disk.
+DURABLE_ROWS = {"append", "overwrite"}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -144,6 +153,8 @@ def main():
         rows.append((key, label, unit, higher))
         results[key] = {}
         for name, d in targets:
+            if name == FLOOR and key not in FLOOR_ROWS:
+                continue
             # Each target starts with nothing of the previous one's left to write back.
             if cold:
                 drop_caches()
@@ -216,8 +227,9 @@ def main():
     workload("clone", "git clone of a 20,000-file repository", "s", False,
              lambda d: timed(lambda: sh("git", "clone", "-q", "--no-local",
                                         os.path.join(a.work, "repo"), os.path.join(d, "repo"))))
-    for _, d in targets:
-        sh("git", "status", cwd=os.path.join(d, "repo"))  # warm the caches
+    for name, d in targets:
+        if name != FLOOR:
+            sh("git", "status", cwd=os.path.join(d, "repo"))  # warm the caches
     workload("status", "git status in that clone, warm", "s", False,
              lambda d: timed(lambda: sh("git", "status", cwd=os.path.join(d, "repo"))))
     workload("rm", "rm -rf of the untarred tree", "s", False,
@@ -238,6 +250,9 @@ def main():
     for key, label, unit, higher in rows:
         cells = []
         for n in names:
+            if n not in results[key]:
+                cells.append("–")
+                continue
             v = results[key][n]
             fig = f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
             if n == base:
@@ -258,6 +273,22 @@ def main():
         native = results[key][names[0]]
         print(f"- {label}: {per_file:.2f} ({by_op}); floor {floor:.2f} s = "
               f"{floor / native:.1f}x native, measured {results[key]['chaserfs'] / native:.1f}x")
+    if FLOOR in names:
+        print(f"\n{FLOOR}: the same FUSE mount setup as a chaserfs session with nothing behind "
+              "it (writes dropped, reads answer zeros, fsync answers at once): the least any FUSE "
+              "filesystem pays here for a row without kernel passthrough. chaserfs against it:")
+        for key, label, unit, higher in rows:
+            if FLOOR not in results[key]:
+                continue
+            c, f = results[key]["chaserfs"], results[key][FLOOR]
+            if key in DURABLE_ROWS:
+                # A durable fsync reaches the disk as native's does, and crosses FUSE besides:
+                # one after the other.
+                native = results[key][names[0]]
+                print(f"- {label}: the floor's FUSE time plus native's, {native + f:.3g} {unit}, "
+                      f"is {(native + f) / native:.2f}x native; measured {c / native:.2f}x")
+            else:
+                print(f"- {label}: {(c / f if higher else f / c):.2f}x of the floor")
     print("\nchaserfs daemon peak RSS: " + ", ".join(
         f"{k} {v} MiB" for k, v in rss.peaks.items()))
 

@@ -4,8 +4,9 @@
 # JuiceFS 1.4 (SQLite metadata + local file storage) and fuse-overlayfs, all on the same disk. Prints one markdown table with ratios to native, the
 # daemon's peak RSS during the sequential write and the untar, and session mount latency; and
 # for the small-file rows the FUSE requests per file (the daemon's /metrics) set against one
-# FUSE round trip with nothing behind it, measured in the same run (bench/src/fuse_floor.rs;
-# FUSE_FLOOR=PATH skips building it).
+# FUSE round trip with nothing behind it, measured in the same run, and beside every data and
+# small-file row the same workload on a FUSE mount with nothing behind it (both
+# bench/src/fuse_floor/; FUSE_FLOOR=PATH skips building it).
 #
 #   bash bench/datapath.sh [--size-mib N] [--only chaserfs]   (default 2048 MiB)
 #
@@ -60,6 +61,17 @@ MOUNT_MS=$(median "${mounts[@]}"); UNMOUNT_MS=$(median "${unmounts[@]}")
 
 SID=$(api POST /v1/sessions "{\"workspace\":\"bench\",\"mountpoint\":\"$WORK/mnt/w\"}" | jq -r .id)
 targets="native=$WORK/native chaserfs=$WORK/mnt/w"
+# The FUSE floor for the data and small-file rows: a mount set up as a session is, with
+# nothing behind it (fuse-floor --serve; datapath.py says which rows it runs).
+mkdir -p "$WORK/floor"
+"$FUSE_FLOOR" --serve "$WORK/floor" >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+stop_floor() { umount "$WORK/floor" 2>/dev/null || umount -l "$WORK/floor" 2>/dev/null || true; kill "$FLOOR_PID" 2>/dev/null || true; }
+BENCH_AT_EXIT+=(stop_floor)
+until grep -q serving "$WORK/floor.log"; do
+    kill -0 "$FLOOR_PID" 2>/dev/null || { cat "$WORK/floor.log" >&2; exit 1; }
+    sleep 0.1
+done
 mkdir -p "$WORK/native"
 if [ "$PEERS" = 1 ]; then
     api POST /v1/workspaces '{"session_type":"sandbox","name":"bench-xattrs"}' >/dev/null
@@ -78,7 +90,7 @@ stop_peers() {
 }
 BENCH_AT_EXIT+=(stop_peers)
 
-python3 bench/datapath.py --work "$WORK" --size-mib "$SIZE_MIB" --daemon-pid "$DAEMON" --daemon-url "$URL" --floor-us "$FLOOR_US" $targets
+python3 bench/datapath.py --work "$WORK" --size-mib "$SIZE_MIB" --daemon-pid "$DAEMON" --daemon-url "$URL" --floor-us "$FLOOR_US" $targets fuse-floor="$WORK/floor"
 api DELETE "/v1/sessions/$SID" >/dev/null
 [ "$PEERS" = 1 ] && api DELETE "/v1/sessions/$XSID" >/dev/null
 printf '\nSession mount: %s ms, unmount: %s ms (median of 10, over HTTP)\n' "$MOUNT_MS" "$UNMOUNT_MS"

@@ -7,11 +7,14 @@
 //! median of several rounds in microseconds, and, with `--json`, `{"round_trip_us": X}`.
 //!
 //!   fuse-floor [--calls N] [--json]      (default 20,000 calls per round, 5 rounds)
+//!   fuse-floor --serve DIR               (a filesystem with nothing behind it: `null.rs`)
 
 use std::ffi::OsStr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+
+mod null;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, ReplyAttr, ReplyEntry,
     Request,
@@ -73,7 +76,10 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--calls" => calls = args.next().context("--calls N")?.parse()?,
             "--json" => json = true,
-            _ => bail!("usage: fuse-floor [--calls N] [--json]"),
+            "--serve" => {
+                return null::serve(std::path::Path::new(&args.next().context("--serve DIR")?))
+            }
+            _ => bail!("usage: fuse-floor [--calls N] [--json] | fuse-floor --serve DIR"),
         }
     }
     let dir = tempfile::tempdir()?;
