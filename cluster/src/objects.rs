@@ -256,10 +256,7 @@ impl Objects {
                             stats.get_requests.fetch_add(1, Ordering::Relaxed);
                             stats.fetched.fetch_add(parts as u64, Ordering::Relaxed);
                             stats.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
-                            let parts = cut.finish().ok_or_else(|| {
-                                FsError::corrupt(format!("{key} is shorter than its index"))
-                            })?;
-                            Ok(Some(parts))
+                            Ok(Some((key, cut)))
                         }
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(s3_error("get", e)),
@@ -267,15 +264,26 @@ impl Objects {
                 }
             }))
             .buffered(PARALLEL)
-            .try_collect()
+            .try_collect::<Vec<_>>()
             .await
         });
         let got = self.runtime.block("S3 get", task);
         // No request made, nothing learned.
-        if reads.is_empty() {
-            return got;
-        }
-        self.settle(got)
+        let got = if reads.is_empty() {
+            got
+        } else {
+            self.settle(got)
+        };
+        // A body short of its index is a damaged pack, not a failing object store.
+        got?.into_iter()
+            .map(|cut| match cut {
+                Some((key, cut)) => cut
+                    .finish()
+                    .map(Some)
+                    .ok_or_else(|| FsError::corrupt(format!("{key} is shorter than its index"))),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     /// Uploads packs as `packs` makes them (on the calling thread), [`PACKS_IN_FLIGHT`] in

@@ -180,6 +180,9 @@ pub struct PartCutter {
     parts: Vec<(usize, usize)>,
     done: Vec<Option<Bytes>>,
     partial: Vec<Option<BytesMut>>,
+    /// The bytes the read asked for: a buffer is never sized past them, whatever the index
+    /// says.
+    asked: usize,
     /// Body bytes before the next piece.
     pos: usize,
     /// The parts before this one are done.
@@ -195,6 +198,7 @@ impl PartCutter {
             .collect();
         PartCutter {
             partial: vec![None; parts.len()],
+            asked: (read.range.end - read.range.start) as usize,
             parts,
             done,
             pos: 0,
@@ -226,7 +230,8 @@ impl PartCutter {
                 self.done[p] = Some(piece.slice(at - start..part_end - start));
                 continue;
             }
-            let buf = self.partial[p].get_or_insert_with(|| BytesMut::with_capacity(len));
+            let room = len.min(self.asked.saturating_sub(at));
+            let buf = self.partial[p].get_or_insert_with(|| BytesMut::with_capacity(room));
             buf.extend_from_slice(&piece[at.max(start) - start..part_end.min(end) - start]);
             if part_end <= end {
                 self.done[p] = self.partial[p].take().map(BytesMut::freeze);
