@@ -1232,15 +1232,13 @@ fn a_corrupted_object_in_the_bucket_is_never_read_as_data() {
         .max_by_key(|(_, len, _)| *len)
         .expect("the commit uploaded a pack");
     assert!(len > 3 * CS, "the chunks share one pack: {packs:?}");
+    // The whole pack, as one part.
     let read = chaserfs_cluster::packs::Read {
         pack,
         range: 0..len,
-        parts: Vec::new(),
+        parts: vec![(0, 0, len as usize)],
     };
-    let mut bytes = a.objects.get_reads(&[read]).unwrap()[0]
-        .clone()
-        .unwrap()
-        .to_vec();
+    let mut bytes = a.objects.get_reads(&[read]).unwrap()[0].clone().unwrap()[0].to_vec();
     let at = bytes
         .windows(64)
         .position(|w| w == &data[CHUNK_SIZE..CHUNK_SIZE + 64])
@@ -1248,7 +1246,8 @@ fn a_corrupted_object_in_the_bucket_is_never_read_as_data() {
     bytes[at + 100] ^= 0xff;
     let altered = chaserfs_cluster::packs::Pack {
         name: pack,
-        bytes: bytes.into(),
+        len: bytes.len(),
+        parts: vec![bytes.into()],
         entries: Vec::new(),
     };
     a.objects.put_packs(std::iter::once(Ok(altered))).unwrap();
