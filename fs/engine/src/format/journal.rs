@@ -1,4 +1,6 @@
-//! The fsync journal of a data dir's workspaces, in the `meta` column family.
+//! The fsync journal of a data dir's workspaces, in a RocksDB of its own (`journal/` in the
+//! data dir; format 2 kept it in the object store's `meta` column family, and a format 2 data
+//! dir's entries move when it is first opened).
 //!
 //! An fsync of a workspace whose changes since its last commit are small appends one entry
 //! (one WAL write and one WAL sync) instead of committing: no chunk is sealed, no tree path
@@ -8,17 +10,22 @@
 //! batch that writes its root; opening a workspace replays the entries written over its
 //! root, in order, and commits.
 //!
-//! | key                              | value          |
-//! |----------------------------------|----------------|
-//! | `J  workspace:uuid  seq:u64`     | `JournalEntry` |
+//! | key                                       | value                                |
+//! |-------------------------------------------|--------------------------------------|
+//! | `J  workspace:uuid  seq:u64`              | `JournalEntry`                       |
+//! | `K  workspace:uuid  seq:u64  hash:[u8;32]`| a chunk entry `seq` sealed, as stored |
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::format::hash::Hash;
 
-/// First byte of every journal key (root pointers are `R`, the format record `F`).
+/// First byte of every entry's key (and of format 2's entries among the object store's
+/// records, where root pointers are `R` and the format record `F`).
 pub const PREFIX: u8 = b'J';
+
+/// First byte of every chunk's key.
+pub const CHUNK_PREFIX: u8 = b'K';
 
 /// One fsync's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +71,32 @@ pub fn range(ws: uuid::Uuid) -> ([u8; 25], [u8; 25]) {
     (key(ws, 0), key(ws, u64::MAX))
 }
 
+/// The key of a chunk entry `seq` of workspace `ws` sealed: stored beside it, since the
+/// object store holds it only unsynced until the commit that takes the entry in.
+pub fn chunk_key(ws: uuid::Uuid, seq: u64, hash: &Hash) -> [u8; 57] {
+    let mut k = [0u8; 57];
+    k[..25].copy_from_slice(&key(ws, seq));
+    k[0] = CHUNK_PREFIX;
+    k[25..].copy_from_slice(&hash.0);
+    k
+}
+
+/// Every key of a workspace's chunks is in `[start, end)`.
+pub fn chunk_range(ws: uuid::Uuid) -> ([u8; 25], [u8; 25]) {
+    let (mut start, mut end) = range(ws);
+    start[0] = CHUNK_PREFIX;
+    end[0] = CHUNK_PREFIX;
+    (start, end)
+}
+
+/// The hash of a chunk key's chunk.
+pub fn chunk_of(k: &[u8]) -> Option<Hash> {
+    if k.len() != 57 || k[0] != CHUNK_PREFIX {
+        return None;
+    }
+    Some(Hash(k[25..].try_into().ok()?))
+}
+
 /// The workspace a journal key belongs to.
 pub fn workspace_of(k: &[u8]) -> Option<uuid::Uuid> {
     if k.len() != 25 || k[0] != PREFIX {
@@ -84,5 +117,14 @@ mod tests {
         assert!(key(uuid::Uuid::from_u128(8), 0) >= end);
         assert_eq!(workspace_of(&key(ws, 3)), Some(ws));
         assert_eq!(workspace_of(b"Rw"), None);
+        let h = Hash::of(b"chunk");
+        let (start, end) = chunk_range(ws);
+        assert!(
+            start[..] <= chunk_key(ws, 0, &h)[..] && chunk_key(ws, u64::MAX - 1, &h)[..] < end[..]
+        );
+        assert!(chunk_key(uuid::Uuid::from_u128(8), 0, &h)[..] >= end[..]);
+        assert_eq!(chunk_of(&chunk_key(ws, 3, &h)), Some(h));
+        assert_eq!(chunk_of(&key(ws, 3)), None);
+        assert_eq!(workspace_of(&chunk_key(ws, 3, &h)), None);
     }
 }

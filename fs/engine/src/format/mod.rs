@@ -37,10 +37,12 @@ impl Format {
     /// hold version 1, and are stamped when first opened.
     ///
     /// Version 2 adds the fsync journal (`journal.rs`) to data dirs; a version 1 store is
-    /// a version 2 store without one, so this build opens it and stamps it 2 (a build of
-    /// version 1 would not replay a journal, and refuses the dir from then on).
+    /// a version 2 store without one. Version 3 keeps the journal in a database of its own
+    /// (`journal/` in the data dir), and moves a version 2 journal there when it opens one.
+    /// This build opens both and stamps them 3 (an older build would not find the journal,
+    /// and refuses the dir from then on).
     pub const CURRENT: Format = Format {
-        version: 2,
+        version: 3,
         chunk_size: CHUNK_SIZE as u32,
         node_encoding: 1,
         chunk_codec: 1,

@@ -209,6 +209,10 @@ impl State {
     /// commit landed); the commit that follows deletes every one.
     pub(super) fn replay(&mut self, entries: Vec<JournalEntry>) -> FsResult<()> {
         self.journal.entries = entries.len() as u64;
+        // Sequence numbers start again at 0 with this open: until the commit that follows
+        // succeeds and deletes these entries, a new entry would take one of their keys and be
+        // replayed among them, so fsyncs commit.
+        self.journal.must_commit = !entries.is_empty();
         let mut buffers: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
         let mut kv = Changes::new();
         let mut replayed = false;

@@ -126,7 +126,7 @@ impl Workspace {
                 Ok(_) => {} // its commit failed, and said why
                 // Its root is gone (a delete drops the journal with it; this is the rest).
                 Err(FsError::NotFound) if store.get_root(RootId::Workspace(id))?.is_none() => {
-                    store.delete_journal(id)?;
+                    store.drop_journal(&[id])?;
                 }
                 Err(e) => tracing::error!("workspace {id}: replaying its fsync journal: {e}"),
             }

@@ -4,8 +4,11 @@
 //!   bytes, lz4-compressed when a probe of the chunk shows it pays ([`crate::format::codec`]); they live
 //!   in RocksDB's integrated BlobDB, so compaction moves keys, not data.
 //! - `nodes`: tree nodes ([`crate::format::node::Node`]), key = BLAKE3 of the encoding.
-//! - `meta`: root pointers ([`RootId`] → [`RootRecord`]), the fsync journal
-//!   ([`crate::format::journal`]) and, under other prefixes, the workspace service's records.
+//! - `meta`: root pointers ([`RootId`] → [`RootRecord`]) and, under other prefixes, the
+//!   workspace service's records.
+//!
+//! A data dir's fsync journal ([`crate::format::journal`]) is a second, small RocksDB in
+//! `journal/` whose WAL files are recycled (`journal.rs` says why).
 //!
 //! Objects are immutable. Anything that is about to make a root reference an object pins it
 //! first ([`Store::pin`]); the garbage collector never deletes a pinned object (see `gc.rs`).
@@ -90,10 +93,28 @@ struct ChunkFlushes {
     after_flush_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
+/// The open databases: the object store, and a data dir's fsync journal (`journal.rs`).
+struct Dbs {
+    main: DB,
+    journal: Option<DB>,
+}
+
+impl Dbs {
+    fn open(path: &Path, block_cache_bytes: usize, journals: bool) -> FsResult<Dbs> {
+        let main = open_db(path, block_cache_bytes)?;
+        check_format(&main, path)?;
+        let journal = match journals {
+            true => Some(journal::open(path, &main)?),
+            false => None,
+        };
+        Ok(Dbs { main, journal })
+    }
+}
+
 pub struct Store {
-    /// The database; `None` while released ([`Store::release`]): a takeover's successor
-    /// holds it then.
-    db: RwLock<Option<DB>>,
+    /// The databases; `None` while released ([`Store::release`]): a takeover's successor
+    /// holds them then.
+    db: RwLock<Option<Dbs>>,
     /// How it was opened, to open it again ([`Store::reopen`]).
     block_cache_bytes: usize,
     /// Why writes fail, from the first failed write until [`Store::heal`] has reopened the
@@ -316,8 +337,7 @@ impl Store {
                     .map_err(io)?;
             }
         }
-        let db = open_db(path, opts.block_cache_bytes)?;
-        check_format(&db, path)?;
+        let db = Dbs::open(path, opts.block_cache_bytes, remote.is_none())?;
         let chunk_files = if remote.is_some() {
             Some(chunk_files::ChunkFiles::new(&path.join(FETCHED_DIR))?)
         } else {
@@ -379,15 +399,30 @@ impl Store {
     pub(crate) fn db(&self) -> FsResult<Db<'_>> {
         // Recursive: a thread may hold one while it takes another (a writer waiting between
         // the two must not deadlock it).
-        RwLockReadGuard::try_map(self.db.read_recursive(), Option::as_ref)
+        RwLockReadGuard::try_map(self.db.read_recursive(), |d| d.as_ref().map(|d| &d.main))
             .map(Db)
-            .map_err(|_| {
-                FsError::Storage(if self.released.load(Ordering::SeqCst) {
-                    "the store is closed (handed over)".into()
-                } else {
-                    "the store is reopening after a failed write".into()
-                })
-            })
+            .map_err(|_| self.closed())
+    }
+
+    /// The fsync journal's database, as [`Store::db`] (a cluster host has none).
+    pub(crate) fn journal_db(&self) -> FsResult<Db<'_>> {
+        if !self.journals() {
+            return Err(FsError::Invalid("a cluster host keeps no journal"));
+        }
+        RwLockReadGuard::try_map(self.db.read_recursive(), |d| {
+            d.as_ref().and_then(|d| d.journal.as_ref())
+        })
+        .map(Db)
+        .map_err(|_| self.closed())
+    }
+
+    /// Why the databases are not open.
+    fn closed(&self) -> FsError {
+        FsError::Storage(if self.released.load(Ordering::SeqCst) {
+            "the store is closed (handed over)".into()
+        } else {
+            "the store is reopening after a failed write".into()
+        })
     }
 
     /// Closes the database, once every operation using it has finished; until
@@ -403,7 +438,11 @@ impl Store {
     pub fn reopen(&self) -> FsResult<()> {
         let mut db = self.db.write();
         if db.is_none() {
-            *db = Some(open_db(&self.path, self.block_cache_bytes)?);
+            *db = Some(Dbs::open(
+                &self.path,
+                self.block_cache_bytes,
+                self.journals(),
+            )?);
             // Opened as configured, without blob GC (see `compact_with`).
             self.blob_gc.store(false, Ordering::SeqCst);
             self.released.store(false, Ordering::SeqCst);
@@ -465,7 +504,9 @@ impl Store {
         if self.released.load(Ordering::SeqCst) {
             return Err(FsError::Storage("the store is closed (handed over)".into()));
         }
-        if let Some(old) = db.take() {
+        if let Some(Dbs { main: old, journal }) = db.take() {
+            // The journal's writes all went through its WAL: its reopen replays them.
+            drop(journal);
             let hashes: Vec<Hash> = self.unflushed.lock().iter().copied().collect();
             let cf = old
                 .cf_handle(CF_CHUNKS)
@@ -480,19 +521,20 @@ impl Store {
             }
             drop(old);
         }
-        let reopened = open_db(&self.path, self.block_cache_bytes)?;
+        let reopened = Dbs::open(&self.path, self.block_cache_bytes, self.journals())?;
         let mut healing = self.healing.lock();
         let cf = reopened
+            .main
             .cf_handle(CF_CHUNKS)
             .expect("column families are created at open");
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         for (h, v) in healing.iter() {
-            reopened.put_cf_opt(cf, h.0, v, &wo)?;
+            reopened.main.put_cf_opt(cf, h.0, v, &wo)?;
         }
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        reopened.flush_cf_opt(cf, &fo)?;
+        reopened.main.flush_cf_opt(cf, &fo)?;
         healing.clear();
         self.unflushed.lock().clear();
         self.blob_gc.store(false, Ordering::SeqCst);

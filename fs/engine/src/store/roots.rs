@@ -13,7 +13,7 @@ use crate::remote::MetaChange;
 
 use crate::format::records::Timespec;
 
-use super::{journal, Pins, Store, CF_CHUNKS, CF_META, CF_NODES, FORMAT_KEY};
+use super::{Pins, Store, CF_CHUNKS, CF_META, CF_NODES, FORMAT_KEY};
 
 /// Record keys may not collide with root pointers, journal entries or the format record.
 pub(super) fn check_meta(ops: &[MetaOp]) -> FsResult<()> {
@@ -89,7 +89,8 @@ impl Store {
     /// Writes a new root for `id` together with the nodes and chunks it introduces, in one
     /// batch. Chunks too large for the WAL are written unlogged and flushed first, so the root
     /// never becomes durable before the objects it references. With `drop_journal`, the
-    /// workspace's fsync journal goes in the same batch (the root now holds all it held).
+    /// write is synced and the workspace's fsync journal deleted after it (the root now holds
+    /// all it held).
     pub fn commit<C: AsRef<[u8]>>(
         &self,
         id: RootId,
@@ -130,9 +131,6 @@ impl Store {
                 id.key(),
                 crate::format::records::encode(record),
             );
-            if let (true, RootId::Workspace(ws)) = (drop_journal, id) {
-                journal::drop_journal(&mut batch, &db, ws);
-            }
         }
         let _roots = self.roots_lock.lock();
         if let RootId::Workspace(_) = id {
@@ -140,7 +138,31 @@ impl Store {
                 return Err(FsError::NotFound);
             }
         }
-        self.write(batch, sync)
+        match (drop_journal, id) {
+            // Synced before the journal goes: the root now holds all it held.
+            (true, RootId::Workspace(_)) => {
+                self.write(batch, true)?;
+                self.drop_stale_journals(&[id]);
+                Ok(())
+            }
+            _ => self.write(batch, sync),
+        }
+    }
+
+    /// Drops the journals of the workspaces among `ids` once a synced root write made them
+    /// stale (or, for a new root, made sure no journal of its id can apply to it). One that
+    /// fails to go stays stale: replay ignores it, the next commit deletes it.
+    fn drop_stale_journals(&self, ids: &[RootId]) {
+        let ws: Vec<uuid::Uuid> = ids
+            .iter()
+            .filter_map(|id| match id {
+                RootId::Workspace(ws) => Some(*ws),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.drop_journal(&ws) {
+            tracing::warn!("deleting the stale fsync journals of {ws:?}: {e}");
+        }
     }
 
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> FsResult<()> {
@@ -189,7 +211,9 @@ impl Store {
                 crate::format::records::encode(record),
             );
             self.add_meta(&mut batch, meta)?;
-            self.write(batch, true)
+            self.write(batch, true)?;
+            self.drop_stale_journals(&[id]);
+            Ok(())
         })();
         self.unpin(hashes);
         result
@@ -226,10 +250,6 @@ impl Store {
             if let Some(old) = old {
                 record.generation = record.generation.max(old.generation) + 1;
             }
-            if let RootId::Workspace(ws) = dst {
-                // A restore replaces the state fsyncs journaled over, journal and all.
-                journal::drop_journal(&mut batch, &db, *ws);
-            }
             batch.put_cf(
                 db.cf(CF_META),
                 dst.key(),
@@ -238,6 +258,9 @@ impl Store {
         }
         self.add_meta(&mut batch, meta)?;
         self.write(batch, true)?;
+        // A restore replaces the state fsyncs journaled over, journal and all (and a clone's
+        // new id has none, whatever a workspace of that id left).
+        self.drop_stale_journals(dsts);
         Ok(record)
     }
 
@@ -286,12 +309,11 @@ impl Store {
                 return Err(FsError::NotFound);
             }
             batch.delete_cf(db.cf(CF_META), id.key());
-            if let RootId::Workspace(ws) = id {
-                journal::drop_journal(&mut batch, &db, *ws);
-            }
         }
         self.add_meta(&mut batch, meta)?;
-        self.write(batch, true)
+        self.write(batch, true)?;
+        self.drop_stale_journals(ids);
+        Ok(())
     }
 
     /// One writer per workspace: on this host, and in cluster mode across hosts.
