@@ -295,33 +295,40 @@ impl Workspace {
     }
 
     /// An fsync of an overlay with changes: one journal entry of what changed since the last
-    /// one, or a commit (see `journal.rs`).
+    /// one, or a commit (see `journal.rs`). A store that failed a write journals nothing
+    /// until it heals, and an entry that fails is replaced by a commit: the fsync is served
+    /// wherever the store can take it.
     fn sync_changes(&self, st: &mut State) -> FsResult<()> {
-        match self.store.journals().then(|| st.journal_entry()).flatten() {
+        let journals = self.store.journals() && self.store.failure().is_none();
+        match journals.then(|| st.journal_entry()).flatten() {
             // What the last entry holds (an fsync again, of another file, say).
             Some(next) if next.is_empty() => self.store.sync_wal(),
             Some(next) => {
-                let r = self.store.append_journal(
+                match self.store.append_journal(
                     self.id,
                     st.journal.seq,
                     &next.entry,
                     &next.chunks,
                     next.bytes,
-                );
-                match &r {
+                ) {
                     Ok(()) => {
                         st.journaled(next);
                         metrics::counter!(m::FSYNCS_JOURNALED).increment(1);
+                        Ok(())
                     }
                     // The entry may have landed all the same (its WAL write went through,
-                    // the sync failed): the next commit deletes it, and until one succeeds
-                    // fsyncs commit.
-                    Err(_) => {
+                    // the sync failed): the commit deletes it, and until one succeeds fsyncs
+                    // commit.
+                    Err(e) => {
+                        tracing::debug!(
+                            "workspace {}: journal entry failed ({e}); committing",
+                            self.id
+                        );
                         st.journal.entries += 1;
                         st.journal.must_commit = true;
+                        self.commit_locked(st, true).map(drop)
                     }
                 }
-                r
             }
             None => self.commit_locked(st, true).map(drop),
         }
