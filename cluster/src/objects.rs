@@ -1,9 +1,9 @@
 //! The S3 bucket: its format record, `format`, and packs of objects (see `packs.rs`),
-//! `packs/<blake3 hex of the pack>`. An
-//! object in a pack is stored as the local store keeps it: a chunk as its codec byte then raw
-//! or lz4 bytes, a node as its encoding. Names are content hashes, so a write of an existing
-//! name writes the same bytes. The bucket is reached as any `object_store` backend; only
-//! [`Objects::new`] knows it is S3.
+//! `packs/<blake3 hex of the pack's index>`. An object in a pack is stored as the local store
+//! keeps it: a chunk as its codec byte then raw or lz4 bytes, a node as its encoding. Names are
+//! content hashes (of the objects a pack holds, and where), so a write of an existing name
+//! writes the same objects at the same offsets. The bucket is reached as any `object_store`
+//! backend; only [`Objects::new`] knows it is S3.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -4,8 +4,9 @@
 //! the object store's packs in flight while the writer stages more. They stay staged: the
 //! commit still offers every staged chunk, and the object store's index of what it holds
 //! skips those already sent (or sends them again if a collection deleted them meanwhile, as
-//! for any upload that a sweep overtook). Best effort: a full queue or an error leaves the
-//! work to the commit.
+//! for any upload that a sweep overtook). A commit that finds an upload ahead running waits
+//! for it to send what is staged, which keeps the pipe full across the fsync. Best effort: a
+//! full queue or an error leaves the work to the commit.
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -20,16 +21,18 @@ use crate::remote::{CommitToken, ObjectKind};
 
 use super::{Store, CF_CHUNKS};
 
-/// Staged chunks not sent yet that start an upload ahead: 64 MiB of full chunks, as much as
-/// the object store's packs in flight hold.
-const AHEAD_CHUNKS: usize = (64 << 20) / CHUNK_SIZE;
+/// Staged chunks not sent yet that start an upload ahead: 16 MiB of full chunks, two packs.
+/// The upload then goes on with what the writer stages meanwhile, so starting early leaves no
+/// CPU idle while a large write begins (at 64 MiB, a fifth of a second of one vCPU each time).
+const AHEAD_CHUNKS: usize = (16 << 20) / CHUNK_SIZE;
 /// Chunks one upload ahead sends at most (1 GiB of full chunks) before it writes their packs'
 /// index and starts again: bounds the index it holds in memory.
 const AHEAD_STREAM_CHUNKS: usize = (1 << 30) / CHUNK_SIZE;
 
 /// A workspace's uploads (ahead and at commit) take its lock, so they never send the same
 /// chunks side by side (each would make a pack of them, and both packs would stay). A
-/// commit says it is waiting, and an upload ahead ends at the packs it has in flight.
+/// commit says it is waiting, and an upload ahead ends once it has sent the chunks staged
+/// by then.
 #[derive(Default)]
 pub(super) struct UploadLock {
     lock: Mutex<()>,
@@ -37,7 +40,8 @@ pub(super) struct UploadLock {
 }
 
 impl UploadLock {
-    /// Takes the lock for a commit: an upload ahead holding it stops sending more.
+    /// Takes the lock for a commit: an upload ahead holding it sends what is staged now and
+    /// stops.
     pub(super) fn commit(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.commits_waiting.fetch_add(1, Ordering::SeqCst);
         let held = self.lock.lock();
@@ -137,7 +141,7 @@ impl Store {
     }
 
     /// Sends `ws`'s staged chunks not sent yet while the writer stages more, until none is
-    /// left or a commit waits.
+    /// left, or a commit waits and those staged before it are sent.
     fn upload_ahead(&self, ws: uuid::Uuid) -> FsResult<()> {
         let Some(remote) = &self.remote else {
             return Ok(());
@@ -157,18 +161,24 @@ impl Store {
             }
             let token = remote.begin_commit()?;
             let mut sending = Vec::new();
+            // Once a commit waits, the chunks staged by then: this upload sends them on,
+            // keeping the pipe full, rather than stopping for the commit to send them after
+            // the packs in flight drain. Chunks staged later are the commit's.
+            let mut commit_wants: Option<usize> = None;
             let put = {
                 let mut chunks = std::iter::from_fn(|| {
-                    if sending.len() == AHEAD_STREAM_CHUNKS
-                        || lock.commits_waiting.load(Ordering::SeqCst) > 0
+                    if sending.len() == AHEAD_STREAM_CHUNKS {
+                        return None;
+                    }
+                    let staged = self.staged.lock();
+                    let set = staged.get(&ws)?;
+                    if lock.commits_waiting.load(Ordering::SeqCst) > 0
+                        && through + sending.len() >= *commit_wants.get_or_insert(set.len())
                     {
                         return None;
                     }
-                    let h = *self
-                        .staged
-                        .lock()
-                        .get(&ws)?
-                        .get_index(through + sending.len())?;
+                    let h = *set.get_index(through + sending.len())?;
+                    drop(staged);
                     sending.push(h);
                     Some(self.db().and_then(|db| {
                         // Gone: the workspace closed, or its file was removed and the chunk
