@@ -100,7 +100,8 @@ fn fsync_until_ok(f: &std::fs::File, limit: Duration) -> Duration {
 fn assert_kept(d: &Daemon, workspace: &str, sub: &str, files: &[(&str, &[u8])]) {
     let (session, mnt) = d.mount(workspace, sub);
     for (name, data) in files {
-        let got = std::fs::read(mnt.join(name)).unwrap();
+        let got =
+            std::fs::read(mnt.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{}", d.log()));
         assert!(
             got == *data,
             "{name}: {} bytes of {} came back",
@@ -172,9 +173,14 @@ fn sigterm_while_unhealthy_commits_every_change_once_healed() {
     let before = noise(4, BIG);
     write_synced(&mnt.join("before"), &before).unwrap();
 
+    // Created before the limit: a create refused under it would leave no file to keep.
+    let mut unsynced = std::fs::File::create(mnt.join("unsynced")).unwrap();
     let limits = set_open_files(d.pid(), 3);
     let acked_not = noise(5, BIG);
-    assert!(write_synced(&mnt.join("unsynced"), &acked_not).is_err());
+    // Into the page cache; the fsync commits (3 MiB is past a journal entry) and fails.
+    unsynced.write_all(&acked_not).unwrap();
+    assert!(unsynced.sync_all().is_err());
+    drop(unsynced);
     d.terminate();
     // It does not exit while the session's changes are uncommitted.
     std::thread::sleep(Duration::from_secs(3));

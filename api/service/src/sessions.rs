@@ -689,15 +689,28 @@ impl Service {
     pub fn shutdown(&self) {
         let mut failing: Option<String> = None;
         loop {
-            let ids: Vec<Uuid> = self.mounts.lock().keys().copied().collect();
+            // Read while no session start or end is under way: an end takes its session out
+            // of `mounts` while it commits and puts it back if that fails, so a list read
+            // meanwhile (the periodic retry of a failed end, say) would miss it, and the
+            // daemon would exit with its changes.
+            let (ids, settled) = {
+                let mut ix = self.lock();
+                let deadline = std::time::Instant::now() + BUSY_WAIT;
+                while !ix.busy.is_empty() && !self.idle.wait_until(&mut ix, deadline).timed_out() {}
+                let ids: Vec<Uuid> = self.mounts.lock().keys().copied().collect();
+                (ids, ix.busy.is_empty())
+            };
             let mut failed = Vec::new();
             for id in ids {
                 if let Err(e) = self.end_session_by_id(id, false, EndReason::Shutdown) {
                     failed.push(format!("{id}: {}", e.message));
                 }
             }
-            if failed.is_empty() {
+            if failed.is_empty() && settled {
                 break;
+            }
+            if failed.is_empty() {
+                continue;
             }
             let now = failed.join("; ");
             if failing.as_deref() != Some(now.as_str()) {
