@@ -108,20 +108,24 @@ fn a_data_dir_from_before_the_format_record_opens_and_another_format_is_refused(
     common::fsck(&data_dir).unwrap();
 
     // The first open recorded this build's format. Data dirs of format 1 (the release
-    // before the fsync journal) and 2 (its journal among the records) open and are stamped 3.
+    // before the fsync journal), 2 (its journal among the records) and 3 (its journal in a
+    // database of its own, entries without bases) open and are stamped 4.
     let v1 = json!({"version": 1, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
     let v2 = json!({"version": 2, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
     let v3 = json!({"version": 3, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
-    assert_eq!(swap_format(&data_dir, v1), v3);
+    let v4 = json!({"version": 4, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
+    assert_eq!(swap_format(&data_dir, v1), v4);
     common::fsck(&data_dir).unwrap();
-    assert_eq!(swap_format(&data_dir, v2), v3);
+    assert_eq!(swap_format(&data_dir, v2), v4);
+    common::fsck(&data_dir).unwrap();
+    assert_eq!(swap_format(&data_dir, v3), v4);
     common::fsck(&data_dir).unwrap();
 
     // A record of another format: the daemon and fsck refuse the data dir, naming both
     // formats, and leave the record as it was.
-    let other = json!({"version": 4, "chunk_size": 131072, "node_encoding": 1, "chunk_codec": 1});
+    let other = json!({"version": 5, "chunk_size": 131072, "node_encoding": 1, "chunk_codec": 1});
     let found = swap_format(&data_dir, other.clone());
-    assert_eq!(found, v3, "stamped by the open of format 2");
+    assert_eq!(found, v4, "stamped by the open of format 3");
     let out = Command::new(common::bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
@@ -129,10 +133,10 @@ fn a_data_dir_from_before_the_format_record_opens_and_another_format_is_refused(
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{log}");
-    assert!(log.contains("on-disk format 4 (chunk size 131072"), "{log}");
-    assert!(log.contains("reads format 3 (chunk size 65536"), "{log}");
+    assert!(log.contains("on-disk format 5 (chunk size 131072"), "{log}");
+    assert!(log.contains("reads format 4 (chunk size 65536"), "{log}");
     let report = common::fsck(&data_dir).unwrap_err();
-    assert!(report.contains("on-disk format 4"), "{report}");
+    assert!(report.contains("on-disk format 5"), "{report}");
 
     // An unreadable record is refused too.
     assert_eq!(swap_format(&data_dir, json!("chaserfs-next")), other);

@@ -39,9 +39,48 @@ pub struct JournalEntry {
     pub kv: Vec<(Bytes, Option<Bytes>)>,
     /// Keys the overlay no longer changes (the tree's value stands again).
     pub unset: Vec<Bytes>,
-    /// Every chunk buffer the overlay holds at this fsync; a buffer the entry does not list
-    /// is gone (sealed into a chunk `kv` points at, or dropped).
+    /// The chunk buffers new or changed since the entry before (with `dropped: None`, as
+    /// format 3 wrote them: every buffer the overlay holds, and one not listed is gone).
     pub buffers: Vec<BufferPatch>,
+    /// Buffers new since the entry before that were loaded from a chunk of the root
+    /// (`base`), as `(ino, idx, chunk)`: their patch applies to that chunk's bytes, so a
+    /// 4 KiB write into a stored file journals 4 KiB, not its whole 64 KiB buffer. The root
+    /// holds the chunk for as long as the entry can apply.
+    pub bases: Vec<(u64, u64, Hash)>,
+    /// Buffers the entry before held that are gone (sealed into a chunk `kv` points at, or
+    /// dropped). `None` for a format 3 entry, which lists every buffer instead, so an fsync
+    /// after one small write into a file with many dirty buffers wrote them all.
+    pub dropped: Option<Vec<(u64, u64)>>,
+}
+
+/// An entry as format 3 wrote it: [`JournalEntry`] without `bases` and `dropped`, its
+/// `buffers` all the overlay held. Format 4 added the two fields at the end
+/// ([`decode_entry`]).
+#[derive(Deserialize)]
+struct EntryV3 {
+    base: Hash,
+    generation: u64,
+    kv: Vec<(Bytes, Option<Bytes>)>,
+    unset: Vec<Bytes>,
+    buffers: Vec<BufferPatch>,
+}
+
+/// Decodes an entry of this format or of format 3. Deterministic: postcard reads fields in
+/// order, so a format 3 entry always runs out of bytes where `bases` would begin, and an
+/// entry of this format always decodes as one (RocksDB checksums every value).
+pub fn decode_entry(bytes: &[u8]) -> Result<JournalEntry, postcard::Error> {
+    postcard::from_bytes::<JournalEntry>(bytes).or_else(|e| {
+        let v3: EntryV3 = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(JournalEntry {
+            base: v3.base,
+            generation: v3.generation,
+            kv: v3.kv,
+            unset: v3.unset,
+            buffers: v3.buffers,
+            bases: Vec::new(),
+            dropped: None,
+        })
+    })
 }
 
 /// A chunk buffer at an fsync: its length, and the bytes written since the entry before.
@@ -108,6 +147,55 @@ pub fn workspace_of(k: &[u8]) -> Option<uuid::Uuid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Serialize)]
+    struct WrittenV3 {
+        base: Hash,
+        generation: u64,
+        kv: Vec<(Bytes, Option<Bytes>)>,
+        unset: Vec<Bytes>,
+        buffers: Vec<BufferPatch>,
+    }
+
+    #[test]
+    fn entries_of_format_3_and_of_this_format_decode_as_written() {
+        let patch = BufferPatch {
+            ino: 2,
+            idx: 1,
+            len: 65536,
+            whole: false,
+            at: 4096,
+            bytes: Bytes::from(vec![7u8; 4096]),
+        };
+        let kv = vec![(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))];
+        let v3 = postcard::to_stdvec(&WrittenV3 {
+            base: Hash::of(b"root"),
+            generation: 3,
+            kv: kv.clone(),
+            unset: vec![Bytes::from_static(b"u")],
+            buffers: vec![patch.clone()],
+        })
+        .unwrap();
+        let mut want = JournalEntry {
+            base: Hash::of(b"root"),
+            generation: 3,
+            kv,
+            unset: vec![Bytes::from_static(b"u")],
+            buffers: vec![patch],
+            bases: vec![],
+            dropped: None,
+        };
+        assert_eq!(decode_entry(&v3).unwrap(), want);
+        want.bases = vec![(2, 1, Hash::of(b"chunk"))];
+        want.dropped = Some(vec![(2, 3)]);
+        let v4 = postcard::to_stdvec(&want).unwrap();
+        assert_eq!(decode_entry(&v4).unwrap(), want);
+        want.bases.clear();
+        want.dropped = Some(vec![]);
+        let v4 = postcard::to_stdvec(&want).unwrap();
+        assert_eq!(decode_entry(&v4).unwrap(), want);
+        assert!(decode_entry(&v3[..v3.len() - 1]).is_err());
+    }
 
     #[test]
     fn a_workspace_s_keys_sort_by_seq_inside_its_range() {

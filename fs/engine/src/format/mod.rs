@@ -39,10 +39,12 @@ impl Format {
     /// Version 2 adds the fsync journal (`journal.rs`) to data dirs; a version 1 store is
     /// a version 2 store without one. Version 3 keeps the journal in a database of its own
     /// (`journal/` in the data dir), and moves a version 2 journal there when it opens one.
-    /// This build opens both and stamps them 3 (an older build would not find the journal,
-    /// and refuses the dir from then on).
+    /// Version 4 adds to a journal entry the chunks of the root its buffers start from
+    /// (`JournalEntry::bases`), which an older build would drop. This build opens versions
+    /// 1 to 3 (it reads a version 3 entry too) and stamps them 4; older builds refuse the dir
+    /// from then on.
     pub const CURRENT: Format = Format {
-        version: 3,
+        version: 4,
         chunk_size: CHUNK_SIZE as u32,
         node_encoding: 1,
         chunk_codec: 1,

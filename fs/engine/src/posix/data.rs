@@ -26,16 +26,6 @@ pub(super) struct ChunkRead {
 }
 
 impl State {
-    pub(super) fn chunk_bytes(&self, ino: u64, idx: u64) -> FsResult<Option<Vec<u8>>> {
-        if let Some(b) = self.chunks.get(&(ino, idx)) {
-            return Ok(Some(b.clone()));
-        }
-        match self.extent(ino, idx)? {
-            Some(e) => Ok(Some(self.load_chunk(&e)?)),
-            None => Ok(None),
-        }
-    }
-
     pub(super) fn load_chunk(&self, e: &Extent) -> FsResult<Vec<u8>> {
         let data = match self.pending.get(&e.hash) {
             Some(d) => d.to_vec(),
@@ -53,14 +43,25 @@ impl State {
     /// The dirty buffer for a chunk, loading its current bytes unless `fresh`.
     pub(super) fn buffer(&mut self, ino: u64, idx: u64, fresh: bool) -> FsResult<&mut Vec<u8>> {
         if !self.chunks.contains_key(&(ino, idx)) {
-            let data = if fresh {
-                Vec::new()
-            } else {
-                self.chunk_bytes(ino, idx)?.unwrap_or_default()
+            let (data, base) = match fresh {
+                true => (Vec::new(), None),
+                false => match self.extent(ino, idx)? {
+                    Some(e) => {
+                        // The root's own chunk, unless the overlay changed it: an fsync
+                        // journals a patch over it instead of the whole buffer. Sound while
+                        // `kv` loses keys only at a commit (which drops the journal) and
+                        // every removal of a buffer whose chunk the root holds writes its
+                        // extent key (`set_extent`, cuts, purges): a buffer loaded again is
+                        // then never taken for the root's.
+                        let of_root = !self.kv.contains_key(&keys::extent(ino, idx));
+                        (self.load_chunk(&e)?, of_root.then_some(e.hash))
+                    }
+                    None => (Vec::new(), None),
+                },
             };
             self.dirty_bytes += CHUNK_SIZE;
             self.chunks.insert((ino, idx), data);
-            self.journal.created((ino, idx));
+            self.journal.created((ino, idx), base);
         }
         Ok(self.chunks.get_mut(&(ino, idx)).expect("just inserted"))
     }

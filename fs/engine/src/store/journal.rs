@@ -234,7 +234,10 @@ impl Store {
             if *k >= end[..] {
                 break;
             }
-            out.push(records::decode(&v)?);
+            out.push(
+                journal::decode_entry(&v)
+                    .map_err(|e| FsError::corrupt(format!("journal entry: {e}")))?,
+            );
         }
         Ok(out)
     }
@@ -308,6 +311,8 @@ mod tests {
                 at: 0,
                 bytes: vec![byte; 4096].into(),
             }],
+            bases: vec![(2, 1, Hash::of(b"chunk"))],
+            dropped: Some(vec![(2, 3)]),
         }
     }
 
