@@ -125,9 +125,9 @@ def make_inputs(work):
 # only the rows whose workloads never read back what they wrote.
 FLOOR = "fuse-floor"
 FLOOR_ROWS = {"seqw", "seqr_cold", "seqr_warm", "randr", "randw", "append", "overwrite",
-              "small", "tiny"}
+              "randover", "small", "tiny"}
 # Rows whose fsync the floor answers at once, where a store must reach the disk.
-DURABLE_ROWS = {"append", "overwrite"}
+DURABLE_ROWS = {"append", "overwrite", "randover"}
 
 
 def main():
@@ -206,6 +206,11 @@ def main():
                                        "--filename=append", "--fdatasync=1", "--runtime=5")))
     workload("overwrite", "4 KiB overwrite + fdatasync, per op", "ms", False,
              lambda d: 1000 / iops(fio(d, "--rw=write", "--bs=4k", "--size=64M",
+                                       "--filename=over", "--overwrite=1", "--fdatasync=1",
+                                       "--runtime=5")))
+    # A database's pattern: pages rewritten in place at random, each synced.
+    workload("randover", "4 KiB random overwrite + fdatasync, per op", "ms", False,
+             lambda d: 1000 / iops(fio(d, "--rw=randwrite", "--bs=4k", "--size=64M",
                                        "--filename=over", "--overwrite=1", "--fdatasync=1",
                                        "--runtime=5")))
     for _, d in targets:
