@@ -1059,9 +1059,10 @@ fn a_mostly_dead_pack_is_repacked() {
 }
 
 /// The cache disk full: a host whose data dir is a 256 MiB disk reads a workspace larger
-/// than that disk (its cache keeps what fits; reads go on from memory), and a write past
-/// the disk answers ENOSPC, never EIO, with the daemon serving on and what was fsynced
-/// before intact.
+/// than that disk (its cache keeps what fits; reads go on from memory), writes a file larger
+/// than the disk with fsyncs (what went up leaves the disk as the cache evicts it), and a
+/// write past the disk with no fsync (no commit empties it) answers ENOSPC, never EIO, with
+/// the daemon serving on and what was fsynced before intact.
 #[test]
 fn a_full_cache_disk() {
     let Some(stores) = Stores::start_or_skip(&[]) else {
@@ -1069,7 +1070,11 @@ fn a_full_cache_disk() {
     };
     let a = stores.host("host-a", &[]);
     let disk = LoopDisk::new("256M");
-    let b = stores.host_in("host-b", &[], Some(disk.path().join("data")));
+    let b = stores.host_in(
+        "host-b",
+        &["--commit-interval", "3600"],
+        Some(disk.path().join("data")),
+    );
     a.create_workspace("big");
     let (sid, path) = a.mount("big", "big");
     let files: Vec<Vec<u8>> = (0..5).map(|i| common::noise(500 + i, 64 << 20)).collect();
@@ -1090,7 +1095,29 @@ fn a_full_cache_disk() {
         disk.avail() >> 20
     );
     write_synced(&path.join("small"), b"fits");
-    let err = common::fill_until_error(&path.join("filler"));
+    // 384 MiB fsynced every 16 MiB: each fsync is a commit, after which the cache may evict.
+    let piece = |i: u64| common::noise(9000 + i, 1 << 20);
+    {
+        let mut f = std::fs::File::create(path.join("large")).unwrap();
+        for i in 0..384 {
+            f.write_all(&piece(i)).unwrap();
+            if i % 16 == 15 {
+                f.sync_data().unwrap();
+            }
+        }
+    }
+    println!(
+        "{} MiB free on the cache disk after writing 384 MiB",
+        disk.avail() >> 20
+    );
+    // Staged writes stay until a commit sends them: 320 MiB of them cannot fit.
+    let err = {
+        let mut f = std::fs::File::create(path.join("filler")).unwrap();
+        (0..320)
+            .find_map(|i| f.write_all(&piece(1000 + i)).err())
+            .or_else(|| f.sync_data().err())
+            .expect("320 MiB staged on a 256 MiB disk without an error")
+    };
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     let (s, v) = b.call("GET", "/v1/workspaces/big", None);
     assert_eq!(s, 200, "{v}");
@@ -1103,6 +1130,14 @@ fn a_full_cache_disk() {
     let (sid, path) = a.mount("big", "big-again");
     assert_eq!(std::fs::read(path.join("small")).unwrap(), b"fits");
     assert!(!path.join("filler").exists());
+    let large = std::fs::read(path.join("large")).unwrap();
+    assert_eq!(large.len(), 384 << 20);
+    for (i, got) in large.chunks(1 << 20).enumerate() {
+        assert!(
+            got == piece(i as u64),
+            "MiB {i} of the large file read wrong on A"
+        );
+    }
     a.unmount(&sid);
 }
 

@@ -142,6 +142,7 @@ impl State {
             .collect();
         self.pending_bytes = 0;
         if self.defer_spills {
+            self.spilling_bytes += chunks.iter().map(|(_, d)| d.len()).sum::<usize>();
             self.spilling.extend(chunks.iter().map(|(h, _)| *h));
             self.spill_queue.extend(chunks);
             return Ok(());
@@ -267,10 +268,10 @@ impl State {
     }
 
     /// Refuses growth when the disk is down to its reserve, counting what this overlay holds
-    /// in memory and `more` bytes about to join it.
+    /// in memory or is storing now, and `more` bytes about to join it.
     pub(super) fn check_space(&self, more: usize) -> FsResult<()> {
-        self.store
-            .check_space((self.dirty_bytes + self.pending_bytes + more) as u64)
+        let held = self.dirty_bytes + self.pending_bytes + self.spilling_bytes;
+        self.store.check_space((held + more) as u64)
     }
 
     /// Refuses (EDQUOT) growing the counted bytes (file sizes, names, symlink targets,

@@ -72,6 +72,7 @@ impl Workspace {
         if !queued.is_empty() {
             let stored = self.store.put_chunks_unlogged(Some(self.id), &queued);
             let mut st = self.state.lock();
+            st.spilling_bytes -= queued.iter().map(|(_, d)| d.len()).sum::<usize>();
             for (h, d) in &queued {
                 st.spilling.remove(h);
                 // A commit meanwhile took what it found in `pending` and wrote it itself.

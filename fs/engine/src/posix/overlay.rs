@@ -37,6 +37,8 @@ pub(super) struct State {
     pub(super) pending_bytes: usize,
     /// Pending chunks a spill is writing outside the lock (see [`Workspace::write`]).
     pub(super) spilling: HashSet<Hash>,
+    /// Their bytes: on their way to the disk, so counted against its space until stored.
+    pub(super) spilling_bytes: usize,
     /// Set by [`Workspace::write`]: spills go to `spill_queue`, written once the lock is
     /// released, instead of under it.
     pub(super) defer_spills: bool,
@@ -265,6 +267,7 @@ impl State {
             pending: IndexMap::new(),
             pending_bytes: 0,
             spilling: HashSet::new(),
+            spilling_bytes: 0,
             defer_spills: false,
             spill_queue: Vec::new(),
             pins: HashSet::new(),

@@ -8,6 +8,7 @@
 //! for it to send what is staged, which keeps the pipe full across the fsync. Best effort: a
 //! full queue or an error leaves the work to the commit.
 
+use indexmap::IndexMap;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +20,7 @@ use crate::format::hash::Hash;
 use crate::format::CHUNK_SIZE;
 use crate::remote::{CommitToken, ObjectKind};
 
-use super::{Store, CF_CHUNKS};
+use super::Store;
 
 /// Staged chunks not sent yet that start an upload ahead: 16 MiB of full chunks, two packs.
 /// The upload then goes on with what the writer stages meanwhile, so starting early leaves no
@@ -28,6 +29,20 @@ const AHEAD_CHUNKS: usize = (16 << 20) / CHUNK_SIZE;
 /// Chunks one upload ahead sends at most (1 GiB of full chunks) before it writes their packs'
 /// index and starts again: bounds the index it holds in memory.
 const AHEAD_STREAM_CHUNKS: usize = (1 << 30) / CHUNK_SIZE;
+
+/// Stored bytes of staged chunks kept in memory for their upload, at most this many: a few
+/// packs beyond the batch that starts an upload ahead, so a writer the upload keeps up with
+/// is never read back.
+const STAGED_BYTES: usize = 64 << 20;
+
+/// The stored bytes of chunks staged lately, until their upload takes them. A chunk not here
+/// (the bound was reached, or an upload failed after taking it) is read back from the cache's
+/// files, where it stays while staged.
+#[derive(Default)]
+pub(super) struct StagedBytes {
+    chunks: HashMap<Hash, Vec<u8>>,
+    bytes: usize,
+}
 
 /// A workspace's uploads (ahead and at commit) take its lock, so they never send the same
 /// chunks side by side (each would make a pack of them, and both packs would stay). A
@@ -106,6 +121,40 @@ impl Store {
         }
     }
 
+    /// Keeps a staged chunk's stored bytes for its upload, while they fit.
+    pub(super) fn keep_staged(&self, h: Hash, stored: Vec<u8>) {
+        let mut kept = self.staged_bytes.lock();
+        if kept.bytes + stored.len() <= STAGED_BYTES && !kept.chunks.contains_key(&h) {
+            kept.bytes += stored.len();
+            kept.chunks.insert(h, stored);
+        }
+    }
+
+    /// A staged chunk's stored bytes for its upload: taken from memory, or read back from
+    /// the cache's files (checked against their CRC there).
+    pub(super) fn staged_chunk(&self, h: &Hash) -> FsResult<Option<Vec<u8>>> {
+        if let Some(stored) = self.take_staged(h) {
+            return Ok(Some(stored));
+        }
+        Ok(self.chunk_files.as_ref().and_then(|files| files.get(h)))
+    }
+
+    /// The chunks a closed workspace staged and no commit sent: their kept bytes are
+    /// dropped, and their copies in the cache's files are the cache's to evict in turn.
+    pub(super) fn forget_staged(&self, staged: IndexMap<Hash, u32>) {
+        for (h, footprint) in staged {
+            self.take_staged(&h);
+            self.cache_insert(ObjectKind::Chunk, h, footprint as usize);
+        }
+    }
+
+    fn take_staged(&self, h: &Hash) -> Option<Vec<u8>> {
+        let mut kept = self.staged_bytes.lock();
+        let stored = kept.chunks.remove(h)?;
+        kept.bytes -= stored.len();
+        Some(stored)
+    }
+
     /// Of `ws`'s staged `chunks`, those a commit with `token` must still offer: all but the
     /// ones sent ahead, unless a collection started since the first of those went up.
     pub(super) fn not_sent_ahead(
@@ -177,13 +226,11 @@ impl Store {
                     {
                         return None;
                     }
-                    let h = *set.get_index(through + sending.len())?;
+                    let h = *set.get_index(through + sending.len())?.0;
                     drop(staged);
                     sending.push(h);
-                    Some(self.db().and_then(|db| {
-                        // Gone: the workspace closed, or its file was removed and the chunk
-                        // freed.
-                        let stored = db.get_cf(db.cf(CF_CHUNKS), h.0)?;
+                    // Gone: damaged in the cache's files, or evicted once its workspace closed.
+                    Some(self.staged_chunk(&h).and_then(|stored| {
                         Ok((ObjectKind::Chunk, h, stored.ok_or(FsError::NotFound)?))
                     }))
                 });

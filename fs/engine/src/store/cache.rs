@@ -14,7 +14,7 @@ use crate::format::codec::chunk_bytes;
 use crate::format::hash::Hash;
 use crate::remote::{CommitToken, ObjectKind, Remote};
 
-use super::{chunk_files, kind_cf, Store, CF_CHUNKS, CF_NODES};
+use super::{chunk_files, kind_cf, Store, CF_NODES};
 
 /// Cluster mode: how long a commit uploads again while collections keep starting sweeps
 /// during its upload, before it fails.
@@ -400,20 +400,22 @@ impl Store {
         if evicted.is_empty() {
             return;
         }
-        {
+        // A chunk a workspace staged again since it was cached stays for its upload.
+        let evicted: Vec<(Hash, ObjectKind)> = {
             let staged = self.staged.lock();
-            let mut wo = WriteOptions::default();
-            wo.disable_wal(true);
-            for (h, k) in &evicted {
-                if staged.values().any(|s| s.contains(h)) {
-                    continue;
-                }
-                let deleted = self
-                    .db()
-                    .and_then(|db| Ok(db.delete_cf_opt(db.cf(kind_cf(*k)), h.0, &wo)?));
-                if let Err(e) = deleted {
-                    tracing::warn!("evicting {h} from the cache: {e}");
-                }
+            evicted
+                .into_iter()
+                .filter(|(h, _)| !staged.values().any(|s| s.contains_key(h)))
+                .collect()
+        };
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        for (h, k) in &evicted {
+            let deleted = self
+                .db()
+                .and_then(|db| Ok(db.delete_cf_opt(db.cf(kind_cf(*k)), h.0, &wo)?));
+            if let Err(e) = deleted {
+                tracing::warn!("evicting {h} from the cache: {e}");
             }
         }
         // Whatever kind the entry was last recorded as: a chunk and a node may share a hash.
@@ -456,7 +458,7 @@ impl Store {
         owner: Option<uuid::Uuid>,
         nodes: &[(Hash, Vec<u8>)],
         token: CommitToken,
-    ) -> FsResult<Vec<Hash>> {
+    ) -> FsResult<Vec<(Hash, u32)>> {
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         {
@@ -465,15 +467,17 @@ impl Store {
                 db.put_cf_opt(db.cf(CF_NODES), h.0, bytes, &wo)?;
             }
         }
-        let staged: Vec<Hash> = owner
-            .and_then(|ws| self.staged.lock().get(&ws).cloned())
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let staged: Vec<(Hash, u32)> = owner
+            .and_then(|ws| {
+                let staged = self.staged.lock();
+                Some(staged.get(&ws)?.iter().map(|(h, n)| (*h, *n)).collect())
+            })
+            .unwrap_or_default();
+        let hashes: Vec<Hash> = staged.iter().map(|(h, _)| *h).collect();
         // Chunks sent ahead (`ahead.rs`) are in the object store still, unless a collection
         // started since: then every staged chunk is offered again.
         let offered = match owner {
-            Some(ws) => self.not_sent_ahead(ws, token, &staged),
+            Some(ws) => self.not_sent_ahead(ws, token, &hashes),
             None => Vec::new(),
         };
         // Nodes and chunks in one upload, the chunks read as it goes.
@@ -481,9 +485,8 @@ impl Store {
             .iter()
             .map(|(h, b)| FsResult::Ok((ObjectKind::Node, *h, b.clone())))
             .chain(offered.iter().map(|h| {
-                let db = self.db()?;
-                let stored = db
-                    .get_cf(db.cf(CF_CHUNKS), h.0)?
+                let stored = self
+                    .staged_chunk(h)?
                     .ok_or_else(|| FsError::corrupt(format!("staged chunk {h} is missing")))?;
                 Ok((ObjectKind::Chunk, *h, stored))
             }));
@@ -533,17 +536,13 @@ impl Store {
         };
         if let Some(ws) = owner {
             if let Some(set) = self.staged.lock().get_mut(&ws) {
-                let uploaded: HashSet<&Hash> = uploaded.iter().collect();
-                set.retain(|h| !uploaded.contains(h));
+                let uploaded: HashSet<&Hash> = uploaded.iter().map(|(h, _)| h).collect();
+                set.retain(|h, _| !uploaded.contains(h));
             }
             self.reset_ahead(ws, false);
-            for h in uploaded {
-                let db = self.db()?;
-                let len = db
-                    .get_pinned_cf(db.cf(CF_CHUNKS), h.0)?
-                    .map_or(0, |v| v.len());
-                drop(db);
-                self.cache_insert(ObjectKind::Chunk, h, len);
+            // Now the cache's to keep or evict, at the footprints recorded when staged.
+            for (h, len) in uploaded {
+                self.cache_insert(ObjectKind::Chunk, h, len as usize);
             }
         }
         Ok(())

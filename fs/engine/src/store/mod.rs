@@ -13,7 +13,7 @@
 //! Objects are immutable. Anything that is about to make a root reference an object pins it
 //! first ([`Store::pin`]); the garbage collector never deletes a pinned object (see `gc.rs`).
 
-use indexmap::IndexSet;
+use indexmap::IndexMap;
 use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
@@ -155,10 +155,15 @@ pub struct Store {
     /// Cluster mode: per open workspace, the chunks its overlay wrote here that no committed
     /// root refers to yet. Each commit uploads its workspace's (again, if a collection
     /// started meanwhile) and only a successful commit clears them. A crash loses them with
-    /// the overlay they belong to, so they are not recorded on disk.
-    staged: Mutex<HashMap<uuid::Uuid, IndexSet<Hash>>>,
-    /// Cluster mode: uploaded or fetched objects kept here, bounded: uploaded chunks and
-    /// nodes in RocksDB, fetched chunks in files (`chunk_files.rs`).
+    /// the overlay they belong to, so they are not recorded on disk. They wait in the
+    /// cache's files (`chunk_files.rs`), each with its footprint there, which the cache counts
+    /// once it is uploaded.
+    staged: Mutex<HashMap<uuid::Uuid, IndexMap<Hash, u32>>>,
+    /// Cluster mode: the stored bytes of chunks staged lately, which their upload takes
+    /// instead of reading them back from RocksDB (`ahead.rs`).
+    staged_bytes: Mutex<ahead::StagedBytes>,
+    /// Cluster mode: uploaded or fetched objects kept here, bounded: chunks in files
+    /// (`chunk_files.rs`), nodes in RocksDB.
     cache: Mutex<ObjectCache>,
     chunk_files: Option<chunk_files::ChunkFiles>,
     /// Cluster mode: objects a prefetch is fetching; a read that misses one waits for it
@@ -362,6 +367,7 @@ impl Store {
             blob_gc: AtomicBool::new(false),
             remote,
             staged: Mutex::new(HashMap::new()),
+            staged_bytes: Mutex::new(ahead::StagedBytes::default()),
             cache: Mutex::new(ObjectCache {
                 lru: lru::LruCache::unbounded(),
                 bytes: 0,

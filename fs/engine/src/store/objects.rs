@@ -10,7 +10,7 @@ use crate::format::hash::Hash;
 use crate::format::node::Node;
 use crate::remote::ObjectKind;
 
-use super::{Store, CF_CHUNKS, CF_NODES};
+use super::{chunk_files, Store, CF_CHUNKS, CF_NODES};
 
 /// Copies `data[from..]` into `dst`; bytes of `dst` past the end of `data` stay as they are.
 pub(crate) fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
@@ -160,6 +160,9 @@ impl Store {
         if chunks.is_empty() {
             return Ok(());
         }
+        if let (Some(_), Some(ws)) = (&self.remote, owner) {
+            return self.stage_chunks(ws, chunks);
+        }
         let db = self.db()?;
         let cf = db.cf(CF_CHUNKS);
         let mut wo = WriteOptions::default();
@@ -176,16 +179,43 @@ impl Store {
             // Counted after the write: a flush that starts after this count covers it.
             self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
         }
-        drop(db);
-        if let (Some(_), Some(ws)) = (&self.remote, owner) {
-            let staged = {
-                let mut staged = self.staged.lock();
-                let set = staged.entry(ws).or_default();
-                set.extend(chunks.iter().map(|(h, _)| *h));
-                set.len()
-            };
-            self.upload_ahead_later(ws, staged);
+        Ok(())
+    }
+
+    /// Cluster mode: stages chunks for upload with workspace `ws`'s next commit. They go to
+    /// the cache's files (one `pwrite` into the page cache), not RocksDB: no memtable insert,
+    /// no flush that copies and checksums them and writes them around the page cache, and no
+    /// read of them back from the disk for the upload (together a third of a large write's
+    /// CPU on the host). Not durable here, and need not be: a crash loses them with the
+    /// overlay they belong to, and a commit makes them durable in the object store.
+    fn stage_chunks<C: AsRef<[u8]>>(&self, ws: uuid::Uuid, chunks: &[(Hash, C)]) -> FsResult<()> {
+        let files = self
+            .chunk_files
+            .as_ref()
+            .expect("a cluster host's chunk files");
+        let mut written = Vec::with_capacity(chunks.len());
+        for (h, data) in chunks {
+            let encoded = encode_chunk(data.as_ref());
+            files.put(h, &encoded)?;
+            written.push((*h, encoded));
         }
+        let staged = {
+            let mut staged = self.staged.lock();
+            let set = staged.entry(ws).or_default();
+            for (h, encoded) in &written {
+                set.insert(*h, chunk_files::footprint(encoded.len()) as u32);
+            }
+            set.len()
+        };
+        for (h, encoded) in written {
+            // The cache may have evicted a copy it held of the same chunk before it was
+            // staged (it keeps staged chunks): written again.
+            if !files.contains(&h) {
+                files.put(&h, &encoded)?;
+            }
+            self.keep_staged(h, encoded);
+        }
+        self.upload_ahead_later(ws, staged);
         Ok(())
     }
 

@@ -331,7 +331,10 @@ impl Store {
     }
 
     pub(crate) fn mark_closed(&self, id: uuid::Uuid) {
-        self.staged.lock().remove(&id);
+        let staged = self.staged.lock().remove(&id);
+        if let Some(staged) = staged {
+            self.forget_staged(staged);
+        }
         self.reset_ahead(id, true);
         if self.open.lock().remove(&id) {
             if let Some(remote) = &self.remote {
