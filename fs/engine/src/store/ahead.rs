@@ -148,7 +148,7 @@ impl Store {
         }
     }
 
-    fn take_staged(&self, h: &Hash) -> Option<Vec<u8>> {
+    pub(super) fn take_staged(&self, h: &Hash) -> Option<Vec<u8>> {
         let mut kept = self.staged_bytes.lock();
         let stored = kept.chunks.remove(h)?;
         kept.bytes -= stored.len();

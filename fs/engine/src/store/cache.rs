@@ -400,14 +400,20 @@ impl Store {
         if evicted.is_empty() {
             return;
         }
-        // A chunk a workspace staged again since it was cached stays for its upload.
-        let evicted: Vec<(Hash, ObjectKind)> = {
-            let staged = self.staged.lock();
-            evicted
-                .into_iter()
-                .filter(|(h, _)| !staged.values().any(|s| s.contains_key(h)))
-                .collect()
-        };
+        // A chunk a workspace staged again since it was cached stays for its upload. The
+        // files drop the others under the staged lock, so a chunk staged meanwhile is either
+        // seen staged here or found missing by its staging, which writes it again.
+        let staged = self.staged.lock();
+        let evicted: Vec<(Hash, ObjectKind)> = evicted
+            .into_iter()
+            .filter(|(h, _)| !staged.values().any(|s| s.contains_key(h)))
+            .collect();
+        // Whatever kind the entry was last recorded as: a chunk and a node may share a hash.
+        if let Some(files) = &self.chunk_files {
+            let hashes: Vec<Hash> = evicted.iter().map(|(h, _)| *h).collect();
+            files.remove(&hashes);
+        }
+        drop(staged);
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         for (h, k) in &evicted {
@@ -417,11 +423,6 @@ impl Store {
             if let Err(e) = deleted {
                 tracing::warn!("evicting {h} from the cache: {e}");
             }
-        }
-        // Whatever kind the entry was last recorded as: a chunk and a node may share a hash.
-        if let Some(files) = &self.chunk_files {
-            let hashes: Vec<Hash> = evicted.iter().map(|(h, _)| *h).collect();
-            files.remove(&hashes);
         }
     }
 
@@ -542,6 +543,8 @@ impl Store {
             self.reset_ahead(ws, false);
             // Now the cache's to keep or evict, at the footprints recorded when staged.
             for (h, len) in uploaded {
+                // Kept bytes a staging of the same chunk left after its upload took them.
+                self.take_staged(&h);
                 self.cache_insert(ObjectKind::Chunk, h, len as usize);
             }
         }

@@ -194,27 +194,33 @@ impl Store {
             .as_ref()
             .expect("a cluster host's chunk files");
         let mut written = Vec::with_capacity(chunks.len());
-        for (h, data) in chunks {
+        let mut failed = Ok(());
+        for (i, (h, data)) in chunks.iter().enumerate() {
             let encoded = encode_chunk(data.as_ref());
-            files.put(h, &encoded)?;
-            written.push((*h, encoded));
+            if let Err(e) = files.put(h, &encoded) {
+                failed = Err(e);
+                break;
+            }
+            written.push((i, *h, chunk_files::footprint(encoded.len()) as u32));
+            // Kept before it is staged: an upload that finds it staged finds it here too.
+            self.keep_staged(*h, encoded);
         }
+        // Those written are staged even if a later one failed: the next commit sends them
+        // (the caller keeps the batch to stage again), and the cache then holds them.
         let staged = {
             let mut staged = self.staged.lock();
             let set = staged.entry(ws).or_default();
-            for (h, encoded) in &written {
-                set.insert(*h, chunk_files::footprint(encoded.len()) as u32);
-            }
+            set.extend(written.iter().map(|&(_, h, n)| (h, n)));
             set.len()
         };
-        for (h, encoded) in written {
-            // The cache may have evicted a copy it held of the same chunk before it was
-            // staged (it keeps staged chunks): written again.
+        for &(i, h, _) in &written {
+            // An eviction of a copy the cache held of the same chunk, before it was staged,
+            // removed it: written again (evictions skip staged chunks, under the same lock).
             if !files.contains(&h) {
-                files.put(&h, &encoded)?;
+                files.put(&h, &encode_chunk(chunks[i].1.as_ref()))?;
             }
-            self.keep_staged(h, encoded);
         }
+        failed?;
         self.upload_ahead_later(ws, staged);
         Ok(())
     }
