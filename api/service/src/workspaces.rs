@@ -318,6 +318,7 @@ impl Service {
             ApiError::not_found("workspace_not_found", format!("workspace {id} was deleted"))
         })?;
         let done = self.store.hydrate(root.root)?;
+        self.store.write_out_cache()?;
         Ok(WarmView {
             workspace_id: id,
             cluster: self.store.is_cluster(),

@@ -434,6 +434,15 @@ impl Store {
         }
     }
 
+    /// Cluster mode: writes the cache's files out to the disk and waits. A warm-up ends with
+    /// it, so the session's reads that follow do not share the disk with the kernel's
+    /// write-back of what the warm-up fetched.
+    pub fn write_out_cache(&self) -> FsResult<()> {
+        self.chunk_files
+            .as_ref()
+            .map_or(Ok(()), |files| files.sync())
+    }
+
     /// Cluster mode: the object cache's figures.
     pub fn cache_stats(&self) -> CacheStats {
         let c = self.cache.lock();

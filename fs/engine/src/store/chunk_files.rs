@@ -224,6 +224,22 @@ impl ChunkFiles {
         false
     }
 
+    /// Writes every segment's dirty pages to the disk and waits for them.
+    pub(super) fn sync(&self) -> FsResult<()> {
+        let segments: Vec<(u64, Arc<File>)> = {
+            let s = self.state.lock();
+            s.segments
+                .iter()
+                .map(|(id, seg)| (*id, seg.file.clone()))
+                .collect()
+        };
+        for (id, file) in segments {
+            file.sync_data()
+                .map_err(|e| io_error(&self.segment_path(id), e))?;
+        }
+        Ok(())
+    }
+
     /// Drops chunks (evicted): their pages are freed on disk at once.
     pub(super) fn remove(&self, hashes: &[Hash]) {
         let mut freed = Vec::new();
