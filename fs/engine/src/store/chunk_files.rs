@@ -1,8 +1,8 @@
 //! Cluster mode: chunks fetched from the object store, or staged for upload by this host's
 //! sessions, kept in plain files instead of RocksDB.
 //!
-//! A chunk is appended to the current segment file (one `pwrite`, into the page
-//! cache) and read back with one `pread`: no memtable insert, no flush that copies and
+//! A chunk is appended to the current segment file (one `pwrite`, into the page cache) and
+//! read back with one `pread`: no memtable insert, no flush that copies and
 //! checksums it again, no blob file read through RocksDB's buffers, and no flushes a commit
 //! must wait for. Each object carries a CRC32 of its stored bytes, checked on every read: a
 //! mismatch (a bad disk, a range punched by an eviction racing the read) drops the object and
@@ -10,9 +10,8 @@
 //! commit instead), so a wrong byte is never served.
 //!
 //! Which objects stay is decided by the store's LRU (`cache.rs`), which keeps every staged
-//! chunk until its commit; an evicted object's range
-//! is punched out of its segment (the space is free at once), and a segment whose objects
-//! are all gone is deleted. Nothing here survives a restart: a cluster host empties its data
+//! chunk until its commit; an evicted object's range is punched out of its segment (the
+//! space is free at once), and a segment whose objects are all gone is deleted. Nothing here survives a restart: a cluster host empties its data
 //! dir at start.
 
 use nix::fcntl::{fallocate, FallocateFlags};

@@ -160,7 +160,7 @@ pub struct Store {
     /// once it is uploaded.
     staged: Mutex<HashMap<uuid::Uuid, IndexMap<Hash, u32>>>,
     /// Cluster mode: the stored bytes of chunks staged lately, which their upload takes
-    /// instead of reading them back from RocksDB (`ahead.rs`).
+    /// instead of reading them back from the cache's files (`ahead.rs`).
     staged_bytes: Mutex<ahead::StagedBytes>,
     /// Cluster mode: uploaded or fetched objects kept here, bounded: chunks in files
     /// (`chunk_files.rs`), nodes in RocksDB.
