@@ -409,11 +409,16 @@ impl Store {
             .filter(|(h, _)| !staged.values().any(|s| s.contains_key(h)))
             .collect();
         // Whatever kind the entry was last recorded as: a chunk and a node may share a hash.
-        if let Some(files) = &self.chunk_files {
+        // The disk space goes back once the staged lock is released: stagings need not wait
+        // for the punches.
+        let removed = self.chunk_files.as_ref().map(|files| {
             let hashes: Vec<Hash> = evicted.iter().map(|(h, _)| *h).collect();
-            files.remove(&hashes);
-        }
+            files.remove(&hashes)
+        });
         drop(staged);
+        if let Some(removed) = removed {
+            removed.release();
+        }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         for (h, k) in &evicted {

@@ -239,15 +239,16 @@ impl ChunkFiles {
         Ok(())
     }
 
-    /// Drops chunks (evicted): their pages are freed on disk at once.
-    pub(super) fn remove(&self, hashes: &[Hash]) {
+    /// Drops chunks (evicted) from the index: at once, no read finds them any more. Their
+    /// disk space goes back when the caller releases what this returns, after any lock of its
+    /// own (a punch writes the range's dirty pages back first).
+    pub(super) fn remove(&self, hashes: &[Hash]) -> Removed {
         let mut freed = Vec::new();
         let mut s = self.state.lock();
         for hash in hashes {
             self.remove_locked(&mut s, hash, &mut freed);
         }
-        drop(s);
-        release(freed);
+        Removed(freed)
     }
 
     fn remove_locked(&self, s: &mut State, hash: &Hash, freed: &mut Vec<Freed>) {
@@ -293,6 +294,18 @@ enum Freed {
     /// Readers that hold the file still read it; their check of the index after the read
     /// tells them the chunk is gone.
     Segment(PathBuf),
+}
+
+/// Chunks [`ChunkFiles::remove`] dropped from the index, whose space is not given back yet.
+/// Their slots are never reused (segments only grow, and ids only increase), so the release
+/// may come after the chunks are stored again.
+#[must_use = "release() gives the disk space back"]
+pub(super) struct Removed(Vec<Freed>);
+
+impl Removed {
+    pub(super) fn release(self) {
+        release(self.0);
+    }
 }
 
 fn release(freed: Vec<Freed>) {
@@ -366,14 +379,14 @@ mod tests {
         assert!(files.get(&hash(4)).is_none());
         let segments = || std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(segments(), 2);
-        files.remove(&[hash(1)]);
+        files.remove(&[hash(1)]).release();
         assert!(!files.contains(&hash(1)));
         assert_eq!(
             segments(),
             1,
             "the first segment emptied and closed: deleted"
         );
-        files.remove(&[hash(2)]);
+        files.remove(&[hash(2)]).release();
         assert_eq!(segments(), 1, "the second segment still holds a chunk");
         assert_eq!(files.get(&hash(3)).unwrap(), b"small");
     }
@@ -391,7 +404,9 @@ mod tests {
         let allocated = || std::fs::metadata(&seg).unwrap().blocks() * 512;
         std::fs::File::open(&seg).unwrap().sync_all().unwrap();
         assert_eq!(allocated(), 8 * PAGE);
-        files.remove(&(0..7).map(hash).collect::<Vec<_>>());
+        files
+            .remove(&(0..7).map(hash).collect::<Vec<_>>())
+            .release();
         assert_eq!(allocated(), PAGE, "seven of eight chunks' pages freed");
         assert_eq!(files.get(&hash(7)).unwrap(), vec![7u8; 1000]);
         assert_eq!(footprint(1001), PAGE as usize);
