@@ -120,6 +120,8 @@ start local "$PL"
 # Before each measured read: the page cache dropped, then up to 10 s for the disks to settle
 # (under 2 MiB moved in 0.5 s), so a read does not share the disk with write-back or store
 # housekeeping (Garage's, RocksDB's) left by the step before. SETTLED_MAX: the longest wait.
+# A cold read's session starts after it, and its reads at once: a cluster host starts
+# hydrating a workspace as its session starts, and the wait would let it finish first.
 SETTLED_MAX=0
 disk_sectors() { awk '$3 ~ /^(sd|vd|xvd|nvme)[a-z0-9]*$/ && $3 !~ /p?[0-9]+$/ || $3 ~ /^nvme[0-9]+n[0-9]+$/ { s += $6 + $10 } END { printf "%.0f\n", s }' /proc/diskstats; }
 drop_caches() {
@@ -244,16 +246,17 @@ api "$PL" POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/
 SL=$(session "$PL" bench "$WORK/local/mnt/w")
 write "$WORK/local/mnt/w"; LW_BIG=$W_BIG; LW_TREE=$W_TREE
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
+drop_caches
 t0=$(now); SL=$(session "$PL" bench "$WORK/local/mnt/w"); LMOUNT=$(secs "$t0" "$(now)")
-drop_caches; read_all "$WORK/local/mnt/w"; LR_BIG=$R_BIG; LR_TREE=$R_TREE
+read_all "$WORK/local/mnt/w"; LR_BIG=$R_BIG; LR_TREE=$R_TREE
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
 # git status after the session is restarted and the page cache dropped, then again.
 api "$PL" POST /v1/workspaces '{"session_type":"sandbox","name":"git"}' >/dev/null
 SL=$(session "$PL" git "$WORK/local/mnt/g")
 git_copy "$WORK/local/mnt/g"
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
-SL=$(session "$PL" git "$WORK/local/mnt/g")
-drop_caches; git_status "$WORK/local/mnt/g"; LG_COLD=$GIT_SECS; LG_REWROTE=$GIT_REWROTE
+drop_caches; SL=$(session "$PL" git "$WORK/local/mnt/g")
+git_status "$WORK/local/mnt/g"; LG_COLD=$GIT_SECS; LG_REWROTE=$GIT_REWROTE
 git_status "$WORK/local/mnt/g"; LG_WARM=$GIT_SECS
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
 
@@ -262,8 +265,9 @@ api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/
 SA=$(session "$PA" bench "$WORK/a/mnt/w")
 write "$WORK/a/mnt/w"; CW_BIG=$W_BIG; CW_TREE=$W_TREE
 t0=$(now); api "$PA" DELETE "/v1/sessions/$SA" >/dev/null; CEND=$(secs "$t0" "$(now)")
+drop_caches
 t0=$(now); SB=$(session "$PB" bench "$WORK/b/mnt/w"); CMOUNT=$(secs "$t0" "$(now)")
-drop_caches; read_all "$WORK/b/mnt/w"; CR_BIG=$R_BIG; CR_TREE=$R_TREE
+read_all "$WORK/b/mnt/w"; CR_BIG=$R_BIG; CR_TREE=$R_TREE
 drop_caches; read_all "$WORK/b/mnt/w"; WR_BIG=$R_BIG; WR_TREE=$R_TREE
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 # git status on B in a second workspace, written on A, that B has never seen (its cache holds
@@ -272,8 +276,9 @@ api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"git"}' >/dev/nu
 SA=$(session "$PA" git "$WORK/a/mnt/g")
 git_copy "$WORK/a/mnt/g"
 api "$PA" DELETE "/v1/sessions/$SA" >/dev/null
+drop_caches
 t0=$(now); SB=$(session "$PB" git "$WORK/b/mnt/g"); GMOUNT=$(secs "$t0" "$(now)")
-drop_caches; git_status "$WORK/b/mnt/g"; CG_COLD=$GIT_SECS; CG_REWROTE=$GIT_REWROTE
+git_status "$WORK/b/mnt/g"; CG_COLD=$GIT_SECS; CG_REWROTE=$GIT_REWROTE
 git_status "$WORK/b/mnt/g"; CG_WARM=$GIT_SECS
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 
@@ -290,8 +295,8 @@ if [ "$JFS_GIT" = 1 ]; then
     sync -f "$WORK/jfs/a/mnt" && sync "$WORK/jfs/a/mnt/repo"
 fi
 jfs_umount a; JHWM_A=$JFS_HWM
-jfs_mount b; JMOUNT=$JFS_MOUNT
-drop_caches; read_all "$WORK/jfs/b/mnt"; JR_BIG=$R_BIG; JR_TREE=$R_TREE
+drop_caches; jfs_mount b; JMOUNT=$JFS_MOUNT
+read_all "$WORK/jfs/b/mnt"; JR_BIG=$R_BIG; JR_TREE=$R_TREE
 drop_caches; read_all "$WORK/jfs/b/mnt"; JWR_BIG=$R_BIG; JWR_TREE=$R_TREE
 if [ "$JFS_GIT" = 1 ]; then
     drop_caches; git_status "$WORK/jfs/b/mnt"; JG_COLD=$GIT_SECS; JG_REWROTE=$GIT_REWROTE
@@ -330,6 +335,7 @@ FAILOVER=$(secs "$t0" "$(now)")
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 umount -l "$WORK/a/mnt/w" 2>/dev/null || true
 kill -TERM "$PID_b"; wait "$PID_b" || true
+STATS_AFTER=$(grep -o 'cluster objects: .*' "$WORK/b/daemon.log" | tail -1)
 
 mibs() { echo "$1 / $2" | bc -l | xargs printf '%.0f MiB/s'; }
 fps() { echo "$FILES / $1" | bc -l | xargs printf '%.0f files/s'; }
@@ -367,6 +373,7 @@ printf 'session start: single host %.3f s, cold on B %.3f s; JuiceFS mount on B 
     "$LMOUNT" "$CMOUNT" "$JMOUNT"
 printf 'failover after SIGKILL of A: %.1f s (lease TTL %s s)\n' "$FAILOVER" "$LEASE_TTL"
 echo "B's $STATS (before its restart)"
+echo "B's $STATS_AFTER (after it: the warm-up, the reads, the failover)"
 printf 'warm-ahead on B after its restart: %.2f s (%s)\n' "$WARM_SECS" \
     "$(echo "$WARMED" | jq -r '"\(.nodes) nodes, \(.chunks) chunks, \(.chunk_bytes / 1048576 | floor) MiB"')"
 echo "JuiceFS B's $JSTATS_B"

@@ -362,6 +362,37 @@ fn sparse_files_truncate_punch_and_seek() {
     assert!(fsck::check(&store).unwrap().is_clean());
 }
 
+/// A read into a buffer that held other bytes (the FUSE adapter reuses its replies' buffers)
+/// writes every byte it returns: stored chunks, a stored chunk shorter than the span read,
+/// holes, and an unsynced buffer shorter than its chunk.
+#[test]
+fn a_read_into_a_used_buffer_overwrites_every_byte() {
+    let (_d, _store, ws) = setup();
+    let f = file(&ws, ROOT_INO, "f");
+    ws.write(f, 0, &vec![7u8; CHUNK_SIZE]).unwrap();
+    ws.write(f, 2 * CS, &[5u8; 100]).unwrap();
+    ws.commit(true).unwrap();
+    let size = 4 * CS + 50;
+    let grow = SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    ws.setattr(f, &grow).unwrap();
+    ws.write(f, 3 * CS + 10, &[3u8; 20]).unwrap();
+    let mut want = vec![0u8; size as usize];
+    want[..CHUNK_SIZE].fill(7);
+    want[2 * CHUNK_SIZE..2 * CHUNK_SIZE + 100].fill(5);
+    want[3 * CHUNK_SIZE + 10..3 * CHUNK_SIZE + 30].fill(3);
+    let mut buf = vec![0xAAu8; 8 * CHUNK_SIZE];
+    let n = ws.read_into(f, 5, 5 * CHUNK_SIZE, &mut buf).unwrap();
+    assert_eq!(n as u64, size - 5, "cut at the file's size");
+    assert_eq!(buf.len(), 8 * CHUNK_SIZE, "never shortened");
+    assert!(buf[..n] == want[5..], "every byte of the span written");
+    assert_eq!(ws.read(f, 5, 5 * CHUNK_SIZE).unwrap(), want[5..]);
+    // Past the end: nothing, and the buffer as it was.
+    assert_eq!(ws.read_into(f, size, 10, &mut buf).unwrap(), 0);
+}
+
 #[test]
 fn copy_range_shares_chunks_instead_of_copying() {
     let (_d, store, ws) = setup();

@@ -23,6 +23,12 @@ use crate::offer::{KernelOffer, OfferSlot};
 
 /// Entries and attributes are cached by the kernel this long: the daemon is the only writer.
 const TTL: Duration = Duration::from_secs(60);
+
+/// Read replies' buffers, kept from one read to the next: a new buffer per read cost a zero
+/// fill and, at a MiB, fresh pages. At most [`SPARE_REPLY_BUFS_MAX`] are kept, whatever the number
+/// of mounts and threads, each at most the kernel's largest read.
+static SPARE_REPLY_BUFS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
+const SPARE_REPLY_BUFS_MAX: usize = 8;
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -468,7 +474,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let _op = FuseOp::start("read");
-        data(reply, self.ws.read(ino.0, offset, size as usize));
+        let mut buf = SPARE_REPLY_BUFS.lock().pop().unwrap_or_default();
+        match self.ws.read_into(ino.0, offset, size as usize, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(e)),
+        }
+        let mut spare = SPARE_REPLY_BUFS.lock();
+        if spare.len() < SPARE_REPLY_BUFS_MAX {
+            spare.push(buf);
+        }
     }
 
     fn write(

@@ -213,18 +213,28 @@ impl State {
         Ok((!ahead.is_empty()).then_some(ahead))
     }
 
+    /// Fills `out[..total]` with what the overlay holds of bytes `[offset, offset + len)` cut
+    /// at the file's size (`total` bytes), and returns `total` and the spans left to read from
+    /// stored chunks. `out` may hold anything beforehand: every byte of `out[..total]` is
+    /// written here or by those reads, holes included. It grows to `total` if shorter, and is
+    /// never shortened.
     pub(super) fn read_plan(
         &self,
         ino: u64,
         offset: u64,
         len: usize,
-    ) -> FsResult<(Vec<u8>, Vec<ChunkRead>)> {
+        out: &mut Vec<u8>,
+    ) -> FsResult<(usize, Vec<ChunkRead>)> {
         let i = self.regular(ino)?;
         if offset >= i.size {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok((0, Vec::new()));
         }
         let end = i.size.min(offset.saturating_add(len as u64));
-        let mut out = vec![0u8; (end - offset) as usize];
+        let total = (end - offset) as usize;
+        // Zero fill for growth only: a reused buffer is overwritten, not cleared first.
+        if out.len() < total {
+            out.resize(total, 0);
+        }
         let mut fetch = Vec::new();
         let mut pos = offset;
         while pos < end {
@@ -247,7 +257,7 @@ impl State {
                             None
                         }
                     },
-                    None => None, // a hole
+                    None => Some(&[][..]), // a hole: zeros
                 },
             };
             if let Some(data) = memory {
@@ -255,11 +265,12 @@ impl State {
             }
             pos += n as u64;
         }
-        Ok((out, fetch))
+        Ok((total, fetch))
     }
 
     pub(super) fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
-        let (mut out, fetch) = self.read_plan(ino, offset, len)?;
+        let mut out = Vec::new();
+        let (_, fetch) = self.read_plan(ino, offset, len, &mut out)?;
         for c in fetch {
             let data = self.load_chunk(&c.extent)?;
             copy_span(&mut out[c.at..c.at + c.len], &data, c.in_chunk);

@@ -13,17 +13,34 @@ use super::Workspace;
 impl Workspace {
     /// Reads up to `len` bytes at `offset`; short only at end of file.
     pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        let n = self.read_into(ino, offset, len, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// As [`Self::read`], into `out[..n]`; returns `n`. `out` grows if it is shorter and is
+    /// never shortened, and what it held is overwritten: a caller that keeps one buffer for
+    /// its reads spares each the zero fill (and the fresh pages) of a new one.
+    pub fn read_into(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> FsResult<usize> {
         // Plan under the lock, fetch stored chunks outside it so reads run in parallel. The
         // chunks are pinned meanwhile: a commit racing this read cannot let the GC take them.
-        let (ahead, (mut out, fetch)) = {
+        let (ahead, (n, fetch)) = {
             let mut st = self.state.lock();
-            let plan = st.read_plan(ino, offset, len)?;
+            let plan = st.read_plan(ino, offset, len, out)?;
+            let fetch = &plan.1;
             let ahead = match self.store.is_cluster() {
                 true => st.read_ahead(ino, offset, len)?,
                 false => None,
             };
-            if !plan.1.is_empty() {
-                self.store.pin(plan.1.iter().map(|c| c.extent.hash));
+            if !fetch.is_empty() {
+                self.store.pin(fetch.iter().map(|c| c.extent.hash));
             }
             (ahead, plan)
         };
@@ -32,7 +49,7 @@ impl Workspace {
             self.store.read_ahead_later(&ahead);
         }
         if fetch.is_empty() {
-            return Ok(out); // all in memory, or holes
+            return Ok(n); // all in memory, or holes
         }
         let fetched = fetch.iter().try_for_each(|c| {
             let dst = &mut out[c.at..c.at + c.len];
@@ -40,7 +57,7 @@ impl Workspace {
                 .read_chunk(&c.extent.hash, c.extent.len as usize, c.in_chunk, dst)
         });
         self.store.unpin(fetch.iter().map(|c| c.extent.hash));
-        fetched.map(|()| out)
+        fetched.map(|()| n)
     }
 
     /// Writes into the overlay. Sealed chunks the write spills are stored after the lock is

@@ -12,12 +12,13 @@ use crate::remote::ObjectKind;
 
 use super::{chunk_files, Store, CF_CHUNKS, CF_NODES};
 
-/// Copies `data[from..]` into `dst`; bytes of `dst` past the end of `data` stay as they are.
+/// Copies `data[from..]` into `dst`, and zeros past the end of `data` (a chunk or buffer
+/// shorter than the span read: the file's bytes there are zeros).
 pub(crate) fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
-    if from < data.len() {
-        let m = dst.len().min(data.len() - from);
-        dst[..m].copy_from_slice(&data[from..from + m]);
-    }
+    let data = data.get(from..).unwrap_or_default();
+    let m = dst.len().min(data.len());
+    dst[..m].copy_from_slice(&data[..m]);
+    dst[m..].fill(0);
 }
 
 impl Store {
