@@ -26,8 +26,10 @@ pub(super) const STALE_RETRY_FOR: Duration = Duration::from_secs(60);
 const READ_AHEAD_PIECE: usize = 256;
 
 /// Cluster mode: chunks of read-ahead pieces are also held in memory, the latest this many
-/// bytes of them (as much as the read-ahead): the reader they were fetched for copies them from
-/// here, without waiting for their write into the cache or reading them back out of it.
+/// bytes of them (half the read-ahead, what the eight piece threads hold in flight): the
+/// reader they were fetched for copies them from here, without waiting for their write into
+/// the cache or reading them back out of it (those it finds gone, it reads from the cache's
+/// files, still in the page cache).
 const FRESH_BYTES: usize = 64 << 20;
 /// ... and at most this many of them (a sequential reader's chunks are mostly full ones).
 const FRESH_CHUNKS: usize = 4096;
