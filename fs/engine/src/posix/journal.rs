@@ -3,7 +3,8 @@
 //! replay of a workspace's entries when it is opened.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Deref;
 
 use crate::error::{FsError, FsResult};
 use crate::format::hash::Hash;
@@ -24,8 +25,56 @@ const ENTRY_LIMIT: usize = 512 << 10;
 const ENTRIES_LIMIT: u64 = 4096;
 const BYTES_LIMIT: usize = 16 << 20;
 
-/// Tree changes past which an fsync commits without comparing them with the last entry's.
+/// Tree changes past which an fsync commits instead of journaling.
 const KV_LIMIT: usize = 16384;
+
+/// The overlay's tree changes, and the keys of the overlay's view (changes, dirty inodes)
+/// that may differ since the last journal entry: an fsync's entry then costs what changed
+/// since the one before, not the whole overlay. Read through `Deref`; every change goes
+/// through these methods, so none escapes the next entry.
+#[derive(Default)]
+pub(super) struct Changed {
+    map: Changes,
+    since_entry: BTreeSet<Vec<u8>>,
+}
+
+impl Deref for Changed {
+    type Target = Changes;
+    fn deref(&self) -> &Changes {
+        &self.map
+    }
+}
+
+impl Changed {
+    pub(super) fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.touch(&key);
+        self.map.insert(key, value);
+    }
+
+    pub(super) fn remove(&mut self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.touch(key);
+        self.map.remove(key)
+    }
+
+    pub(super) fn clear(&mut self) {
+        let map = std::mem::take(&mut self.map);
+        self.since_entry.extend(map.into_keys());
+    }
+
+    /// The view's value of `key` may have changed (a dirty inode saved, say).
+    pub(super) fn touch(&mut self, key: &[u8]) {
+        if !self.since_entry.contains(key) {
+            self.since_entry.insert(key.to_vec());
+        }
+    }
+
+    /// Every key of `map` counts as changed.
+    pub(super) fn replace(&mut self, map: Changes) {
+        let old = std::mem::replace(&mut self.map, map);
+        self.since_entry.extend(old.into_keys());
+        self.since_entry.extend(self.map.keys().cloned());
+    }
+}
 
 /// What the overlay knows of its journal since its last commit.
 #[derive(Default)]
@@ -93,7 +142,6 @@ pub(super) struct NextEntry {
     pub(super) entry: JournalEntry,
     /// Sealed chunks not stored yet, written in the entry's batch.
     pub(super) chunks: Vec<(Hash, Bytes)>,
-    kv: Changes,
     pub(super) bytes: usize,
     /// No buffer written, cut, created or dropped since the last entry.
     buffers_as_logged: bool,
@@ -125,28 +173,34 @@ impl State {
         if j.must_commit || j.entries >= ENTRIES_LIMIT || self.kv.len() > KV_LIMIT {
             return None;
         }
-        let mut kv: Changes = self.kv.clone();
-        for (ino, inode) in &self.inodes {
-            kv.insert(keys::inode(*ino), Some(records::encode(inode)));
-        }
-        kv.insert(keys::super_key(), Some(records::encode(&self.sup)));
+        // The view's value of each key that may have changed: the super record, a dirty
+        // inode's record, else the tree change (`None` if the view has none).
+        let super_key = keys::super_key();
+        let view = |k: &[u8]| -> Option<Option<Vec<u8>>> {
+            if let Some(keys::Decoded::Inode(ino)) = keys::decode(k) {
+                if let Some(inode) = self.inodes.get(&ino) {
+                    return Some(Some(records::encode(inode)));
+                }
+            }
+            self.kv.get(k).cloned()
+        };
         let mut size = 0usize;
         let mut changed = Vec::new();
-        for (k, v) in &kv {
-            if j.logged_kv.get(k) != Some(v) {
-                size += k.len() + v.as_ref().map_or(0, Vec::len);
-                changed.push((
-                    Bytes::copy_from_slice(k),
-                    v.as_deref().map(Bytes::copy_from_slice),
-                ));
+        let mut unset = Vec::new();
+        let candidates = self.kv.since_entry.iter().filter(|k| **k != super_key);
+        let values = candidates
+            .map(|k| (k.as_slice(), view(k)))
+            .chain([(super_key.as_slice(), Some(Some(records::encode(&self.sup))))]);
+        for (k, v) in values {
+            match v {
+                Some(v) if j.logged_kv.get(k) != Some(&v) => {
+                    size += k.len() + v.as_ref().map_or(0, Vec::len);
+                    changed.push((Bytes::copy_from_slice(k), v.map(Bytes::from)));
+                }
+                None if j.logged_kv.contains_key(k) => unset.push(Bytes::copy_from_slice(k)),
+                _ => {}
             }
         }
-        let unset: Vec<Bytes> = j
-            .logged_kv
-            .keys()
-            .filter(|k| !kv.contains_key(*k))
-            .map(|k| Bytes::copy_from_slice(k))
-            .collect();
         // All of them, as a commit takes them: one a spill is writing outside the lock may
         // not be stored yet.
         let chunks: Vec<(Hash, Bytes)> =
@@ -212,7 +266,6 @@ impl State {
         Some(NextEntry {
             entry,
             chunks,
-            kv,
             bytes: size,
             buffers_as_logged,
         })
@@ -231,7 +284,14 @@ impl State {
         j.seq += 1;
         j.entries += 1;
         j.bytes += next.bytes;
-        j.logged_kv = next.kv;
+        for k in &next.entry.unset {
+            j.logged_kv.remove(k.as_ref());
+        }
+        for (k, v) in &next.entry.kv {
+            j.logged_kv
+                .insert(k.to_vec(), v.as_ref().map(|v| v.to_vec()));
+        }
+        self.kv.since_entry.clear();
         j.touched.clear();
         j.bases.clear();
         j.renewed.clear();
@@ -304,7 +364,7 @@ impl State {
         if !replayed {
             return Ok(());
         }
-        self.kv = kv;
+        self.kv.replace(kv);
         if let Some(Some(sup)) = self.kv.remove(&keys::super_key()) {
             self.sup = Super::decode(&sup)?.0;
         }
@@ -457,6 +517,61 @@ mod tests {
         drop(ws);
         let ws = Workspace::open(store, id).unwrap();
         assert_eq!(ws.read(ino, 0, 300_000).unwrap(), want);
+    }
+
+    /// An fsync's entry holds the keys changed since the entry before, however many the
+    /// overlay holds: a chmod after 300 creates journals the file's inode and the super
+    /// record only; an unlink, its names and inode. A reopen replays all of it.
+    #[test]
+    fn an_fsync_journals_only_what_changed_since_the_last() {
+        let (_dir, store, ws, _) = setup();
+        let mut inos = Vec::new();
+        for i in 0..300 {
+            let new = NewNode {
+                kind: FileKind::Regular,
+                perm: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                target: b"",
+            };
+            let name = format!("f{i}");
+            inos.push(ws.create(keys::ROOT_INO, name.as_bytes(), new).unwrap().ino);
+        }
+        ws.fsync().unwrap();
+        let first = store.journal(ws.id()).unwrap().pop().unwrap();
+        assert!(first.kv.len() > 900, "{} keys", first.kv.len());
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        };
+        ws.setattr(inos[7], &chmod).unwrap();
+        ws.fsync().unwrap();
+        let second = store.journal(ws.id()).unwrap().pop().unwrap();
+        let got: Vec<&[u8]> = second.kv.iter().map(|(k, _)| k.as_ref()).collect();
+        let (inode, sup) = (keys::inode(inos[7]), keys::super_key());
+        let want = [inode.as_slice(), sup.as_slice()];
+        // The file's inode, and the super record if it changed.
+        assert!(got.iter().all(|k| want.contains(k)), "{got:?}");
+        assert!(got.contains(&inode.as_slice()));
+        ws.unlink(keys::ROOT_INO, b"f9").unwrap();
+        ws.fsync().unwrap();
+        let third = store.journal(ws.id()).unwrap().pop().unwrap();
+        assert!(
+            third.kv.len() <= 6,
+            "{} keys: {:?}",
+            third.kv.len(),
+            third.kv
+        );
+        let id = ws.id();
+        drop(ws);
+        let ws = Workspace::open(store, id).unwrap();
+        assert_eq!(ws.getattr(inos[7]).unwrap().perm, 0o600);
+        assert!(matches!(
+            ws.lookup(keys::ROOT_INO, b"f9"),
+            Err(FsError::NotFound)
+        ));
+        assert_eq!(ws.lookup(keys::ROOT_INO, b"f299").unwrap().ino, inos[299]);
     }
 
     #[derive(Clone, Debug)]

@@ -13,9 +13,9 @@ use crate::format::records::{self, Dirent, Extent, FileKind, Inode, Super};
 use crate::format::roots::RootId;
 use crate::store::PrefetchJob;
 use crate::store::Store;
-use crate::tree::{self, Changes, TreeIter};
+use crate::tree::{self, TreeIter};
 
-use super::journal::JournalState;
+use super::journal::{Changed, JournalState};
 use super::types::*;
 
 pub(super) struct State {
@@ -25,7 +25,7 @@ pub(super) struct State {
     pub(super) root: Hash,
     pub(super) generation: u64,
     pub(super) sup: Super,
-    pub(super) kv: Changes,
+    pub(super) kv: Changed,
     pub(super) inodes: HashMap<u64, Inode>,
     pub(super) chunks: BTreeMap<(u64, u64), Vec<u8>>,
     pub(super) dirty_bytes: usize,
@@ -171,6 +171,7 @@ impl State {
     }
 
     pub(super) fn save(&mut self, ino: u64, inode: Inode) {
+        self.kv.touch(&keys::inode(ino));
         self.inodes.insert(ino, inode);
     }
 
@@ -260,7 +261,7 @@ impl State {
                     ..sup
                 },
             },
-            kv: Changes::new(),
+            kv: Changed::default(),
             inodes: HashMap::new(),
             chunks: BTreeMap::new(),
             dirty_bytes: 0,

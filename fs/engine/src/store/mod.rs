@@ -146,6 +146,8 @@ pub struct Store {
     /// Free bytes that writes may not take: RocksDB needs them to delete, compact and
     /// collect, so a full disk can still be emptied (see [`Store::check_space`]).
     reserve_bytes: u64,
+    /// Until when a check found the disk far from its reserve (see [`Store::check_space`]).
+    plenty_until: Mutex<Option<std::time::Instant>>,
     /// Whether compactions relocate live blobs (blob GC) right now; see [`Store::compact_with`].
     blob_gc: AtomicBool,
     /// Set when this host is one of a cluster (see `remote.rs`): roots and records live
@@ -364,6 +366,7 @@ impl Store {
             roots_lock: Mutex::new(()),
             released_bytes: AtomicU64::new(0),
             reserve_bytes: reserve_for(&disk_space(path)?),
+            plenty_until: Mutex::new(None),
             blob_gc: AtomicBool::new(false),
             remote,
             staged: Mutex::new(HashMap::new()),
