@@ -399,16 +399,19 @@ mod tests {
         let id = uuid::Uuid::new_v4();
         crate::roots::create_workspace(&store, id, &[]).unwrap();
         let ws = Workspace::open(store.clone(), id).unwrap();
-        let new = NewNode {
+        let ino = ws.create(keys::ROOT_INO, b"f", regular()).unwrap().ino;
+        (dir, store, ws, ino)
+    }
+
+    fn regular() -> NewNode<'static> {
+        NewNode {
             kind: FileKind::Regular,
             perm: 0o644,
             uid: 0,
             gid: 0,
             rdev: 0,
             target: b"",
-        };
-        let ino = ws.create(keys::ROOT_INO, b"f", new).unwrap().ino;
-        (dir, store, ws, ino)
+        }
     }
 
     fn journal_bytes(store: &Store, ws: uuid::Uuid) -> usize {
@@ -527,16 +530,12 @@ mod tests {
         let (_dir, store, ws, _) = setup();
         let mut inos = Vec::new();
         for i in 0..300 {
-            let new = NewNode {
-                kind: FileKind::Regular,
-                perm: 0o644,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                target: b"",
-            };
             let name = format!("f{i}");
-            inos.push(ws.create(keys::ROOT_INO, name.as_bytes(), new).unwrap().ino);
+            inos.push(
+                ws.create(keys::ROOT_INO, name.as_bytes(), regular())
+                    .unwrap()
+                    .ino,
+            );
         }
         ws.fsync().unwrap();
         let first = store.journal(ws.id()).unwrap().pop().unwrap();
