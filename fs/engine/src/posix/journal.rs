@@ -56,9 +56,10 @@ impl Changed {
         self.map.remove(key)
     }
 
-    pub(super) fn clear(&mut self) {
-        let map = std::mem::take(&mut self.map);
-        self.since_entry.extend(map.into_keys());
+    /// Committed: no change left, and the journal is gone with them (see
+    /// [`JournalState::committed`]), so nothing differs from its last entry.
+    pub(super) fn committed(&mut self) {
+        *self = Changed::default();
     }
 
     /// The view's value of `key` may have changed (a dirty inode saved, say).
@@ -571,6 +572,10 @@ mod tests {
             Err(FsError::NotFound)
         ));
         assert_eq!(ws.lookup(keys::ROOT_INO, b"f299").unwrap().ino, inos[299]);
+        // A commit leaves no key to compare at the next entry (none kept across commits).
+        ws.create(keys::ROOT_INO, b"late", regular()).unwrap();
+        ws.commit(true).unwrap();
+        assert!(ws.state.lock().kv.since_entry.is_empty());
     }
 
     #[derive(Clone, Debug)]

@@ -393,7 +393,7 @@ impl Workspace {
                 metrics::counter!(m::COMMIT_BYTES).increment((chunk_bytes + node_bytes) as u64);
                 st.root = root;
                 st.generation += 1;
-                st.kv.clear();
+                st.kv.committed();
                 st.pending_bytes = 0;
                 st.journal.committed();
                 self.store
