@@ -102,12 +102,20 @@ impl State {
         Ok(())
     }
 
+    /// Removes a dirty buffer (sealed, cut, replaced or its file gone): the only way one
+    /// leaves the overlay, so the journal knows which ones its next entry drops.
+    pub(super) fn drop_buffer(&mut self, key: (u64, u64)) -> Option<Vec<u8>> {
+        let data = self.chunks.remove(&key)?;
+        self.dirty_bytes -= CHUNK_SIZE;
+        self.journal.removed(key);
+        Some(data)
+    }
+
     /// Turns a dirty buffer into a stored chunk (or a hole, if it is all zeros).
     pub(super) fn seal(&mut self, ino: u64, idx: u64) -> FsResult<()> {
-        let Some(mut data) = self.chunks.remove(&(ino, idx)) else {
+        let Some(mut data) = self.drop_buffer((ino, idx)) else {
             return Ok(());
         };
-        self.dirty_bytes -= CHUNK_SIZE;
         let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
         data.truncate(used);
         if data.is_empty() {
@@ -370,9 +378,7 @@ impl State {
             let in_chunk = (pos % CS) as usize;
             let n = ((CS - pos % CS).min(end - pos)) as usize;
             if n == CHUNK_SIZE {
-                if self.chunks.remove(&(ino, idx)).is_some() {
-                    self.dirty_bytes -= CHUNK_SIZE;
-                }
+                self.drop_buffer((ino, idx));
                 self.set_extent(ino, idx, None)?;
             } else if self.chunks.contains_key(&(ino, idx)) || self.extent(ino, idx)?.is_some() {
                 let buf = self.buffer(ino, idx, false)?;
@@ -402,8 +408,7 @@ impl State {
                 .map(|(k, _)| *k)
                 .collect();
             for k in dead {
-                self.chunks.remove(&k);
-                self.dirty_bytes -= CHUNK_SIZE;
+                self.drop_buffer(k);
             }
             let (_, end) = keys::kind_range(ino, Kind::Extent);
             for k in self.keys_in(&keys::extent(ino, first_dead), &end)? {

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use crate::error::{FsError, FsResult};
 use crate::format::keys::{self, Decoded, ROOT_INO};
 use crate::format::records::{self, DirSeq, Dirent, FileKind, Timespec};
-use crate::format::CHUNK_SIZE;
 
 use super::overlay::State;
 use super::types::*;
@@ -162,8 +161,7 @@ impl State {
             .map(|(k, _)| *k)
             .collect();
         for k in dead {
-            self.chunks.remove(&k);
-            self.dirty_bytes -= CHUNK_SIZE;
+            self.drop_buffer(k);
         }
         if self.get(&keys::orphan(ino))?.is_some() {
             self.kv.insert(keys::orphan(ino), None);

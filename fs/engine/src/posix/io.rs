@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use crate::error::{FsError, FsResult};
 use crate::format::hash::Hash;
 use crate::format::records::{FileKind, Timespec};
-use crate::format::CHUNK_SIZE;
 
 use super::types::*;
 use super::Workspace;
@@ -181,9 +180,7 @@ impl Workspace {
             if aligned && (rest >= CS || (so + rest == s.size && d_o + rest >= d_size)) {
                 let (si, di) = (so / CS, d_o / CS);
                 st.seal(src, si)?;
-                if st.chunks.remove(&(dst, di)).is_some() {
-                    st.dirty_bytes -= CHUNK_SIZE;
-                }
+                st.drop_buffer((dst, di));
                 let e = st.extent(src, si)?;
                 st.set_extent(dst, di, e)?;
                 let n = rest.min(CS);

@@ -97,6 +97,8 @@ pub(super) struct JournalState {
     logged: HashSet<(u64, u64)>,
     /// Buffers created since the last entry: the next holds them whole (or over their base).
     renewed: HashSet<(u64, u64)>,
+    /// Buffers of the last entry removed since (some may be back, in `renewed`).
+    removed: HashSet<(u64, u64)>,
     /// Per buffer, the span written since the last entry.
     touched: HashMap<(u64, u64), (usize, usize)>,
     /// Buffers not in the last entry that were loaded from a chunk of the root: the next
@@ -122,6 +124,13 @@ impl JournalState {
             Some(h) => self.bases.insert(key, h),
             None => self.bases.remove(&key),
         };
+    }
+
+    /// A buffer left the overlay ([`State::drop_buffer`]).
+    pub(super) fn removed(&mut self, key: (u64, u64)) {
+        if self.logged.contains(&key) {
+            self.removed.insert(key);
+        }
     }
 
     /// A buffer was cut to `len`.
@@ -209,7 +218,19 @@ impl State {
         size += chunks.iter().map(|(_, d)| d.len()).sum::<usize>();
         let mut buffers = Vec::new();
         let mut bases = Vec::new();
-        for (&(ino, idx), buf) in &self.chunks {
+        // Buffers written or created since the last entry; every other one is as the last
+        // entry left it (a buffer is created only with `created`, so a new one is renewed).
+        let mut changed_buffers: Vec<(u64, u64)> = j
+            .touched
+            .keys()
+            .chain(&j.renewed)
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        changed_buffers.retain(|k| self.chunks.contains_key(k));
+        for (ino, idx) in changed_buffers {
+            let buf = &self.chunks[&(ino, idx)];
             // Whether replay holds this buffer's bytes as of the entry before.
             let logged = j.logged.contains(&(ino, idx)) && !j.renewed.contains(&(ino, idx));
             let base = j.bases.get(&(ino, idx)).filter(|_| !logged);
@@ -242,12 +263,13 @@ impl State {
                 bytes: Bytes::copy_from_slice(bytes),
             });
         }
-        let dropped: Vec<(u64, u64)> = j
-            .logged
+        let mut dropped: Vec<(u64, u64)> = j
+            .removed
             .iter()
             .filter(|k| !self.chunks.contains_key(k))
             .copied()
             .collect();
+        dropped.sort_unstable();
         size += dropped.len() * 16;
         if size > ENTRY_LIMIT || j.bytes + size > BYTES_LIMIT {
             return None;
@@ -293,10 +315,16 @@ impl State {
                 .insert(k.to_vec(), v.as_ref().map(|v| v.to_vec()));
         }
         self.kv.since_entry.clear();
+        // The buffers the entry holds: those of the last one but the dropped, and the new.
+        for k in next.entry.dropped.iter().flatten() {
+            j.logged.remove(k);
+        }
+        let chunks = &self.chunks;
+        j.logged
+            .extend(j.renewed.drain().filter(|k| chunks.contains_key(k)));
         j.touched.clear();
         j.bases.clear();
-        j.renewed.clear();
-        j.logged = self.chunks.keys().copied().collect();
+        j.removed.clear();
     }
 
     /// Replays `entries` (oldest first) over the committed state: the overlay becomes what
@@ -382,6 +410,8 @@ impl State {
             self.pin(h);
         }
         self.dirty_bytes = buffers.len() * CHUNK_SIZE;
+        // No entry holds them since this open (whatever came before is stale).
+        self.journal.renewed.extend(buffers.keys());
         self.chunks = buffers;
         Ok(())
     }
