@@ -7,13 +7,14 @@
 # own: one JuiceFS mount writes, then a fresh one with another, empty cache dir reads.
 #
 #   bash bench/cluster.sh [--size-mib N] [--files N] [--git-files N] [--jfs-git 1]
-#       [--upload-rounds N]
-#       (defaults: 1024 MiB, 10000 files, 20000 files in the git repository, 3 rounds)
+#       [--upload-rounds N] [--cold-rounds N]
+#       (defaults: 1024 MiB, 10000 files, 20000 files in the git repository, 3 rounds each)
 #   STORE_BENCH=PATH skips building store-bench (as CHASERFS_BIN skips building chaserfs).
 #
 # Prints: sequential write with fsync (on A: the upload; for chaserfs and JuiceFS the median
 # of --upload-rounds rounds that alternate the two on the same stores), cold session start on B (a host
-# that never saw the workspace), cold and warm sequential read and tree read on B, the time
+# that never saw the workspace), cold (the median of --cold-rounds rounds, each on an empty
+# cache) and warm sequential read and tree read on B, the time
 # for another host to take a workspace over after SIGKILL, B's cache figures, and the reads on
 # B after a restart (its cache empty) and a warm-ahead call (POST .../warm), then again from
 # that cache (page cache dropped); each also
@@ -39,9 +40,10 @@ FILES=10000
 GIT_FILES=20000
 JFS_GIT=0
 UPLOAD_ROUNDS=3
-bench_args "[--size-mib N] [--files N] [--git-files N] [--jfs-git 1] [--upload-rounds N]" \
+COLD_ROUNDS=3
+bench_args "[--size-mib N] [--files N] [--git-files N] [--jfs-git 1] [--upload-rounds N] [--cold-rounds N]" \
     --size-mib=SIZE_MIB --files=FILES --git-files=GIT_FILES --jfs-git=JFS_GIT \
-    --upload-rounds=UPLOAD_ROUNDS -- "$@"
+    --upload-rounds=UPLOAD_ROUNDS --cold-rounds=COLD_ROUNDS -- "$@"
 bash scripts/install-cluster-stores.sh
 jfs_install
 bench_work cluster-bench
@@ -265,9 +267,22 @@ api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/
 SA=$(session "$PA" bench "$WORK/a/mnt/w")
 write "$WORK/a/mnt/w"; CW_BIG=$W_BIG; CW_TREE=$W_TREE
 t0=$(now); api "$PA" DELETE "/v1/sessions/$SA" >/dev/null; CEND=$(secs "$t0" "$(now)")
-drop_caches
-t0=$(now); SB=$(session "$PB" bench "$WORK/b/mnt/w"); CMOUNT=$(secs "$t0" "$(now)")
-read_all "$WORK/b/mnt/w"; CR_BIG=$R_BIG; CR_TREE=$R_TREE
+# Cold reads on B, the median of --cold-rounds rounds (one read decides nothing where B and
+# Garage share two vCPUs): B is restarted before each round but the first, which empties its
+# cache (a cluster host empties its data dir at start). The last round's cache stays for the
+# reads from it.
+CRB=() CRT=() CMT=()
+for round in $(seq "$COLD_ROUNDS"); do
+    if [ "$round" -gt 1 ]; then
+        api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
+        kill -TERM "$PID_b"; wait "$PID_b" || true
+        start b "$PB" cluster
+    fi
+    drop_caches
+    t0=$(now); SB=$(session "$PB" bench "$WORK/b/mnt/w"); CMT+=("$(secs "$t0" "$(now)")")
+    read_all "$WORK/b/mnt/w"; CRB+=("$R_BIG"); CRT+=("$R_TREE")
+done
+CR_BIG=$(median "${CRB[@]}"); CR_TREE=$(median "${CRT[@]}"); CMOUNT=$(median "${CMT[@]}")
 drop_caches; read_all "$WORK/b/mnt/w"; WR_BIG=$R_BIG; WR_TREE=$R_TREE
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 # git status on B in a second workspace, written on A, that B has never seen (its cache holds
@@ -295,8 +310,14 @@ if [ "$JFS_GIT" = 1 ]; then
     sync -f "$WORK/jfs/a/mnt" && sync "$WORK/jfs/a/mnt/repo"
 fi
 jfs_umount a; JHWM_A=$JFS_HWM
-drop_caches; jfs_mount b; JMOUNT=$JFS_MOUNT
-read_all "$WORK/jfs/b/mnt"; JR_BIG=$R_BIG; JR_TREE=$R_TREE
+# As many cold rounds, each on a fresh mount with its cache dir emptied.
+JRB=() JRT=() JMT=()
+for round in $(seq "$COLD_ROUNDS"); do
+    if [ "$round" -gt 1 ]; then jfs_umount b; rm -rf "$WORK/jfs/b/cache"; fi
+    drop_caches; jfs_mount b; JMT+=("$JFS_MOUNT")
+    read_all "$WORK/jfs/b/mnt"; JRB+=("$R_BIG"); JRT+=("$R_TREE")
+done
+JR_BIG=$(median "${JRB[@]}"); JR_TREE=$(median "${JRT[@]}"); JMOUNT=$(median "${JMT[@]}")
 drop_caches; read_all "$WORK/jfs/b/mnt"; JWR_BIG=$R_BIG; JWR_TREE=$R_TREE
 if [ "$JFS_GIT" = 1 ]; then
     drop_caches; git_status "$WORK/jfs/b/mnt"; JG_COLD=$GIT_SECS; JG_REWROTE=$GIT_REWROTE
@@ -366,10 +387,12 @@ rounds() { local s; for s in "$@"; do mibs "$SIZE_MIB" "$s" | cut -d' ' -f1; don
 echo "upload rounds on A, alternating, MiB/s (the table has each one's median): chaserfs" \
     "$(rounds "${CUP[@]}"); JuiceFS $(rounds "${JUP[@]}"); the writes of the file read on B:" \
     "chaserfs $(mibs "$SIZE_MIB" "$CW_BIG"), JuiceFS $(mibs "$SIZE_MIB" "$JW_BIG")"
+echo "cold read rounds on B, MiB/s (the table has each one's median): chaserfs $(rounds "${CRB[@]}");" \
+    "JuiceFS $(rounds "${JRB[@]}")"
 printf 'before each cold read, the disks settled within %.1f s\n' "$SETTLED_MAX"
 printf 'session end on A (final commit): %.2f s\n' "$CEND"
 # JuiceFS's is a new process's (its mount is its session); chaserfs's daemon is already up.
-printf 'session start: single host %.3f s, cold on B %.3f s; JuiceFS mount on B (process start to root visible) %.3f s\n' \
+printf 'session start: single host %.3f s, cold on B %.3f s (median); JuiceFS mount on B (process start to root visible) %.3f s (median)\n' \
     "$LMOUNT" "$CMOUNT" "$JMOUNT"
 printf 'failover after SIGKILL of A: %.1f s (lease TTL %s s)\n' "$FAILOVER" "$LEASE_TTL"
 echo "B's $STATS (before its restart)"
