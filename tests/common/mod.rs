@@ -32,8 +32,13 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The daemon under test: cargo's build, or `CHASERFS_TEST_BIN` (a long run, such as 500
+/// power cuts, keeps a copy of the binary while the target dir is rebuilt).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_chaserfs")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("CHASERFS_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_chaserfs").into())
+    })
 }
 
 fn free_port() -> u16 {
