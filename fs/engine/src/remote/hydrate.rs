@@ -50,11 +50,13 @@ struct Wanted {
     first: Reverse<u64>,
     hash: Hash,
     len: u32,
+    ino: u64,
 }
 
 impl Store {
-    /// Cluster mode: fetches every node of the tree at `root`, then its chunks, newest files
-    /// first, up to half the object cache (the rest stays for what sessions read). Objects
+    /// Cluster mode: fetches every node of the tree at `root`, then the chunks of its newest
+    /// files, up to half the object cache (the rest stays for what sessions read), in the
+    /// tree's order. Objects
     /// held here already cost nothing. Without a cluster, everything is local: does nothing.
     /// Waits for a hydration already running.
     pub fn hydrate(&self, root: Hash) -> FsResult<Hydrated> {
@@ -100,6 +102,7 @@ impl Store {
                                         first: Reverse(index),
                                         hash: e.hash,
                                         len: e.len,
+                                        ino,
                                     }));
                                     // Drop the least wanted past the budget.
                                     while bytes > chunk_budget || wanted.len() > MAX_CHUNKS {
@@ -117,13 +120,14 @@ impl Store {
             }
             level = next;
         }
-        // Most wanted first: newest files, each from its start (then grouped by pack, which
-        // brings a pack's other chunks forward to its most wanted one).
-        let order: Vec<Hash> = wanted
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Reverse(w)| w.hash)
-            .collect();
+        // Fetched in the tree's order (inode, then place in the file), the order a walk of
+        // the tree reads them in: the cache's files keep chunks in the order they are given,
+        // so a later `find | xargs cat` or a sequential read reads its disk in order too.
+        // Newest first had laid a tree written in order out backwards, and its warmed-ahead
+        // read ran at 0.62-0.66x of the same tree read from a cache its own cold read filled.
+        let mut chosen: Vec<Wanted> = wanted.into_iter().map(|Reverse(w)| w).collect();
+        chosen.sort_unstable_by_key(|w| (w.ino, w.first.0));
+        let order: Vec<Hash> = chosen.into_iter().map(|w| w.hash).collect();
         done.chunks = order.len() as u64;
         done.chunk_bytes = bytes;
         // By pack, so each request reads a whole pack, not the MiB of it one file has.
