@@ -7,7 +7,10 @@
 //! median of several rounds in microseconds, and, with `--json`, `{"round_trip_us": X}`.
 //!
 //!   fuse-floor [--calls N] [--json]      (default 20,000 calls per round, 5 rounds)
-//!   fuse-floor --serve DIR               (a filesystem with nothing behind it: `null.rs`)
+//!   fuse-floor --serve DIR [--no-writeback]
+//!                                        (a filesystem with nothing behind it: `null.rs`)
+//!   fuse-floor --passthrough DIR BACKING [--plain]
+//!                                        (BACKING's files, read-only: `passthrough.rs`)
 
 use std::ffi::OsStr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use anyhow::{bail, Context};
 
 mod null;
+mod passthrough;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, ReplyAttr, ReplyEntry,
     Request,
@@ -77,9 +81,29 @@ fn main() -> anyhow::Result<()> {
             "--calls" => calls = args.next().context("--calls N")?.parse()?,
             "--json" => json = true,
             "--serve" => {
-                return null::serve(std::path::Path::new(&args.next().context("--serve DIR")?))
+                let dir = args.next().context("--serve DIR [--no-writeback]")?;
+                let writeback = match args.next().as_deref() {
+                    None => true,
+                    Some("--no-writeback") => false,
+                    Some(_) => bail!("usage: fuse-floor --serve DIR [--no-writeback]"),
+                };
+                return null::serve(dir.as_ref(), writeback);
             }
-            _ => bail!("usage: fuse-floor [--calls N] [--json] | fuse-floor --serve DIR"),
+            "--passthrough" => {
+                let usage = "--passthrough DIR BACKING [--plain]";
+                let dir = args.next().context(usage)?;
+                let backing = args.next().context(usage)?;
+                let plain = match args.next().as_deref() {
+                    None => false,
+                    Some("--plain") => true,
+                    Some(_) => bail!("usage: fuse-floor {usage}"),
+                };
+                return passthrough::serve(dir.as_ref(), backing.as_ref(), plain);
+            }
+            _ => bail!(
+                "usage: fuse-floor [--calls N] [--json] | fuse-floor --serve DIR [--no-writeback] \
+                 | fuse-floor --passthrough DIR BACKING [--plain]"
+            ),
         }
     }
     let dir = tempfile::tempdir()?;

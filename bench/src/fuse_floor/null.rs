@@ -36,10 +36,13 @@ struct Node {
 pub struct Null {
     nodes: Mutex<HashMap<u64, Node>>,
     next: AtomicU64,
+    /// Whether to ask for the writeback cache (`--no-writeback`: not, as a mount that served
+    /// reads by passthrough could not; see `passthrough.rs`).
+    writeback: bool,
 }
 
 impl Null {
-    pub fn new() -> Null {
+    pub fn new(writeback: bool) -> Null {
         let root = Node {
             attr: attr(ROOT, FileType::Directory, 0o755, 0, 0),
             children: Some(BTreeMap::new()),
@@ -47,6 +50,7 @@ impl Null {
         Null {
             nodes: Mutex::new(HashMap::from([(ROOT, root)])),
             next: AtomicU64::new(ROOT + 1),
+            writeback,
         }
     }
 
@@ -138,8 +142,10 @@ fn time(t: TimeOrNow) -> SystemTime {
 
 impl Filesystem for Null {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.writeback {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         for cap in [
-            InitFlags::FUSE_WRITEBACK_CACHE,
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
@@ -400,7 +406,7 @@ impl Filesystem for Null {
 
 /// Mounts the null filesystem on `dir` until the process is killed; the bdi is tuned as
 /// chaserfs tunes a session's (`read_ahead_kb` 2048, `strict_limit` 0).
-pub fn serve(dir: &Path) -> anyhow::Result<()> {
+pub fn serve(dir: &Path, writeback: bool) -> anyhow::Result<()> {
     let mut config = fuser::Config::default();
     config.n_threads = Some(4);
     config.acl = fuser::SessionACL::All;
@@ -408,7 +414,7 @@ pub fn serve(dir: &Path) -> anyhow::Result<()> {
         fuser::MountOption::FSName("fuse-floor".into()),
         fuser::MountOption::DefaultPermissions,
     ];
-    let session = fuser::spawn_mount(Null::new(), dir, &config)?;
+    let session = fuser::spawn_mount(Null::new(writeback), dir, &config)?;
     let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?);
     let bdi = format!("/sys/class/bdi/{}:{}", libc::major(dev), libc::minor(dev));
     for (knob, value) in [("strict_limit", "0"), ("read_ahead_kb", "2048")] {
