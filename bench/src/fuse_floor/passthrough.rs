@@ -48,6 +48,15 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
+    /// The inode number of BACKING's file `name`, given the first time it is asked for.
+    fn ino(&self, name: &OsStr) -> u64 {
+        let mut inodes = self.inodes.lock().unwrap();
+        let next = inodes.names.len() as u64 + ROOT + 1;
+        let ino = *inodes.by_name.entry(name.to_owned()).or_insert(next);
+        inodes.names.insert(ino, name.to_owned());
+        ino
+    }
+
     fn path(&self, ino: u64) -> Result<PathBuf, Errno> {
         let inodes = self.inodes.lock().unwrap();
         let name = inodes.names.get(&ino).ok_or(Errno::ENOENT)?;
@@ -103,14 +112,7 @@ impl Filesystem for Passthrough {
         if parent.0 != ROOT || !self.backing_dir.join(name).is_file() {
             return reply.error(Errno::ENOENT);
         }
-        let ino = {
-            let mut inodes = self.inodes.lock().unwrap();
-            let next = inodes.names.len() as u64 + ROOT + 1;
-            let ino = *inodes.by_name.entry(name.to_owned()).or_insert(next);
-            inodes.names.insert(ino, name.to_owned());
-            ino
-        };
-        match self.attr(ino) {
+        match self.attr(self.ino(name)) {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -213,15 +215,19 @@ impl Filesystem for Passthrough {
         if ino.0 != ROOT {
             return reply.error(Errno::ENOTDIR);
         }
-        // Names only: the kernel looks each one up before it opens it.
+        // The regular files only, as LOOKUP serves.
         let mut names: Vec<OsString> = match std::fs::read_dir(&self.backing_dir) {
-            Ok(d) => d.filter_map(|e| Some(e.ok()?.file_name())).collect(),
+            Ok(d) => d
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name())
+                .collect(),
             Err(e) => return reply.error(Errno::from(e)),
         };
         names.sort();
         for (i, name) in names.iter().enumerate().skip(offset as usize) {
-            // An inode number the kernel replaces with LOOKUP's before it uses the file.
-            if reply.add(INodeNo(u64::MAX), i as u64 + 1, FileType::RegularFile, name) {
+            let ino = INodeNo(self.ino(name));
+            if reply.add(ino, i as u64 + 1, FileType::RegularFile, name) {
                 break;
             }
         }

@@ -24,7 +24,7 @@ const NODE_BATCH: usize = 64;
 /// chunks, four packs' worth (a pack larger than that is a batch of its own).
 const CHUNK_BATCH: usize = 512;
 /// Chunks a hydration considers at most, whatever their sizes: bounds its memory (a heap
-/// entry is ~64 bytes) on a tree of millions of tiny files.
+/// entry is ~72 bytes) on a tree of millions of tiny files.
 const MAX_CHUNKS: usize = 1 << 18;
 
 /// One hydration at a time: each fetches in parallel batches already, and more would only
@@ -120,9 +120,11 @@ impl Store {
             }
             level = next;
         }
-        // Fetched in the tree's order (inode, then place in the file), the order a walk of
-        // the tree reads them in: the cache's files keep chunks in the order they are given,
-        // so a later `find | xargs cat` or a sequential read reads its disk in order too.
+        // Fetched in the tree's order (inode, then place in the file), then grouped by pack:
+        // the cache's files keep chunks in the order they are given, and inode numbers follow
+        // the order files were made in, which is the order a walk of a tree copied or
+        // checked out reads them in, so such a read (`find | xargs cat`, a build) and a
+        // sequential read of a file read the cache's disk in order.
         // Newest first had laid a tree written in order out backwards, and its warmed-ahead
         // read ran at 0.62-0.66x of the same tree read from a cache its own cold read filled.
         let mut chosen: Vec<Wanted> = wanted.into_iter().map(|Reverse(w)| w).collect();

@@ -45,7 +45,7 @@ pub trait Remote: Send + Sync {
     /// Objects of one response share its buffer (no copy each).
     fn get_objects(&self, kind: ObjectKind, hashes: &[Hash]) -> FsResult<Vec<Option<Bytes>>>;
 
-    /// Groups `hashes` (most wanted first) by where the object store keeps them (each in
+    /// Groups `hashes` (in the order the caller wants them) by where the object store keeps them (each in
     /// one group), at most `max` in a group, in the order of each group's first hash: a
     /// read-ahead or a hydration then fetches a group with as few requests as the store's
     /// layout allows (one per pack), not a request per stretch of a pack.
