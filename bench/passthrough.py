@@ -8,6 +8,7 @@ kernel refuses to combine with passthrough on one mount."""
 
 import argparse
 import os
+import statistics
 
 from datapath import drop_caches, fio, iops, mbps
 
@@ -17,21 +18,28 @@ def main():
     ap.add_argument("--size-mib", type=int, required=True)
     ap.add_argument("--reads", nargs="+", required=True, help="NAME=DIR holding seq and rand")
     ap.add_argument("--writes", nargs="+", required=True, help="NAME=DIR to write in")
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     size = f"{a.size_mib}M"
     results = {}
     rows = []
 
+    # Each row: every target once per round, the order rotated each round (this disk's speed
+    # swings from minute to minute), and each target's median.
     def workload(key, label, unit, higher, targets, fn, cold):
         rows.append((key, label, unit, higher, [n for n, _ in targets]))
-        results[key] = {}
-        for name, d in targets:
-            if cold:
-                drop_caches()
-            else:
-                os.sync()
-            results[key][name] = fn(d)
-            print(f"  {label}: {name} {results[key][name]:.4g} {unit}", flush=True)
+        runs = {name: [] for name, _ in targets}
+        for r in range(a.rounds):
+            for name, d in targets[r % len(targets):] + targets[:r % len(targets)]:
+                if cold:
+                    drop_caches()
+                else:
+                    os.sync()
+                runs[name].append(fn(d))
+        results[key] = {name: statistics.median(v) for name, v in runs.items()}
+        for name, v in runs.items():
+            print(f"  {label}: {name} {results[key][name]:.4g} {unit} "
+                  f"({' '.join(f'{x:.4g}' for x in v)})", flush=True)
 
     reads = [t.split("=", 1) for t in a.reads]
     writes = [t.split("=", 1) for t in a.writes]
@@ -67,7 +75,8 @@ def main():
                                        "--filename=a", "--fdatasync=1", "--runtime=5")),
              cold=False)
 
-    print("\nRatios are to native, oriented so that higher is better for the target.")
+    print(f"\nEach figure the median of {a.rounds} rounds, the targets' order rotated each round; "
+          "ratios are to native, oriented so that higher is better for the target.")
     for key, label, unit, higher, names in rows:
         if key in ("seqr_cold", "seqw"):
             print("\n| workload | " + " | ".join(names) + " |")

@@ -4,13 +4,14 @@
 # passthrough, and what the write rows would lose with it, since the kernel refuses
 # passthrough on a mount with the writeback cache.
 #
-#   bash bench/passthrough.sh [--size-mib N]   (default 1024 MiB)
+#   bash bench/passthrough.sh [--size-mib N] [--rounds N]   (default 1024 MiB, 3 rounds)
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 source bench/lib.sh
 SIZE_MIB=1024
-bench_args "[--size-mib N]" --size-mib=SIZE_MIB -- "$@"
+ROUNDS=3
+bench_args "[--size-mib N] [--rounds N]" --size-mib=SIZE_MIB --rounds=ROUNDS -- "$@"
 for p in fio jq; do
     dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null; }
 done
@@ -49,6 +50,8 @@ for d in "$WORK/native" "$WORK/mnt/w"; do
     fio --name=b --directory="$d" --rw=write --bs=1M --size="${SIZE_MIB}M" --filename=seq --end_fsync=1 >/dev/null
     fio --name=b --directory="$d" --rw=write --bs=1M --size=512M --filename=rand --end_fsync=1 >/dev/null
 done
+# What the writes left to do (write-back, the daemon's flushes and compactions) done first.
+sync; sleep 15
 # Both FUSE mounts serve the native directory's files.
 serve passthrough --passthrough "$WORK/passthrough" "$WORK/native"
 serve plain --passthrough "$WORK/plain" "$WORK/native" --plain
@@ -56,7 +59,7 @@ grep -q "passthrough: on" "$WORK/passthrough.log" || { echo "$0: the kernel refu
 serve floor --serve "$WORK/floor"
 serve floor-nowb --serve "$WORK/floor-nowb" --no-writeback
 
-python3 bench/passthrough.py --size-mib "$SIZE_MIB" \
+python3 bench/passthrough.py --size-mib "$SIZE_MIB" --rounds "$ROUNDS" \
     --reads native="$WORK/native" chaserfs="$WORK/mnt/w" fuse-passthrough="$WORK/passthrough" fuse-plain="$WORK/plain" \
     --writes native="$WORK/writes" chaserfs="$WORK/mnt/w" floor="$WORK/floor" floor-no-writeback="$WORK/floor-nowb"
 api DELETE "/v1/sessions/$SID" >/dev/null
