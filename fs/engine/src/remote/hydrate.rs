@@ -27,6 +27,10 @@ const CHUNK_BATCH: usize = 512;
 /// entry is ~72 bytes) on a tree of millions of tiny files.
 const MAX_CHUNKS: usize = 1 << 18;
 
+/// Bytes of the newest files' chunks a hydration fetches before the rest (see
+/// [`Store::hydrate`]): a repository's index and the files edited last, not a whole tree.
+const RECENT_BYTES: u64 = 8 << 20;
+
 /// One hydration at a time: each fetches in parallel batches already, and more would only
 /// split the bandwidth and the cache between them (and let many warm calls pile up fetches).
 static HYDRATING: Mutex<()> = Mutex::new(());
@@ -120,15 +124,31 @@ impl Store {
             }
             level = next;
         }
-        // Fetched in the tree's order (inode, then place in the file), then grouped by pack:
-        // the cache's files keep chunks in the order they are given, and inode numbers follow
-        // the order files were made in, which is the order a walk of a tree copied or
-        // checked out reads them in, so such a read (`find | xargs cat`, a build) and a
-        // sequential read of a file read the cache's disk in order.
-        // Newest first had laid a tree written in order out backwards, and its warmed-ahead
-        // read ran at 0.62-0.66x of the same tree read from a cache its own cold read filled.
-        let mut chosen: Vec<Wanted> = wanted.into_iter().map(|Reverse(w)| w).collect();
-        chosen.sort_unstable_by_key(|w| (w.ino, w.first.0));
+        // The newest files' first RECENT_BYTES come first (a session that starts meanwhile
+        // reads them first: `git status` its index), then the rest; each part in the tree's
+        // order (inode, then place in the file), then grouped by pack. The cache's files keep
+        // chunks in the order given, and inode numbers follow the order files were made in,
+        // the order a walk of a tree copied or checked out reads them in: such a read (`find
+        // | xargs cat`, a build) and a sequential read of a file then read the cache's disk in
+        // order. All newest first had laid a tree written in order out backwards, and its
+        // warmed-ahead read ran at 0.62-0.66x of the same tree read from a cache its own cold
+        // read filled.
+        let mut chosen: Vec<Wanted> = wanted
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse(w)| w)
+            .collect();
+        let mut recent = 0u64;
+        let split = chosen
+            .iter()
+            .position(|w| {
+                recent += u64::from(w.len);
+                recent > RECENT_BYTES
+            })
+            .unwrap_or(chosen.len());
+        let tree_order = |w: &Wanted| (w.ino, w.first.0);
+        chosen[..split].sort_unstable_by_key(tree_order);
+        chosen[split..].sort_unstable_by_key(tree_order);
         let order: Vec<Hash> = chosen.into_iter().map(|w| w.hash).collect();
         done.chunks = order.len() as u64;
         done.chunk_bytes = bytes;
