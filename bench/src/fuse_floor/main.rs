@@ -72,6 +72,34 @@ impl Filesystem for Hello {
     }
 }
 
+/// Mounts `fs` on `dir` as chaserfs mounts a session (four threads, every user allowed,
+/// `default_permissions`, the bdi tuned: `read_ahead_kb` 2048, `strict_limit` 0), prints
+/// "serving DIR" for the bench scripts, and serves until the process is killed.
+fn serve_as_a_session<FS: Filesystem + Send + 'static>(
+    fs: FS,
+    dir: &std::path::Path,
+    fsname: &str,
+    options: &[fuser::MountOption],
+) -> anyhow::Result<()> {
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(4);
+    config.acl = fuser::SessionACL::All;
+    config.mount_options = vec![
+        fuser::MountOption::FSName(fsname.into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    config.mount_options.extend_from_slice(options);
+    let session = fuser::spawn_mount(fs, dir, &config)?;
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?);
+    let bdi = format!("/sys/class/bdi/{}:{}", libc::major(dev), libc::minor(dev));
+    for (knob, value) in [("strict_limit", "0"), ("read_ahead_kb", "2048")] {
+        let _ = std::fs::write(format!("{bdi}/{knob}"), value);
+    }
+    println!("serving {}", dir.display());
+    session.join()?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut calls = 20_000usize;
     let mut json = false;

@@ -404,23 +404,7 @@ impl Filesystem for Null {
     }
 }
 
-/// Mounts the null filesystem on `dir` until the process is killed; the bdi is tuned as
-/// chaserfs tunes a session's (`read_ahead_kb` 2048, `strict_limit` 0).
+/// Mounts the null filesystem on `dir` until the process is killed.
 pub fn serve(dir: &Path, writeback: bool) -> anyhow::Result<()> {
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(4);
-    config.acl = fuser::SessionACL::All;
-    config.mount_options = vec![
-        fuser::MountOption::FSName("fuse-floor".into()),
-        fuser::MountOption::DefaultPermissions,
-    ];
-    let session = fuser::spawn_mount(Null::new(writeback), dir, &config)?;
-    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir)?);
-    let bdi = format!("/sys/class/bdi/{}:{}", libc::major(dev), libc::minor(dev));
-    for (knob, value) in [("strict_limit", "0"), ("read_ahead_kb", "2048")] {
-        let _ = std::fs::write(format!("{bdi}/{knob}"), value);
-    }
-    println!("serving {}", dir.display());
-    session.join()?;
-    Ok(())
+    crate::serve_as_a_session(Null::new(writeback), dir, "fuse-floor", &[])
 }

@@ -235,28 +235,13 @@ impl Filesystem for Passthrough {
     }
 }
 
-/// Mounts BACKING's files on `dir` until the process is killed; the bdi is tuned as chaserfs
-/// tunes a session's (`read_ahead_kb` 2048).
+/// Mounts BACKING's files on `dir`, read-only, until the process is killed.
 pub fn serve(dir: &Path, backing_dir: &Path, plain: bool) -> anyhow::Result<()> {
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(4);
-    config.acl = fuser::SessionACL::All;
-    config.mount_options = vec![
-        fuser::MountOption::FSName("fuse-floor-passthrough".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::RO,
-    ];
     let fs = Passthrough {
         backing_dir: backing_dir.to_path_buf(),
         plain,
         granted: false,
         inodes: Mutex::default(),
     };
-    let session = fuser::spawn_mount(fs, dir, &config)?;
-    let dev = std::fs::metadata(dir)?.dev();
-    let bdi = format!("/sys/class/bdi/{}:{}", libc::major(dev), libc::minor(dev));
-    let _ = std::fs::write(format!("{bdi}/read_ahead_kb"), "2048");
-    println!("serving {}", dir.display());
-    session.join()?;
-    Ok(())
+    crate::serve_as_a_session(fs, dir, "fuse-floor-passthrough", &[fuser::MountOption::RO])
 }
