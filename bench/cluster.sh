@@ -7,7 +7,7 @@
 # own: one JuiceFS mount writes, then a fresh one with another, empty cache dir reads.
 #
 #   bash bench/cluster.sh [--size-mib N] [--files N] [--git-files N] [--jfs-git 1]
-#       [--upload-rounds N] [--cold-rounds N]
+#       [--upload-rounds N] [--cold-rounds N] [--warm-rounds N]
 #       (defaults: 1024 MiB, 10000 files, 20000 files in the git repository, 3 rounds each)
 #   STORE_BENCH=PATH skips building store-bench (as CHASERFS_BIN skips building chaserfs).
 #
@@ -17,7 +17,7 @@
 # cache) and warm sequential read and tree read on B, the time
 # for another host to take a workspace over after SIGKILL, B's cache figures, and the reads on
 # B after a restart (its cache empty) and a warm-ahead call (POST .../warm), then again from
-# that cache (page cache dropped); each also
+# that cache (page cache dropped), the medians of --warm-rounds such restarts; each also
 # for JuiceFS, with a chaserfs / JuiceFS ratio. Then `git status` in a repository of
 # --git-files files: on the single host after a session restart with the page cache dropped,
 # and on B, which never saw that workspace, each cold and then warm (for JuiceFS too with
@@ -41,9 +41,10 @@ GIT_FILES=20000
 JFS_GIT=0
 UPLOAD_ROUNDS=3
 COLD_ROUNDS=3
-bench_args "[--size-mib N] [--files N] [--git-files N] [--jfs-git 1] [--upload-rounds N] [--cold-rounds N]" \
+WARM_ROUNDS=3
+bench_args "[--size-mib N] [--files N] [--git-files N] [--jfs-git 1] [--upload-rounds N] [--cold-rounds N] [--warm-rounds N]" \
     --size-mib=SIZE_MIB --files=FILES --git-files=GIT_FILES --jfs-git=JFS_GIT \
-    --upload-rounds=UPLOAD_ROUNDS --cold-rounds=COLD_ROUNDS -- "$@"
+    --upload-rounds=UPLOAD_ROUNDS --cold-rounds=COLD_ROUNDS --warm-rounds=WARM_ROUNDS -- "$@"
 bash scripts/install-cluster-stores.sh
 jfs_install
 bench_work cluster-bench
@@ -333,14 +334,21 @@ hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; } # peak RS
 HWM_B=$(hwm "$PID_b")
 kill -TERM "$PID_b"; wait "$PID_b" || true
 STATS=$(grep -o 'cluster objects: .*' "$WORK/b/daemon.log" | tail -1)
-start b "$PB" cluster
-t0=$(now); WARMED=$(api "$PB" POST /v1/workspaces/bench/warm); WARM_SECS=$(secs "$t0" "$(now)")
-SB=$(session "$PB" bench "$WORK/b/mnt/w")
-drop_caches; read_all "$WORK/b/mnt/w"; AR_BIG=$R_BIG; AR_TREE=$R_TREE
-# Again from the same cache, the page cache dropped: that host's warm-cache speed, to hold the
-# warmed-ahead read against (the "B's cache" rows are of B before its restart).
-drop_caches; read_all "$WORK/b/mnt/w"; AR2_BIG=$R_BIG; AR2_TREE=$R_TREE
-api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
+# --warm-rounds rounds, each on a restarted B; the table has the medians. Again from the same
+# cache, the page cache dropped: that host's warm-cache speed, to hold the warmed-ahead read
+# against (the "B's cache" rows are of B before its restart).
+ARB=() ART=() AR2B=() AR2T=() AWS=()
+for round in $(seq "$WARM_ROUNDS"); do
+    if [ "$round" -gt 1 ]; then kill -TERM "$PID_b"; wait "$PID_b" || true; fi
+    start b "$PB" cluster
+    t0=$(now); WARMED=$(api "$PB" POST /v1/workspaces/bench/warm); AWS+=("$(secs "$t0" "$(now)")")
+    SB=$(session "$PB" bench "$WORK/b/mnt/w")
+    drop_caches; read_all "$WORK/b/mnt/w"; ARB+=("$R_BIG"); ART+=("$R_TREE")
+    drop_caches; read_all "$WORK/b/mnt/w"; AR2B+=("$R_BIG"); AR2T+=("$R_TREE")
+    api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
+done
+AR_BIG=$(median "${ARB[@]}"); AR_TREE=$(median "${ART[@]}")
+AR2_BIG=$(median "${AR2B[@]}"); AR2_TREE=$(median "${AR2T[@]}"); WARM_SECS=$(median "${AWS[@]}")
 
 # Failover: SIGKILL A with a session open; B retries its session start until A's hold expires.
 SA=$(session "$PA" bench "$WORK/a/mnt/w")
@@ -383,12 +391,17 @@ echo "| tree read, B warmed ahead | | | $(fps "$AR_TREE") | | $(ratio "$AR_TREE"
 echo "| sequential read, B warmed ahead, again | | | $(mibs "$SIZE_MIB" "$AR2_BIG") | | $(ratio "$AR2_BIG" "$NR_BIG") | |"
 echo "| tree read, B warmed ahead, again | | | $(fps "$AR2_TREE") | | $(ratio "$AR2_TREE" "$NR_TREE") | |"
 echo
-rounds() { local s; for s in "$@"; do mibs "$SIZE_MIB" "$s" | cut -d' ' -f1; done | paste -sd' '; }
+# Each round to a tenth: the table's ratios are of these medians, and two clients at the same
+# store bound can round to one figure.
+rounds() { local s; for s in "$@"; do echo "$SIZE_MIB / $s" | bc -l | xargs printf '%.1f\n'; done | paste -sd' '; }
 echo "upload rounds on A, alternating, MiB/s (the table has each one's median): chaserfs" \
     "$(rounds "${CUP[@]}"); JuiceFS $(rounds "${JUP[@]}"); the writes of the file read on B:" \
     "chaserfs $(mibs "$SIZE_MIB" "$CW_BIG"), JuiceFS $(mibs "$SIZE_MIB" "$JW_BIG")"
 echo "cold read rounds on B, MiB/s (the table has each one's median): chaserfs $(rounds "${CRB[@]}");" \
     "JuiceFS $(rounds "${JRB[@]}")"
+echo "warmed-ahead rounds on B, each after a restart, MiB/s: first read $(rounds "${ARB[@]}"), again" \
+    "$(rounds "${AR2B[@]}"); files/s: $(for s in "${ART[@]}"; do fps "$s" | cut -d' ' -f1; done | paste -sd' '), again" \
+    "$(for s in "${AR2T[@]}"; do fps "$s" | cut -d' ' -f1; done | paste -sd' ')"
 printf 'before each cold read, the disks settled within %.1f s\n' "$SETTLED_MAX"
 printf 'session end on A (final commit): %.2f s\n' "$CEND"
 # JuiceFS's is a new process's (its mount is its session); chaserfs's daemon is already up.
@@ -397,7 +410,7 @@ printf 'session start: single host %.3f s, cold on B %.3f s (median); JuiceFS mo
 printf 'failover after SIGKILL of A: %.1f s (lease TTL %s s)\n' "$FAILOVER" "$LEASE_TTL"
 echo "B's $STATS (before its restart)"
 echo "B's $STATS_AFTER (after it: the warm-up, the reads, the failover)"
-printf 'warm-ahead on B after its restart: %.2f s (%s)\n' "$WARM_SECS" \
+printf 'warm-ahead on B after its restart: %.2f s (median; %s)\n' "$WARM_SECS" \
     "$(echo "$WARMED" | jq -r '"\(.nodes) nodes, \(.chunks) chunks, \(.chunk_bytes / 1048576 | floor) MiB"')"
 echo "JuiceFS B's $JSTATS_B"
 printf 'git status, %s files (%s MiB with .git): single host %.2f s, cold on B %.2f s (B / single host = %.1fx), warm on B %.2f s\n' \
