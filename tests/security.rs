@@ -181,6 +181,49 @@ fn privileges_from_archives_only_when_the_operator_allows() {
     d.unmount(v["id"].as_str().unwrap());
 }
 
+/// `ioctl(2)` on a session's files reaches the daemon every time (the kernel remembers no
+/// answer to FUSE_IOCTL), and every program that checks `isatty` on a file it opens sends one.
+#[test]
+fn ioctls_in_a_session_answer_enotty_and_write_nothing_to_the_log() {
+    use std::os::fd::AsRawFd;
+    let d = Daemon::start();
+    d.create_workspace("w");
+    let (_session, mnt) = d.mount("w", "s");
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    std::fs::create_dir(mnt.join("dir")).unwrap();
+    let log_before = d.log().len();
+    // TCGETS (isatty), FS_IOC_GETFLAGS (lsattr) and an invented command, on a file and a
+    // directory, many times over.
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    for path in [mnt.join("f"), mnt.join("dir")] {
+        let f = std::fs::File::open(&path).unwrap();
+        for cmd in [libc::TCGETS, FS_IOC_GETFLAGS, 0xC0DE_0042] {
+            for _ in 0..1000 {
+                let mut out = [0u8; 256];
+                // SAFETY: the buffer outlives the call and is larger than what any of the
+                // three commands writes.
+                #[allow(unsafe_code)]
+                let r = unsafe { libc::ioctl(f.as_raw_fd(), cmd, out.as_mut_ptr()) };
+                let err = std::io::Error::last_os_error();
+                assert_eq!(r, -1, "ioctl {cmd:#x} on {}", path.display());
+                assert_eq!(
+                    err.raw_os_error(),
+                    Some(libc::ENOTTY),
+                    "ioctl {cmd:#x}: {err}"
+                );
+            }
+        }
+    }
+    let grown = d.log().len() - log_before;
+    assert!(
+        grown < 1024,
+        "6,000 ioctls wrote {grown} bytes to the daemon's log:\n{}",
+        &d.log()[log_before..]
+    );
+    // The mount still works.
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"x");
+}
+
 #[test]
 fn a_snapshot_session_refuses_writes_at_once() {
     let d = daemon_with(&[]);

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags,
+    PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
@@ -813,5 +814,40 @@ impl Filesystem for FuseAdapter {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let _op = FuseOp::start("ioctl");
+        // No ioctl is served: ENOTTY, as ext4 answers one it does not know. The kernel asks
+        // every time (it remembers no answer to IOCTL), and `isatty` on every file a program
+        // opens asks: fuser's default answer wrote a warning line to the log each time, a
+        // line any process in a session could have repeated to fill the host's disk.
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        let _op = FuseOp::start("poll");
+        // ENOSYS: the kernel stops asking for the mount and reports files always ready, as a
+        // disk filesystem's are. Answered here so fuser's default logs nothing.
+        reply.error(Errno::ENOSYS);
     }
 }
