@@ -35,7 +35,10 @@ const KV_LIMIT: usize = 16384;
 #[derive(Default)]
 pub(super) struct Changed {
     map: Changes,
-    since_entry: BTreeSet<Vec<u8>>,
+    /// Hashed, not ordered: between two fsyncs it holds every key changed (a tree of small
+    /// files made without one, hundreds of thousands), and each change looks its key up.
+    /// In a `BTreeSet`, the key comparisons took 5% of the daemon's CPU making small files.
+    since_entry: HashSet<Vec<u8>>,
 }
 
 impl Deref for Changed {
@@ -197,7 +200,10 @@ impl State {
         let mut size = 0usize;
         let mut changed = Vec::new();
         let mut unset = Vec::new();
-        let candidates = self.kv.since_entry.iter().filter(|k| **k != super_key);
+        // In key order, so an entry's bytes do not depend on a hash seed.
+        let mut candidates: Vec<&Vec<u8>> = self.kv.since_entry.iter().collect();
+        candidates.sort_unstable();
+        let candidates = candidates.into_iter().filter(|k| **k != super_key);
         let values = candidates
             .map(|k| (k.as_slice(), view(k)))
             .chain([(super_key.as_slice(), Some(Some(records::encode(&self.sup))))]);
