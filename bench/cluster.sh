@@ -45,6 +45,10 @@ WARM_ROUNDS=3
 bench_args "[--size-mib N] [--files N] [--git-files N] [--jfs-git 1] [--upload-rounds N] [--cold-rounds N] [--warm-rounds N]" \
     --size-mib=SIZE_MIB --files=FILES --git-files=GIT_FILES --jfs-git=JFS_GIT \
     --upload-rounds=UPLOAD_ROUNDS --cold-rounds=COLD_ROUNDS --warm-rounds=WARM_ROUNDS -- "$@"
+# Each row is a median of its rounds: at least one (no round would leave host B stopped).
+for n in "$UPLOAD_ROUNDS" "$COLD_ROUNDS" "$WARM_ROUNDS"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || bench_usage
+done
 bash scripts/install-cluster-stores.sh
 jfs_install
 bench_work cluster-bench
@@ -402,15 +406,15 @@ echo "cold read rounds on B, MiB/s (the table has each one's median): chaserfs $
 echo "warmed-ahead rounds on B, each after a restart, MiB/s: first read $(rounds "${ARB[@]}"), again" \
     "$(rounds "${AR2B[@]}"); files/s: $(for s in "${ART[@]}"; do fps "$s" | cut -d' ' -f1; done | paste -sd' '), again" \
     "$(for s in "${AR2T[@]}"; do fps "$s" | cut -d' ' -f1; done | paste -sd' ')"
-printf 'before each cold read, the disks settled within %.1f s\n' "$SETTLED_MAX"
+printf 'before each read with the page cache dropped, the disks settled within %.1f s\n' "$SETTLED_MAX"
 printf 'session end on A (final commit): %.2f s\n' "$CEND"
 # JuiceFS's is a new process's (its mount is its session); chaserfs's daemon is already up.
 printf 'session start: single host %.3f s, cold on B %.3f s (median); JuiceFS mount on B (process start to root visible) %.3f s (median)\n' \
     "$LMOUNT" "$CMOUNT" "$JMOUNT"
 printf 'failover after SIGKILL of A: %.1f s (lease TTL %s s)\n' "$FAILOVER" "$LEASE_TTL"
 echo "B's $STATS (before its restart)"
-echo "B's $STATS_AFTER (after it: the warm-up, the reads, the failover)"
-printf 'warm-ahead on B after its restart: %.2f s (median; %s)\n' "$WARM_SECS" \
+echo "B's $STATS_AFTER (after its last restart: that warm-up, its reads, the failover)"
+printf 'warm-ahead on B after its restart: %.2f s (median; the last round: %s)\n' "$WARM_SECS" \
     "$(echo "$WARMED" | jq -r '"\(.nodes) nodes, \(.chunks) chunks, \(.chunk_bytes / 1048576 | floor) MiB"')"
 echo "JuiceFS B's $JSTATS_B"
 printf 'git status, %s files (%s MiB with .git): single host %.2f s, cold on B %.2f s (B / single host = %.1fx), warm on B %.2f s\n' \
