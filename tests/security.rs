@@ -214,11 +214,17 @@ fn ioctls_in_a_session_answer_enotty_and_write_nothing_to_the_log() {
             }
         }
     }
-    let grown = d.log().len() - log_before;
+    // Warnings and errors only: a daemon run with RUST_LOG=debug logs every request.
+    let log = d.log();
+    let warned: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
     assert!(
-        grown < 1024,
-        "6,000 ioctls wrote {grown} bytes to the daemon's log:\n{}",
-        &d.log()[log_before..]
+        warned.len() < 5,
+        "6,000 ioctls wrote {} warnings to the daemon's log, the first: {:?}",
+        warned.len(),
+        warned.first()
     );
     // The mount still works.
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"x");
