@@ -220,6 +220,17 @@ impl Store {
         self.fetch_marked(kind, &wanted, false);
     }
 
+    /// Cluster mode: the chunks of one read, those not held here fetched together (a request
+    /// per stretch of a pack) before the read copies them one by one. A read the kernel
+    /// makes of a file's middle (an mmap's fault, a reader that seeks) follows no earlier
+    /// read and gets no read-ahead: fetched each alone, the 16 chunks of a 1 MiB read cost 16
+    /// round trips in a row (a cold `git status` read its 1.5 MB index so, in 0.54-0.71 s).
+    pub(crate) fn fetch_together(&self, hashes: &[Hash]) {
+        if self.remote.is_some() {
+            self.prefetch(ObjectKind::Chunk, hashes);
+        }
+    }
+
     /// Marks the objects of `hashes` neither held here nor already in flight as in flight:
     /// a read that needs one waits for its fetch ([`Store::wait_in_flight`]) instead of asking
     /// the object store again. Whoever marks them fetches them ([`Store::fetch_marked`]).
