@@ -20,7 +20,8 @@
 # that cache (page cache dropped), the medians of --warm-rounds such restarts; each also
 # for JuiceFS, with a chaserfs / JuiceFS ratio. Then `git status` in a repository of
 # --git-files files: on the single host after a session restart with the page cache dropped,
-# and on B, which never saw that workspace, each cold and then warm (for JuiceFS too with
+# and on B, which never saw that workspace (restarted, its cache empty), each cold (the median
+# of --cold-rounds rounds) and then warm (for JuiceFS too with
 # --jfs-git 1: off by default, as JuiceFS uploads each file as it is closed and copying the
 # repository in takes minutes). And the peak RSS (VmHWM) of A's and B's daemons and of
 # JuiceFS's mounts. Before any chaserfs host starts, store-bench (bench/src/store.rs)
@@ -168,7 +169,9 @@ TREE_MIB=$(du -sm "$WORK/src/tree" | cut -f1)
 make_files "$WORK/src/git" "$GIT_FILES" 256 4096
 git -C "$WORK/src/git" init -q
 git -C "$WORK/src/git" add -A
-git -C "$WORK/src/git" -c user.name=bench -c user.email=bench@localhost commit -q -m files
+# Packed now, not by the commit's `gc --auto` in the background while the copies read it.
+git -C "$WORK/src/git" -c gc.auto=0 -c user.name=bench -c user.email=bench@localhost commit -q -m files
+git -C "$WORK/src/git" gc -q
 GIT_MIB=$(du -sm "$WORK/src/git" | cut -f1)
 
 session() { # session PORT WORKSPACE MOUNTPOINT: prints the session id
@@ -257,15 +260,20 @@ drop_caches
 t0=$(now); SL=$(session "$PL" bench "$WORK/local/mnt/w"); LMOUNT=$(secs "$t0" "$(now)")
 read_all "$WORK/local/mnt/w"; LR_BIG=$R_BIG; LR_TREE=$R_TREE
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
-# git status after the session is restarted and the page cache dropped, then again.
+# git status after the session is restarted and the page cache dropped (the median of
+# --cold-rounds rounds), then again in the last round.
 api "$PL" POST /v1/workspaces '{"session_type":"sandbox","name":"git"}' >/dev/null
 SL=$(session "$PL" git "$WORK/local/mnt/g")
 git_copy "$WORK/local/mnt/g"
 api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
-drop_caches; SL=$(session "$PL" git "$WORK/local/mnt/g")
-git_status "$WORK/local/mnt/g"; LG_COLD=$GIT_SECS; LG_REWROTE=$GIT_REWROTE
-git_status "$WORK/local/mnt/g"; LG_WARM=$GIT_SECS
-api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
+LGC=()
+for round in $(seq "$COLD_ROUNDS"); do
+    drop_caches; SL=$(session "$PL" git "$WORK/local/mnt/g")
+    git_status "$WORK/local/mnt/g"; LGC+=("$GIT_SECS"); LG_REWROTE=$GIT_REWROTE
+    [ "$round" -lt "$COLD_ROUNDS" ] || { git_status "$WORK/local/mnt/g"; LG_WARM=$GIT_SECS; }
+    api "$PL" DELETE "/v1/sessions/$SL" >/dev/null
+done
+LG_COLD=$(median "${LGC[@]}")
 
 # Cluster: written on A (every fsync uploads to Garage and commits in etcd), read on B.
 api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"bench"}' >/dev/null
@@ -291,16 +299,30 @@ CR_BIG=$(median "${CRB[@]}"); CR_TREE=$(median "${CRT[@]}"); CMOUNT=$(median "${
 drop_caches; read_all "$WORK/b/mnt/w"; WR_BIG=$R_BIG; WR_TREE=$R_TREE
 api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
 # git status on B in a second workspace, written on A, that B has never seen (its cache holds
-# none of it): cold, then warm.
+# none of it), the median of --cold-rounds rounds, each after a restart of B but the first
+# (which empties its cache); warm again in the last round.
 api "$PA" POST /v1/workspaces '{"session_type":"sandbox","name":"git"}' >/dev/null
 SA=$(session "$PA" git "$WORK/a/mnt/g")
 git_copy "$WORK/a/mnt/g"
 api "$PA" DELETE "/v1/sessions/$SA" >/dev/null
-drop_caches
-t0=$(now); SB=$(session "$PB" git "$WORK/b/mnt/g"); GMOUNT=$(secs "$t0" "$(now)")
-git_status "$WORK/b/mnt/g"; CG_COLD=$GIT_SECS; CG_REWROTE=$GIT_REWROTE
-git_status "$WORK/b/mnt/g"; CG_WARM=$GIT_SECS
-api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
+hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; } # peak RSS, MiB
+# stop_b: stops B; the first time, keeps its peak RSS and its objects line, those of the
+# process that made the cold and cached reads above.
+stop_b() {
+    HWM_B=${HWM_B:-$(hwm "$PID_b")}
+    kill -TERM "$PID_b"; wait "$PID_b" || true
+    STATS=${STATS:-$(grep -o 'cluster objects: .*' "$WORK/b/daemon.log" | tail -1)}
+}
+CGC=() GMT=()
+for round in $(seq "$COLD_ROUNDS"); do
+    if [ "$round" -gt 1 ]; then stop_b; start b "$PB" cluster; fi
+    drop_caches
+    t0=$(now); SB=$(session "$PB" git "$WORK/b/mnt/g"); GMT+=("$(secs "$t0" "$(now)")")
+    git_status "$WORK/b/mnt/g"; CGC+=("$GIT_SECS"); CG_REWROTE=$GIT_REWROTE
+    [ "$round" -lt "$COLD_ROUNDS" ] || { git_status "$WORK/b/mnt/g"; CG_WARM=$GIT_SECS; }
+    api "$PB" DELETE "/v1/sessions/$SB" >/dev/null
+done
+CG_COLD=$(median "${CGC[@]}"); GMOUNT=$(median "${GMT[@]}")
 
 # JuiceFS on the same stores, the same workloads: written by its host A's mount, which then
 # unmounts; read by host B's, a fresh mount with another, empty cache dir.
@@ -334,10 +356,7 @@ jfs_umount b; JHWM_B=$JFS_HWM; JSTATS_B=$JFS_STATS
 # workspace (POST .../warm returns once the tree and the newest chunks are here), then a
 # session and the reads with the page cache dropped: what a scheduler that knows where the
 # next session lands gets.
-hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; } # peak RSS, MiB
-HWM_B=$(hwm "$PID_b")
-kill -TERM "$PID_b"; wait "$PID_b" || true
-STATS=$(grep -o 'cluster objects: .*' "$WORK/b/daemon.log" | tail -1)
+stop_b
 # --warm-rounds rounds, each on a restarted B; the table has the medians. Again from the same
 # cache, the page cache dropped: that host's warm-cache speed, to hold the warmed-ahead read
 # against (the "B's cache" rows are of B before its restart).
@@ -412,14 +431,15 @@ printf 'session end on A (final commit): %.2f s\n' "$CEND"
 printf 'session start: single host %.3f s, cold on B %.3f s (median); JuiceFS mount on B (process start to root visible) %.3f s (median)\n' \
     "$LMOUNT" "$CMOUNT" "$JMOUNT"
 printf 'failover after SIGKILL of A: %.1f s (lease TTL %s s)\n' "$FAILOVER" "$LEASE_TTL"
-echo "B's $STATS (before its restart)"
+echo "B's $STATS (the process that made the cold and cached reads, and the first git status)"
 echo "B's $STATS_AFTER (after its last restart: that warm-up, its reads, the failover)"
 printf 'warm-ahead on B after its restart: %.2f s (median; the last round: %s)\n' "$WARM_SECS" \
     "$(echo "$WARMED" | jq -r '"\(.nodes) nodes, \(.chunks) chunks, \(.chunk_bytes / 1048576 | floor) MiB"')"
 echo "JuiceFS B's $JSTATS_B"
 printf 'git status, %s files (%s MiB with .git): single host %.2f s, cold on B %.2f s (B / single host = %.1fx), warm on B %.2f s\n' \
     "$(commas "$GIT_FILES")" "$GIT_MIB" "$LG_COLD" "$CG_COLD" "$(echo "$CG_COLD / $LG_COLD" | bc -l)" "$CG_WARM"
-printf '  (warm single host %.2f s; session start on B %.3f s; the cold run rewrote the index: single host %s, B %s)\n' \
+printf '  (medians; rounds, s: single host %s, cold on B %s; warm single host %.2f s; session start on B %.3f s; the last cold run rewrote the index: single host %s, B %s)\n' \
+    "$(printf '%.2f\n' "${LGC[@]}" | paste -sd' ')" "$(printf '%.2f\n' "${CGC[@]}" | paste -sd' ')" \
     "$LG_WARM" "$GMOUNT" "$LG_REWROTE" "$CG_REWROTE"
 if [ "$JFS_GIT" = 1 ]; then
     printf 'git status, JuiceFS: cold on B %.2f s, warm on B %.2f s (the cold run rewrote the index: %s)\n' \
