@@ -9,6 +9,7 @@
 //! clear error instead of a hung session.
 
 pub mod gc;
+mod http;
 mod meta;
 pub mod metrics;
 mod objects;

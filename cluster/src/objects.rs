@@ -90,19 +90,7 @@ fn pack_key(pack: &Hash) -> Path {
 /// (per 512 MiB sent to a loopback Garage: 1.69-1.81 CPU-seconds against 2.04-2.26) and the
 /// store a little less.
 pub fn transport_keeps_bodies_intact(endpoint: &str) -> bool {
-    // The client takes its proxy from these, as curl does.
-    const PROXY_VARS: [&str; 6] = [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ];
-    let proxied = PROXY_VARS
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty()));
-    !proxied && is_loopback(endpoint)
+    !crate::http::proxied() && is_loopback(endpoint)
 }
 
 /// Whether `endpoint` names this host through loopback.
@@ -126,7 +114,15 @@ fn s3_error(what: &str, e: object_store::Error) -> FsError {
 
 impl Objects {
     pub(crate) fn new(config: &ClusterConfig, runtime: Arc<Runtime>) -> FsResult<Objects> {
-        let s3 = AmazonS3Builder::new()
+        let attempt_timeout = (config.request_timeout / 3).max(Duration::from_secs(1));
+        let mut s3 = AmazonS3Builder::new();
+        if crate::http::plain_http_without_proxy(&config.s3_endpoint) {
+            s3 = s3.with_http_connector(crate::http::QuickAckConnector {
+                connect_timeout: Duration::from_secs(5),
+                attempt_timeout,
+            });
+        }
+        let s3 = s3
             .with_endpoint(&config.s3_endpoint)
             .with_bucket_name(&config.s3_bucket)
             .with_region(&config.s3_region)
@@ -141,7 +137,7 @@ impl Objects {
                     .with_connect_timeout(Duration::from_secs(5))
                     // One attempt gets a third of the budget: a request stalled on a dying
                     // node (Garage takes seconds to notice one) is retried, not waited out.
-                    .with_timeout((config.request_timeout / 3).max(Duration::from_secs(1))),
+                    .with_timeout(attempt_timeout),
             )
             .with_retry(RetryConfig {
                 max_retries: 5,
