@@ -5,7 +5,8 @@ Called by bench/datapath.sh, which mounts the targets:
 The first target is the baseline (native); every other figure is shown as a ratio to it,
 oriented so that higher is better for the target. For the small-file workloads it also prints
 the FUSE requests the `chaserfs` target's daemon served per file, by operation, from the
-daemon's /metrics.
+daemon's /metrics; for the cold rows, each target's disk reads (their number and average
+size); for the fsync rows, the commits the chaserfs daemon made meanwhile.
 """
 
 import argparse
@@ -81,6 +82,25 @@ def fuse_requests(url):
     return {m[1]: int(m[2]) for m in re.finditer(pattern, text, re.M)}
 
 
+def commits(url):
+    """Commits the daemon has made since it started, and the seconds they took."""
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    found = dict(re.findall(r"^chaserfs_commit_duration_seconds_(sum|count) (\S+)$", text, re.M))
+    return int(float(found.get("count", 0))), float(found.get("sum", 0))
+
+
+def disk_reads(path):
+    """Reads the disk holding `path` has completed and the bytes they read (/proc/diskstats:
+    major, minor, name, reads, merged, sectors read, ...), or None if it is no block device."""
+    dev = os.stat(path).st_dev
+    with open("/proc/diskstats") as f:
+        for line in f:
+            p = line.split()
+            if (int(p[0]), int(p[1])) == (os.major(dev), os.minor(dev)):
+                return int(p[3]), int(p[5]) * 512
+    return None
+
+
 def small_files(d, n):
     os.mkdir(d)
     for i in range(n):
@@ -126,6 +146,9 @@ def make_inputs(work):
 FLOOR = "fuse-floor"
 FLOOR_ROWS = {"seqw", "seqr_cold", "seqr_warm", "randr", "randw", "append", "overwrite",
               "randover", "small", "tiny"}
+# Rows whose disk reads are printed: their number and average size show how a target's
+# layout on the disk serves them.
+DISK_ROWS = {"seqr_cold", "randr", "find"}
 # Rows whose fsync the floor answers at once, where a store must reach the disk.
 DURABLE_ROWS = {"append", "overwrite", "randover"}
 
@@ -148,6 +171,8 @@ def main():
     results = {}  # workload -> {target: value}
     rows = []  # (key, label, unit, higher_is_better)
     requests = {}  # workload key -> (label, files, {op: requests})
+    reads = {}  # cold workload key -> {target: (disk reads, bytes)}
+    committed = {}  # fsync workload key -> (commits, seconds) of the chaserfs daemon
 
     def workload(key, label, unit, higher, fn, cold=False, rss_label=None, files=None):
         rows.append((key, label, unit, higher))
@@ -164,6 +189,9 @@ def main():
                 rss.reset()
             if files and name == "chaserfs":
                 before = fuse_requests(a.daemon_url)
+            if key in DURABLE_ROWS and name == "chaserfs":
+                commits_before = commits(a.daemon_url)
+            reads_before = disk_reads(a.work) if key in DISK_ROWS and name != FLOOR else None
             try:
                 results[key][name] = fn(d)
             except subprocess.CalledProcessError as e:
@@ -173,6 +201,13 @@ def main():
                 # leaves its cell empty, not the run without its table.
                 print(f"  {label}: {name} failed: {e}", file=sys.stderr)
                 continue
+            if reads_before is not None:
+                after = disk_reads(a.work)
+                reads.setdefault(key, {})[name] = (after[0] - reads_before[0],
+                                                   after[1] - reads_before[1])
+            if key in DURABLE_ROWS and name == "chaserfs":
+                n, secs = commits(a.daemon_url)
+                committed[key] = (n - commits_before[0], secs - commits_before[1])
             if rss_label and name == "chaserfs":
                 rss.read(rss_label)
             if files and name == "chaserfs":
@@ -286,6 +321,25 @@ def main():
         native = results[key][names[0]]
         print(f"- {label}: {per_file:.2f} ({by_op}); floor {floor:.2f} s = "
               f"{floor / native:.1f}x native, measured {results[key]['chaserfs'] / native:.1f}x")
+    if reads:
+        print("\nDisk reads during the read rows (/proc/diskstats of the work dir's disk: "
+              "requests, and their average size). A disk serves a sequential read in large "
+              "requests; chaserfs's chunks lie in its blob files in hash order within each "
+              "flush (RocksDB writes a flush's blobs in key order), so its cold sequential read "
+              "is about one request per 64 KiB chunk, and a random 4 KiB read reads the whole "
+              "chunk:")
+        for key, label, _, _ in rows:
+            if key in reads:
+                print(f"- {label}: " + ", ".join(
+                    f"{n} {count:,} of {nbytes / max(count, 1) / 1024:,.0f} KiB"
+                    for n, (count, nbytes) in reads[key].items()))
+    if committed:
+        print("\nchaserfs commits during the fsync rows (/metrics; a commit seals every dirty "
+              "64 KiB buffer and holds the workspace meanwhile):")
+        for key, label, _, _ in rows:
+            if key in committed:
+                n, secs = committed[key]
+                print(f"- {label}: {n} commits, {secs:.2f} s")
     if FLOOR in names:
         print(f"\n{FLOOR}: the same FUSE mount setup as a chaserfs session with nothing behind "
               "it (writes dropped, reads answer zeros, fsync answers at once): the least any FUSE "

@@ -50,7 +50,7 @@ impl Workspace {
         if fetch.is_empty() {
             return Ok(n); // all in memory, or holes
         }
-        if fetch.len() > 1 {
+        if fetch.len() > 1 && self.store.is_cluster() {
             self.store
                 .fetch_together(&fetch.iter().map(|c| c.extent.hash).collect::<Vec<_>>());
         }
