@@ -5,7 +5,7 @@ Called by bench/datapath.sh, which mounts the targets:
 The first target is the baseline (native); every other figure is shown as a ratio to it,
 oriented so that higher is better for the target. For the small-file workloads it also prints
 the FUSE requests the `chaserfs` target's daemon served per file, by operation, from the
-daemon's /metrics; for the cold rows, each target's disk reads (their number and average
+daemon's /metrics; for the read rows, each target's disk reads (their number and average
 size); for the fsync rows, the commits the chaserfs daemon made meanwhile.
 """
 
@@ -171,7 +171,7 @@ def main():
     results = {}  # workload -> {target: value}
     rows = []  # (key, label, unit, higher_is_better)
     requests = {}  # workload key -> (label, files, {op: requests})
-    reads = {}  # cold workload key -> {target: (disk reads, bytes)}
+    reads = {}  # read workload key -> {target: (disk reads, bytes)}
     committed = {}  # fsync workload key -> (commits, seconds) of the chaserfs daemon
 
     def workload(key, label, unit, higher, fn, cold=False, rss_label=None, files=None):
