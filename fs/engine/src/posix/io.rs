@@ -50,9 +50,9 @@ impl Workspace {
         if fetch.is_empty() {
             return Ok(n); // all in memory, or holes
         }
-        if fetch.len() > 1 && self.store.is_cluster() {
+        if fetch.len() > 1 {
             self.store
-                .fetch_together(&fetch.iter().map(|c| c.extent.hash).collect::<Vec<_>>());
+                .fetch_together(fetch.iter().map(|c| c.extent.hash));
         }
         let fetched = fetch.iter().try_for_each(|c| {
             let dst = &mut out[c.at..c.at + c.len];
