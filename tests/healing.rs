@@ -1,6 +1,6 @@
 //! A transient storage failure heals without a restart: the daemon runs out of descriptors
 //! (its RLIMIT_NOFILE lowered under it, as `prlimit` does), or the disk refuses one write to
-//! the WAL or to a table (the power-cut layer's injected EIO). Writes fail while it lasts,
+//! the WAL, a table or a segment file (the power-cut layer's injected EIO). Writes fail while it lasts,
 //! `/readyz` says so, and once the cause has passed the store reopens in place: the next
 //! fsync succeeds within 10 s, sessions stay mounted, and no byte written before, during or
 //! after is lost, even when SIGTERM arrives meanwhile.
@@ -13,11 +13,27 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chaserfs_powercut::PowerCut;
-use common::{noise, Daemon, Options};
+use common::{noise, wait_until, Daemon, Options};
 
-/// Large enough that its commit writes chunks to a new table file (over the 1 MiB that go
+/// Large enough that its commit appends chunks to a segment file (over the 1 MiB that go
 /// through the WAL).
 const BIG: usize = 3 << 20;
+
+/// Appends `BIG` bytes at a time to `f` and fsyncs, until a write or an fsync fails: with
+/// descriptors out, the one that needs a new segment file (the open one full, at 64 MiB).
+/// Returns every byte written, the failed step's included.
+fn write_until_it_fails(f: &mut std::fs::File, seed: u64) -> Vec<u8> {
+    let mut all = Vec::new();
+    for step in 0..40 {
+        let bytes = noise(seed * 100 + step, BIG);
+        let written = f.write_all(&bytes);
+        all.extend_from_slice(&bytes);
+        if written.is_err() || f.sync_all().is_err() {
+            return all;
+        }
+    }
+    panic!("120 MiB written and synced with no descriptor to spare");
+}
 
 /// Sets process `pid`'s soft limit on open files with `prlimit`; returns the `SOFT:HARD`
 /// limits it had.
@@ -126,15 +142,10 @@ fn a_descriptor_shortage_heals_without_a_restart() {
     let mut api = Conn::open(&d);
     assert_eq!(api.get("/readyz").0, 200);
 
-    // No descriptor to spare: the commit cannot create the table its chunks go to.
-    let limits = set_open_files(d.pid(), 3);
-    let during = noise(2, BIG);
+    // No descriptor to spare: a commit cannot create the segment its chunks go to.
     let mut f = std::fs::File::create(mnt.join("during")).unwrap();
-    f.write_all(&during).unwrap();
-    assert!(
-        f.sync_all().is_err(),
-        "fsync fails while descriptors are out"
-    );
+    let limits = set_open_files(d.pid(), 3);
+    let during = write_until_it_fails(&mut f, 2);
     let (status, body) = api.get("/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store_unhealthy"), "{body}");
@@ -145,7 +156,10 @@ fn a_descriptor_shortage_heals_without_a_restart() {
     let took = fsync_until_ok(&f, Duration::from_secs(10));
     eprintln!("fsync succeeded {took:?} after the limit was raised");
     drop(f);
-    assert_eq!(api.get("/readyz").0, 200);
+    // A segment write may succeed before the store's next heal (once a second) says so.
+    wait_until(Duration::from_secs(10), "ready again", || {
+        api.get("/readyz").0 == 200
+    });
     let after = noise(3, BIG);
     write_synced(&mnt.join("after"), &after).unwrap();
     assert_eq!(
@@ -176,10 +190,8 @@ fn sigterm_while_unhealthy_commits_every_change_once_healed() {
     // Created before the limit: a create refused under it would leave no file to keep.
     let mut unsynced = std::fs::File::create(mnt.join("unsynced")).unwrap();
     let limits = set_open_files(d.pid(), 3);
-    let acked_not = noise(5, BIG);
-    // Into the page cache; the fsync commits (3 MiB is past a journal entry) and fails.
-    unsynced.write_all(&acked_not).unwrap();
-    assert!(unsynced.sync_all().is_err());
+    // Each fsync commits (3 MiB is past a journal entry), until one fails.
+    let acked_not = write_until_it_fails(&mut unsynced, 5);
     drop(unsynced);
     d.terminate();
     // It does not exit while the session's changes are uncommitted.
@@ -223,8 +235,9 @@ fn a_failed_write_to_the_wal_or_a_table_heals() {
     write_synced(&mnt.join("before"), &before).unwrap();
 
     let mut kept: Vec<(String, Vec<u8>)> = vec![("before".into(), before)];
-    // The WAL takes a small commit; a table takes a large one's chunks.
-    for (n, (suffix, len)) in [(".log", 1000), (".sst", BIG), (".blob", BIG)]
+    // The WAL takes a small commit and a large one's chunk locators; a segment its chunks;
+    // a table the collector's flush of them, which a deleted workspace wakes.
+    for (n, (suffix, len)) in [(".log", 1000), (".seg", BIG), (".sst", BIG)]
         .into_iter()
         .enumerate()
     {
@@ -234,6 +247,17 @@ fn a_failed_write_to_the_wal_or_a_table_heals() {
         let bytes = noise(10 + n as u64, len);
         let mut f = std::fs::File::create(mnt.join(&name)).unwrap();
         f.write_all(&bytes).unwrap();
+        if suffix == ".sst" {
+            let id = d.create_workspace("scratch")["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let (status, body) = d.call("DELETE", &format!("/v1/workspaces/{id}"), None);
+            assert!(status < 300, "{status} {body}");
+            wait_until(Duration::from_secs(30), "the collector's flush", || {
+                pc.failed_writes() > failed
+            });
+        }
         let first = f.sync_all();
         assert_eq!(pc.failed_writes(), failed + 1, "the {suffix} fault fired");
         eprintln!("{suffix}: first fsync {first:?}");

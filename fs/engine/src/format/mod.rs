@@ -40,11 +40,13 @@ impl Format {
     /// a version 2 store without one. Version 3 keeps the journal in a database of its own
     /// (`journal/` in the data dir), and moves a version 2 journal there when it opens one.
     /// Version 4 adds to a journal entry the chunks of the root its buffers start from
-    /// (`JournalEntry::bases`), which an older build would drop. This build opens versions
-    /// 1 to 3 (it reads a version 3 entry too) and stamps them 4; older builds refuse the dir
-    /// from then on.
+    /// (`JournalEntry::bases`), which an older build would drop. Version 5 keeps chunks in
+    /// segment files (`segments/` in the data dir) and their locators as `chunks` values,
+    /// which an older build would read as chunk bytes. This build opens versions 1 to 4 (it
+    /// reads a version 3 entry, and chunk values stored whole) and stamps them 5; older
+    /// builds refuse the dir from then on.
     pub const CURRENT: Format = Format {
-        version: 4,
+        version: 5,
         chunk_size: CHUNK_SIZE as u32,
         node_encoding: 1,
         chunk_codec: 1,

@@ -19,8 +19,6 @@
 
 use std::collections::HashSet;
 
-use rocksdb::WriteBatch;
-
 use crate::error::FsResult;
 use crate::format::hash::Hash;
 use crate::format::keys;
@@ -155,12 +153,12 @@ fn sweep(
         }
         if candidates.len() >= SWEEP_BATCH || (done && !candidates.is_empty()) {
             let pins = store.pins.lock();
-            let mut batch = WriteBatch::default();
+            let mut doomed = Vec::with_capacity(candidates.len());
             for h in candidates.drain(..) {
                 let protected = pins.counts.contains_key(&h)
                     || pins.gc_protect.as_ref().is_some_and(|p| p.contains(&h));
                 if !protected {
-                    batch.delete_cf(cf, h.0);
+                    doomed.push(h);
                     deleted += 1;
                     // Keys come in order, so the first delete starts the range.
                     match &mut range {
@@ -169,7 +167,7 @@ fn sweep(
                     }
                 }
             }
-            store.write(batch, false)?;
+            store.delete_objects(cf_name, &doomed)?;
         }
         if done {
             iter.status()?;

@@ -27,7 +27,7 @@ use crate::format::codec::CHUNK_RAW;
 use crate::format::hash::Hash;
 
 /// Chunks start on a page of their segment.
-const PAGE: u64 = 4096;
+pub(super) const PAGE: u64 = 4096;
 /// A segment is closed to appends past this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// Segments open for appends at once, each taken by the threads that hash to it: a buffered
@@ -334,7 +334,7 @@ fn lane() -> usize {
 }
 
 /// Frees `len` bytes (whole pages) at `offset`.
-fn punch_hole(file: &File, offset: u64, len: u64) {
+pub(super) fn punch_hole(file: &File, offset: u64, len: u64) {
     let punched = fallocate(
         file,
         FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
@@ -347,7 +347,7 @@ fn punch_hole(file: &File, offset: u64, len: u64) {
     }
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> FsError {
+pub(super) fn io_error(path: &Path, e: std::io::Error) -> FsError {
     FsError::Storage(format!("{}: {e}", path.display()))
 }
 

@@ -43,10 +43,9 @@ impl Store {
         ranges: &[KeyRange<'_>],
         force_bottommost: bool,
     ) -> FsResult<()> {
-        self.flush_chunks(true)?;
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        for name in [CF_NODES, CF_META] {
+        for name in [CF_CHUNKS, CF_NODES, CF_META] {
             let db = self.db()?;
             self.wrote(db.flush_cf_opt(db.cf(name), &fo))?;
         }

@@ -170,8 +170,8 @@ impl Store {
     }
 
     /// Appends entry `seq` of workspace `ws` (`bytes` long) durably, with the sealed chunks
-    /// it references that are not stored yet. Chunks written unlogged earlier are flushed
-    /// first: the entry may reference them.
+    /// it references that are not stored yet. Chunks appended to the segments earlier are
+    /// published first: the entry may reference them.
     pub(crate) fn append_journal(
         &self,
         ws: uuid::Uuid,
@@ -188,7 +188,7 @@ impl Store {
         if self.disk_space()?.avail_bytes() < 3 * bytes as u64 + (4 << 20) {
             return Err(FsError::NoSpace);
         }
-        self.flush_chunks(false)?;
+        self.publish_chunks()?;
         let encoded: Vec<(Hash, Vec<u8>)> =
             chunks.iter().map(|(h, d)| (*h, encode_chunk(d))).collect();
         let mut batch = WriteBatch::default();

@@ -1,8 +1,11 @@
 //! The object store: RocksDB with one column family per kind of object.
 //!
-//! - `chunks`: file data chunks, key = BLAKE3 of the bytes. Values are a codec byte and the
-//!   bytes, lz4-compressed when a probe of the chunk shows it pays ([`crate::format::codec`]); they live
-//!   in RocksDB's integrated BlobDB, so compaction moves keys, not data.
+//! - `chunks`: file data chunks, key = BLAKE3 of the bytes. A chunk's stored encoding is a codec
+//!   byte and the bytes, lz4-compressed when a probe of the chunk shows it pays
+//!   ([`crate::format::codec`]). A data dir appends it to a segment file in the order chunks
+//!   are sealed, and the value is where (`segments.rs`); chunks of a small commit or of a
+//!   journal entry, and all chunks of stores written before segments, are the value itself,
+//!   in RocksDB's integrated BlobDB.
 //! - `nodes`: tree nodes ([`crate::format::node::Node`]), key = BLAKE3 of the encoding.
 //! - `meta`: root pointers ([`RootId`] → [`RootRecord`]) and, under other prefixes, the
 //!   workspace service's records.
@@ -16,8 +19,7 @@
 use indexmap::IndexMap;
 use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions, DB,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -40,6 +42,7 @@ mod key_scan;
 mod node_cache;
 mod objects;
 mod roots;
+mod segments;
 mod space;
 
 pub use cache::CacheStats;
@@ -80,19 +83,6 @@ pub(crate) struct Pins {
     pub(crate) gc_protect: Option<HashSet<Hash>>,
 }
 
-/// Counts of unlogged chunk writes: completed, and known to be covered by a finished flush.
-#[derive(Default)]
-struct ChunkFlushes {
-    written: AtomicU64,
-    flushed: AtomicU64,
-    /// Held shared by a chunk's put until it is counted, and exclusively to read the count a
-    /// flush covers: a chunk readers can see (and a seal deduplicates against) is counted.
-    counting: RwLock<()>,
-    /// Tests run code between a flush and its recording, where a racing write would land.
-    #[cfg(test)]
-    after_flush_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
-}
-
 /// The open databases: the object store, and a data dir's fsync journal (`journal.rs`).
 struct Dbs {
     main: DB,
@@ -121,12 +111,8 @@ pub struct Store {
     /// database: RocksDB refuses every write after a background error (a file it could not
     /// create, a write the disk refused) until it is reopened.
     failure: Mutex<Option<String>>,
-    /// Chunks written without the WAL that no flush of ours has covered yet: a reopen would
-    /// lose the ones still in a memtable, so [`Store::heal`] reads them back and writes them
-    /// again. 32 bytes per 64 KiB chunk; cleared by each flush.
-    unflushed: Mutex<HashSet<Hash>>,
-    /// Chunks read back by a heal whose reopen failed, written once one succeeds.
-    healing: Mutex<Vec<(Hash, Vec<u8>)>>,
+    /// A data dir's chunk files (`segments.rs`); `None` on a cluster host.
+    segments: Option<segments::Segments>,
     /// Released for a takeover: the successor may hold the database, so no heal opens it.
     released: AtomicBool,
     /// A collection runs (see [`Store::collecting`]).
@@ -136,8 +122,6 @@ pub struct Store {
     pub(crate) pins: Mutex<Pins>,
     /// Workspaces open for writing; their roots move only by their own commits.
     open: Mutex<HashSet<uuid::Uuid>>,
-    /// Flush generations of chunks written without the WAL: see [`Store::flush_chunks`].
-    chunk_flushes: ChunkFlushes,
     /// Serializes root-pointer changes so read-check-write sequences are atomic.
     roots_lock: Mutex<()>,
     /// Chunk bytes that commits stopped referencing since the last collection began: what
@@ -201,6 +185,8 @@ fn kind_cf(kind: ObjectKind) -> &'static str {
 
 /// Cluster mode: where fetched chunks are kept, in the data dir (emptied at every start).
 const FETCHED_DIR: &str = "fetched";
+/// A data dir's chunk files (`segments.rs`).
+const SEGMENTS_DIR: &str = "segments";
 
 /// Where a data dir records its on-disk format, in the `meta` column family.
 const FORMAT_KEY: &[u8] = b"Fformat";
@@ -347,24 +333,27 @@ impl Store {
             }
         }
         let db = Dbs::open(path, opts.block_cache_bytes, remote.is_none())?;
-        let chunk_files = if remote.is_some() {
-            Some(chunk_files::ChunkFiles::new(&path.join(FETCHED_DIR))?)
-        } else {
-            None
+        let (chunk_files, segments) = match remote {
+            Some(_) => (
+                Some(chunk_files::ChunkFiles::new(&path.join(FETCHED_DIR))?),
+                None,
+            ),
+            None => (
+                None,
+                Some(segments::Segments::open(&path.join(SEGMENTS_DIR))?),
+            ),
         };
         let store = Arc::new(Store {
             db: RwLock::new(Some(db)),
             block_cache_bytes: opts.block_cache_bytes,
             failure: Mutex::new(None),
-            unflushed: Mutex::new(HashSet::new()),
-            healing: Mutex::new(Vec::new()),
+            segments,
             released: AtomicBool::new(false),
             collecting: AtomicBool::new(false),
             path: path.to_path_buf(),
             nodes: NodeCache::new(opts.node_cache_bytes),
             pins: Mutex::new(Pins::default()),
             open: Mutex::new(HashSet::new()),
-            chunk_flushes: ChunkFlushes::default(),
             roots_lock: Mutex::new(()),
             released_bytes: AtomicU64::new(0),
             reserve_bytes: reserve_for(&disk_space(path)?),
@@ -440,6 +429,10 @@ impl Store {
     /// [`Store::reopen`], every operation fails. A takeover's successor opens it meanwhile.
     /// Durable state only survives: callers commit first.
     pub fn release(&self) {
+        // Chunks sealed since the last commit, indexed for the successor.
+        if let Err(e) = self.publish_chunks() {
+            tracing::warn!("publishing chunks before the handover: {e}");
+        }
         let mut db = self.db.write();
         self.released.store(true, Ordering::SeqCst);
         drop(db.take());
@@ -456,6 +449,9 @@ impl Store {
             )?);
             // Opened as configured, without blob GC (see `compact_with`).
             self.blob_gc.store(false, Ordering::SeqCst);
+            if let Some(segments) = &self.segments {
+                segments.skip_existing()?;
+            }
             self.released.store(false, Ordering::SeqCst);
         }
         Ok(())
@@ -489,24 +485,36 @@ impl Store {
         Running(&self.collecting)
     }
 
+    /// Records a failed write of a chunk file, as [`Store::wrote`] does a database's.
+    fn wrote_files<T>(&self, result: FsResult<T>) -> FsResult<T> {
+        result.inspect_err(|e| {
+            if let FsError::Storage(why) = e {
+                self.record_failure(why);
+            }
+        })
+    }
+
+    fn record_failure(&self, why: &str) {
+        let mut failure = self.failure.lock();
+        if failure.is_none() {
+            tracing::error!("store: a write failed ({why}); writes fail until the store heals");
+            metrics::gauge!(crate::metrics::STORE_HEALTHY).set(0.0);
+            *failure = Some(why.to_string());
+        }
+    }
+
     /// Records a failed write: the store is unhealthy until [`Store::heal`] succeeds.
     fn wrote<T>(&self, result: Result<T, rocksdb::Error>) -> FsResult<T> {
         result.map_err(|e| {
-            let mut failure = self.failure.lock();
-            if failure.is_none() {
-                tracing::error!("store: a write failed ({e}); writes fail until the store heals");
-                metrics::gauge!(crate::metrics::STORE_HEALTHY).set(0.0);
-                *failure = Some(e.to_string());
-            }
+            self.record_failure(e.as_ref());
             e.into()
         })
     }
 
     /// After a failed write, once the cause has passed (a file can be made and synced in the
-    /// data dir): closes the database and opens it again, in place,
-    /// while every caller waits. Chunks written without the WAL that no flush covered are
-    /// read back first and written again after, so no overlay loses a byte; what went
-    /// through the WAL is replayed by the reopen. Sessions stay mounted throughout.
+    /// data dir): closes the database and opens it again, in place, while every caller waits.
+    /// What went through the WAL is replayed by the reopen; chunks not published yet wait in
+    /// memory (`segments.rs`), so no overlay loses a byte. Sessions stay mounted throughout.
     pub fn heal(&self) -> FsResult<()> {
         // Not the space reserve: a full disk is emptied by deletes, which need a database
         // that takes writes again.
@@ -515,39 +523,8 @@ impl Store {
         if self.released.load(Ordering::SeqCst) {
             return Err(FsError::Storage("the store is closed (handed over)".into()));
         }
-        if let Some(Dbs { main: old, journal }) = db.take() {
-            // The journal's writes all went through its WAL: its reopen replays them.
-            drop(journal);
-            let hashes: Vec<Hash> = self.unflushed.lock().iter().copied().collect();
-            let cf = old
-                .cf_handle(CF_CHUNKS)
-                .expect("column families are created at open");
-            let mut healing = self.healing.lock();
-            for h in hashes {
-                match old.get_cf(cf, h.0) {
-                    Ok(Some(v)) => healing.push((h, v)),
-                    Ok(None) => {}
-                    Err(e) => tracing::error!("heal: reading back chunk {h}: {e}"),
-                }
-            }
-            drop(old);
-        }
+        drop(db.take());
         let reopened = Dbs::open(&self.path, self.block_cache_bytes, self.journals())?;
-        let mut healing = self.healing.lock();
-        let cf = reopened
-            .main
-            .cf_handle(CF_CHUNKS)
-            .expect("column families are created at open");
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        for (h, v) in healing.iter() {
-            reopened.main.put_cf_opt(cf, h.0, v, &wo)?;
-        }
-        let mut fo = FlushOptions::default();
-        fo.set_wait(true);
-        reopened.main.flush_cf_opt(cf, &fo)?;
-        healing.clear();
-        self.unflushed.lock().clear();
         self.blob_gc.store(false, Ordering::SeqCst);
         *db = Some(reopened);
         *self.failure.lock() = None;
@@ -657,43 +634,66 @@ mod tests {
         assert_eq!(store.meta_scan(b"k").unwrap()[0].1, b"before");
     }
 
-    /// Defect: a compaction cleared the "chunks not flushed" flag after its flush, so a chunk
-    /// written unlogged between that flush and the clearing was never flushed, and a synced
-    /// root could refer to a chunk that lived only in the memtable.
+    /// A large commit's chunks go to a segment, in order; the commit publishes them, so they
+    /// read back after a reopen; a collection of them gives their pages back.
     #[test]
-    fn a_chunk_written_during_a_compaction_flush_is_flushed_by_the_next_commit() {
+    fn a_large_commit_s_chunks_lie_in_order_in_a_segment_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ws = uuid::Uuid::from_u128(1);
         let record = crate::roots::create_workspace(&store, ws, &[]).unwrap();
-        store
-            .put_chunks_unlogged(None, &[(Hash::of(b"early"), vec![1; 4096])])
-            .unwrap();
-        let racing = vec![2u8; 4096];
-        let writer = store.clone();
-        let hook_chunk = racing.clone();
-        *store.chunk_flushes.after_flush_hook.lock() = Some(Box::new(move || {
-            writer
-                .put_chunks_unlogged(None, &[(Hash::of(&hook_chunk), hook_chunk.clone())])
-                .unwrap();
-        }));
-        store.compact().unwrap();
-        // (The compaction itself may have flushed it since; what matters is that nothing
-        // counts it as flushed without a flush that started after it.)
-        assert!(
-            store.chunks_unflushed(),
-            "a write that raced a compaction's flush was counted as flushed"
-        );
-        // A small commit (chunks through the WAL) whose root would refer to the racing chunk.
+        let chunks: Vec<(Hash, Vec<u8>)> = (0..32u32)
+            .map(|i| {
+                // Noise, so each is stored raw (65,536 bytes, 16 pages).
+                let mut data = vec![0u8; 65536];
+                blake3::Hasher::new()
+                    .update(&i.to_le_bytes())
+                    .finalize_xof()
+                    .fill(&mut data);
+                (Hash::of(&data), data)
+            })
+            .collect();
+        store.put_chunks_unlogged(None, &chunks).unwrap();
+        // Pending: read from memory, and not indexed yet.
+        assert_eq!(store.get_chunk(&chunks[3].0).unwrap(), chunks[3].1);
+        assert_eq!(memtable_entries(&store, CF_CHUNKS), 0);
         store
             .commit::<Vec<u8>>(RootId::Workspace(ws), &record, &[], &[], true, false)
             .unwrap();
-        assert_eq!(
-            memtable_entries(&store, CF_CHUNKS),
-            0,
-            "a synced commit left an unlogged chunk in the memtable"
+        assert_eq!(memtable_entries(&store, CF_CHUNKS), 32, "published");
+        let locators: Vec<segments::Locator> = {
+            let db = store.db().unwrap();
+            chunks
+                .iter()
+                .map(|(h, _)| {
+                    let v = db.get_cf(db.cf(CF_CHUNKS), h.0).unwrap().unwrap();
+                    segments::Locator::decode(&v).expect("a locator")
+                })
+                .collect()
+        };
+        assert!(
+            locators.windows(2).all(|w| w[0].follows(&w[1])),
+            "in the order written: {locators:?}"
         );
-        assert!(!store.chunks_unflushed());
-        assert_eq!(store.get_chunk(&Hash::of(&racing)).unwrap(), racing);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        for (h, data) in &chunks {
+            assert_eq!(&store.get_chunk(h).unwrap(), data);
+            let mut dst = vec![0u8; 4096];
+            store.read_chunk(h, data.len(), 8192, &mut dst).unwrap();
+            assert_eq!(dst, data[8192..12288]);
+        }
+        let allocated = || store.segments.as_ref().unwrap().allocated_bytes();
+        let before = allocated();
+        assert!(before >= 32 * 65536, "{before}");
+        let hashes: Vec<Hash> = chunks.iter().map(|(h, _)| *h).collect();
+        store.delete_objects(CF_CHUNKS, &hashes[..16]).unwrap();
+        assert_eq!(
+            allocated(),
+            before - 16 * 65536,
+            "half the pages given back"
+        );
+        assert!(store.get_chunk(&hashes[0]).is_err());
+        assert_eq!(store.get_chunk(&hashes[20]).unwrap(), chunks[20].1);
     }
 }

@@ -1,7 +1,6 @@
 //! Objects by hash: tree nodes (decoded, cached) and file data chunks, read and written.
 
-use rocksdb::{FlushOptions, ReadOptions, WriteOptions};
-use std::sync::atomic::Ordering;
+use rocksdb::{ReadOptions, WriteBatch};
 use std::sync::Arc;
 
 use crate::error::{FsError, FsResult};
@@ -10,6 +9,7 @@ use crate::format::hash::Hash;
 use crate::format::node::Node;
 use crate::remote::ObjectKind;
 
+use super::segments::{Locator, PUBLISH_BYTES};
 use super::{chunk_files, Store, CF_CHUNKS, CF_NODES};
 
 /// Copies `data[from..]` into `dst`, and zeros past the end of `data` (a chunk or buffer
@@ -70,12 +70,24 @@ impl Store {
     pub fn get_chunk(&self, hash: &Hash) -> FsResult<Vec<u8>> {
         let mut ro = ReadOptions::default();
         ro.set_verify_checksums(false);
+        let pending = self.segments.as_ref().and_then(|s| s.pending(hash));
         let db = self.db()?;
-        let data = match db.get_pinned_cf_opt(db.cf(CF_CHUNKS), hash.0, &ro)? {
-            Some(stored) => {
-                self.cache_touch(hash);
-                decode_chunk(&stored)?
-            }
+        let found = match pending {
+            Some(stored) => Some(decode_chunk(&stored)?),
+            None => match db.get_pinned_cf_opt(db.cf(CF_CHUNKS), hash.0, &ro)? {
+                Some(value) => match Locator::decode(&value) {
+                    Some(loc) => Some(decode_chunk(&self.segments()?.read(hash, &loc)?)?),
+                    None => {
+                        self.cache_touch(hash);
+                        Some(decode_chunk(&value)?)
+                    }
+                },
+                None => None,
+            },
+        };
+        drop(db);
+        let data = match found {
+            Some(data) => data,
             None => match self.file_chunk(hash) {
                 Some(stored) => decode_chunk(&stored)?,
                 None => decode_chunk(
@@ -122,15 +134,37 @@ impl Store {
                 return copy_stored(dst, &stored);
             }
         }
+        // Looked for before the index: a publish indexes a chunk before it stops pending.
+        if let Some(stored) = self.segments.as_ref().and_then(|s| s.pending(hash)) {
+            return copy_stored(dst, &stored);
+        }
         let db = self.db()?;
-        let Some(stored) = db.get_pinned_cf(db.cf(CF_CHUNKS), hash.0)? else {
+        let Some(value) = db.get_pinned_cf(db.cf(CF_CHUNKS), hash.0)? else {
+            drop(db);
             let stored = self
                 .fetch(ObjectKind::Chunk, hash)?
                 .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
             return copy_stored(dst, &stored);
         };
-        self.cache_touch(hash);
-        copy_stored(dst, &stored)
+        let Some(loc) = Locator::decode(&value) else {
+            self.cache_touch(hash);
+            return copy_stored(dst, &value);
+        };
+        drop(value);
+        drop(db);
+        // In a segment: one `pread`, straight into `dst` where the read wants the whole
+        // chunk (a sequential read does), and a CRC check.
+        let segments = self.segments()?;
+        if from == 0 && dst.len() == len && segments.read_raw_into(hash, &loc, dst)? {
+            return Ok(());
+        }
+        copy_stored(dst, &segments.read(hash, &loc)?)
+    }
+
+    fn segments(&self) -> FsResult<&super::segments::Segments> {
+        self.segments
+            .as_ref()
+            .ok_or_else(|| FsError::corrupt("a chunk locator on a cluster host"))
     }
 
     /// Whether a chunk needs no writing. In cluster mode, never: a chunk cached here may be
@@ -141,6 +175,13 @@ impl Store {
         if self.remote.is_some() {
             return Ok(false);
         }
+        if self
+            .segments
+            .as_ref()
+            .is_some_and(|s| s.pending(hash).is_some())
+        {
+            return Ok(true);
+        }
         let db = self.db()?;
         let cf = db.cf(CF_CHUNKS);
         if !db.key_may_exist_cf(cf, hash.0) {
@@ -150,9 +191,10 @@ impl Store {
         Ok(found)
     }
 
-    /// Writes chunks without the WAL: the bytes go to disk once, into blob files, at the next
-    /// flush. Callers pin them first; [`Store::commit`] flushes before any root refers to them.
-    /// In cluster mode they are staged for upload with workspace `owner`'s next commit.
+    /// Appends chunks to the data dir's segment file, where reads find them at once; they
+    /// are durable and indexed at the next publish ([`Store::publish_chunks`]), which every
+    /// commit and journal entry that may name them makes first. Callers pin them first. In
+    /// cluster mode they are staged for upload with workspace `owner`'s next commit.
     pub fn put_chunks_unlogged<C: AsRef<[u8]>>(
         &self,
         owner: Option<uuid::Uuid>,
@@ -164,21 +206,21 @@ impl Store {
         if let (Some(_), Some(ws)) = (&self.remote, owner) {
             return self.stage_chunks(ws, chunks);
         }
-        let db = self.db()?;
-        let cf = db.cf(CF_CHUNKS);
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        // One put per chunk, not one batch: a batch of many MiB grows by doubling into fresh
-        // pages (copies and page faults were a third of a sequential write's daemon CPU), and
-        // unlogged chunk writes need no atomicity (they are pinned until a commit refers to them).
+        // A released store takes no writes: its successor owns the data dir.
+        drop(self.db()?);
+        let segments = self.segments()?;
+        let mut pending = 0;
         for (h, data) in chunks {
-            let encoded = encode_chunk(data.as_ref());
-            let _counting = self.chunk_flushes.counting.read();
-            self.wrote(db.put_cf_opt(cf, h.0, encoded, &wo))?;
-            // After the put: a flush that takes it from the set started after it landed.
-            self.unflushed.lock().insert(*h);
-            // Counted after the write: a flush that starts after this count covers it.
-            self.chunk_flushes.written.fetch_add(1, Ordering::SeqCst);
+            // A second copy would be space no collection finds (a seal racing a commit that
+            // wrote the same chunk, or a file's chunks written again unchanged).
+            if self.chunk_exists(h)? {
+                continue;
+            }
+            pending = self.wrote_files(segments.append(*h, encode_chunk(data.as_ref())))?;
+        }
+        // Bounds what waits in memory between commits.
+        if pending >= PUBLISH_BYTES {
+            self.publish_chunks()?;
         }
         Ok(())
     }
@@ -226,45 +268,55 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every unlogged chunk write that completed before this call durable. Every path
-    /// that flushes `chunks` (commits, compaction) goes through here, and each flush records
-    /// only the writes it was sure to cover: the count read *before* it started. A write that
-    /// lands during a flush stays counted as unflushed, so the next commit flushes again.
-    pub(super) fn flush_chunks(&self, always: bool) -> FsResult<()> {
-        // A put another workspace's seal may have deduplicated against is in this count,
-        // even one that has landed and is not counted yet: this waits for it.
-        let covered = {
-            let _counted = self.chunk_flushes.counting.write();
-            self.chunk_flushes.written.load(Ordering::SeqCst)
+    /// Makes every chunk appended so far durable and indexed: syncs the segments they went
+    /// to, then writes their locators with a synced WAL write, so no locator ever names bytes
+    /// a crash could lose.
+    pub(super) fn publish_chunks(&self) -> FsResult<()> {
+        let Some(segments) = &self.segments else {
+            return Ok(());
         };
-        if !always && self.chunk_flushes.flushed.load(Ordering::SeqCst) >= covered {
+        let _one = segments.publishing();
+        let ready = self.wrote_files(segments.sync())?;
+        if ready.is_empty() {
             return Ok(());
         }
-        let mut fo = FlushOptions::default();
-        fo.set_wait(true);
+        let mut batch = WriteBatch::default();
         {
-            // Held throughout, so no heal runs between taking the set and putting it back.
             let db = self.db()?;
-            // Chunks written from now on are not covered by this flush.
-            let covering = std::mem::take(&mut *self.unflushed.lock());
-            if let Err(e) = self.wrote(db.flush_cf_opt(db.cf(CF_CHUNKS), &fo)) {
-                self.unflushed.lock().extend(covering);
-                return Err(e);
+            for (h, loc) in &ready {
+                batch.put_cf(db.cf(CF_CHUNKS), h.0, loc.encode());
             }
         }
-        #[cfg(test)]
-        if let Some(hook) = self.chunk_flushes.after_flush_hook.lock().take() {
-            hook();
-        }
-        self.chunk_flushes
-            .flushed
-            .fetch_max(covered, Ordering::SeqCst);
+        self.write(batch, true)?;
+        segments.published(&ready);
         Ok(())
     }
 
-    /// Whether some unlogged chunk write is not known to be flushed.
-    pub fn chunks_unflushed(&self) -> bool {
-        self.chunk_flushes.flushed.load(Ordering::SeqCst)
-            < self.chunk_flushes.written.load(Ordering::SeqCst)
+    /// Deletes objects no root needs (the collector's sweep), and gives back the pages of
+    /// the chunks among them that lie in segments, once their deletion is synced: a locator
+    /// that outlived a crash must not name a hole.
+    pub(crate) fn delete_objects(&self, cf_name: &str, hashes: &[Hash]) -> FsResult<()> {
+        let mut batch = WriteBatch::default();
+        let mut freed = Vec::new();
+        {
+            let db = self.db()?;
+            let cf = db.cf(cf_name);
+            for h in hashes {
+                if cf_name == CF_CHUNKS {
+                    // A chunk stored whole is read here too: a collection reads what it
+                    // deletes of stores written before segments, never what it keeps.
+                    if let Some(loc) = db.get_pinned_cf(cf, h.0)?.and_then(|v| Locator::decode(&v))
+                    {
+                        freed.push(loc);
+                    }
+                }
+                batch.delete_cf(cf, h.0);
+            }
+        }
+        self.write(batch, !freed.is_empty())?;
+        if let Some(segments) = &self.segments {
+            segments.free(&freed);
+        }
+        Ok(())
     }
 }

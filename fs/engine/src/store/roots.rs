@@ -87,8 +87,8 @@ impl Store {
     }
 
     /// Writes a new root for `id` together with the nodes and chunks it introduces, in one
-    /// batch. Chunks too large for the WAL are written unlogged and flushed first, so the root
-    /// never becomes durable before the objects it references. With `drop_journal`, the
+    /// batch. Chunks too large for the WAL go to the segments, and every chunk appended there
+    /// is published first, so the root never becomes durable before the objects it references. With `drop_journal`, the
     /// write is synced and the workspace's fsync journal deleted after it (the root now holds
     /// all it held).
     pub fn commit<C: AsRef<[u8]>>(
@@ -119,7 +119,7 @@ impl Store {
                 batch.put_cf(db.cf(CF_CHUNKS), h.0, encode_chunk(data.as_ref()));
             }
         }
-        self.flush_chunks(false)?;
+        self.publish_chunks()?;
         {
             // A batch names column families by id, so it outlives the handles.
             let db = self.db()?;

@@ -116,9 +116,10 @@ impl Store {
         walk(self.path())
     }
 
-    /// Bytes RocksDB reports for live SST and blob files, per column family.
+    /// Bytes RocksDB reports for live SST and blob files, per column family, and the
+    /// segments' allocated bytes.
     pub fn disk_usage(&self) -> FsResult<u64> {
-        let mut total = 0;
+        let mut total = self.segments.as_ref().map_or(0, |s| s.allocated_bytes());
         let db = self.db()?;
         for cf in [CF_CHUNKS, CF_NODES, CF_META] {
             let cf = db.cf(cf);

@@ -1,0 +1,546 @@
+//! A data dir's chunks, in segment files in the order they were sealed.
+//!
+//! RocksDB's flushes write a column family's blobs in key order, which for chunks is the
+//! order of their hashes: a file written in order was read back from the disk in random
+//! 64 KiB pieces (a cold read made one disk request per chunk). Here a sealed chunk is
+//! appended to the open segment file, and its value in the `chunks` column family is a
+//! [`Locator`]: segment, offset, length, codec and a CRC32 of its stored encoding, checked on
+//! every read. A file written in order lies in order on the disk, and a cold read of it goes
+//! through the kernel's readahead of the segment.
+//!
+//! **Durability.** An appended chunk is *pending*: its bytes stay in memory, where readers and
+//! seals find them, until [`Segments::sync`] has synced the segments it went to. Only then
+//! does the store write its locator, with a synced WAL write, so a locator that survives a
+//! crash names bytes that did. Commits and journal appends publish first, so no root or
+//! journal entry names a chunk a crash could lose. A segment whose sync failed is not trusted
+//! again (Linux may drop the pages it failed to write, and a later sync succeeds without
+//! them): its pending chunks are written again, from memory, to a new segment.
+//!
+//! **Space.** A collection deletes a chunk's locator (synced), then punches its pages out of
+//! the segment; a closed segment with no blocks left is deleted. Bytes no locator names (a
+//! crash between an append and its publish, a segment left after a failed sync) are not
+//! reclaimed yet: that needs a rewrite of sparse segments.
+//!
+//! Segments of an earlier run (or of a takeover's predecessor) are read, never appended to.
+
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::chunk_files::{punch_hole, PAGE};
+use crate::error::{FsError, FsResult};
+use crate::format::codec::CHUNK_RAW;
+use crate::format::hash::Hash;
+
+/// A segment takes no more appends past this many bytes.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Pending bytes past which the store publishes them (see `put_chunks_unlogged`): what a
+/// writer may hold in memory between commits.
+pub(super) const PUBLISH_BYTES: u64 = 32 << 20;
+/// Segment files kept open for reads at once.
+const OPEN_FILES: usize = 256;
+
+/// The first byte of a locator value. A chunk stored whole in RocksDB starts with its codec
+/// byte, which is never this.
+const LOCATOR_TAG: u8 = 0xC5;
+const LOCATOR_LEN: usize = 1 + 8 + 8 + 4 + 1 + 4;
+
+/// Where a chunk's bytes are: `len` bytes at `offset` of segment `segment` (its stored
+/// encoding but the codec byte), and a CRC32 of the whole stored encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Locator {
+    segment: u64,
+    offset: u64,
+    len: u32,
+    codec: u8,
+    crc: u32,
+}
+
+impl Locator {
+    pub(super) fn encode(&self) -> [u8; LOCATOR_LEN] {
+        let mut v = [0u8; LOCATOR_LEN];
+        v[0] = LOCATOR_TAG;
+        v[1..9].copy_from_slice(&self.segment.to_le_bytes());
+        v[9..17].copy_from_slice(&self.offset.to_le_bytes());
+        v[17..21].copy_from_slice(&self.len.to_le_bytes());
+        v[21] = self.codec;
+        v[22..26].copy_from_slice(&self.crc.to_le_bytes());
+        v
+    }
+
+    /// Whether `next` lies right after this one in the same segment.
+    #[cfg(test)]
+    pub(super) fn follows(&self, next: &Locator) -> bool {
+        next.segment == self.segment
+            && next.offset == (self.offset + u64::from(self.len)).next_multiple_of(PAGE)
+    }
+
+    /// The locator a `chunks` value holds; `None` for a chunk stored whole.
+    pub(super) fn decode(value: &[u8]) -> Option<Locator> {
+        if value.len() != LOCATOR_LEN || value[0] != LOCATOR_TAG {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(value[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(value[i..i + 4].try_into().expect("4 bytes"));
+        Some(Locator {
+            segment: u64_at(1),
+            offset: u64_at(9),
+            len: u32_at(17),
+            codec: value[21],
+            crc: u32_at(22),
+        })
+    }
+}
+
+pub(super) struct Segments {
+    dir: PathBuf,
+    state: Mutex<State>,
+    /// Held by one publish at a time, from its sync to its locators' write.
+    publishing: Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The segment appends go to, and where its next append goes.
+    open: Option<(u64, Arc<File>, u64)>,
+    next_id: u64,
+    /// Appended and not published yet: where, and the stored encoding.
+    pending: HashMap<Hash, (Locator, Arc<Vec<u8>>)>,
+    pending_bytes: u64,
+    /// Segments with appends not synced yet.
+    unsynced: HashSet<u64>,
+    /// Segments whose sync failed: pending chunks there are written again before a publish.
+    distrusted: HashSet<u64>,
+    /// Whether a segment was created since the directory was last synced.
+    new_names: bool,
+    /// Files open for reads and punches, by segment.
+    files: HashMap<u64, Arc<File>>,
+}
+
+impl Segments {
+    /// Opens `dir` (created if missing); appends go to new segments after those it holds.
+    pub(super) fn open(dir: &Path) -> FsResult<Segments> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let segments = Segments {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State::default()),
+            publishing: Mutex::new(()),
+        };
+        segments.skip_existing()?;
+        Ok(segments)
+    }
+
+    /// Moves the next segment id past every segment in the directory (another process may
+    /// have written some while this one had the store released).
+    pub(super) fn skip_existing(&self) -> FsResult<()> {
+        let mut last = None;
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))? {
+            let entry = entry.map_err(|e| io_error(&self.dir, e))?;
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok());
+            last = last.max(id);
+        }
+        let mut s = self.state.lock();
+        s.next_id = s.next_id.max(last.map_or(0, |l| l + 1));
+        Ok(())
+    }
+
+    /// Appends a chunk's stored encoding (a codec byte, then its bytes); it is pending until
+    /// the next publish. Returns the bytes pending now.
+    pub(super) fn append(&self, hash: Hash, stored: Vec<u8>) -> FsResult<u64> {
+        let Some((&codec, data)) = stored.split_first() else {
+            return Err(FsError::corrupt(format!("chunk {hash} is empty")));
+        };
+        let crc = crc32fast::hash(&stored);
+        let (id, file, offset) = {
+            let mut s = self.state.lock();
+            if s.pending.contains_key(&hash) {
+                return Ok(s.pending_bytes);
+            }
+            self.reserve(&mut s, data.len() as u64)?
+        };
+        // Written outside the lock: readers find the chunk only once it is pending, below.
+        file.write_all_at(data, offset)
+            .map_err(|e| io_error(&self.path(id), e))?;
+        let loc = Locator {
+            segment: id,
+            offset,
+            len: data.len() as u32,
+            codec,
+            crc,
+        };
+        let mut s = self.state.lock();
+        s.unsynced.insert(id);
+        if s.pending.contains_key(&hash) {
+            // Another append of the same chunk won the race: this copy is dead.
+            drop(s);
+            punch_hole(&file, offset, u64::from(loc.len).next_multiple_of(PAGE));
+            return Ok(self.state.lock().pending_bytes);
+        }
+        s.pending_bytes += stored.len() as u64;
+        s.pending.insert(hash, (loc, Arc::new(stored)));
+        Ok(s.pending_bytes)
+    }
+
+    /// Room for `len` bytes, on a page of the open segment (a new one if it is full).
+    fn reserve(&self, s: &mut State, len: u64) -> FsResult<(u64, Arc<File>, u64)> {
+        let fits = |end: u64| end.next_multiple_of(PAGE) + len <= SEGMENT_BYTES;
+        if !s.open.as_ref().is_some_and(|(_, _, end)| fits(*end)) {
+            let (id, file) = self.create(s)?;
+            s.open = Some((id, file, 0));
+        }
+        let (id, file, end) = s.open.as_mut().expect("an open segment");
+        let offset = end.next_multiple_of(PAGE);
+        *end = offset + len;
+        Ok((*id, file.clone(), offset))
+    }
+
+    fn create(&self, s: &mut State) -> FsResult<(u64, Arc<File>)> {
+        loop {
+            let id = s.next_id;
+            let path = self.path(id);
+            s.next_id += 1;
+            match File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    let file = Arc::new(file);
+                    s.new_names = true;
+                    s.files.insert(id, file.clone());
+                    return Ok((id, file));
+                }
+                // Made by another process that held the store meanwhile: the next id.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    s.next_id -= 1;
+                    return Err(io_error(&path, e));
+                }
+            }
+        }
+    }
+
+    /// A pending chunk's stored encoding.
+    pub(super) fn pending(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
+        self.state.lock().pending.get(hash).map(|(_, b)| b.clone())
+    }
+
+    /// Held from [`Segments::sync`] until the caller has written the locators it returned
+    /// and called [`Segments::published`].
+    pub(super) fn publishing(&self) -> MutexGuard<'_, ()> {
+        self.publishing.lock()
+    }
+
+    /// Syncs every segment with pending chunks (and the directory, if it has new names);
+    /// returns those chunks' locators, for the caller to write.
+    pub(super) fn sync(&self) -> FsResult<Vec<(Hash, Locator)>> {
+        self.rewrite_distrusted()?;
+        let (ready, unsynced, new_names) = {
+            let mut s = self.state.lock();
+            let ready: Vec<(Hash, Locator)> =
+                s.pending.iter().map(|(h, (loc, _))| (*h, *loc)).collect();
+            (
+                ready,
+                std::mem::take(&mut s.unsynced),
+                std::mem::take(&mut s.new_names),
+            )
+        };
+        let synced = (|| {
+            for &id in &unsynced {
+                if let Err(e) = self.file(id)?.sync_data() {
+                    self.state.lock().distrusted.insert(id);
+                    return Err(io_error(&self.path(id), e));
+                }
+            }
+            if new_names {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = synced {
+            let mut s = self.state.lock();
+            s.unsynced.extend(unsynced);
+            s.new_names |= new_names;
+            return Err(e);
+        }
+        Ok(ready)
+    }
+
+    /// Writes the pending chunks of segments whose sync failed to the open segment, from
+    /// memory, and closes the distrusted ones to appends.
+    fn rewrite_distrusted(&self) -> FsResult<()> {
+        let mut s = self.state.lock();
+        if s.distrusted.is_empty() {
+            return Ok(());
+        }
+        if s.open
+            .as_ref()
+            .is_some_and(|(id, ..)| s.distrusted.contains(id))
+        {
+            s.open = None;
+        }
+        let moving: Vec<(Hash, Arc<Vec<u8>>)> = s
+            .pending
+            .iter()
+            .filter(|(_, (loc, _))| s.distrusted.contains(&loc.segment))
+            .map(|(h, (_, b))| (*h, b.clone()))
+            .collect();
+        for (hash, stored) in moving {
+            let data = &stored[1..];
+            let (id, file, offset) = self.reserve(&mut s, data.len() as u64)?;
+            file.write_all_at(data, offset)
+                .map_err(|e| io_error(&self.path(id), e))?;
+            s.unsynced.insert(id);
+            let (loc, _) = s.pending.get_mut(&hash).expect("pending");
+            loc.segment = id;
+            loc.offset = offset;
+        }
+        s.distrusted.clear();
+        Ok(())
+    }
+
+    /// Drops published chunks from the pending ones.
+    pub(super) fn published(&self, ready: &[(Hash, Locator)]) {
+        let mut s = self.state.lock();
+        for (hash, loc) in ready {
+            if s.pending.get(hash).is_some_and(|(l, _)| l == loc) {
+                let (_, stored) = s.pending.remove(hash).expect("pending");
+                s.pending_bytes -= stored.len() as u64;
+            }
+        }
+    }
+
+    /// A chunk's stored encoding, checked against its CRC.
+    pub(super) fn read(&self, hash: &Hash, loc: &Locator) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; 1 + loc.len as usize];
+        buf[0] = loc.codec;
+        self.read_at(loc, &mut buf[1..])?;
+        if crc32fast::hash(&buf) != loc.crc {
+            return Err(self.damaged(hash, loc));
+        }
+        Ok(buf)
+    }
+
+    /// A chunk stored raw and exactly `dst.len()` bytes long, read straight into `dst` and
+    /// checked as [`Segments::read`] checks it. `Ok(false)` if it is compressed or of
+    /// another length.
+    pub(super) fn read_raw_into(
+        &self,
+        hash: &Hash,
+        loc: &Locator,
+        dst: &mut [u8],
+    ) -> FsResult<bool> {
+        if loc.codec != CHUNK_RAW || loc.len as usize != dst.len() {
+            return Ok(false);
+        }
+        self.read_at(loc, dst)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[loc.codec]);
+        crc.update(dst);
+        if crc.finalize() != loc.crc {
+            return Err(self.damaged(hash, loc));
+        }
+        Ok(true)
+    }
+
+    fn read_at(&self, loc: &Locator, dst: &mut [u8]) -> FsResult<()> {
+        self.file(loc.segment)?
+            .read_exact_at(dst, loc.offset)
+            .map_err(|e| io_error(&self.path(loc.segment), e))
+    }
+
+    fn damaged(&self, hash: &Hash, loc: &Locator) -> FsError {
+        FsError::corrupt(format!(
+            "chunk {hash} in {} at {} fails its CRC",
+            self.path(loc.segment).display(),
+            loc.offset
+        ))
+    }
+
+    /// Gives back the pages of chunks whose locators a synced write deleted, and deletes the
+    /// segments left with none.
+    pub(super) fn free(&self, gone: &[Locator]) {
+        let mut touched = HashSet::new();
+        for loc in gone {
+            match self.file(loc.segment) {
+                Ok(file) => {
+                    punch_hole(&file, loc.offset, u64::from(loc.len).next_multiple_of(PAGE));
+                    touched.insert(loc.segment);
+                }
+                Err(e) => tracing::warn!("freeing a chunk: {e}"),
+            }
+        }
+        let mut s = self.state.lock();
+        for id in touched {
+            let in_use = s.open.as_ref().is_some_and(|(open, ..)| *open == id)
+                || s.pending.values().any(|(loc, _)| loc.segment == id);
+            let empty = s
+                .files
+                .get(&id)
+                .and_then(|f| f.metadata().ok())
+                .is_some_and(|m| m.blocks() == 0);
+            if empty && !in_use {
+                s.files.remove(&id);
+                if let Err(e) = std::fs::remove_file(self.path(id)) {
+                    tracing::warn!("removing {}: {e}", self.path(id).display());
+                }
+            }
+        }
+    }
+
+    /// Bytes the segments take on the disk (holes excluded).
+    pub(super) fn allocated_bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    }
+
+    fn file(&self, id: u64) -> FsResult<Arc<File>> {
+        if let Some(f) = self.state.lock().files.get(&id) {
+            return Ok(f.clone());
+        }
+        let path = self.path(id);
+        let file = Arc::new(
+            File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_error(&path, e))?,
+        );
+        let mut s = self.state.lock();
+        if s.files.len() >= OPEN_FILES {
+            let open = s.open.as_ref().map(|(id, ..)| *id);
+            let unsynced = s.unsynced.clone();
+            s.files
+                .retain(|id, _| Some(*id) == open || unsynced.contains(id));
+        }
+        Ok(s.files.entry(id).or_insert(file).clone())
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:08}.seg"))
+    }
+}
+
+/// A failed file operation: ENOSPC as such (the space check answers it like any full disk),
+/// any other as a storage failure the store heals from.
+fn io_error(path: &Path, e: std::io::Error) -> FsError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => FsError::NoSpace,
+        _ => super::chunk_files::io_error(path, e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> FsResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(fill: u8, len: usize) -> Vec<u8> {
+        [&[CHUNK_RAW][..], &vec![fill; len][..]].concat()
+    }
+
+    #[test]
+    fn locators_round_trip_and_chunk_values_are_not_locators() {
+        let loc = Locator {
+            segment: 7,
+            offset: 65536,
+            len: 1000,
+            codec: 1,
+            crc: 0xdead_beef,
+        };
+        assert_eq!(Locator::decode(&loc.encode()), Some(loc));
+        let mut whole = stored(0xC5, LOCATOR_LEN - 1);
+        assert_eq!(Locator::decode(&whole), None, "a raw chunk's codec byte");
+        whole[0] = 1;
+        assert_eq!(Locator::decode(&whole), None, "an lz4 chunk's codec byte");
+    }
+
+    #[test]
+    fn chunks_lie_in_the_order_they_were_appended_and_read_back_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path()).unwrap();
+        for i in 0..8u8 {
+            segs.append(Hash::of(&[i]), stored(i, 65536)).unwrap();
+        }
+        assert!(segs.pending(&Hash::of(&[3])).is_some());
+        let ready = {
+            let _one = segs.publishing();
+            segs.sync().unwrap()
+        };
+        segs.published(&ready);
+        assert!(segs.pending(&Hash::of(&[3])).is_none());
+        let loc = |i: u8| ready.iter().find(|(h, _)| *h == Hash::of(&[i])).unwrap().1;
+        for i in 0..8u8 {
+            assert_eq!(loc(i).offset, u64::from(i) * 65536, "in append order");
+            assert_eq!(
+                segs.read(&Hash::of(&[i]), &loc(i)).unwrap(),
+                stored(i, 65536)
+            );
+        }
+        let mut dst = vec![0u8; 65536];
+        assert!(segs
+            .read_raw_into(&Hash::of(&[5]), &loc(5), &mut dst)
+            .unwrap());
+        assert_eq!(dst, vec![5u8; 65536]);
+        // A damaged byte: an error, never the wrong bytes.
+        let f = File::options()
+            .write(true)
+            .open(dir.path().join("00000000.seg"))
+            .unwrap();
+        f.write_all_at(&[9], 5 * 65536 + 10).unwrap();
+        assert!(segs.read(&Hash::of(&[5]), &loc(5)).is_err());
+        assert!(segs
+            .read_raw_into(&Hash::of(&[5]), &loc(5), &mut dst)
+            .is_err());
+    }
+
+    #[test]
+    fn freed_chunks_give_back_their_pages_and_an_empty_closed_segment_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path()).unwrap();
+        let mut ready = Vec::new();
+        for i in 0..4u8 {
+            segs.append(Hash::of(&[i]), stored(i, 40 << 20)).unwrap();
+            let _one = segs.publishing();
+            ready.extend(segs.sync().unwrap());
+            segs.published(&ready);
+        }
+        let locs: Vec<Locator> = ready.iter().map(|(_, l)| *l).collect();
+        let count = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(count(), 4, "40 MiB each: one segment each");
+        segs.free(&locs[..1]);
+        assert_eq!(count(), 3, "the first segment, closed and empty, went");
+        segs.free(&locs[3..]);
+        assert_eq!(count(), 3, "the open segment stays");
+        let reopened = Segments::open(dir.path()).unwrap();
+        reopened.append(Hash::of(b"new"), stored(1, 10)).unwrap();
+        assert!(
+            dir.path().join("00000004.seg").exists(),
+            "a new run appends to a new segment"
+        );
+    }
+}
