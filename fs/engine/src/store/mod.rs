@@ -578,7 +578,7 @@ fn probe_writable(dir: &Path) -> FsResult<()> {
 
 /// Whether the filesystem holding `dir` takes O_DIRECT writes (tmpfs before Linux 6.6 and
 /// some FUSE filesystems refuse them with EINVAL), probed with one aligned 4 KiB block.
-fn supports_direct_io(dir: &Path) -> bool {
+pub(super) fn supports_direct_io(dir: &Path) -> bool {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     const BLOCK: usize = 4096;
