@@ -484,9 +484,11 @@ impl Daemon {
         }
     }
 
-    /// Bytes of the data dir's files. RocksDB deletes files while we walk, so vanished ones
-    /// count as nothing (`du` would fail on them).
+    /// Bytes the data dir's files take on the disk, as allocated (a segment gives a deleted
+    /// chunk's pages back as a hole, its length unchanged). RocksDB deletes files while we
+    /// walk, so vanished ones count as nothing (`du` would fail on them).
     pub fn data_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
         fn walk(p: &Path) -> u64 {
             let Ok(entries) = std::fs::read_dir(p) else {
                 return 0;
@@ -495,7 +497,7 @@ impl Daemon {
                 .flatten()
                 .map(|e| match e.metadata() {
                     Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
+                    Ok(m) => m.blocks() * 512,
                     Err(_) => 0,
                 })
                 .sum()

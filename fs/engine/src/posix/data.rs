@@ -155,7 +155,7 @@ impl State {
             self.spill_queue.extend(chunks);
             return Ok(());
         }
-        if let Err(e) = self.store.put_chunks_unlogged(Some(self.id), &chunks) {
+        if let Err(e) = self.store.put_chunks(Some(self.id), &chunks) {
             self.pending_bytes = chunks.iter().map(|(_, d)| d.len()).sum();
             return Err(e);
         }

@@ -90,7 +90,7 @@ impl Workspace {
             (written, std::mem::take(&mut st.spill_queue))
         };
         if !queued.is_empty() {
-            let stored = self.store.put_chunks_unlogged(Some(self.id), &queued);
+            let stored = self.store.put_chunks(Some(self.id), &queued);
             let mut st = self.state.lock();
             st.spilling_bytes -= queued.iter().map(|(_, d)| d.len()).sum::<usize>();
             for (h, d) in &queued {

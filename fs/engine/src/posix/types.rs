@@ -20,7 +20,7 @@ pub const XATTR_SIZE_MAX: usize = 64 * 1024;
 /// Dirty chunk buffers kept in memory before they are sealed early.
 pub(super) const DIRTY_LIMIT: usize = 64 << 20;
 
-/// Sealed chunks buffered before they are written to the store (unlogged).
+/// Sealed chunks buffered before they are written to the store (`Store::put_chunks`).
 pub(super) const PENDING_LIMIT: usize = 16 << 20;
 
 /// First readdir cookie of a directory's entries; 1 and 2 are "." and "..".

@@ -653,7 +653,7 @@ mod tests {
                 (Hash::of(&data), data)
             })
             .collect();
-        store.put_chunks_unlogged(None, &chunks).unwrap();
+        store.put_chunks(None, &chunks).unwrap();
         // Pending: read from memory, and not indexed yet.
         assert_eq!(store.get_chunk(&chunks[3].0).unwrap(), chunks[3].1);
         assert_eq!(memtable_entries(&store, CF_CHUNKS), 0);

@@ -195,7 +195,7 @@ impl Store {
     /// are durable and indexed at the next publish ([`Store::publish_chunks`]), which every
     /// commit and journal entry that may name them makes first. Callers pin them first. In
     /// cluster mode they are staged for upload with workspace `owner`'s next commit.
-    pub fn put_chunks_unlogged<C: AsRef<[u8]>>(
+    pub fn put_chunks<C: AsRef<[u8]>>(
         &self,
         owner: Option<uuid::Uuid>,
         chunks: &[(Hash, C)],

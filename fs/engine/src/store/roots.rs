@@ -104,7 +104,7 @@ impl Store {
             let RootId::Workspace(ws) = id else {
                 return Err(FsError::Invalid("only workspaces commit"));
             };
-            self.put_chunks_unlogged(Some(ws), chunks)?;
+            self.put_chunks(Some(ws), chunks)?;
             return self.upload_and_write_root(remote.as_ref(), Some(ws), nodes, |token| {
                 remote.commit_root(ws, record, token)
             });
@@ -112,7 +112,7 @@ impl Store {
         let chunk_bytes: usize = chunks.iter().map(|(_, c)| c.as_ref().len()).sum();
         let mut batch = WriteBatch::default();
         if chunk_bytes > SMALL_COMMIT_BYTES {
-            self.put_chunks_unlogged(None, chunks)?;
+            self.put_chunks(None, chunks)?;
         } else {
             let db = self.db()?;
             for (h, data) in chunks {

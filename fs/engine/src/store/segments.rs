@@ -42,7 +42,7 @@ use crate::format::hash::Hash;
 
 /// A segment takes no more appends past this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
-/// Pending bytes past which the store publishes them (see `put_chunks_unlogged`): what a
+/// Pending bytes past which the store publishes them (see `put_chunks`): what a
 /// writer may hold in memory between commits.
 pub(super) const PUBLISH_BYTES: u64 = 32 << 20;
 /// Segment files kept open for reads at once.
