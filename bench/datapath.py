@@ -324,9 +324,9 @@ def main():
     if reads:
         print("\nDisk reads during the read rows (/proc/diskstats of the work dir's disk: "
               "requests, and their average size). A disk serves a sequential read in large "
-              "requests; chaserfs's chunks lie in its blob files in hash order within each "
-              "flush (RocksDB writes a flush's blobs in key order), so its cold sequential read "
-              "is about one request per 64 KiB chunk, and a random 4 KiB read reads the whole "
+              "requests; chaserfs's chunks lie in segment files in the order they were written "
+              "(a store written before format 5 kept them in RocksDB's blob files in hash "
+              "order: one request per 64 KiB chunk), and a random 4 KiB read reads the whole "
               "chunk:")
         for key, label, _, _ in rows:
             if key in reads:
