@@ -429,9 +429,13 @@ impl Store {
     /// [`Store::reopen`], every operation fails. A takeover's successor opens it meanwhile.
     /// Durable state only survives: callers commit first.
     pub fn release(&self) {
-        // Chunks sealed since the last commit, indexed for the successor.
+        // Chunks sealed since the last commit, indexed for the successor; and no more
+        // appends to a segment the successor may collect.
         if let Err(e) = self.publish_chunks() {
             tracing::warn!("publishing chunks before the handover: {e}");
+        }
+        if let Some(Err(e)) = self.segments.as_ref().map(|s| s.close()) {
+            tracing::warn!("closing the open segment before the handover: {e}");
         }
         let mut db = self.db.write();
         self.released.store(true, Ordering::SeqCst);
