@@ -109,27 +109,30 @@ fn a_data_dir_from_before_the_format_record_opens_and_another_format_is_refused(
 
     // The first open recorded this build's format. Data dirs of format 1 (the release
     // before the fsync journal), 2 (its journal among the records) and 3 (its journal in a
-    // database of its own, entries without bases) and 4 (chunks stored whole in RocksDB)
-    // open and are stamped 5.
+    // database of its own, entries without bases), 4 (chunks stored whole in RocksDB) and 5
+    // (chunk locators with one CRC) open and are stamped 6.
     let v1 = json!({"version": 1, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
     let v2 = json!({"version": 2, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
     let v3 = json!({"version": 3, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
     let v4 = json!({"version": 4, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
     let v5 = json!({"version": 5, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
-    assert_eq!(swap_format(&data_dir, v1), v5);
+    let v6 = json!({"version": 6, "chunk_size": 65536, "node_encoding": 1, "chunk_codec": 1});
+    assert_eq!(swap_format(&data_dir, v1), v6);
     common::fsck(&data_dir).unwrap();
-    assert_eq!(swap_format(&data_dir, v2), v5);
+    assert_eq!(swap_format(&data_dir, v2), v6);
     common::fsck(&data_dir).unwrap();
-    assert_eq!(swap_format(&data_dir, v3), v5);
+    assert_eq!(swap_format(&data_dir, v3), v6);
     common::fsck(&data_dir).unwrap();
-    assert_eq!(swap_format(&data_dir, v4), v5);
+    assert_eq!(swap_format(&data_dir, v4), v6);
+    common::fsck(&data_dir).unwrap();
+    assert_eq!(swap_format(&data_dir, v5), v6);
     common::fsck(&data_dir).unwrap();
 
     // A record of another format: the daemon and fsck refuse the data dir, naming both
     // formats, and leave the record as it was.
-    let other = json!({"version": 6, "chunk_size": 131072, "node_encoding": 1, "chunk_codec": 1});
+    let other = json!({"version": 7, "chunk_size": 131072, "node_encoding": 1, "chunk_codec": 1});
     let found = swap_format(&data_dir, other.clone());
-    assert_eq!(found, v5, "stamped by the open of format 4");
+    assert_eq!(found, v6, "stamped by the open of format 5");
     let out = Command::new(common::bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
@@ -137,10 +140,10 @@ fn a_data_dir_from_before_the_format_record_opens_and_another_format_is_refused(
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{log}");
-    assert!(log.contains("on-disk format 6 (chunk size 131072"), "{log}");
-    assert!(log.contains("reads format 5 (chunk size 65536"), "{log}");
+    assert!(log.contains("on-disk format 7 (chunk size 131072"), "{log}");
+    assert!(log.contains("reads format 6 (chunk size 65536"), "{log}");
     let report = common::fsck(&data_dir).unwrap_err();
-    assert!(report.contains("on-disk format 6"), "{report}");
+    assert!(report.contains("on-disk format 7"), "{report}");
 
     // An unreadable record is refused too.
     assert_eq!(swap_format(&data_dir, json!("chaserfs-next")), other);

@@ -42,11 +42,12 @@ impl Format {
     /// Version 4 adds to a journal entry the chunks of the root its buffers start from
     /// (`JournalEntry::bases`), which an older build would drop. Version 5 keeps chunks in
     /// segment files (`segments/` in the data dir) and their locators as `chunks` values,
-    /// which an older build would read as chunk bytes. This build opens versions 1 to 4 (it
-    /// reads a version 3 entry, and chunk values stored whole) and stamps them 5; older
-    /// builds refuse the dir from then on.
+    /// which an older build would read as chunk bytes. Version 6 adds locators with a CRC
+    /// per 4 KiB page, which a version 5 build would misread. This build opens versions 1 to
+    /// 5 (it reads a version 3 entry, chunk values stored whole and locators with one CRC)
+    /// and stamps them 6; older builds refuse the dir from then on.
     pub const CURRENT: Format = Format {
-        version: 5,
+        version: 6,
         chunk_size: CHUNK_SIZE as u32,
         node_encoding: 1,
         chunk_codec: 1,

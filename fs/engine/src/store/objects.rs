@@ -21,6 +21,18 @@ pub(crate) fn copy_span(dst: &mut [u8], data: &[u8], from: usize) {
     dst[m..].fill(0);
 }
 
+/// Where [`Store::held`] found a chunk.
+enum Held<R> {
+    /// Appended and not published: its stored encoding, in memory.
+    Pending(Arc<Vec<u8>>),
+    /// In a segment file.
+    Segment(Locator),
+    /// Stored whole in RocksDB: what the caller made of it.
+    Whole(R),
+    /// Not in this store's database: in a cluster host's cache files, or the object store.
+    Elsewhere,
+}
+
 impl Store {
     pub fn get_node(&self, hash: &Hash) -> FsResult<Arc<Node>> {
         if let Some(n) = self.nodes.get(hash) {
@@ -64,31 +76,41 @@ impl Store {
         }
     }
 
+    /// Where this store holds a chunk's stored encoding, looked for in the order a read
+    /// must: pending in memory before the index (a publish indexes a chunk before it stops
+    /// pending), then its `chunks` value. `whole` makes what the caller wants of a value
+    /// stored whole while RocksDB pins it.
+    fn held<R>(
+        &self,
+        hash: &Hash,
+        ro: &ReadOptions,
+        whole: impl FnOnce(&[u8]) -> FsResult<R>,
+    ) -> FsResult<Held<R>> {
+        if let Some(stored) = self.segments.as_ref().and_then(|s| s.pending(hash)) {
+            return Ok(Held::Pending(stored));
+        }
+        let db = self.db()?;
+        let Some(value) = db.get_pinned_cf_opt(db.cf(CF_CHUNKS), hash.0, ro)? else {
+            return Ok(Held::Elsewhere);
+        };
+        if let Some(loc) = Locator::decode(&value) {
+            return Ok(Held::Segment(loc));
+        }
+        self.cache_touch(hash);
+        Ok(Held::Whole(whole(&value)?))
+    }
+
     /// Reads a chunk and verifies it against its BLAKE3 address. RocksDB's own CRC check is
     /// skipped for chunks: the hash covers the same bytes, and is several times faster than the
     /// portable CRC32C this RocksDB build uses.
     pub fn get_chunk(&self, hash: &Hash) -> FsResult<Vec<u8>> {
         let mut ro = ReadOptions::default();
         ro.set_verify_checksums(false);
-        let pending = self.segments.as_ref().and_then(|s| s.pending(hash));
-        let db = self.db()?;
-        let found = match pending {
-            Some(stored) => Some(decode_chunk(&stored)?),
-            None => match db.get_pinned_cf_opt(db.cf(CF_CHUNKS), hash.0, &ro)? {
-                Some(value) => match Locator::decode(&value) {
-                    Some(loc) => Some(decode_chunk(&self.segments()?.read(hash, &loc)?)?),
-                    None => {
-                        self.cache_touch(hash);
-                        Some(decode_chunk(&value)?)
-                    }
-                },
-                None => None,
-            },
-        };
-        drop(db);
-        let data = match found {
-            Some(data) => data,
-            None => match self.file_chunk(hash) {
+        let data = match self.held(hash, &ro, decode_chunk)? {
+            Held::Pending(stored) => decode_chunk(&stored)?,
+            Held::Segment(loc) => decode_chunk(&self.segments()?.read(hash, &loc)?)?,
+            Held::Whole(data) => data,
+            Held::Elsewhere => match self.file_chunk(hash) {
                 Some(stored) => decode_chunk(&stored)?,
                 None => decode_chunk(
                     &self
@@ -107,9 +129,10 @@ impl Store {
 
     /// Copies bytes `from..from + dst.len()` of a chunk of `len` bytes into `dst` (bytes past
     /// its end stay as they are: zeros), decoding straight from RocksDB's pinned value where
-    /// the chunk is stored raw. The file read path: RocksDB checks the blob's CRC32C (in
-    /// hardware, see `.cargo/config.toml`), which costs a fraction of rehashing the chunk
-    /// with BLAKE3 on every read; [`Store::get_chunk`] (fsck, read-modify-write) still does.
+    /// the chunk is stored whole. The file read path: it checks the CRCs RocksDB and the
+    /// segments keep (RocksDB's in hardware, see `.cargo/config.toml`), which cost a
+    /// fraction of rehashing the chunk with BLAKE3 on every read; [`Store::get_chunk`]
+    /// (fsck, read-modify-write) still rehashes.
     pub fn read_chunk(&self, hash: &Hash, len: usize, from: usize, dst: &mut [u8]) -> FsResult<()> {
         let wrong_length = || FsError::corrupt(format!("chunk {hash} has the wrong length"));
         let copy_stored = |dst: &mut [u8], stored: &[u8]| {
@@ -134,31 +157,27 @@ impl Store {
                 return copy_stored(dst, &stored);
             }
         }
-        // Looked for before the index: a publish indexes a chunk before it stops pending.
-        if let Some(stored) = self.segments.as_ref().and_then(|s| s.pending(hash)) {
-            return copy_stored(dst, &stored);
+        match self.held(hash, &ReadOptions::default(), |value| {
+            copy_stored(dst, value)
+        })? {
+            Held::Pending(stored) => copy_stored(dst, &stored),
+            Held::Whole(()) => Ok(()),
+            // In a segment: the pages the read wants, straight into `dst` where it wants the
+            // whole chunk (a sequential read does), checked against their CRCs.
+            Held::Segment(loc) => {
+                let segments = self.segments()?;
+                if segments.read_raw(hash, &loc, len, from, dst)? {
+                    return Ok(());
+                }
+                copy_stored(dst, &segments.read(hash, &loc)?)
+            }
+            Held::Elsewhere => {
+                let stored = self
+                    .fetch(ObjectKind::Chunk, hash)?
+                    .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
+                copy_stored(dst, &stored)
+            }
         }
-        let db = self.db()?;
-        let Some(value) = db.get_pinned_cf(db.cf(CF_CHUNKS), hash.0)? else {
-            drop(db);
-            let stored = self
-                .fetch(ObjectKind::Chunk, hash)?
-                .ok_or_else(|| FsError::corrupt(format!("missing chunk {hash}")))?;
-            return copy_stored(dst, &stored);
-        };
-        let Some(loc) = Locator::decode(&value) else {
-            self.cache_touch(hash);
-            return copy_stored(dst, &value);
-        };
-        drop(value);
-        drop(db);
-        // In a segment: one `pread`, straight into `dst` where the read wants the whole
-        // chunk (a sequential read does), and a CRC check.
-        let segments = self.segments()?;
-        if from == 0 && dst.len() == len && segments.read_raw_into(hash, &loc, dst)? {
-            return Ok(());
-        }
-        copy_stored(dst, &segments.read(hash, &loc)?)
     }
 
     fn segments(&self) -> FsResult<&super::segments::Segments> {

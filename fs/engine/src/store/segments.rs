@@ -4,9 +4,13 @@
 //! order of their hashes: a file written in order was read back from the disk in random
 //! 64 KiB pieces (a cold read made one disk request per chunk). Here a sealed chunk is
 //! appended to the open segment file, and its value in the `chunks` column family is a
-//! [`Locator`]: segment, offset, length, codec and a CRC32 of its stored encoding, checked on
-//! every read. A file written in order lies in order on the disk, and a cold read of it goes
+//! [`Locator`]: segment, offset, length, codec and a CRC32 per 4 KiB page, checked on every
+//! read. A file written in order lies in order on the disk, and a cold read of it goes
 //! through the kernel's readahead of the segment.
+//!
+//! **Reads of part of a chunk** (a random 4 KiB read) ask the page cache for only the pages
+//! they want (`RWF_NOWAIT`) and check those; where it lacks any, they read the whole chunk,
+//! which the page cache then holds for the next read near it, as readahead would.
 //!
 //! **Writes.** Appends are copied into a 4 MiB buffer, written in one `pwrite` when it fills,
 //! in offset order, with O_DIRECT where the disk takes it: copying each chunk into fresh
@@ -33,6 +37,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::chunk_files::{punch_hole, PAGE};
@@ -50,31 +55,86 @@ const OPEN_FILES: usize = 256;
 /// Bytes of appends gathered into one write.
 const BUFFER_BYTES: usize = 4 << 20;
 
-/// The first byte of a locator value. A chunk stored whole in RocksDB starts with its codec
-/// byte, which is never this.
-const LOCATOR_TAG: u8 = 0xC5;
-const LOCATOR_LEN: usize = 1 + 8 + 8 + 4 + 1 + 4;
+/// The first byte of a locator value with one CRC, of the chunk's whole stored encoding
+/// (format 5's; still written for a chunk longer than [`CRC_PAGES`] pages). A chunk stored
+/// whole in RocksDB starts with its codec byte, which is never a locator's tag.
+const TAG_WHOLE: u8 = 0xC5;
+/// The first byte of a locator with a CRC per page of the chunk's bytes (format 6): a read
+/// of part of a chunk reads and checks only the pages it wants.
+const TAG_PAGES: u8 = 0xC6;
+/// A locator's bytes before its CRCs.
+const HEADER_LEN: usize = 1 + 8 + 8 + 4 + 1;
+/// The most pages a locator holds a CRC each for: a whole chunk's.
+const CRC_PAGES: usize = crate::format::CHUNK_SIZE / PAGE as usize;
 
 /// Where a chunk's bytes are: `len` bytes at `offset` of segment `segment` (its stored
-/// encoding but the codec byte), and a CRC32 of the whole stored encoding.
+/// encoding but the codec byte), and the CRCs they are checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Locator {
     segment: u64,
     offset: u64,
     len: u32,
     codec: u8,
-    crc: u32,
+    crc: Crc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Crc {
+    /// Of the whole stored encoding, codec byte first.
+    Whole(u32),
+    /// Of each page of the bytes (the last one short), each with the codec byte first.
+    Pages([u32; CRC_PAGES]),
+}
+
+/// A page's CRC: the codec byte's too, so a damaged codec never decodes raw bytes as lz4.
+fn page_crc(codec: u8, page: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[codec]);
+    crc.update(page);
+    crc.finalize()
+}
+
+impl Crc {
+    /// The CRCs of a chunk's stored encoding: `codec`, then `data`.
+    fn of(codec: u8, data: &[u8]) -> Crc {
+        if data.len() <= CRC_PAGES * PAGE as usize {
+            let mut pages = [0u32; CRC_PAGES];
+            for (crc, page) in pages.iter_mut().zip(data.chunks(PAGE as usize)) {
+                *crc = page_crc(codec, page);
+            }
+            Crc::Pages(pages)
+        } else {
+            let mut whole = crc32fast::Hasher::new();
+            whole.update(&[codec]);
+            whole.update(data);
+            Crc::Whole(whole.finalize())
+        }
+    }
 }
 
 impl Locator {
-    pub(super) fn encode(&self) -> [u8; LOCATOR_LEN] {
-        let mut v = [0u8; LOCATOR_LEN];
-        v[0] = LOCATOR_TAG;
-        v[1..9].copy_from_slice(&self.segment.to_le_bytes());
-        v[9..17].copy_from_slice(&self.offset.to_le_bytes());
-        v[17..21].copy_from_slice(&self.len.to_le_bytes());
-        v[21] = self.codec;
-        v[22..26].copy_from_slice(&self.crc.to_le_bytes());
+    fn pages(&self) -> usize {
+        (self.len as usize).div_ceil(PAGE as usize)
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER_LEN + 4 * CRC_PAGES);
+        v.push(match self.crc {
+            Crc::Whole(_) => TAG_WHOLE,
+            Crc::Pages(_) => TAG_PAGES,
+        });
+        v.extend_from_slice(&self.segment.to_le_bytes());
+        v.extend_from_slice(&self.offset.to_le_bytes());
+        v.extend_from_slice(&self.len.to_le_bytes());
+        v.push(self.codec);
+        match self.crc {
+            Crc::Whole(crc) => v.extend_from_slice(&crc.to_le_bytes()),
+            Crc::Pages(pages) => {
+                for crc in &pages[..self.pages()] {
+                    v.extend_from_slice(&crc.to_le_bytes());
+                }
+            }
+        }
         v
     }
 
@@ -87,18 +147,55 @@ impl Locator {
 
     /// The locator a `chunks` value holds; `None` for a chunk stored whole.
     pub(super) fn decode(value: &[u8]) -> Option<Locator> {
-        if value.len() != LOCATOR_LEN || value[0] != LOCATOR_TAG {
+        if value.len() < HEADER_LEN || !matches!(value[0], TAG_WHOLE | TAG_PAGES) {
             return None;
         }
         let u64_at = |i: usize| u64::from_le_bytes(value[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(value[i..i + 4].try_into().expect("4 bytes"));
-        Some(Locator {
+        let mut loc = Locator {
             segment: u64_at(1),
             offset: u64_at(9),
             len: u32_at(17),
             codec: value[21],
-            crc: u32_at(22),
-        })
+            crc: Crc::Whole(0),
+        };
+        let crcs = &value[HEADER_LEN..];
+        loc.crc = match value[0] {
+            TAG_WHOLE if crcs.len() == 4 => Crc::Whole(u32_at(HEADER_LEN)),
+            TAG_PAGES if loc.pages() <= CRC_PAGES && crcs.len() == 4 * loc.pages() => {
+                let mut pages = [0u32; CRC_PAGES];
+                for (crc, bytes) in pages.iter_mut().zip(crcs.chunks_exact(4)) {
+                    *crc = u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+                }
+                Crc::Pages(pages)
+            }
+            _ => return None,
+        };
+        Some(loc)
+    }
+
+    /// Whether `data`, the chunk's bytes from page `first` on (a whole number of pages, or
+    /// up to the chunk's end), match their CRCs. A locator with one CRC checks only the
+    /// whole chunk.
+    fn check(&self, first: usize, data: &[u8]) -> bool {
+        match &self.crc {
+            Crc::Whole(crc) => {
+                let mut whole = crc32fast::Hasher::new();
+                whole.update(&[self.codec]);
+                whole.update(data);
+                first == 0 && data.len() == self.len as usize && whole.finalize() == *crc
+            }
+            Crc::Pages(pages) => {
+                let Some(end) = (self.len as usize).checked_sub(first * PAGE as usize) else {
+                    return false;
+                };
+                (data.len() == end || data.len().is_multiple_of(PAGE as usize) && data.len() < end)
+                    && data
+                        .chunks(PAGE as usize)
+                        .zip(&pages[first..])
+                        .all(|(page, crc)| page_crc(self.codec, page) == *crc)
+            }
+        }
     }
 }
 
@@ -111,6 +208,11 @@ pub(super) struct Segments {
     writing: Mutex<()>,
     /// Held by one publish at a time, from its sync to its locators' write.
     publishing: Mutex<()>,
+    /// How many chunks are pending, set under `state`'s lock: a read finds none pending
+    /// without taking it (appends hold it while they copy).
+    pending_chunks: AtomicUsize,
+    /// Set when the filesystem refuses `RWF_NOWAIT` reads.
+    no_nowait: AtomicBool,
 }
 
 /// The segment appends go to.
@@ -208,6 +310,8 @@ impl Segments {
             state: Mutex::new(State::default()),
             writing: Mutex::new(()),
             publishing: Mutex::new(()),
+            pending_chunks: AtomicUsize::new(0),
+            no_nowait: AtomicBool::new(false),
         };
         segments.skip_existing()?;
         Ok(segments)
@@ -242,7 +346,7 @@ impl Segments {
                 "a chunk larger than a segment's write buffer",
             ));
         }
-        let crc = crc32fast::hash(&stored);
+        let crc = Crc::of(codec, data);
         let (pending, full) = {
             let mut s = self.state.lock();
             if s.pending.contains_key(&hash) {
@@ -259,6 +363,8 @@ impl Segments {
             s.unsynced.insert(segment);
             s.pending_bytes += stored.len() as u64;
             s.pending.insert(hash, (loc, Arc::new(stored)));
+            self.pending_chunks
+                .store(s.pending.len(), Ordering::Release);
             (s.pending_bytes, !s.queue.is_empty())
         };
         if full {
@@ -366,6 +472,9 @@ impl Segments {
 
     /// A pending chunk's stored encoding.
     pub(super) fn pending(&self, hash: &Hash) -> Option<Arc<Vec<u8>>> {
+        if self.pending_chunks.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         self.state.lock().pending.get(hash).map(|(_, b)| b.clone())
     }
 
@@ -485,9 +594,11 @@ impl Segments {
                 s.pending_bytes -= stored.len() as u64;
             }
         }
+        self.pending_chunks
+            .store(s.pending.len(), Ordering::Release);
     }
 
-    /// A chunk's stored encoding, checked against its CRC.
+    /// A chunk's stored encoding, checked against its CRCs.
     pub(super) fn read(&self, hash: &Hash, loc: &Locator) -> FsResult<Vec<u8>> {
         if loc.len as usize > BUFFER_BYTES {
             return Err(self.damaged(hash, loc));
@@ -495,32 +606,108 @@ impl Segments {
         let mut buf = vec![0u8; 1 + loc.len as usize];
         buf[0] = loc.codec;
         self.read_at(loc, &mut buf[1..])?;
-        if crc32fast::hash(&buf) != loc.crc {
+        if !loc.check(0, &buf[1..]) {
             return Err(self.damaged(hash, loc));
         }
         Ok(buf)
     }
 
-    /// A chunk stored raw and exactly `dst.len()` bytes long, read straight into `dst` and
-    /// checked as [`Segments::read`] checks it. `Ok(false)` if it is compressed or of
-    /// another length.
-    pub(super) fn read_raw_into(
+    /// Copies bytes `from..from + dst.len()` of a chunk stored raw and `len` bytes long into
+    /// `dst` (zeros past its end), checked: the whole chunk straight into `dst`; a part of
+    /// it, the pages the part covers where the page cache holds them all, else the whole
+    /// chunk (which the page cache then holds for the next read near it, as readahead would).
+    /// `Ok(false)` for a chunk compressed or of another length, or a part of one whose
+    /// locator has one CRC.
+    pub(super) fn read_raw(
         &self,
         hash: &Hash,
         loc: &Locator,
+        len: usize,
+        from: usize,
         dst: &mut [u8],
     ) -> FsResult<bool> {
-        if loc.codec != CHUNK_RAW || loc.len as usize != dst.len() {
+        if loc.codec != CHUNK_RAW || loc.len as usize != len {
             return Ok(false);
         }
-        self.read_at(loc, dst)?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&[loc.codec]);
-        crc.update(dst);
-        if crc.finalize() != loc.crc {
+        if from == 0 && dst.len() == len {
+            self.read_at(loc, dst)?;
+            if !loc.check(0, dst) {
+                return Err(self.damaged(hash, loc));
+            }
+            return Ok(true);
+        }
+        if matches!(loc.crc, Crc::Whole(_)) {
+            return Ok(false);
+        }
+        let page = PAGE as usize;
+        let end = (from + dst.len()).min(len);
+        if from >= end {
+            dst.fill(0);
+            return Ok(true);
+        }
+        let first = from / page;
+        let span = first * page..end.next_multiple_of(page).min(len);
+        // Whole pages, as a page-cache read asks for: straight into `dst` if cached.
+        let aligned = span == (from..from + dst.len());
+        if aligned && self.read_cached(loc, span.start, dst)? {
+            if !loc.check(first, dst) {
+                return Err(self.damaged(hash, loc));
+            }
+            return Ok(true);
+        }
+        let cached = if aligned {
+            None
+        } else {
+            let mut buf = vec![0u8; span.len()];
+            self.read_cached(loc, span.start, &mut buf)?.then_some(buf)
+        };
+        let (buf, at) = match cached {
+            Some(buf) => (buf, 0),
+            None => {
+                let mut whole = vec![0u8; len];
+                self.read_at(loc, &mut whole)?;
+                (whole, span.start)
+            }
+        };
+        let part = &buf[at..at + span.len()];
+        if !loc.check(first, part) {
             return Err(self.damaged(hash, loc));
         }
+        super::objects::copy_span(dst, part, from - span.start);
         Ok(true)
+    }
+
+    /// Fills `dst` with a chunk's bytes from `at` on if the page cache holds them all:
+    /// `preadv2` with `RWF_NOWAIT` reads nothing from the disk. `false` if it does not, or
+    /// if the kernel cannot say for this filesystem (then never asked again).
+    #[allow(unsafe_code)]
+    fn read_cached(&self, loc: &Locator, at: usize, dst: &mut [u8]) -> FsResult<bool> {
+        use std::os::fd::AsRawFd;
+        if self.no_nowait.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let Some(offset) = loc.offset.checked_add(at as u64) else {
+            return Ok(false);
+        };
+        let file = self.file(loc.segment)?;
+        let iov = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        };
+        // SAFETY: `iov` names `dst`, borrowed mutably through the call; `file` stays open.
+        let got = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if got < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
+            self.no_nowait.store(true, Ordering::Relaxed);
+        }
+        Ok(got == dst.len() as isize)
     }
 
     fn read_at(&self, loc: &Locator, dst: &mut [u8]) -> FsResult<()> {
@@ -639,26 +826,76 @@ mod tests {
 
     #[test]
     fn locators_round_trip_and_chunk_values_are_not_locators() {
-        let loc = Locator {
-            segment: 7,
-            offset: 65536,
-            len: 1000,
-            codec: 1,
-            crc: 0xdead_beef,
-        };
-        assert_eq!(Locator::decode(&loc.encode()), Some(loc));
-        let mut whole = stored(0xC5, LOCATOR_LEN - 1);
+        for (codec, len) in [
+            (CHUNK_RAW, 65536usize),
+            (CHUNK_RAW, 10_000),
+            (1, 1000),
+            (1, 70_000),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let loc = Locator {
+                segment: 7,
+                offset: 65536,
+                len: len as u32,
+                codec,
+                crc: Crc::of(codec, &data),
+            };
+            let value = loc.encode();
+            assert_eq!(Locator::decode(&value), Some(loc));
+            let one_crc = len > 65536;
+            assert_eq!(value[0], if one_crc { TAG_WHOLE } else { TAG_PAGES });
+            assert_eq!(
+                value.len(),
+                HEADER_LEN + 4 * if one_crc { 1 } else { len.div_ceil(4096) }
+            );
+            assert!(loc.check(0, &data));
+            assert_eq!(
+                Locator::decode(&value[..value.len() - 4]),
+                None,
+                "CRCs cut short"
+            );
+        }
+        // Format 5's locator, one CRC of the codec byte and the bytes, reads as before.
+        let data = vec![3u8; 5000];
+        let mut format5 = vec![TAG_WHOLE];
+        for field in [
+            &7u64.to_le_bytes()[..],
+            &0u64.to_le_bytes(),
+            &5000u32.to_le_bytes(),
+        ] {
+            format5.extend_from_slice(field);
+        }
+        format5.push(CHUNK_RAW);
+        format5.extend_from_slice(&crc32fast::hash(&stored(3, 5000)).to_le_bytes());
+        let loc = Locator::decode(&format5).unwrap();
+        assert!(loc.check(0, &data));
+        assert!(
+            !loc.check(0, &data[..4096]),
+            "one CRC checks only the whole chunk"
+        );
+        let mut whole = stored(TAG_WHOLE, HEADER_LEN + 3);
         assert_eq!(Locator::decode(&whole), None, "a raw chunk's codec byte");
         whole[0] = 1;
         assert_eq!(Locator::decode(&whole), None, "an lz4 chunk's codec byte");
+    }
+
+    /// Drops a segment's pages from the page cache (after a sync: none are dirty).
+    #[allow(unsafe_code)]
+    fn uncache(dir: &Path, id: u64) {
+        use std::os::fd::AsRawFd;
+        let f = File::open(dir.join(format!("{id:08}.seg"))).unwrap();
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0);
     }
 
     #[test]
     fn chunks_lie_in_the_order_they_were_appended_and_read_back_checked() {
         let dir = tempfile::tempdir().unwrap();
         let segs = Segments::open(dir.path()).unwrap();
+        let bytes = |i: u8| -> Vec<u8> { (0..65536u32).map(|j| i ^ (j / 4096) as u8).collect() };
         for i in 0..8u8 {
-            segs.append(Hash::of(&[i]), stored(i, 65536)).unwrap();
+            segs.append(Hash::of(&[i]), [&[CHUNK_RAW][..], &bytes(i)].concat())
+                .unwrap();
         }
         assert!(segs.pending(&Hash::of(&[3])).is_some());
         let ready = {
@@ -672,24 +909,109 @@ mod tests {
             assert_eq!(loc(i).offset, u64::from(i) * 65536, "in append order");
             assert_eq!(
                 segs.read(&Hash::of(&[i]), &loc(i)).unwrap(),
-                stored(i, 65536)
+                [&[CHUNK_RAW][..], &bytes(i)].concat()
             );
         }
+        let (h5, l5) = (Hash::of(&[5]), loc(5));
         let mut dst = vec![0u8; 65536];
-        assert!(segs
-            .read_raw_into(&Hash::of(&[5]), &loc(5), &mut dst)
-            .unwrap());
-        assert_eq!(dst, vec![5u8; 65536]);
-        // A damaged byte: an error, never the wrong bytes.
+        assert!(segs.read_raw(&h5, &l5, 65536, 0, &mut dst).unwrap());
+        assert_eq!(dst, bytes(5));
+        assert!(
+            !segs.read_raw(&h5, &l5, 4096, 0, &mut dst).unwrap(),
+            "another length"
+        );
+
+        // A part, from the disk (the whole chunk read) and then from the page cache (only
+        // its pages): the same bytes, zeros past the chunk's end. Whether the page cache
+        // answered is checked where the kernel answers `RWF_NOWAIT` reads of this filesystem.
+        let cached = |segs: &Segments| segs.read_cached(&l5, 4096, &mut [0u8; 4096]).unwrap();
+        let nowait = cached(&segs);
+        uncache(dir.path(), 0);
+        assert!(!cached(&segs));
+        for _ in 0..2 {
+            let mut part = vec![7u8; 6000];
+            assert!(segs
+                .read_raw(&h5, &l5, 65536, 3 * 4096 + 100, &mut part)
+                .unwrap());
+            assert_eq!(part, bytes(5)[3 * 4096 + 100..3 * 4096 + 6100]);
+            let mut page = vec![7u8; 4096];
+            assert!(segs.read_raw(&h5, &l5, 65536, 2 * 4096, &mut page).unwrap());
+            assert_eq!(page, bytes(5)[2 * 4096..3 * 4096]);
+            let mut tail = vec![7u8; 8192];
+            assert!(segs.read_raw(&h5, &l5, 65536, 61440, &mut tail).unwrap());
+            assert_eq!(tail[..4096], bytes(5)[61440..]);
+            assert_eq!(tail[4096..], [0u8; 4096]);
+        }
+        assert_eq!(cached(&segs), nowait);
+
+        // Damaged bytes in pages 0 and 4: an error for every read of those pages, cached or
+        // not (the last page of a span too), never the wrong bytes; the other pages still read.
         let f = File::options()
             .write(true)
             .open(dir.path().join("00000000.seg"))
             .unwrap();
-        f.write_all_at(&[9], 5 * 65536 + 10).unwrap();
-        assert!(segs.read(&Hash::of(&[5]), &loc(5)).is_err());
-        assert!(segs
-            .read_raw_into(&Hash::of(&[5]), &loc(5), &mut dst)
-            .is_err());
+        f.write_all_at(&[0xff], 5 * 65536 + 10).unwrap();
+        f.write_all_at(&[0xff], 5 * 65536 + 4 * 4096 + 3).unwrap();
+        f.sync_all().unwrap();
+        for uncached in [false, true] {
+            if uncached {
+                uncache(dir.path(), 0);
+            }
+            assert!(segs.read(&h5, &l5).is_err());
+            assert!(segs.read_raw(&h5, &l5, 65536, 0, &mut dst).is_err());
+            assert!(segs.read_raw(&h5, &l5, 65536, 8, &mut dst[..64]).is_err());
+            assert!(segs
+                .read_raw(&h5, &l5, 65536, 4 * 4096, &mut dst[..4096])
+                .is_err());
+            let mut span = vec![0u8; 6000];
+            assert!(segs
+                .read_raw(&h5, &l5, 65536, 3 * 4096 + 100, &mut span)
+                .is_err());
+            let mut page3 = vec![0u8; 4096];
+            assert!(segs
+                .read_raw(&h5, &l5, 65536, 3 * 4096, &mut page3)
+                .unwrap());
+            assert_eq!(page3, bytes(5)[3 * 4096..4 * 4096]);
+        }
+    }
+
+    /// A chunk whose last page is short, read in part; and a format 5 locator (one CRC),
+    /// which a part read leaves to the whole chunk's read.
+    #[test]
+    fn a_short_last_page_and_a_format_5_locator_read_in_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let h = Hash::of(&data);
+        segs.append(h, [&[CHUNK_RAW][..], &data].concat()).unwrap();
+        let ready = {
+            let _one = segs.publishing();
+            segs.sync().unwrap()
+        };
+        let loc = ready[0].1;
+        for (from, n) in [
+            (9000, 500),
+            (8192, 4096),
+            (4000, 200),
+            (10_000, 100),
+            (0, 10_000),
+        ] {
+            let mut dst = vec![7u8; n];
+            assert!(segs.read_raw(&h, &loc, 10_000, from, &mut dst).unwrap());
+            let end = (from + n).min(10_000);
+            assert_eq!(dst[..end - from], data[from..end], "{from}+{n}");
+            assert!(dst[end - from..].iter().all(|&b| b == 0), "{from}+{n}");
+        }
+        let format5 = Locator {
+            crc: Crc::Whole(crc32fast::hash(&[&[CHUNK_RAW][..], &data].concat())),
+            ..loc
+        };
+        let mut dst = vec![0u8; 500];
+        assert!(!segs.read_raw(&h, &format5, 10_000, 9000, &mut dst).unwrap());
+        assert_eq!(segs.read(&h, &format5).unwrap()[1..], data[..]);
+        // A codec byte damaged in the locator: its CRCs fail.
+        let lz4 = Locator { codec: 1, ..loc };
+        assert!(segs.read(&h, &lz4).is_err());
     }
 
     /// Defect (found in review): a publish took as covered every chunk pending when it
