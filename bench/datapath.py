@@ -326,8 +326,8 @@ def main():
               "requests, and their average size). A disk serves a sequential read in large "
               "requests; chaserfs's chunks lie in segment files in the order they were written "
               "(a store written before format 5 kept them in RocksDB's blob files in hash "
-              "order: one request per 64 KiB chunk), and a random 4 KiB read reads the whole "
-              "chunk:")
+              "order: one request per 64 KiB chunk), and a random 4 KiB read of a chunk the "
+              "page cache lacks reads the whole chunk (its pages only, once cached):")
         for key, label, _, _ in rows:
             if key in reads:
                 print(f"- {label}: " + ", ".join(
