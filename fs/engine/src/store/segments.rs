@@ -86,11 +86,12 @@ enum Crc {
     Pages([u32; CRC_PAGES]),
 }
 
-/// A page's CRC: the codec byte's too, so a damaged codec never decodes raw bytes as lz4.
-fn page_crc(codec: u8, page: &[u8]) -> u32 {
+/// The CRC of a page (or, for [`Crc::Whole`], of the whole chunk) with the codec byte
+/// first, so a damaged codec never decodes raw bytes as lz4.
+fn crc_of(codec: u8, bytes: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[codec]);
-    crc.update(page);
+    crc.update(bytes);
     crc.finalize()
 }
 
@@ -100,14 +101,11 @@ impl Crc {
         if data.len() <= CRC_PAGES * PAGE as usize {
             let mut pages = [0u32; CRC_PAGES];
             for (crc, page) in pages.iter_mut().zip(data.chunks(PAGE as usize)) {
-                *crc = page_crc(codec, page);
+                *crc = crc_of(codec, page);
             }
             Crc::Pages(pages)
         } else {
-            let mut whole = crc32fast::Hasher::new();
-            whole.update(&[codec]);
-            whole.update(data);
-            Crc::Whole(whole.finalize())
+            Crc::Whole(crc_of(codec, data))
         }
     }
 }
@@ -180,10 +178,7 @@ impl Locator {
     fn check(&self, first: usize, data: &[u8]) -> bool {
         match &self.crc {
             Crc::Whole(crc) => {
-                let mut whole = crc32fast::Hasher::new();
-                whole.update(&[self.codec]);
-                whole.update(data);
-                first == 0 && data.len() == self.len as usize && whole.finalize() == *crc
+                first == 0 && data.len() == self.len as usize && crc_of(self.codec, data) == *crc
             }
             Crc::Pages(pages) => {
                 let Some(end) = (self.len as usize).checked_sub(first * PAGE as usize) else {
@@ -193,7 +188,7 @@ impl Locator {
                     && data
                         .chunks(PAGE as usize)
                         .zip(&pages[first..])
-                        .all(|(page, crc)| page_crc(self.codec, page) == *crc)
+                        .all(|(page, crc)| crc_of(self.codec, page) == *crc)
             }
         }
     }
